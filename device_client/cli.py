@@ -1,0 +1,112 @@
+"""`tandem generate`: send one prompt through an edge and stream the answer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from device_client.decoding import MODES
+from device_client.generate import GenerationRequest, IncompatibleEdge, generate
+from device_client.link import EdgeConnection, EdgeError, EdgeUnreachable
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
+from tandem.sampling import SamplingConfig
+
+
+class GenerateArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    edge: str = Field(pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    mode: str
+    max_tokens: int = Field(ge=1, le=1 << 20)
+    temperature: float = Field(ge=0, le=100, allow_inf_nan=False)
+    top_k: int = Field(ge=0)
+    top_p: float = Field(ge=0, le=1, allow_inf_nan=False)
+    seed: int = Field(ge=0, lt=1 << 64)
+    draft_length: int = Field(ge=1, le=256)
+    threads: int = Field(ge=1, le=256)
+    prompt: str = Field(min_length=1)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the user's message (the chat template is applied); '-' reads stdin")
+    parser.add_argument("--edge", required=True, help="edge server address HOST:PORT")
+    parser.add_argument("--mode", choices=MODES, default="psd",
+                        help="psd: draft while verifying (default); sd: draft, then wait; edge-only: the edge "
+                             "decodes alone")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4)")
+    parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    parser.add_argument("--raw-prompt", action="store_true", help="send the prompt without the chat template")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the text and figures")
+    parser.add_argument("--draft", type=Path, help="draft GGUF (default: the one `tandem models prepare` made)")
+    parser.add_argument("--data-dir", type=Path, help="where prepared models live (default ~/.cache/tandem)")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for drafting (default 1)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the edge")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        checked = GenerateArgs(
+            edge=args.edge, mode=args.mode, max_tokens=args.max_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, draft_length=args.draft_length,
+            threads=args.threads, prompt=prompt,
+        )
+    except ValidationError as error:
+        return fail("; ".join(f"--{e['loc'][0].replace('_', '-')}: {e['msg']}" for e in error.errors()), EXIT_USAGE)
+    try:
+        draft_path = args.draft or load_prepared(
+            (args.data_dir or default_data_dir()) / "models" / DEFAULT_MODEL_NAME
+        ).draft_gguf
+        if not draft_path.is_file():
+            raise ModelError(f"draft model not found: {draft_path}")
+    except ModelError as error:
+        return fail(str(error), EXIT_USAGE)
+
+    from device_client.draft import LlamaCppDraftEngine
+
+    request = GenerationRequest(
+        prompt=checked.prompt, mode=checked.mode, max_tokens=checked.max_tokens,
+        sampling=SamplingConfig(checked.temperature, checked.top_k, checked.top_p, checked.seed),
+        draft_length=checked.draft_length, ignore_eos=args.ignore_eos, raw_prompt=args.raw_prompt,
+    )
+    connection = EdgeConnection(checked.edge, args.connect_timeout)
+    try:
+        info = connection.info()
+        draft = LlamaCppDraftEngine(draft_path, n_threads=checked.threads)
+        on_text = None if args.json else (lambda text: print(text, end="", flush=True))
+        result, summary = generate(connection, draft, request, on_text, info)
+    except EdgeUnreachable as error:
+        return fail(str(error), EXIT_UNREACHABLE)
+    except IncompatibleEdge as error:
+        return fail(str(error), EXIT_USAGE)
+    except EdgeError as error:
+        return fail(f"the edge refused the session: {error}", EXIT_FAILED)
+    finally:
+        connection.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print()
+        print(_summary_line(summary), file=sys.stderr)
+    return EXIT_OK
+
+
+def _summary_line(s: dict) -> str:
+    parts = [f"{s['generated_tokens']} tokens in {s['elapsed_s']:.2f} s ({s['tokens_per_s']:.1f} tok/s)",
+             f"ttft {s['ttft_s']:.3f} s" if s["ttft_s"] is not None else "no tokens"]
+    if s["rounds"]:
+        parts += [f"{s['rounds']} rounds", f"acceptance {s['acceptance_rate']:.2f}",
+                  f"accepted/block {s['mean_accepted_length']:.2f}"]
+    if s["draft_hidden_fraction"] is not None:
+        parts.append(f"draft hidden {s['draft_hidden_fraction']:.0%}")
+    parts.append(f"{s['bytes_up']} B up / {s['bytes_down']} B down")
+    return f"[{s['mode']}] " + ", ".join(parts)

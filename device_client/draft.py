@@ -1,0 +1,98 @@
+"""The device's draft model: a ``DraftEngine`` interface and its llama.cpp implementation.
+
+The draft engine also owns the device's tokenizer (chat template, encode, decode): the device never sends text,
+only token ids, so the tokenizer must be the target's (checked through the tokenizer fingerprint).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tandem.llamacpp import LlamaContext
+from tandem.sampling import Candidates, SamplingConfig, SparseDist, sample, truncate
+
+
+class DraftEngine(ABC):
+    vocab_size: int
+    tokenizer_fingerprint: str
+    stop_ids: list[int]
+
+    @abstractmethod
+    def encode_chat(self, user_message: str) -> list[int]:
+        """Token ids of a one-turn chat, with the model's chat template, ready for the assistant's answer."""
+
+    @abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of plain text (special tokens written out, e.g. <|im_end|>, are parsed)."""
+
+    @abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> bytes: ...
+
+    @abstractmethod
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        """Logits of the token after ``context`` (rolling the cache back to what ``context`` shares with it)."""
+
+
+@dataclass(frozen=True)
+class DraftToken:
+    token_id: int
+    dist: SparseDist | None  # q after truncation, as the edge will see it (None when greedy)
+    seconds: float  # compute time spent drafting it
+
+
+def draft_token(engine: DraftEngine, context: Sequence[int], config: SamplingConfig, rng: np.random.Generator) -> DraftToken:
+    """Draft one token: greedy argmax, or a sample of q (truncated like the target's p)."""
+    started = time.perf_counter()
+    logits = engine.next_logits(context)
+    if config.greedy:
+        token = Candidates.top_of_logits(logits, 2).argmax()
+        return DraftToken(token, None, time.perf_counter() - started)
+    q = truncate(Candidates.top_of_logits(logits, config.top_k or engine.vocab_size), config)
+    # q crosses the link as float32: sample from exactly the renormalised float32 values the edge will use.
+    probs = q.probs.astype(np.float32).astype(np.float64)
+    q = SparseDist(q.token_ids, probs / probs.sum())
+    return DraftToken(sample(q, rng), q, time.perf_counter() - started)
+
+
+class LlamaCppDraftEngine(DraftEngine):
+    def __init__(self, gguf: Path, n_ctx: int = 4096, n_threads: int = 1) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._context = LlamaContext(gguf, n_ctx, n_threads, all_logits=False)
+        llama = self._context.llama
+        metadata = llama.metadata
+        self.vocab_size = self._context.n_vocab
+        self.tokenizer_fingerprint = self._context.tokens_fingerprint()
+        eos = llama.token_eos()
+        self.stop_ids = [eos] if eos >= 0 else []
+        self._add_bos = metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        template = metadata.get("tokenizer.chat_template")
+        self._formatter = (
+            Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(eos) if eos >= 0 else "",
+                bos_token=llama._model.token_get_text(llama.token_bos()) if llama.token_bos() >= 0 else "",
+            )
+            if template
+            else None
+        )
+
+    def encode_chat(self, user_message: str) -> list[int]:
+        if self._formatter is None:
+            return self.encode_text(user_message)
+        return self.encode_text(self._formatter(messages=[{"role": "user", "content": user_message}]).prompt)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self._context.llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+
+    def decode(self, token_ids: Sequence[int]) -> bytes:
+        return self._context.llama.detokenize(list(token_ids))
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        return self._context.logits(context, len(context) - 1)[0]

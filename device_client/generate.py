@@ -1,0 +1,74 @@
+"""One generation from a device: check the edge, tokenize the chat prompt, run the chosen mode."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from typing import Callable
+
+from device_client.decoding import DecodeResult, decode_edge_only, decode_speculative, summarize
+from device_client.draft import DraftEngine
+from device_client.link import EdgeConnection
+from tandem.sampling import SamplingConfig
+from tandem.wire.v1 import edge_pb2 as pb
+
+
+class IncompatibleEdge(Exception):
+    """The edge cannot serve this request as asked (tokenizer, limits); the message says why."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    mode: str
+    max_tokens: int
+    sampling: SamplingConfig
+    draft_length: int = 4
+    ignore_eos: bool = False
+    raw_prompt: bool = False  # send the prompt as it is, without the chat template
+
+
+def check_compatible(info: pb.EdgeInfo, draft: DraftEngine, request: GenerationRequest) -> None:
+    if info.tokenizer_fingerprint != draft.tokenizer_fingerprint:
+        raise IncompatibleEdge(
+            f"the edge's target model ({info.model}) uses another tokenizer than this device's draft model"
+        )
+    if request.mode != "edge-only" and request.draft_length > info.max_draft_length:
+        raise IncompatibleEdge(f"--draft-length {request.draft_length} exceeds the edge's limit {info.max_draft_length}")
+    try:
+        request.sampling.validate(info.vocab_size, info.max_top_k)
+    except ValueError as error:
+        raise IncompatibleEdge(str(error)) from None
+
+
+def generate(
+    connection: EdgeConnection,
+    draft: DraftEngine,
+    request: GenerationRequest,
+    on_text: Callable[[str], None] | None = None,
+    info: pb.EdgeInfo | None = None,
+) -> tuple[DecodeResult, dict]:
+    info = info or connection.info()
+    check_compatible(info, draft, request)
+    prompt = (
+        draft.encode_chat(request.prompt) if not request.raw_prompt else draft.encode_text(request.prompt)
+    )
+    stop_ids = [] if request.ignore_eos else draft.stop_ids
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    sink = (lambda ids: on_text(decoder.decode(draft.decode(ids)))) if on_text else None
+    stream = connection.open_stream()
+    try:
+        if request.mode == "edge-only":
+            result = decode_edge_only(
+                stream, prompt, request.sampling, request.max_tokens, stop_ids, draft.tokenizer_fingerprint, sink
+            )
+        else:
+            result = decode_speculative(
+                stream, draft, prompt, request.sampling, request.max_tokens, request.draft_length,
+                parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink,
+            )
+    except BaseException:
+        stream.cancel()
+        raise
+    text = draft.decode(result.token_ids).decode("utf-8", errors="replace")
+    return result, summarize(result, text, len(prompt))

@@ -1,0 +1,124 @@
+"""The device's side of the wire: a connection to one edge and its decoding streams.
+
+A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without blocking and
+poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification).
+Payload bytes are counted in both directions.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+
+from tandem.wire.v1 import edge_pb2 as pb
+from tandem.wire.v1 import edge_pb2_grpc
+
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+class EdgeError(Exception):
+    """The edge ended a call with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class EdgeUnreachable(Exception):
+    pass
+
+
+class EdgeConnection:
+    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
+
+    def info(self) -> pb.EdgeInfo:
+        try:
+            return self.stub.GetInfo(pb.InfoRequest(), timeout=self.connect_timeout, wait_for_ready=True)
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise EdgeUnreachable(
+                    f"cannot reach an edge server at {self.address} within {self.connect_timeout:g} s "
+                    f"({error.code().name}); is `tandem edge serve` running there?"
+                ) from None
+            raise EdgeError(error.code(), error.details()) from None
+
+    def score(self, token_ids: list[int], start: int, top_n: int) -> pb.ScoreReply:
+        try:
+            return self.stub.Score(pb.ScoreRequest(token_ids=token_ids, start=start, top_n=top_n))
+        except grpc.RpcError as error:
+            raise EdgeError(error.code(), error.details()) from None
+
+    def open_stream(self) -> "DecodeStream":
+        return DecodeStream(self.stub)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class DecodeStream:
+    def __init__(self, stub: edge_pb2_grpc.EdgeServiceStub) -> None:
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._outbox: queue.Queue[pb.DeviceMessage | None] = queue.Queue()
+        self._inbox: queue.Queue[pb.EdgeMessage | EdgeError | None] = queue.Queue()
+        self._call = stub.Decode(iter(self._outbox.get, None))
+        self._reader = threading.Thread(target=self._read, name="edge-reader", daemon=True)
+        self._reader.start()
+
+    def send(self, message: pb.DeviceMessage) -> None:
+        self.bytes_up += message.ByteSize()
+        self._outbox.put(message)
+
+    def receive(self, timeout: float | None = None) -> pb.EdgeMessage:
+        """The next message from the edge; raises EdgeError if the edge ended the stream with an error."""
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message from the edge within {timeout} s") from None
+        return self._unwrap(item)
+
+    def poll(self) -> pb.EdgeMessage | None:
+        try:
+            item = self._inbox.get_nowait()
+        except queue.Empty:
+            return None
+        return self._unwrap(item)
+
+    def finish(self) -> None:
+        """End the device's half of the stream."""
+        self._outbox.put(None)
+
+    def cancel(self) -> None:
+        self._outbox.put(None)
+        self._call.cancel()
+
+    def _unwrap(self, item: pb.EdgeMessage | EdgeError | None) -> pb.EdgeMessage:
+        if isinstance(item, EdgeError):
+            self._inbox.put(item)  # keep reporting the error to later calls
+            raise item
+        if item is None:
+            self._inbox.put(None)
+            raise EdgeError(grpc.StatusCode.UNAVAILABLE, "the edge ended the stream")
+        return item
+
+    def _read(self) -> None:
+        try:
+            for message in self._call:
+                self.bytes_down += message.ByteSize()
+                self._inbox.put(message)
+            self._inbox.put(None)
+        except grpc.RpcError as error:
+            self._inbox.put(EdgeError(error.code(), error.details() or ""))

@@ -1,0 +1,62 @@
+"""`tandem edge serve`: command-line front of the edge server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.models import ModelError
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file with EdgeConfig fields; flags override it")
+    parser.add_argument("--engine", choices=["vllm", "llamacpp"], help="target engine (default llamacpp)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
+    parser.add_argument("--model", type=Path, help="HF checkpoint dir (vllm) or GGUF file (llamacpp); "
+                        "default: the target prepared by `tandem models prepare`")
+    parser.add_argument("--data-dir", type=Path, help="where prepared models live (default ~/.cache/tandem)")
+    parser.add_argument("--max-sessions", type=int, help="concurrent sessions (default 8)")
+    parser.add_argument("--max-context", type=int, help="tokens per session, prompt included (default 2048)")
+    parser.add_argument("--max-draft-length", type=int, help="longest draft block accepted (default 16)")
+    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session ends (default 60)")
+    parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted (default 4 MiB)")
+    parser.add_argument("--batch-window", type=float, help="seconds to wait for other sessions' blocks (0.002)")
+    vllm = parser.add_argument_group("vllm engine")
+    vllm.add_argument("--top-n", type=int, help="candidates per position; sampling needs top_k <= top_n (64)")
+    vllm.add_argument("--block-size", type=int, help="KV block size, multiple of 32 on CPU (default 32)")
+    vllm.add_argument("--compile", action="store_true", default=None,
+                      help="let vLLM torch.compile the model: slower start (~100 s), faster decode")
+    vllm.add_argument("--kv-cache-gib", type=float, help="KV cache size in GiB (default 1)")
+    llama = parser.add_argument_group("llamacpp engine")
+    llama.add_argument("--threads", type=int, help="llama.cpp threads (default 1)")
+    llama.add_argument("--slots", type=int, help="warm contexts, one per concurrent session (default 4)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from edge_server.config import EdgeConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = build_config(EdgeConfig, args.config, {
+            "engine": args.engine, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
+            "model": args.model, "data_dir": args.data_dir, "max_sessions": args.max_sessions,
+            "max_context": args.max_context, "max_draft_length": args.max_draft_length,
+            "idle_timeout_s": args.idle_timeout, "max_message_bytes": args.max_message_bytes,
+            "batch_window_s": args.batch_window, "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,
+            "vllm.enforce_eager": None if args.compile is None else not args.compile,
+            "vllm.kv_cache_gib": args.kv_cache_gib, "llamacpp.threads": args.threads,
+            "llamacpp.slots": args.slots,
+        })
+        if config.model is not None and not config.model.exists():
+            raise UsageError(f"model not found: {config.model}")
+        from edge_server.server import serve
+
+        asyncio.run(serve(config))
+    except (UsageError, ModelError) as error:
+        return fail(str(error), EXIT_USAGE)
+    return EXIT_OK

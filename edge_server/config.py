@@ -1,0 +1,40 @@
+"""Configuration of an edge server, validated at the boundary (CLI flags or a config file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class VllmOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_n: int = Field(64, ge=2, le=1024, description="candidates per position; sampling needs top_k <= top_n")
+    block_size: int = Field(32, ge=32, description="KV block size; small blocks let the prefix cache reuse more")
+    enforce_eager: bool = Field(True, description="skip torch.compile: starts in ~20 s instead of ~100 s")
+    kv_cache_gib: float = Field(1.0, gt=0)
+
+
+class LlamaCppOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threads: int = Field(1, ge=1, le=256)
+    slots: int = Field(4, ge=1, le=64, description="contexts kept warm, one per concurrent session")
+
+
+class EdgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engine: Literal["vllm", "llamacpp"] = "llamacpp"
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics; None = off")
+    model: Path | None = Field(None, description="HF dir (vllm) or GGUF (llamacpp); default: prepared target")
+    data_dir: Path | None = None
+    max_sessions: int = Field(8, ge=1, le=4096)
+    max_context: int = Field(2048, ge=64, le=1 << 20)
+    max_draft_length: int = Field(16, ge=1, le=256)
+    idle_timeout_s: float = Field(60.0, gt=0)
+    max_message_bytes: int = Field(4 << 20, ge=1024)
+    batch_window_s: float = Field(0.002, ge=0, le=1)
+    vllm: VllmOptions = VllmOptions()
+    llamacpp: LlamaCppOptions = LlamaCppOptions()

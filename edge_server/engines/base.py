@@ -1,0 +1,65 @@
+"""The seam between the edge's session logic and whatever computes the target model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from tandem.sampling import Candidates, SamplingConfig
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    engine: str
+    model: str
+    vocab_size: int
+    tokenizer_fingerprint: str
+    max_context: int
+    max_top_n: int  # candidates per position the engine can return; bounds exact sampling (top_k <= max_top_n)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``block`` as a continuation of ``prefix``."""
+
+    prefix: Sequence[int]
+    block: Sequence[int]
+    top_n: int
+
+
+@dataclass(frozen=True)
+class ScoredPosition:
+    token_id: int  # the token actually at this position
+    token_logprob: float  # its raw log-probability
+    candidates: Candidates  # top candidates, best first
+
+
+class TargetEngine(ABC):
+    """A target model that scores drafted blocks and decodes autoregressively.
+
+    ``score_blocks`` returns, for each request, ``len(block) + 1`` candidate lists: the target's raw
+    log-probabilities at the position of every block token, then at the position after the block.  Requests
+    handed over together may be computed in one batch.
+    """
+
+    info: EngineInfo
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[list[Candidates]]: ...
+
+    @abstractmethod
+    def generate(
+        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
+    ) -> AsyncIterator[list[int]]:
+        """Autoregressive decoding; yields new tokens as they come (stop token included, then ends)."""
+
+    @abstractmethod
+    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int) -> list[ScoredPosition]:
+        """Scores of positions ``start .. len(tokens)-1`` of a whole sequence in one forward pass."""

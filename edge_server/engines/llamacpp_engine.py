@@ -1,0 +1,99 @@
+"""Target engine on llama.cpp: full logits, starts in a second, no batching across sessions.
+
+Each session gets a context from a small pool (contexts share the mmap'ed weights, so a context costs only its
+KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
+that keeps its slot re-evaluates only its new tokens.  All llama.cpp calls run on one worker thread: on a small
+CPU one computation at a time is as fast as it gets, and the event loop stays free for the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import numpy as np
+
+from edge_server.engines.base import EngineInfo, ScoredPosition, ScoreRequest, TargetEngine
+from tandem.llamacpp import LlamaContext
+from tandem.sampling import Candidates, SamplingConfig, sample, truncate
+
+
+class LlamaCppTargetEngine(TargetEngine):
+    def __init__(self, gguf: Path, max_context: int, n_threads: int, slots: int) -> None:
+        self._gguf = gguf
+        self._max_context = max_context
+        self._n_threads = n_threads
+        self._slots: list[LlamaContext] = []
+        self._max_slots = slots
+        self._use_counter = 0
+        self._last_use: dict[int, int] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+
+    async def start(self) -> None:
+        first = await self._run(self._new_slot)
+        self.info = EngineInfo(
+            engine="llamacpp",
+            model=str(self._gguf),
+            vocab_size=first.n_vocab,
+            tokenizer_fingerprint=await self._run(first.tokens_fingerprint),
+            max_context=self._max_context,
+            max_top_n=first.n_vocab,
+        )
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._slots.clear()
+
+    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[list[Candidates]]:
+        return [await self._run(self._score_one, request) for request in requests]
+
+    async def generate(
+        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
+    ) -> AsyncIterator[list[int]]:
+        rng = np.random.default_rng(config.seed)
+        tokens = list(prompt)
+        stops = set(stop_ids)
+        for _ in range(max_tokens):
+            logits = await self._run(self._logits, tokens, len(tokens) - 1)
+            candidates = Candidates.top_of_logits(logits[0], config.top_k or self.info.vocab_size)
+            token = candidates.argmax() if config.greedy else sample(truncate(candidates, config), rng)
+            tokens.append(token)
+            yield [token]
+            if token in stops or len(tokens) >= self._max_context:
+                return
+
+    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int) -> list[ScoredPosition]:
+        rows = await self._run(self._logits, tokens, start - 1)
+        scored = []
+        for offset, row in enumerate(rows[: len(tokens) - start]):
+            token = int(tokens[start + offset])
+            log_norm = np.log(np.exp(row - row.max()).sum()) + row.max()
+            scored.append(ScoredPosition(token, float(row[token] - log_norm), Candidates.top_of_logits(row, top_n)))
+        return scored
+
+    def _score_one(self, request: ScoreRequest) -> list[Candidates]:
+        tokens = list(request.prefix) + list(request.block)
+        rows = self._logits(tokens, len(request.prefix) - 1)
+        return [Candidates.top_of_logits(row, request.top_n) for row in rows]
+
+    def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
+        slot = max(range(len(self._slots)), key=lambda i: (self._slots[i].shared_prefix(tokens), -self._last_use[i]))
+        # A slot that lacks tokens before `first` most likely belongs to another session: take a fresh one while
+        # the pool has room, rather than evicting that session's cache.
+        if self._slots[slot].shared_prefix(tokens) < first and len(self._slots) < self._max_slots:
+            self._new_slot()
+            slot = len(self._slots) - 1
+        self._use_counter += 1
+        self._last_use[slot] = self._use_counter
+        return self._slots[slot].logits(tokens, first)
+
+    def _new_slot(self) -> LlamaContext:
+        context = LlamaContext(self._gguf, self._max_context, self._n_threads, all_logits=True)
+        self._slots.append(context)
+        self._last_use[len(self._slots) - 1] = 0
+        return context
+
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of an edge server (``tandem_edge_`` prefix, base units)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class EdgeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("tandem_edge_sessions_active", "Sessions held by the edge", registry=r)
+        self.sessions_opened = Counter(
+            "tandem_edge_sessions_opened_total", "Sessions opened", ["mode"], registry=r
+        )
+        self.verify_seconds = Histogram(
+            "tandem_edge_verify_seconds", "Block arrival to verdict", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "tandem_edge_queue_seconds", "Block waiting for the engine", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("tandem_edge_queue_depth", "Blocks waiting for the engine", registry=r)
+        self.batch_size = Histogram(
+            "tandem_edge_batch_blocks", "Blocks scored in one engine call", buckets=(1, 2, 3, 4, 6, 8, 16, 32),
+            registry=r,
+        )
+        self.accepted_length = Histogram(
+            "tandem_edge_accepted_length", "Draft tokens accepted per block", buckets=tuple(range(0, 17)),
+            registry=r,
+        )
+        self.drafted_tokens = Counter("tandem_edge_drafted_tokens_total", "Draft tokens received", registry=r)
+        self.accepted_tokens = Counter("tandem_edge_accepted_tokens_total", "Draft tokens accepted", registry=r)
+        self.emitted_tokens = Counter(
+            "tandem_edge_emitted_tokens_total", "Tokens committed to sessions", ["mode"], registry=r
+        )
+        self.bytes_received = Counter(
+            "tandem_edge_received_bytes_total", "Protobuf payload bytes from devices", registry=r
+        )
+        self.bytes_sent = Counter("tandem_edge_sent_bytes_total", "Protobuf payload bytes to devices", registry=r)
+        self.errors = Counter("tandem_edge_rejected_total", "Requests ended with an error status", ["code"], registry=r)

@@ -1,0 +1,52 @@
+"""Small helpers shared by the CLI handlers: exit codes and turning validation errors into one-line reasons."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad arguments or configuration, as argparse does
+EXIT_UNREACHABLE = 3
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class UsageError(Exception):
+    """Bad user input: the CLI prints the message and exits with code 2."""
+
+
+def fail(message: str, code: int) -> int:
+    print(f"tandem: error: {message}", file=sys.stderr)
+    return code
+
+
+def build_config(model: type[Model], config_file: Path | None, overrides: dict[str, Any]) -> Model:
+    """A config from an optional YAML file, with the explicitly given flags on top; UsageError when invalid."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise UsageError(f"cannot read config file {config_file}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"config file {config_file} must hold a mapping")
+        data = loaded
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition(".")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[key] = value
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise UsageError(f"invalid configuration: {reasons}") from None

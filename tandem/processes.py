@@ -1,0 +1,78 @@
+"""Start daemons as child processes and wait until they are ready (used by the demo, benches and tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+READY = re.compile(r"edge ready on (?P<host>[^\s]+):(?P<port>\d+)(?:.*metrics on http://[^:]+:(?P<metrics>\d+))?")
+
+
+class DaemonFailed(Exception):
+    pass
+
+
+class EdgeProcess:
+    """`python -m edge_server ARGS` with --port 0; ``address`` is set once it printed its ready line."""
+
+    def __init__(self, args: list[str], log_path: Path | None = None, env: dict[str, str] | None = None,
+                 start_timeout: float = 600.0) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.start_timeout = start_timeout
+        self.address: str | None = None
+        self.metrics_port: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+
+    def __enter__(self) -> "EdgeProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_server", "--port", "0", *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._follow, args=(ready,), daemon=True).start()
+        deadline = time.monotonic() + self.start_timeout
+        while not ready.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = "".join(self.output[-30:])
+                self.stop()
+                raise DaemonFailed(f"edge server did not start ({' '.join(self.args)}):\n{tail}")
+
+    def _follow(self, ready: threading.Event) -> None:
+        log = open(self.log_path, "w") if self.log_path else None
+        for line in self.process.stdout:
+            self.output.append(line)
+            del self.output[:-200]
+            if log:
+                log.write(line)
+                log.flush()
+            if not ready.is_set() and (match := READY.search(line)):
+                self.address = f"{match['host']}:{match['port']}"
+                self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+                ready.set()
+        if log:
+            log.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
