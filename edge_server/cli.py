@@ -31,7 +31,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     vllm.add_argument("--block-size", type=int, help="KV block size, multiple of 32 on CPU (default 32)")
     vllm.add_argument("--compile", action="store_true", default=None,
                       help="let vLLM torch.compile the model: slower start (~100 s), faster decode")
-    vllm.add_argument("--kv-cache-gib", type=float, help="KV cache size in GiB (default 1)")
+    vllm.add_argument("--kv-cache-gib", type=int, help="KV cache size in GiB (default 1)")
     llama = parser.add_argument_group("llamacpp engine")
     llama.add_argument("--threads", type=int, help="llama.cpp threads (default 1)")
     llama.add_argument("--slots", type=int, help="warm contexts, one per concurrent session (default 4)")

@@ -13,7 +13,7 @@ class VllmOptions(BaseModel):
     top_n: int = Field(64, ge=2, le=1024, description="candidates per position; sampling needs top_k <= top_n")
     block_size: int = Field(32, ge=32, description="KV block size; small blocks let the prefix cache reuse more")
     enforce_eager: bool = Field(True, description="skip torch.compile: starts in ~20 s instead of ~100 s")
-    kv_cache_gib: float = Field(1.0, gt=0)
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
 
 
 class LlamaCppOptions(BaseModel):

@@ -36,7 +36,7 @@ class VllmTargetEngine(TargetEngine):
         max_top_n: int,
         block_size: int,
         enforce_eager: bool,
-        kv_cache_gib: float,
+        kv_cache_gib: int,
     ) -> None:
         self._model_dir = model_dir
         self._max_context = max_context

@@ -1,0 +1,80 @@
+"""Session-scoped daemons: each target engine starts once per test run (vLLM takes ~30-60 s on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tandem.models import default_data_dir, prepare_models
+from tandem.processes import EdgeProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+REPORT: dict[str, dict] = {}  # figures the tests measured (near-ties, ...), printed at the end and saved
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "test_report.json").write_text(json.dumps(REPORT, indent=2))
+        terminalreporter.section("tandem figures measured by the tests")
+        for name, figures in sorted(REPORT.items()):
+            terminalreporter.write_line(f"{name}: {json.dumps(figures)}")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return default_data_dir()
+
+
+@pytest.fixture(scope="session")
+def prepared(data_dir):
+    return prepare_models(data_dir, progress=lambda message: None)
+
+
+def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) -> EdgeProcess:
+    log = tmp_path_factory.mktemp("logs") / f"edge-{engine}.log"
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_NUM_THREADS": "1"} if engine == "vllm" else {}
+    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30", *extra]
+    return EdgeProcess(args, log_path=log, env=env)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_edge(prepared, data_dir, tmp_path_factory):
+    with _edge("llamacpp", data_dir, tmp_path_factory) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="session")
+def vllm_edge(prepared, data_dir, tmp_path_factory):
+    if not HAVE_VLLM:
+        pytest.skip("vllm is not installed")
+    with _edge("vllm", data_dir, tmp_path_factory) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="session", params=["llamacpp", "vllm"])
+def edge(request):
+    """Each target engine in turn (the test runs once per engine)."""
+    return request.getfixturevalue(f"{request.param}_edge")
+
+
+@pytest.fixture(scope="session")
+def draft(prepared):
+    from device_client.draft import LlamaCppDraftEngine
+
+    return LlamaCppDraftEngine(prepared.draft_gguf)
+
+
+@pytest.fixture
+def connection(edge):
+    from device_client.link import EdgeConnection
+
+    conn = EdgeConnection(edge.address)
+    yield conn
+    conn.close()
