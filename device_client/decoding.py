@@ -19,7 +19,7 @@ import numpy as np
 
 from device_client.draft import DraftEngine, DraftToken, draft_token
 from device_client.link import DecodeStream, EdgeError
-from tandem.sampling import SamplingConfig
+from tandem.sampling import PositionRandom, SamplingConfig
 from tandem.wire.v1 import edge_pb2 as pb
 
 MODES = ("psd", "sd", "edge-only")
@@ -151,7 +151,7 @@ def decode_speculative(
 ) -> DecodeResult:
     result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
-    rng = np.random.default_rng([config.seed, 1])  # the device's own stream; the edge has another
+    random = PositionRandom(config.seed, PositionRandom.DEVICE)
     committed = list(prompt)
     speculative: list[DraftToken] = []  # drafted past the in-flight block, assuming it is fully accepted
 
@@ -160,7 +160,7 @@ def decode_speculative(
     _expect(stream.receive(), "opened")
 
     def draft_one(context: list[int], overlapped: bool) -> DraftToken:
-        token = draft_token(draft, context, config, rng)
+        token = draft_token(draft, context, config, random)
         result.draft_seconds += token.seconds
         if overlapped:
             result.draft_overlapped_seconds += token.seconds

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from tandem.llamacpp import LlamaContext
-from tandem.sampling import Candidates, SamplingConfig, SparseDist, sample, truncate
+from tandem.sampling import Candidates, PositionRandom, SamplingConfig, SparseDist, sample, truncate
 
 
 class DraftEngine(ABC):
@@ -46,8 +46,10 @@ class DraftToken:
     seconds: float  # compute time spent drafting it
 
 
-def draft_token(engine: DraftEngine, context: Sequence[int], config: SamplingConfig, rng: np.random.Generator) -> DraftToken:
-    """Draft one token: greedy argmax, or a sample of q (truncated like the target's p)."""
+def draft_token(
+    engine: DraftEngine, context: Sequence[int], config: SamplingConfig, random: PositionRandom
+) -> DraftToken:
+    """Draft the token after ``context``: greedy argmax, or a sample of q (truncated like the target's p)."""
     started = time.perf_counter()
     logits = engine.next_logits(context)
     if config.greedy:
@@ -57,7 +59,7 @@ def draft_token(engine: DraftEngine, context: Sequence[int], config: SamplingCon
     # q crosses the link as float32: sample from exactly the renormalised float32 values the edge will use.
     probs = q.probs.astype(np.float32).astype(np.float64)
     q = SparseDist(q.token_ids, probs / probs.sum())
-    return DraftToken(sample(q, rng), q, time.perf_counter() - started)
+    return DraftToken(sample(q, random.uniform(len(context), PositionRandom.DRAFT)), q, time.perf_counter() - started)
 
 
 class LlamaCppDraftEngine(DraftEngine):

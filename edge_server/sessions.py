@@ -12,8 +12,6 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from tandem.sampling import SamplingConfig
 
 
@@ -33,7 +31,6 @@ class Session:
     sampling: SamplingConfig
     speculative: bool
     draft_length: int
-    rng: np.random.Generator  # drives the rejection sampler; seeded for reproducibility
     last_active: float = field(default_factory=time.monotonic)
     attached: bool = True
 
@@ -67,7 +64,6 @@ class SessionRegistry:
             sampling=sampling,
             speculative=speculative,
             draft_length=draft_length,
-            rng=np.random.default_rng(sampling.seed),
         )
         self._sessions[session.id] = session
         return session

@@ -16,6 +16,12 @@ and the tests all apply exactly the same arithmetic:
   tokens are then distributed exactly as p, whatever q is.
 
 Ties are broken by the lowest token id everywhere (argmax, ordering of candidates), as vLLM's greedy sampler does.
+
+Randomness is keyed by position (``PositionRandom``): the uniform numbers that draft, accept or sample the token
+at absolute position j depend only on (seed, stream, j).  Each position is decided once, by numbers that the
+tokens before it never saw, so the sampler stays exact; and the output depends on the seed and the models'
+numbers only, not on timing (how far a parallel drafter happened to run ahead, how sessions interleaved).
+(llama.cpp's logits themselves shift slightly with the KV-cache history, so sd and psd may still part ways.)
 """
 
 from __future__ import annotations
@@ -126,10 +132,24 @@ def truncate(candidates: Candidates, config: SamplingConfig) -> SparseDist:
     return SparseDist(ids, probs)
 
 
-def sample(dist: SparseDist, rng: np.random.Generator) -> int:
-    """Draw one token from ``dist`` by inverting its CDF with one uniform number."""
+class PositionRandom:
+    """Uniform numbers in [0, 1) keyed by (seed, stream, position, purpose); see the module docstring."""
+
+    DRAFT, ACCEPT, SAMPLE = 0, 1, 2  # purposes
+    DEVICE, EDGE = 0, 1  # streams
+
+    def __init__(self, seed: int, stream: int) -> None:
+        self.seed = seed
+        self.stream = stream
+
+    def uniform(self, position: int, purpose: int) -> float:
+        return float(np.random.default_rng([self.seed, self.stream, position, purpose]).random())
+
+
+def sample(dist: SparseDist, uniform: float) -> int:
+    """Draw one token from ``dist`` by inverting its CDF at ``uniform``."""
     cumulative = np.cumsum(dist.probs)
-    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    index = int(np.searchsorted(cumulative, uniform * cumulative[-1], side="right"))
     return int(dist.token_ids[min(index, len(dist.token_ids) - 1)])
 
 
@@ -166,9 +186,10 @@ def verify_sampled(
     draft_ids: Sequence[int],
     draft_dists: Sequence[SparseDist],
     target_dists: Sequence[SparseDist],
-    rng: np.random.Generator,
+    random: PositionRandom,
+    position: int,
 ) -> BlockVerdict:
-    """Modified rejection sampling over one block (see module docstring)."""
+    """Modified rejection sampling over one block whose first token sits at absolute ``position``."""
     _check_lengths(draft_ids, target_dists)
     if len(draft_dists) != len(draft_ids):
         raise ValueError("one draft distribution is needed per drafted token")
@@ -177,10 +198,11 @@ def verify_sampled(
         q_x = draft_dists[i].prob_of(token)
         if q_x <= 0.0:
             raise ValueError(f"drafted token {token} has probability 0 under its own draft distribution")
-        if rng.random() * q_x < p_x:  # u < p/q without dividing
+        if random.uniform(position + i, PositionRandom.ACCEPT) * q_x < p_x:  # u < p/q without dividing
             continue
-        return BlockVerdict(i, sample(residual(target_dists[i], draft_dists[i]), rng))
-    return BlockVerdict(len(draft_ids), sample(target_dists[len(draft_ids)], rng))
+        return BlockVerdict(i, sample(residual(target_dists[i], draft_dists[i]), random.uniform(position + i, PositionRandom.SAMPLE)))
+    end = position + len(draft_ids)
+    return BlockVerdict(len(draft_ids), sample(target_dists[len(draft_ids)], random.uniform(end, PositionRandom.SAMPLE)))
 
 
 def verify_block(
@@ -188,12 +210,13 @@ def verify_block(
     draft_dists: Sequence[SparseDist],
     target: Sequence[Candidates],
     config: SamplingConfig,
-    rng: np.random.Generator,
+    position: int,
 ) -> BlockVerdict:
-    """Verify one drafted block against the target's candidates, greedy or sampled per ``config``."""
+    """Verify one drafted block (first token at absolute ``position``), greedy or sampled per ``config``."""
     if config.greedy:
         return verify_greedy(draft_ids, target)
-    return verify_sampled(draft_ids, draft_dists, [truncate(c, config) for c in target], rng)
+    random = PositionRandom(config.seed, PositionRandom.EDGE)
+    return verify_sampled(draft_ids, draft_dists, [truncate(c, config) for c in target], random, position)
 
 
 def _check_lengths(draft_ids: Sequence[int], target: Sequence[object]) -> None:

@@ -40,7 +40,7 @@ def prepared(data_dir):
 def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) -> EdgeProcess:
     log = tmp_path_factory.mktemp("logs") / f"edge-{engine}.log"
     env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_NUM_THREADS": "1"} if engine == "vllm" else {}
-    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30", *extra]
+    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30", "--max-sessions", "64", *extra]
     return EdgeProcess(args, log_path=log, env=env)
 
 

@@ -10,6 +10,7 @@ from scipy.stats import chisquare
 
 from tandem.sampling import (
     Candidates,
+    PositionRandom,
     SamplingConfig,
     SparseDist,
     sample,
@@ -92,7 +93,7 @@ def _chi_square(samples: list, expected: dict) -> float:
 def test_sample_follows_distribution(config):
     rng = np.random.default_rng(3)
     dist = truncate(random_logprobs(rng), config)
-    assert _chi_square([sample(dist, rng) for _ in range(TRIALS)], dist.as_dict()) > P_VALUE_FLOOR
+    assert _chi_square([sample(dist, rng.random()) for _ in range(TRIALS)], dist.as_dict()) > P_VALUE_FLOOR
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -109,9 +110,12 @@ def test_rejection_sampling_emits_target_distribution(config, block):
     p = [truncate(c, config) for c in target]
     q = [truncate(c, config) for c in draft]
     firsts, pairs = [], []
-    for _ in range(TRIALS):
-        drafted = [sample(q[i], rng) for i in range(block)]
-        verdict = verify_block(drafted, q, target, config, rng)
+    for trial in range(TRIALS):
+        # The position-keyed randomness of one session per trial, as the edge and device use it.
+        trial_config = SamplingConfig(config.temperature, config.top_k, config.top_p, seed=trial)
+        device = PositionRandom(trial, PositionRandom.DEVICE)
+        drafted = [sample(q[i], device.uniform(i, PositionRandom.DRAFT)) for i in range(block)]
+        verdict = verify_block(drafted, q, target, trial_config, 0)
         emitted = drafted[: verdict.accepted] + [verdict.next_token]
         firsts.append(emitted[0])
         if len(emitted) >= 2:
@@ -128,8 +132,8 @@ def test_rejection_sampling_accepts_identical_draft_always():
     target = [random_logprobs(rng) for _ in range(4)]
     q = [truncate(c, config) for c in target[:3]]
     for _ in range(200):
-        drafted = [sample(d, rng) for d in q]
-        assert verify_block(drafted, q, target, config, rng).accepted == 3
+        drafted = [sample(d, rng.random()) for d in q]
+        assert verify_block(drafted, q, target, config, 0).accepted == 3
 
 
 def test_greedy_verification_and_ties():
@@ -161,6 +165,16 @@ def test_sampling_config_validation():
         SamplingConfig(temperature=1).validate(100, 10)  # whole vocabulary but only top-10 known
     SamplingConfig(temperature=0).validate(100, 10)  # greedy needs no bound
     SamplingConfig(temperature=1, top_k=10).validate(100, 10)
+
+
+def test_position_random_is_keyed_and_uniform():
+    a, b = PositionRandom(7, PositionRandom.EDGE), PositionRandom(7, PositionRandom.EDGE)
+    assert a.uniform(5, PositionRandom.ACCEPT) == b.uniform(5, PositionRandom.ACCEPT)
+    assert a.uniform(5, PositionRandom.ACCEPT) != a.uniform(5, PositionRandom.SAMPLE)
+    assert a.uniform(5, PositionRandom.ACCEPT) != PositionRandom(7, PositionRandom.DEVICE).uniform(5, PositionRandom.ACCEPT)
+    draws = [PositionRandom(seed, 0).uniform(3, 0) for seed in range(5000)]
+    observed, _ = np.histogram(draws, bins=10, range=(0, 1))
+    assert chisquare(observed).pvalue > P_VALUE_FLOOR
 
 
 def test_residual_normalises():

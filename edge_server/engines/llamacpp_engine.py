@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_server.engines.base import EngineInfo, ScoredPosition, ScoreRequest, TargetEngine
 from tandem.llamacpp import LlamaContext
-from tandem.sampling import Candidates, SamplingConfig, sample, truncate
+from tandem.sampling import Candidates, PositionRandom, SamplingConfig, sample, truncate
 
 
 class LlamaCppTargetEngine(TargetEngine):
@@ -52,13 +52,13 @@ class LlamaCppTargetEngine(TargetEngine):
     async def generate(
         self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
     ) -> AsyncIterator[list[int]]:
-        rng = np.random.default_rng(config.seed)
+        random = PositionRandom(config.seed, PositionRandom.EDGE)
         tokens = list(prompt)
         stops = set(stop_ids)
         for _ in range(max_tokens):
             logits = await self._run(self._logits, tokens, len(tokens) - 1)
             candidates = Candidates.top_of_logits(logits[0], config.top_k or self.info.vocab_size)
-            token = candidates.argmax() if config.greedy else sample(truncate(candidates, config), rng)
+            token = candidates.argmax() if config.greedy else sample(truncate(candidates, config), random.uniform(len(tokens), PositionRandom.SAMPLE))
             tokens.append(token)
             yield [token]
             if token in stops or len(tokens) >= self._max_context:
@@ -79,15 +79,25 @@ class LlamaCppTargetEngine(TargetEngine):
         return [Candidates.top_of_logits(row, request.top_n) for row in rows]
 
     def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
-        slot = max(range(len(self._slots)), key=lambda i: (self._slots[i].shared_prefix(tokens), -self._last_use[i]))
-        # A slot that lacks tokens before `first` most likely belongs to another session: take a fresh one while
-        # the pool has room, rather than evicting that session's cache.
-        if self._slots[slot].shared_prefix(tokens) < first and len(self._slots) < self._max_slots:
-            self._new_slot()
-            slot = len(self._slots) - 1
+        return self._slots[self._slot_for(tokens, first)].logits(tokens, first)
+
+    def _slot_for(self, tokens: Sequence[int], first: int) -> int:
+        """The slot already holding ``tokens[:first]`` (this session's), else an empty or new one, else the
+        least recently used; a slot that lacks tokens before ``first`` belongs to another session."""
+        shared = [slot.shared_prefix(tokens) for slot in self._slots]
+        best = max(range(len(self._slots)), key=lambda i: (shared[i], self._last_use[i]))
+        if shared[best] < first:
+            empty = [i for i, slot in enumerate(self._slots) if slot.llama.n_tokens == 0]
+            if empty:
+                best = empty[0]
+            elif len(self._slots) < self._max_slots:
+                self._new_slot()
+                best = len(self._slots) - 1
+            else:
+                best = min(range(len(self._slots)), key=lambda i: self._last_use[i])
         self._use_counter += 1
-        self._last_use[slot] = self._use_counter
-        return self._slots[slot].logits(tokens, first)
+        self._last_use[best] = self._use_counter
+        return best
 
     def _new_slot(self) -> LlamaContext:
         context = LlamaContext(self._gguf, self._max_context, self._n_threads, all_logits=True)
