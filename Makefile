@@ -1,0 +1,17 @@
+# Two commands on a fresh machine:  `make demo` (the main job, end to end)  and  `make test`.
+.PHONY: setup demo test bench
+
+.venv/.setup-done: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+setup: .venv/.setup-done
+
+demo: setup
+	.venv/bin/tandem demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py
