@@ -25,6 +25,7 @@ class ShapingProxy:
         self.shaper = shaper
         self.bytes = {Direction.UP: 0, Direction.DOWN: 0}
         self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self.listen_host, self.listen_port)
@@ -34,9 +35,16 @@ class ShapingProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _handle(self, device_reader: asyncio.StreamReader, device_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
         try:
             edge_reader, edge_writer = await asyncio.open_connection(*self.upstream)
         except OSError as error:
@@ -70,9 +78,11 @@ class ShapingProxy:
         try:
             while chunk := await reader.read(CHUNK_BYTES):
                 await in_flight.put((self.shaper.delivery_time(direction, len(chunk), time.monotonic()), chunk))
-        finally:
             await in_flight.put((0.0, b""))
             await delivery
+        finally:
+            delivery.cancel()
+            writer.close()
 
 
 class ProxyThread:
