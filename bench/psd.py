@@ -141,6 +141,9 @@ def main() -> int:
     parser.add_argument("--draft-length", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-peers", action="store_true", help="skip the vLLM peers")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="pin the edge to core 0 and the device (drafting, link) to core 1, as if they were "
+                             "separate machines; by default both share all cores")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "psd_bench.json")
     args = parser.parse_args()
 
@@ -149,9 +152,13 @@ def main() -> int:
     draft = LlamaCppDraftEngine(prepared.draft_gguf)
     report: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "links": {}}
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1"} if args.engine == "vllm" else {}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0" if args.split_cores else "0-1"} if args.engine == "vllm" else {}
+
     print(f"starting the {args.engine} edge...", flush=True)
     with EdgeProcess(["--engine", args.engine, "--data-dir", str(data_dir)], env=env) as edge:
+        if args.split_cores:  # this process is the device: every thread of it onto core 1
+            for thread_id in os.listdir("/proc/self/task"):
+                os.sched_setaffinity(int(thread_id), {1})
         host, port = edge.address.rsplit(":", 1)
         for rtt in args.rtt_ms:
             rate = args.rate_mbps * 1e6

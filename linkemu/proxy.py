@@ -51,11 +51,14 @@ class ShapingProxy:
             log.warning("cannot reach upstream %s:%s: %s", *self.upstream, error)
             device_writer.close()
             return
-        await asyncio.gather(
-            self._pump(device_reader, edge_writer, Direction.UP),
-            self._pump(edge_reader, device_writer, Direction.DOWN),
-            return_exceptions=True,
-        )
+        try:
+            await asyncio.gather(
+                self._pump(device_reader, edge_writer, Direction.UP),
+                self._pump(edge_reader, device_writer, Direction.DOWN),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping; the pumps closed their writers
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction) -> None:
         """Read as fast as the sender sends; deliver each chunk at its shaped arrival time, in order."""

@@ -130,12 +130,15 @@ def test_bad_message_gets_status_and_spares_live_session(case, connection, draft
     assert live.finish() == reference
 
 
-def test_closed_session_cannot_be_attached(connection, draft, prompt_ids):
-    session = LiveSession(connection, draft, prompt_ids)
-    session.finish()
+def test_closed_session_cannot_be_attached(connection, draft, prompt_ids, reference):
+    closed = LiveSession(connection, draft, prompt_ids)
+    closed.finish()
+    live = LiveSession(connection, draft, prompt_ids)
+    live.step()
     stream = connection.open_stream()
-    stream.send(pb.DeviceMessage(attach=pb.Attach(session_id=session.session_id)))
+    stream.send(pb.DeviceMessage(attach=pb.Attach(session_id=closed.session_id)))
     expect_status(stream, grpc.StatusCode.FAILED_PRECONDITION, "is closed")
+    assert live.finish() == reference
 
 
 def test_bad_block_keeps_committed_tokens_and_session_resumes(connection, draft, prompt_ids, reference):
