@@ -90,4 +90,4 @@ def _print_table(rows: list[dict]) -> None:
               f"{fmt(median('ttft_s') and median('ttft_s') * 1000, '8.0f')} "
               f"{fmt(median('acceptance_rate'), '7.2f')} {fmt(median('mean_accepted_length'), '8.2f')} "
               f"{fmt(median('bytes_up_per_block'), '9.0f')} {fmt(median('draft_hidden_fraction'), '7.0%')}")
-    print("(medians over the prompts; the same answers in every mode: greedy verification is lossless)")
+    print("(medians over the prompts; greedy verification is lossless: every mode emits the target's argmax tokens)")
