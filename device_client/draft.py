@@ -51,15 +51,15 @@ def draft_token(
 ) -> DraftToken:
     """Draft the token after ``context``: greedy argmax, or a sample of q (truncated like the target's p)."""
     started = time.perf_counter()
-    logits = engine.next_logits(context)
+    candidates = Candidates.top_of_logits(engine.next_logits(context), config.candidates_needed(engine.vocab_size))
     if config.greedy:
-        token = Candidates.top_of_logits(logits, 2).argmax()
-        return DraftToken(token, None, time.perf_counter() - started)
-    q = truncate(Candidates.top_of_logits(logits, config.top_k or engine.vocab_size), config)
+        return DraftToken(candidates.argmax(), None, time.perf_counter() - started)
+    q = truncate(candidates, config)
     # q crosses the link as float32: sample from exactly the renormalised float32 values the edge will use.
     probs = q.probs.astype(np.float32).astype(np.float64)
     q = SparseDist(q.token_ids, probs / probs.sum())
-    return DraftToken(sample(q, random.uniform(len(context), PositionRandom.DRAFT)), q, time.perf_counter() - started)
+    token = sample(q, random.uniform(len(context), PositionRandom.DRAFT))
+    return DraftToken(token, q, time.perf_counter() - started)
 
 
 class LlamaCppDraftEngine(DraftEngine):

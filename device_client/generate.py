@@ -34,7 +34,9 @@ def check_compatible(info: pb.EdgeInfo, draft: DraftEngine, request: GenerationR
             f"the edge's target model ({info.model}) uses another tokenizer than this device's draft model"
         )
     if request.mode != "edge-only" and request.draft_length > info.max_draft_length:
-        raise IncompatibleEdge(f"--draft-length {request.draft_length} exceeds the edge's limit {info.max_draft_length}")
+        raise IncompatibleEdge(
+            f"--draft-length {request.draft_length} exceeds the edge's limit {info.max_draft_length}"
+        )
     try:
         request.sampling.validate(info.vocab_size, info.max_top_k)
     except ValueError as error:
@@ -51,7 +53,7 @@ def generate(
     info = info or connection.info()
     check_compatible(info, draft, request)
     prompt = (
-        draft.encode_chat(request.prompt) if not request.raw_prompt else draft.encode_text(request.prompt)
+        draft.encode_text(request.prompt) if request.raw_prompt else draft.encode_chat(request.prompt)
     )
     stop_ids = [] if request.ignore_eos else draft.stop_ids
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

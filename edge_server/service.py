@@ -218,7 +218,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         arrived = time.perf_counter()
         draft = list(block.token_ids)
         dists = self._check_block(session, block, draft)
-        top_n = 2 if session.sampling.greedy else (session.sampling.top_k or self._info.vocab_size)
+        top_n = session.sampling.candidates_needed(self._info.vocab_size)
         result = await self._batcher.score(ScoreRequest(session.tokens, draft, top_n))
         verdict = verify_block(draft, dists, result.candidates, session.sampling, len(session.tokens))
         # Commit only now, after everything that can fail.

@@ -75,7 +75,6 @@ class ShapingProxy:
                 writer.write(chunk)
                 await writer.drain()
                 self.bytes[direction] += len(chunk)
-            writer.close()
 
         delivery = asyncio.create_task(deliver())
         try:

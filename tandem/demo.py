@@ -78,16 +78,13 @@ def _print_table(rows: list[dict]) -> None:
     for mode in ("edge-only", "sd", "psd"):
         runs = [r for r in rows if r["mode"] == mode]
 
-        def median(key: str) -> float | None:
+        def cell(key: str, spec: str, scale: float = 1.0) -> str:
+            """The median of one figure over the prompts, formatted; '-' where the mode has none."""
             values = [r[key] for r in runs if r[key] is not None]
-            return statistics.median(values) if values else None
+            return format(statistics.median(values) * scale, spec) if values else format("-", ">" + spec.split(".")[0])
 
-        def fmt(value: float | None, spec: str) -> str:
-            return "-" if value is None else format(value, spec)
-
-        print(f"{mode:<10} {fmt(median('tokens_per_s'), '7.1f')} "
-              f"{fmt(median('per_token_latency_s') and median('per_token_latency_s') * 1000, '9.1f')} "
-              f"{fmt(median('ttft_s') and median('ttft_s') * 1000, '8.0f')} "
-              f"{fmt(median('acceptance_rate'), '7.2f')} {fmt(median('mean_accepted_length'), '8.2f')} "
-              f"{fmt(median('bytes_up_per_block'), '9.0f')} {fmt(median('draft_hidden_fraction'), '7.0%')}")
+        print(f"{mode:<10} {cell('tokens_per_s', '7.1f')} {cell('per_token_latency_s', '9.1f', 1000)} "
+              f"{cell('ttft_s', '8.0f', 1000)} {cell('acceptance_rate', '7.2f')} "
+              f"{cell('mean_accepted_length', '8.2f')} {cell('bytes_up_per_block', '9.0f')} "
+              f"{cell('draft_hidden_fraction', '7.0%')}")
     print("(medians over the prompts; greedy verification is lossless: every mode emits the target's argmax tokens)")

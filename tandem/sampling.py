@@ -45,6 +45,11 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def candidates_needed(self, vocab_size: int) -> int:
+        """How many of a position's best tokens decide the choice: 2 for greedy (argmax, and its tie-break
+        neighbour), else top_k (the whole vocabulary when top_k is off)."""
+        return 2 if self.greedy else self.top_k or vocab_size
+
     def validate(self, vocab_size: int, max_top_k: int) -> None:
         """Raise ValueError with a user-facing reason when the parameters cannot be honoured exactly."""
         if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -55,14 +60,12 @@ class SamplingConfig:
             raise ValueError(f"top_p must lie in [0, 1] (0 or 1 = off), got {self.top_p}")
         if self.top_k < 0 or self.top_k > vocab_size:
             raise ValueError(f"top_k must lie in [0, {vocab_size}] (0 = off), got {self.top_k}")
-        if not self.greedy:
-            effective_top_k = self.top_k or vocab_size
-            if effective_top_k > max_top_k:
-                raise ValueError(
-                    f"sampling with top_k={self.top_k or 'off'} cannot be verified exactly by this edge: "
-                    f"it needs 1 <= top_k <= {max_top_k} (the target's distribution is known only over its "
-                    f"top {max_top_k} tokens)"
-                )
+        if self.candidates_needed(vocab_size) > max_top_k:
+            raise ValueError(
+                f"sampling with top_k={self.top_k or 'off'} cannot be verified exactly by this edge: "
+                f"it needs 1 <= top_k <= {max_top_k} (the target's distribution is known only over its "
+                f"top {max_top_k} tokens)"
+            )
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,11 @@ def verify_sampled(
             raise ValueError(f"drafted token {token} has probability 0 under its own draft distribution")
         if random.uniform(position + i, PositionRandom.ACCEPT) * q_x < p_x:  # u < p/q without dividing
             continue
-        return BlockVerdict(i, sample(residual(target_dists[i], draft_dists[i]), random.uniform(position + i, PositionRandom.SAMPLE)))
-    end = position + len(draft_ids)
-    return BlockVerdict(len(draft_ids), sample(target_dists[len(draft_ids)], random.uniform(end, PositionRandom.SAMPLE)))
+        correction = residual(target_dists[i], draft_dists[i])
+        return BlockVerdict(i, sample(correction, random.uniform(position + i, PositionRandom.SAMPLE)))
+    bonus_position = position + len(draft_ids)
+    bonus = sample(target_dists[len(draft_ids)], random.uniform(bonus_position, PositionRandom.SAMPLE))
+    return BlockVerdict(len(draft_ids), bonus)
 
 
 def verify_block(

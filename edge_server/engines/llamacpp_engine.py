@@ -57,8 +57,11 @@ class LlamaCppTargetEngine(TargetEngine):
         stops = set(stop_ids)
         for _ in range(max_tokens):
             logits = await self._run(self._logits, tokens, len(tokens) - 1)
-            candidates = Candidates.top_of_logits(logits[0], config.top_k or self.info.vocab_size)
-            token = candidates.argmax() if config.greedy else sample(truncate(candidates, config), random.uniform(len(tokens), PositionRandom.SAMPLE))
+            candidates = Candidates.top_of_logits(logits[0], config.candidates_needed(self.info.vocab_size))
+            if config.greedy:
+                token = candidates.argmax()
+            else:
+                token = sample(truncate(candidates, config), random.uniform(len(tokens), PositionRandom.SAMPLE))
             tokens.append(token)
             yield [token]
             if token in stops or len(tokens) >= self._max_context:
@@ -87,7 +90,7 @@ class LlamaCppTargetEngine(TargetEngine):
         shared = [slot.shared_prefix(tokens) for slot in self._slots]
         best = max(range(len(self._slots)), key=lambda i: (shared[i], self._last_use[i]))
         if shared[best] < first:
-            empty = [i for i, slot in enumerate(self._slots) if slot.llama.n_tokens == 0]
+            empty = [i for i, slot in enumerate(self._slots) if len(slot.cached_tokens) == 0]
             if empty:
                 best = empty[0]
             elif len(self._slots) < self._max_slots:
