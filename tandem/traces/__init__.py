@@ -1,0 +1,1 @@
+"""Channel traces: generated once from Sionna simulations, replayed by the link emulator (and later the controller)."""
