@@ -164,7 +164,7 @@ def main() -> int:
             rate = args.rate_mbps * 1e6
             shaper = FixedShaper(up_bps=rate, down_bps=rate, one_way_delay_s=rtt / 2000)
             print(f"link: {rtt:g} ms RTT, {args.rate_mbps:g} Mbit/s", flush=True)
-            with ProxyThread(ShapingProxy("127.0.0.1", 0, host, int(port), shaper)) as link:
+            with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
                 rows = run_modes(link.address, draft, args)
             report["links"][f"{rtt:g}ms"] = rows
             print_table(f"{args.engine} target, {rtt:g} ms RTT, {args.rate_mbps:g} Mbit/s "

@@ -1,14 +1,16 @@
 """Link shapers: when does a chunk of bytes sent now arrive at the other end of an emulated link?
 
 A shaper models each direction as a FIFO bottleneck (serialisation at the current rate) followed by a fixed
-propagation delay, like Mahimahi's link shells.  The proxy asks it per chunk; nothing here touches sockets, so
-the arithmetic is testable on a virtual clock.
+propagation delay, like Mahimahi's link shells.  The proxy asks it per chunk; nothing here touches sockets or
+reads the clock, so the arithmetic is testable on a virtual clock.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -17,32 +19,125 @@ class Direction(str, Enum):
     DOWN = "down"  # edge -> device
 
 
+class LinkDown(Exception):
+    """The link stayed in outage longer than the limit while bytes waited: the connection breaks at ``at``."""
+
+    def __init__(self, at: float, outage_s: float) -> None:
+        super().__init__(f"link in outage for more than {outage_s:g} s")
+        self.at = at
+
+
 class LinkShaper(ABC):
-    @abstractmethod
-    def delivery_time(self, direction: Direction, nbytes: int, now: float) -> float:
-        """Absolute time at which ``nbytes`` handed to the link at ``now`` have all arrived."""
+    """FIFO serialisation per direction, then ``one_way_delay_s`` of propagation."""
 
-
-@dataclass
-class FixedShaper(LinkShaper):
-    """Constant rate (bits/s, None = unlimited) and one-way delay (s) in each direction."""
-
-    up_bps: float | None = None
-    down_bps: float | None = None
-    one_way_delay_s: float = 0.0
-    _busy_until: dict[Direction, float] = field(default_factory=lambda: {Direction.UP: 0.0, Direction.DOWN: 0.0})
-
-    def __post_init__(self) -> None:
-        for name in ("up_bps", "down_bps"):
-            rate = getattr(self, name)
-            if rate is not None and not rate > 0:
-                raise ValueError(f"{name} must be positive (or None for unlimited), got {rate}")
-        if not self.one_way_delay_s >= 0:
-            raise ValueError(f"one_way_delay_s must be >= 0, got {self.one_way_delay_s}")
+    def __init__(self, one_way_delay_s: float) -> None:
+        if not one_way_delay_s >= 0:
+            raise ValueError(f"one-way delay must be >= 0 s, got {one_way_delay_s}")
+        self.one_way_delay_s = one_way_delay_s
+        self._busy_until = {Direction.UP: -math.inf, Direction.DOWN: -math.inf}
 
     def delivery_time(self, direction: Direction, nbytes: int, now: float) -> float:
-        rate = self.up_bps if direction is Direction.UP else self.down_bps
+        """Absolute time at which ``nbytes`` handed to the link at ``now`` have all arrived (LinkDown if never)."""
         start = max(now, self._busy_until[direction])
-        done = start + (nbytes * 8 / rate if rate else 0.0)
+        done = self.transmission_end(direction, start, nbytes)
         self._busy_until[direction] = done
         return done + self.one_way_delay_s
+
+    @abstractmethod
+    def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:
+        """When the last of ``nbytes`` leaves the bottleneck if their first bit starts at ``start``."""
+
+    @abstractmethod
+    def rate_bps(self, direction: Direction, now: float) -> float:
+        """The bottleneck's rate at ``now`` (inf = unlimited)."""
+
+
+class FixedShaper(LinkShaper):
+    """Constant rate (bits/s, None = unlimited) in each direction."""
+
+    def __init__(self, up_bps: float | None = None, down_bps: float | None = None, one_way_delay_s: float = 0.0):
+        super().__init__(one_way_delay_s)
+        for name, rate in (("up_bps", up_bps), ("down_bps", down_bps)):
+            if rate is not None and not rate > 0:
+                raise ValueError(f"{name} must be positive (or None for unlimited), got {rate}")
+        self._rates = {Direction.UP: up_bps, Direction.DOWN: down_bps}
+
+    def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:
+        rate = self._rates[direction]
+        return start + (nbytes * 8 / rate if rate else 0.0)
+
+    def rate_bps(self, direction: Direction, now: float) -> float:
+        return self._rates[direction] or math.inf
+
+
+@dataclass(frozen=True)
+class SlotClock:
+    """Maps emulator time to trace slots: slot k covers [origin + k*w, origin + (k+1)*w) with w = slot_s/speedup.
+
+    Past the end, the trace repeats (``loop``) or holds its last slot.
+    """
+
+    origin: float
+    slot_s: float
+    num_slots: int
+    speedup: float = 1.0
+    loop: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.slot_s > 0 and self.speedup > 0 and self.num_slots >= 1):
+            raise ValueError("slot length, speed-up and slot count must be positive")
+
+    @property
+    def wall_slot_s(self) -> float:
+        return self.slot_s / self.speedup
+
+    def tick(self, now: float) -> int:
+        """The absolute (unwrapped) slot number at ``now``; slots before the origin count as slot 0."""
+        return max(0, math.floor((now - self.origin) / self.wall_slot_s))
+
+    def slot(self, tick: int) -> int:
+        """The trace slot that plays at an absolute slot number."""
+        return tick % self.num_slots if self.loop else min(tick, self.num_slots - 1)
+
+    def tick_end(self, tick: int) -> float:
+        return self.origin + (tick + 1) * self.wall_slot_s
+
+
+class TraceShaper(LinkShaper):
+    """Rates that change every slot: ``rate_of(direction, slot)`` bits/s, read live (shares may change).
+
+    Bytes are serialised at the rate of the slot they are in, carrying over slot boundaries. A slot of rate 0 is
+    an outage: bytes wait, and if one outage keeps them waiting longer than ``outage_limit_s`` the link goes
+    down (LinkDown at the moment the limit is reached), as a radio link failure would.
+    """
+
+    def __init__(self, clock: SlotClock, rate_of: Callable[[Direction, int], float], one_way_delay_s: float,
+                 outage_limit_s: float) -> None:
+        super().__init__(one_way_delay_s)
+        if not outage_limit_s > 0:
+            raise ValueError(f"outage limit must be > 0 s, got {outage_limit_s}")
+        self.clock = clock
+        self.rate_of = rate_of
+        self.outage_limit_s = outage_limit_s
+
+    def rate_bps(self, direction: Direction, now: float) -> float:
+        return self.rate_of(direction, self.clock.slot(self.clock.tick(now)))
+
+    def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:
+        bits = nbytes * 8.0
+        now = start
+        tick = self.clock.tick(now)
+        outage_since: float | None = None
+        while True:
+            slot_end = self.clock.tick_end(tick)
+            rate = self.rate_of(direction, self.clock.slot(tick))
+            if rate <= 0:
+                outage_since = now if outage_since is None else outage_since
+                if slot_end - outage_since > self.outage_limit_s:
+                    raise LinkDown(outage_since + self.outage_limit_s, self.outage_limit_s)
+            else:
+                outage_since = None
+                if bits <= rate * (slot_end - now):
+                    return now + bits / rate
+                bits -= rate * (slot_end - now)
+            now, tick = slot_end, tick + 1

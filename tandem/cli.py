@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from device_client.cli import add_generate_arguments
     from edge_server.cli import add_serve_arguments
     from tandem.demo import add_demo_arguments
+    from linkemu.cli import add_linkemu_commands
     from tandem.traces.cli import add_trace_commands
 
     parser = argparse.ArgumentParser(
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     add_trace_commands(commands)
+    add_linkemu_commands(commands)
 
     demo = commands.add_parser(
         "demo",

@@ -49,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
         host, port = edge.address.rsplit(":", 1)
         rate = args.rate_mbps * 1e6
         shaper = FixedShaper(up_bps=rate, down_bps=rate, one_way_delay_s=args.rtt_ms / 2000)
-        with ProxyThread(ShapingProxy("127.0.0.1", 0, host, int(port), shaper)) as link:
+        with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
             print(f"edge at {edge.address}; device link via {link.address} "
                   f"({args.rtt_ms:g} ms RTT, {args.rate_mbps:g} Mbit/s)\n", flush=True)
             draft = LlamaCppDraftEngine(prepared.draft_gguf)

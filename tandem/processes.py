@@ -11,15 +11,20 @@ import threading
 import time
 from pathlib import Path
 
-READY = re.compile(r"edge ready on (?P<host>[^\s]+):(?P<port>\d+)(?:.*metrics on http://[^:]+:(?P<metrics>\d+))?")
+EDGE_READY = re.compile(
+    r"edge ready on (?P<host>[^\s]+):(?P<port>\d+)(?:.*metrics on http://[^:]+:(?P<metrics>\d+))?")
+LINKEMU_READY = re.compile(
+    r"linkemu ready: user (?P<user>\d+) on (?P<address>[^\s]+) ->.*?(?:metrics on http://[^:]+:(?P<metrics>\d+))?$")
 
 
 class DaemonFailed(Exception):
     pass
 
 
-class EdgeProcess:
-    """`python -m edge_server ARGS` with --port 0; ``address`` is set once it printed its ready line."""
+class DaemonProcess:
+    """`python -m MODULE ARGS`, followed until it printed its ready line(s) (``_on_line`` returns True)."""
+
+    module = ""
 
     def __init__(self, args: list[str], log_path: Path | None = None, env: dict[str, str] | None = None,
                  start_timeout: float = 600.0) -> None:
@@ -27,23 +32,26 @@ class EdgeProcess:
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
-        self.address: str | None = None
         self.metrics_port: int | None = None
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 
-    def __enter__(self) -> "EdgeProcess":
+    def __enter__(self):
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+    def _on_line(self, line: str) -> bool:
+        raise NotImplementedError
+
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_server", "--port", "0", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-        )
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=self.env)
         ready = threading.Event()
         threading.Thread(target=self._follow, args=(ready,), daemon=True).start()
         deadline = time.monotonic() + self.start_timeout
@@ -51,7 +59,7 @@ class EdgeProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = "".join(self.output[-30:])
                 self.stop()
-                raise DaemonFailed(f"edge server did not start ({' '.join(self.args)}):\n{tail}")
+                raise DaemonFailed(f"{self.module} did not start ({' '.join(self.args)}):\n{tail}")
 
     def _follow(self, ready: threading.Event) -> None:
         log = open(self.log_path, "w") if self.log_path else None
@@ -61,9 +69,7 @@ class EdgeProcess:
             if log:
                 log.write(line)
                 log.flush()
-            if not ready.is_set() and (match := READY.search(line)):
-                self.address = f"{match['host']}:{match['port']}"
-                self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+            if not ready.is_set() and self._on_line(line):
                 ready.set()
         if log:
             log.close()
@@ -76,3 +82,42 @@ class EdgeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class EdgeProcess(DaemonProcess):
+    """`python -m edge_server ARGS --port 0`; ``address`` is set once it printed its ready line."""
+
+    module = "edge_server"
+    address: str | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, "--port", "0", *self.args]
+
+    def _on_line(self, line: str) -> bool:
+        if match := EDGE_READY.search(line):
+            self.address = f"{match['host']}:{match['port']}"
+            self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+        return self.address is not None
+
+
+class LinkEmuProcess(DaemonProcess):
+    """`python -m linkemu ARGS`; ``addresses`` maps each of ``num_users`` users to where its device connects."""
+
+    module = "linkemu"
+
+    def __init__(self, args: list[str], num_users: int = 1, **kwargs) -> None:
+        super().__init__(args, **kwargs)
+        self.num_users = num_users
+        self.addresses: dict[int, str] = {}
+
+    @property
+    def address(self) -> str:
+        """Where the device connects when the emulator carries one user."""
+        (address,) = self.addresses.values()
+        return address
+
+    def _on_line(self, line: str) -> bool:
+        if match := LINKEMU_READY.search(line.rstrip()):
+            self.addresses[int(match["user"])] = match["address"]
+            self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+        return len(self.addresses) >= self.num_users

@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
 from tandem.models import default_data_dir, prepare_models
-from tandem.processes import EdgeProcess
+from tandem.processes import EdgeProcess, LinkEmuProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -78,3 +82,45 @@ def connection(edge):
     conn = EdgeConnection(edge.address)
     yield conn
     conn.close()
+
+
+def run_tandem(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The `tandem` CLI in a child process (OMP_NUM_THREADS=1: torch is 10x faster so on 2 cores)."""
+    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def umi_trace(tmp_path_factory) -> Path:
+    """A small Sionna UMi trace made by the CLI: 3 edges x 4 users x 60 slots of 100 ms."""
+    path = tmp_path_factory.mktemp("traces") / "umi.npz"
+    done = run_tandem("traces", "generate", "--scenario", "umi", "--edges", "3", "--users", "4", "--slots", "60",
+                      "--seed", "3", "--quiet", "-o", str(path))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="session")
+def linkemu_links(umi_trace, tmp_path_factory):
+    """``link_to(edge)``: a `linkemu serve` daemon in front of that edge, replaying the UMi trace 10x faster on
+    the user-edge pair with the best worst-slot rate (so a test is not stuck in a long outage)."""
+    from tandem.traces.format import load_trace
+
+    trace = load_trace(umi_trace)
+    worst = np.minimum(trace.se[0], trace.se[1]).min(axis=0)  # [U, E]
+    user, edge_index = np.unravel_index(worst.argmax(), worst.shape)
+    started: dict[str, LinkEmuProcess] = {}
+
+    def link_to(edge) -> LinkEmuProcess:
+        if edge.address not in started:
+            log = tmp_path_factory.mktemp("logs") / "linkemu.log"
+            started[edge.address] = LinkEmuProcess(
+                ["--trace", str(umi_trace), "--upstream", edge.address, "--user", str(user), "--edge",
+                 str(edge_index), "--share", "0.5", "--base-delay-ms", "2", "--speedup", "10",
+                 "--outage-limit", "60", "--metrics-port", "0"], log_path=log)
+            started[edge.address].start()
+        return started[edge.address]
+
+    yield link_to
+    for process in started.values():
+        process.stop()

@@ -35,7 +35,7 @@ def test_session_through_shaped_link_is_lossless_and_delayed(llamacpp_edge, draf
     host, port = llamacpp_edge.address.rsplit(":", 1)
     rtt = 0.05
     shaper = FixedShaper(up_bps=2e6, down_bps=2e6, one_way_delay_s=rtt / 2)
-    with ProxyThread(ShapingProxy("127.0.0.1", 0, host, int(port), shaper)) as link:
+    with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
         shaped_connection = EdgeConnection(link.address)
         shaped, _ = generate(shaped_connection, draft, request)
         shaped_connection.close()

@@ -35,8 +35,24 @@ PROMPTS = (
 TOKENS = 64
 
 
+@pytest.fixture(params=["direct", "linkemu"])
+def path(request) -> str:
+    """Each test runs on a direct connection and through the trace-driven link emulator (UMi trace)."""
+    return request.param
+
+
+@pytest.fixture
+def connection(path, edge, linkemu_links):
+    from device_client.link import EdgeConnection
+
+    address = edge.address if path == "direct" else linkemu_links(edge).address
+    conn = EdgeConnection(address)
+    yield conn
+    conn.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_greedy_emits_target_argmax(connection, draft, mode):
+def test_greedy_emits_target_argmax(connection, path, draft, mode):
     engine = connection.info().engine
     positions = near_ties = 0
     gaps = []
@@ -58,7 +74,7 @@ def test_greedy_emits_target_argmax(connection, draft, mode):
             )
             near_ties += 1
             gaps.append(round(gap, 4))
-    REPORT[f"greedy_teacher_forcing[{engine},{mode}]"] = {
+    REPORT[f"greedy_teacher_forcing[{engine},{mode},{path}]"] = {
         "positions": positions, "target_argmax": positions - near_ties, "near_ties": near_ties,
         "near_tie_gaps": gaps, "epsilon": NEAR_TIE_EPSILON,
     }
@@ -88,7 +104,7 @@ def _chi_square_p(samples: list[int], expected: dict[int, float]) -> float:
     return chisquare(observed, wanted).pvalue
 
 
-def test_sampled_tokens_follow_target_distribution(connection, draft):
+def test_sampled_tokens_follow_target_distribution(connection, path, draft):
     """psd with T=0.8, top-k 20, top-p 0.95 over many seeds: the first emitted token (verified in a block of
     two) and the second (given the most frequent first) are distributed as the target's p."""
     engine = connection.info().engine
@@ -105,7 +121,7 @@ def test_sampled_tokens_follow_target_distribution(connection, draft):
     mode_token = Counter(firsts).most_common(1)[0][0]
     following = [pair[1] for pair in seconds if pair[0] == mode_token]
     p_second = _chi_square_p(following, _target_distribution(connection, prompt_ids + [mode_token]))
-    REPORT[f"sampling_frequency[{engine}]"] = {
+    REPORT[f"sampling_frequency[{engine},{path}]"] = {
         "sessions": SESSIONS, "first_token_p_value": p_first, "second_token_p_value": p_second,
         "second_token_samples": len(following),
     }

@@ -1,0 +1,82 @@
+"""The link emulator's configuration: which trace, which users listen where, and their edge and share.
+
+Shares and associations are static here until the controller assigns them at run time (see assignments.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ADDRESS_PATTERN = r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class EdgeTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0, description="the edge's index in the trace")
+    address: str = Field(pattern=ADDRESS_PATTERN, description="the edge server's gRPC address HOST:PORT")
+
+
+class UserLink(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: int = Field(ge=0, description="the user's index in the trace")
+    listen: str = Field(default="127.0.0.1:0", pattern=ADDRESS_PATTERN, description="where this user's device "
+                        "connects (port 0: any free port, printed on start)")
+    edge: int = Field(ge=0, description="index of the edge the user is associated with")
+    share: float = Field(gt=0, le=1, allow_inf_nan=False, description="the user's share of the edge's bandwidth")
+
+
+class LinkEmuConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trace: Path
+    edges: list[EdgeTarget] = Field(min_length=1)
+    users: list[UserLink] = Field(min_length=1)
+    base_delay_ms: float = Field(default=5.0, ge=0, le=10_000, allow_inf_nan=False,
+                                 description="one-way propagation/core delay added to every byte")
+    outage_limit_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False,
+                                  description="an outage longer than this while bytes wait breaks the connection")
+    speedup: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False,
+                           description="trace slots advance this many times faster than real time")
+    start_slot: int = Field(default=0, ge=0)
+    loop: bool = Field(default=True, description="replay the trace from the start when it ends (else hold the "
+                                                 "last slot)")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LinkEmuConfig":
+        edge_indices = Counter(edge.index for edge in self.edges)
+        if duplicated := [i for i, n in edge_indices.items() if n > 1]:
+            raise ValueError(f"edge index listed twice: {duplicated}")
+        user_indices = Counter(user.user for user in self.users)
+        if duplicated := [i for i, n in user_indices.items() if n > 1]:
+            raise ValueError(f"user listed twice: {duplicated}")
+        listens = Counter(user.listen for user in self.users if not user.listen.endswith(":0"))
+        if duplicated := [a for a, n in listens.items() if n > 1]:
+            raise ValueError(f"two users listen on {duplicated[0]}")
+        shares: dict[int, float] = defaultdict(float)
+        for user in self.users:
+            if user.edge not in edge_indices:
+                raise ValueError(f"user {user.user} is associated with edge {user.edge}, which is not in `edges`")
+            shares[user.edge] += user.share
+        for edge, total in shares.items():
+            if total > 1 + 1e-9:
+                raise ValueError(f"the shares of edge {edge}'s bandwidth add up to {total:g} > 1")
+        return self
+
+    def check_against(self, num_users: int, num_edges: int, num_slots: int) -> None:
+        """The trace's dimensions bound the indices; ValueError naming the first that is out of range."""
+        for edge in self.edges:
+            if edge.index >= num_edges:
+                raise ValueError(f"edge {edge.index} is not in the trace (it has {num_edges} edges)")
+        for user in self.users:
+            if user.user >= num_users:
+                raise ValueError(f"user {user.user} is not in the trace (it has {num_users} users)")
+        if self.start_slot >= num_slots:
+            raise ValueError(f"start_slot {self.start_slot} is past the trace's end ({num_slots} slots)")
