@@ -13,8 +13,8 @@ from pathlib import Path
 
 EDGE_READY = re.compile(
     r"edge ready on (?P<host>[^\s]+):(?P<port>\d+)(?:.*metrics on http://[^:]+:(?P<metrics>\d+))?")
-LINKEMU_READY = re.compile(
-    r"linkemu ready: user (?P<user>\d+) on (?P<address>[^\s]+) ->.*?(?:metrics on http://[^:]+:(?P<metrics>\d+))?$")
+LINKEMU_READY = re.compile(r"linkemu ready: user (?P<user>\d+) on (?P<address>[^\s]+) ->")
+METRICS_NOTE = re.compile(r"metrics on http://[^\s]+:(?P<metrics>\d+)/metrics")
 
 
 class DaemonFailed(Exception):
@@ -117,7 +117,8 @@ class LinkEmuProcess(DaemonProcess):
         return address
 
     def _on_line(self, line: str) -> bool:
-        if match := LINKEMU_READY.search(line.rstrip()):
+        if match := LINKEMU_READY.search(line):
             self.addresses[int(match["user"])] = match["address"]
-            self.metrics_port = int(match["metrics"]) if match["metrics"] else None
+            if metrics := METRICS_NOTE.search(line):
+                self.metrics_port = int(metrics["metrics"])
         return len(self.addresses) >= self.num_users

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
 import pytest
 
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import Direction, FixedShaper
+from linkemu.config import split_address
+from tandem.processes import LinkEmuProcess
 from tandem.sampling import SamplingConfig
+from tandem.traces.format import save_trace
+from tandem.traces.synthetic import synthetic_trace
+from tests.conftest import run_tandem
 
 
 def test_fixed_shaper_serialises_then_delays():
@@ -41,3 +52,176 @@ def test_session_through_shaped_link_is_lossless_and_delayed(llamacpp_edge, draf
         shaped_connection.close()
     assert shaped.token_ids == baseline.token_ids
     assert min(shaped.round_seconds) >= rtt  # every round trip crossed the emulated link
+
+
+# --- the trace-driven emulator as a daemon, through real sockets -------------------------------------------------
+
+RATE_BPS = 8e6  # synthetic trace: 8 bit/s/Hz x 1 MHz downlink, half that uplink
+BASE_DELAY_S = 0.05
+
+
+class Sink:
+    """A TCP server on loopback: receives N bytes and notes when the last one came, or sends N bytes."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
+        self.received_at: float | None = None
+        self.received = 0
+
+    def receive(self, nbytes: int) -> threading.Thread:
+        def run() -> None:
+            conn, _ = self.server.accept()
+            with conn:
+                while self.received < nbytes and (data := conn.recv(1 << 16)):
+                    self.received += len(data)
+                self.received_at = time.monotonic()
+                conn.sendall(b"k")
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def send(self, nbytes: int) -> threading.Thread:
+        def run() -> None:
+            conn, _ = self.server.accept()
+            with conn:
+                conn.recv(1)
+                conn.sendall(b"x" * nbytes)
+                time.sleep(5)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+def _trace_file(tmp_path, se_down, se_up, slot_ms=100.0):
+    path = tmp_path / "synthetic.npz"
+    save_trace(synthetic_trace(np.array(se_down), np.array(se_up), slot_ms=slot_ms, bandwidth_hz=1e6), path)
+    return path
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _emulator(trace, upstream, *extra):
+    return LinkEmuProcess(["--trace", str(trace), "--upstream", upstream, "--base-delay-ms",
+                           str(BASE_DELAY_S * 1000), "--metrics-port", "0", *extra])
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_transfer_takes_size_over_rate_plus_delay(direction, tmp_path):
+    rate = {"up": RATE_BPS / 2, "down": RATE_BPS}[direction]  # the two directions are shaped independently
+    trace = _trace_file(tmp_path, [RATE_BPS / 1e6] * 50, [RATE_BPS / 2e6] * 50)
+    nbytes = 500_000
+    sink = Sink()
+    with _emulator(trace, sink.address) as emulator, socket.create_connection(
+            split_address(emulator.address)) as device:
+        if direction == "up":
+            sink.receive(nbytes)
+            started = time.monotonic()
+            device.sendall(b"x" * nbytes)
+            device.recv(1)
+            elapsed = sink.received_at - started
+        else:
+            sink.send(nbytes)
+            started = time.monotonic()
+            device.sendall(b"g")
+            got = 0
+            while got < nbytes:
+                got += len(device.recv(1 << 16))
+            elapsed = time.monotonic() - started - BASE_DELAY_S  # the request crossed the link up first
+        metrics = _scrape(emulator.metrics_port)
+    expected = nbytes * 8 / rate + BASE_DELAY_S
+    assert 0.8 * expected < elapsed < 1.6 * expected + 0.2, (elapsed, expected)
+    link = (("direction", direction), ("user", "0"))
+    assert metrics[("tandem_linkemu_rate_bps", link)] == rate
+    assert metrics[("tandem_linkemu_bytes_total", link)] >= nbytes
+    assert metrics[("tandem_linkemu_queueing_delay_seconds_count", link)] > 0
+    assert ("tandem_linkemu_sinr_db", (("direction", "down"), ("edge", "0"), ("user", "0"))) in metrics
+
+
+def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
+    # slots of 100 ms: 2 slots up, then 10 down (1 s outage), then up again
+    rates = [8.0] * 2 + [0.0] * 10 + [8.0] * 38
+    trace = _trace_file(tmp_path, rates, rates)
+    sink = Sink()
+    sink.receive(10_000)
+    with _emulator(trace, sink.address, "--no-loop", "--outage-limit", "0.3") as emulator:
+        time.sleep(0.25)  # into the outage
+        with socket.create_connection(split_address(emulator.address)) as device:
+            device.settimeout(10)
+            started = time.monotonic()
+            device.sendall(b"x" * 10_000)
+            with pytest.raises((ConnectionError, OSError)) as broken:
+                if device.recv(1) == b"":
+                    raise ConnectionResetError("closed")
+            waited = time.monotonic() - started
+        metrics = _scrape(emulator.metrics_port)
+    assert broken.value is not None and 0.2 < waited < 2.0
+    assert sink.received == 0  # nothing crossed during the outage
+    assert metrics[("tandem_linkemu_link_down_total", (("user", "0"),))] == 1
+
+
+def test_short_outage_delays_but_keeps_the_connection(tmp_path):
+    rates = [80.0] * 2 + [0.0] * 3 + [80.0] * 45
+    trace = _trace_file(tmp_path, rates, rates)
+    sink = Sink()
+    sink.receive(1000)
+    with _emulator(trace, sink.address, "--no-loop", "--outage-limit", "5") as emulator:
+        time.sleep(0.25)
+        with socket.create_connection(split_address(emulator.address)) as device:
+            started = time.monotonic()
+            device.sendall(b"x" * 1000)
+            assert device.recv(1) == b"k"
+    assert sink.received == 1000 and sink.received_at - started >= 0.2  # waited for the outage to end
+
+
+def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, draft, umi_trace):
+    from linkemu.config import LinkEmuConfig
+    from linkemu.emulator import LinkEmulator
+    from tandem.traces.format import load_trace
+
+    trace = load_trace(umi_trace)
+    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    config = LinkEmuConfig(trace=umi_trace, speedup=10, base_delay_ms=10, edges=[{"index": int(edge), "address": llamacpp_edge.address}],
+                           users=[{"user": int(user), "edge": int(edge), "share": 0.2}])
+    emulator = LinkEmulator(config, trace)
+    request = GenerationRequest("Name a fruit.", "psd", 24, SamplingConfig(), ignore_eos=True)
+    direct = EdgeConnection(llamacpp_edge.address)
+    baseline, _ = generate(direct, draft, request)
+    direct.close()
+    with ProxyThread(*emulator.proxies.values()) as link:
+        shaped_connection = EdgeConnection(link.address)
+        shaped, _ = generate(shaped_connection, draft, request)
+        shaped_connection.close()
+    assert shaped.token_ids == baseline.token_ids
+    assert min(shaped.round_seconds) >= 0.02
+    report = emulator.measurements(emulator.clock.origin + 0.35 * trace.slot_s)  # 10x: slot 3 plays at 0.3 slots
+    assert report.slot == 3 and len(report.pairs) == trace.metadata.num_edges
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, share: 0.7}}, "
+     "{{user: 1, edge: 0, share: 0.6}}]\n", "add up to 1.3 > 1"),
+    ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 2, share: 0.5}}]\n",
+     "edge 2, which is not in `edges`"),
+    ("trace: {trace}\nedges: [{{index: 0, address: 'nowhere'}}]\nusers: [{{user: 0, edge: 0, share: 0.5}}]\n",
+     "edges.0.address"),
+    ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 5, edge: 0, share: 1}}]\n",
+     "user 5 is not in the trace"),
+    ("trace: {trace}\nbase_delay_ms: -1\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, "
+     "share: 1}}]\n", "base_delay_ms"),
+    ("trace: {missing}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, share: 1}}]\n",
+     "trace file not found"),
+    ("- just a list\n", "must hold a mapping"),
+])
+def test_bad_emulator_configs_exit_2(config, reason, tmp_path):
+    trace = _trace_file(tmp_path, [1.0] * 3, [1.0] * 3)
+    path = tmp_path / "linkemu.yaml"
+    path.write_text(config.format(trace=trace, missing=tmp_path / "none.npz"))
+    done = run_tandem("linkemu", "serve", "--config", str(path))
+    assert done.returncode == 2 and reason in done.stderr, done.stderr
