@@ -11,7 +11,8 @@ demo: setup
 	.venv/bin/tandem demo
 
 test: setup
-	.venv/bin/python -m pytest -q
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q
 
 bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py
+	.venv/bin/python bench/linkemu.py

@@ -27,7 +27,9 @@ from device_client.draft import LlamaCppDraftEngine  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402
 from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
+from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.shaper import FixedShaper  # noqa: E402
+from tandem.traces.format import load_trace  # noqa: E402
 from tandem.models import convert_gguf_to_hf, default_data_dir, prepare_models  # noqa: E402
 from tandem.processes import EdgeProcess  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
@@ -144,6 +146,12 @@ def main() -> int:
     parser.add_argument("--split-cores", action="store_true",
                         help="pin the edge to core 0 and the device (drafting, link) to core 1, as if they were "
                              "separate machines; by default both share all cores")
+    parser.add_argument("--trace", type=Path, help="replace the fixed links by one trace-driven link (user "
+                        "--trace-user to edge --trace-edge at --share, base delay --base-delay-ms)")
+    parser.add_argument("--trace-user", type=int, default=0)
+    parser.add_argument("--trace-edge", type=int, default=0)
+    parser.add_argument("--share", type=float, default=0.25)
+    parser.add_argument("--base-delay-ms", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "psd_bench.json")
     args = parser.parse_args()
 
@@ -159,12 +167,23 @@ def main() -> int:
         if args.split_cores:  # this process is the device: every thread of it onto core 1
             for thread_id in os.listdir("/proc/self/task"):
                 os.sched_setaffinity(int(thread_id), {1})
-        host, port = edge.address.rsplit(":", 1)
-        for rtt in args.rtt_ms:
+        if args.trace:
+            trace = load_trace(args.trace)
+            emulator = LinkEmulator.single_link(trace, args.trace, edge.address, args.trace_user, args.trace_edge,
+                                                args.share, args.base_delay_ms)
+            label = (f"trace {trace.metadata.scenario} user {args.trace_user} -> edge {args.trace_edge}, share "
+                     f"{args.share:g}, base delay {args.base_delay_ms:g} ms")
+            print(f"link: {label}", flush=True)
+            with ProxyThread(*emulator.proxies.values()) as link:
+                rows = run_modes(link.address, draft, args)
+            report["links"]["trace"] = {"link": label, "rows": rows}
+            print_table(f"{args.engine} target, {label} (medians of {args.repeats} repeats x {len(PROMPTS)} "
+                        "prompts)", rows)
+        for rtt in [] if args.trace else args.rtt_ms:
             rate = args.rate_mbps * 1e6
             shaper = FixedShaper(up_bps=rate, down_bps=rate, one_way_delay_s=rtt / 2000)
             print(f"link: {rtt:g} ms RTT, {args.rate_mbps:g} Mbit/s", flush=True)
-            with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
+            with ProxyThread(ShapingProxy.to(edge.address, shaper)) as link:
                 rows = run_modes(link.address, draft, args)
             report["links"][f"{rtt:g}ms"] = rows
             print_table(f"{args.engine} target, {rtt:g} ms RTT, {args.rate_mbps:g} Mbit/s "

@@ -50,6 +50,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="where prepared models live (default ~/.cache/tandem)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for drafting (default 1)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the edge")
+    link = parser.add_argument_group(
+        "link emulation", "reach the edge through an in-process trace-driven link emulator (see `tandem linkemu "
+        "serve`): rate = share x edge bandwidth x the trace's spectral efficiency, slot by slot")
+    link.add_argument("--trace", type=Path, help="channel trace file (from `tandem traces generate`)")
+    link.add_argument("--trace-user", type=int, default=0, help="the user in the trace (default 0)")
+    link.add_argument("--trace-edge", type=int, default=0, help="the edge in the trace (default 0)")
+    link.add_argument("--share", type=float, default=1.0, help="share of the edge's bandwidth (default 1)")
+    link.add_argument("--base-delay-ms", type=float, default=5.0, help="one-way base delay (default 5)")
+    link.add_argument("--speedup", type=float, default=1.0, help="play the trace faster (default 1)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -71,17 +80,41 @@ def run_generate(args: argparse.Namespace) -> int:
     except ModelError as error:
         return fail(str(error), EXIT_USAGE)
 
-    from device_client.draft import LlamaCppDraftEngine
-
     request = GenerationRequest(
         prompt=checked.prompt, mode=checked.mode, max_tokens=checked.max_tokens,
         sampling=SamplingConfig(checked.temperature, checked.top_k, checked.top_p, checked.seed),
         draft_length=checked.draft_length, ignore_eos=args.ignore_eos, raw_prompt=args.raw_prompt,
     )
-    connection = EdgeConnection(checked.edge, args.connect_timeout)
+    try:
+        link = _trace_link(args, checked.edge)
+    except ValueError as error:
+        return fail(str(error), EXIT_USAGE)
+    if link is None:
+        return _run(args, request, draft_path, checked.threads, EdgeConnection(checked.edge, args.connect_timeout))
+    with link:
+        return _run(args, request, draft_path, checked.threads, EdgeConnection(link.address, args.connect_timeout))
+
+
+def _trace_link(args: argparse.Namespace, edge: str):
+    """A ProxyThread carrying the session through the trace-driven emulator, or None without --trace."""
+    if args.trace is None:
+        return None
+    from linkemu.emulator import LinkEmulator
+    from linkemu.proxy import ProxyThread
+    from tandem.traces.format import load_trace
+
+    emulator = LinkEmulator.single_link(load_trace(args.trace), args.trace, edge, args.trace_user, args.trace_edge,
+                                        args.share, args.base_delay_ms, args.speedup)
+    return ProxyThread(*emulator.proxies.values())
+
+
+def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path, threads: int,
+         connection: EdgeConnection) -> int:
+    from device_client.draft import LlamaCppDraftEngine
+
     try:
         info = connection.info()
-        draft = LlamaCppDraftEngine(draft_path, n_threads=checked.threads)
+        draft = LlamaCppDraftEngine(draft_path, n_threads=threads)
         on_text = None if args.json else (lambda text: print(text, end="", flush=True))
         result, summary = generate(connection, draft, request, on_text, info)
     except EdgeUnreachable as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -57,6 +58,17 @@ class LinkEmulator:
             for link in config.users
         }
         self._ticker: asyncio.Task | None = None
+
+    @classmethod
+    def single_link(cls, trace: ChannelTrace, trace_path: Path, upstream: str, user: int, edge: int, share: float,
+                    base_delay_ms: float = 5.0, speedup: float = 1.0,
+                    outage_limit_s: float = 10.0) -> "LinkEmulator":
+        """One user's link to one edge on a free local port (for in-process use: `tandem generate`, benches).
+        ValueError (pydantic's, or an index outside the trace) when a setting is invalid."""
+        config = LinkEmuConfig(trace=trace_path, edges=[{"index": edge, "address": upstream}],
+                               users=[{"user": user, "edge": edge, "share": share}], base_delay_ms=base_delay_ms,
+                               speedup=speedup, outage_limit_s=outage_limit_s)
+        return cls(config, trace)
 
     def _shaper(self, user: int) -> TraceShaper:
         def rate_of(direction: Direction, slot: int) -> float:

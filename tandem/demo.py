@@ -1,7 +1,8 @@
 """`tandem demo`: the whole data plane end to end on this machine, with a latency summary.
 
-Prepares the models, starts an edge server, puts a link emulator (fixed RTT and rate) between device and edge,
-generates answers to a few prompts in every mode, and prints a table.
+Prepares the models, generates (once, cached in the data dir) a Sionna UMi channel trace, starts an edge server,
+puts the trace-driven link emulator between device and edge (or a fixed RTT and rate with --fixed-link), generates
+answers to a few prompts in every mode, and prints a table.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ PROMPTS = (
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["vllm", "llamacpp"], default="vllm", help="edge target engine")
     parser.add_argument("--data-dir", type=Path, help="where models are prepared (default ~/.cache/tandem)")
-    parser.add_argument("--rtt-ms", type=float, default=30.0, help="emulated round-trip time (default 30 ms)")
-    parser.add_argument("--rate-mbps", type=float, default=20.0, help="emulated link rate each way (default 20)")
+    parser.add_argument("--trace", type=Path, help="channel trace for the link (default: a UMi trace generated "
+                                                   "once into <data-dir>/traces/demo-umi.npz)")
+    parser.add_argument("--share", type=float, default=0.25, help="the device's bandwidth share (default 0.25)")
+    parser.add_argument("--base-delay-ms", type=float, default=15.0, help="one-way base delay (default 15 ms)")
+    parser.add_argument("--fixed-link", action="store_true", help="fixed RTT and rate instead of a trace")
+    parser.add_argument("--rtt-ms", type=float, default=30.0, help="fixed link: round-trip time (default 30 ms)")
+    parser.add_argument("--rate-mbps", type=float, default=20.0, help="fixed link: rate each way (default 20)")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
     parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4)")
     parser.add_argument("--json-out", type=Path, help="also write every generation's figures here")
@@ -46,12 +52,14 @@ def run_demo(args: argparse.Namespace) -> int:
     edge_args = ["--engine", args.engine, "--data-dir", str(data_dir)]
     rows = []
     with EdgeProcess(edge_args) as edge:
-        host, port = edge.address.rsplit(":", 1)
-        rate = args.rate_mbps * 1e6
-        shaper = FixedShaper(up_bps=rate, down_bps=rate, one_way_delay_s=args.rtt_ms / 2000)
-        with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
-            print(f"edge at {edge.address}; device link via {link.address} "
-                  f"({args.rtt_ms:g} ms RTT, {args.rate_mbps:g} Mbit/s)\n", flush=True)
+        if args.fixed_link:
+            rate = args.rate_mbps * 1e6
+            proxy = ShapingProxy.to(edge.address, FixedShaper(rate, rate, args.rtt_ms / 2000))
+            description = f"{args.rtt_ms:g} ms RTT, {args.rate_mbps:g} Mbit/s"
+        else:
+            proxy, description = _trace_proxy(args, data_dir, edge.address)
+        with ProxyThread(proxy) as link:
+            print(f"edge at {edge.address}; device link via {link.address} ({description})\n", flush=True)
             draft = LlamaCppDraftEngine(prepared.draft_gguf)
             connection = EdgeConnection(link.address)
             info = connection.info()
@@ -70,6 +78,29 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
     return EXIT_OK
+
+
+def _trace_proxy(args: argparse.Namespace, data_dir: Path, edge_address: str):
+    """A trace-driven link for the user-edge pair of the trace with the best worst-slot downlink rate."""
+    import numpy as np
+
+    from linkemu.emulator import LinkEmulator
+    from tandem.traces.format import load_trace, save_trace
+    from tandem.traces.generate import TraceRequest, generate_trace
+    from tandem.traces.scenario import load_scenario
+
+    path = args.trace or data_dir / "traces" / "demo-umi.npz"
+    if not path.exists():
+        print(f"generating a Sionna UMi trace (3 edges x 4 users x 300 slots of 100 ms) into {path}...", flush=True)
+        save_trace(generate_trace(TraceRequest(load_scenario(None, "umi"), 3, 4, 300, 100.0, 0)), path)
+    trace = load_trace(path)
+    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    emulator = LinkEmulator.single_link(trace, path, edge_address, int(user), int(edge), args.share,
+                                        args.base_delay_ms)
+    rate = trace.rate_bps("down", int(user), int(edge), args.share) / 1e6
+    return next(iter(emulator.proxies.values())), (
+        f"trace {trace.metadata.scenario}, user {user} -> edge {edge}, share {args.share:g}: downlink "
+        f"{rate.min():.1f}-{rate.max():.1f} Mbit/s, base delay {args.base_delay_ms:g} ms each way")
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -43,10 +43,9 @@ def test_session_through_shaped_link_is_lossless_and_delayed(llamacpp_edge, draf
     direct = EdgeConnection(llamacpp_edge.address)
     baseline, _ = generate(direct, draft, request)
     direct.close()
-    host, port = llamacpp_edge.address.rsplit(":", 1)
     rtt = 0.05
     shaper = FixedShaper(up_bps=2e6, down_bps=2e6, one_way_delay_s=rtt / 2)
-    with ProxyThread(ShapingProxy.to(f"{host}:{port}", shaper)) as link:
+    with ProxyThread(ShapingProxy.to(llamacpp_edge.address, shaper)) as link:
         shaped_connection = EdgeConnection(link.address)
         shaped, _ = generate(shaped_connection, draft, request)
         shaped_connection.close()

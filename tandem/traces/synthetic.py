@@ -13,7 +13,7 @@ def synthetic_trace(se_down: np.ndarray, se_up: np.ndarray, slot_ms: float = 100
     """One user, one edge; per-slot spectral efficiencies (bit/s/Hz) for each direction."""
     se = np.stack([np.asarray(se_down, np.float32), np.asarray(se_up, np.float32)])[:, :, None, None]
     num_slots = se.shape[1]
-    sinr = np.where(se > 0, 2 ** se - 1, 1e-3).astype(np.float32)
+    sinr = np.where(se > 0, np.exp2(np.minimum(se, 60)) - 1, 1e-3).astype(np.float32)  # Shannon-consistent
     metadata = TraceMetadata(
         format=FORMAT_NAME, version=FORMAT_VERSION, scenario="synthetic", seed=0, slot_ms=slot_ms,
         num_slots=num_slots, num_users=1, num_edges=1, carrier_hz=3.5e9, edge_bandwidth_hz=[bandwidth_hz],
