@@ -12,13 +12,14 @@ import logging
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from linkemu.assignments import Assignment, AssignmentTable
 from linkemu.config import LinkEmuConfig, split_address
 from linkemu.metrics import LinkEmuMetrics
 from linkemu.proxy import ShapingProxy
 from linkemu.shaper import Direction, SlotClock, TraceShaper
+from tandem.cli_support import validation_reasons
 from tandem.traces.format import ChannelTrace
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,15 @@ class MeasurementReport(BaseModel):
 
 
 class LinkEmulator:
-    def __init__(self, config: LinkEmuConfig, trace: ChannelTrace, clock_origin: float | None = None) -> None:
+    def __init__(self, config: LinkEmuConfig, trace: ChannelTrace) -> None:
         meta = trace.metadata
         config.check_against(meta.num_users, meta.num_edges, meta.num_slots)
         self.config, self.trace = config, trace
         self.addresses = {edge.index: split_address(edge.address) for edge in config.edges}
         self.assignments = AssignmentTable(
             meta.num_edges, {link.user: Assignment(link.edge, link.share) for link in config.users})
-        origin = (time.monotonic() if clock_origin is None else clock_origin) - (
-            config.start_slot * trace.slot_s / config.speedup)
+        # Slot `start_slot` plays from now on.
+        origin = time.monotonic() - config.start_slot * trace.slot_s / config.speedup
         self.clock = SlotClock(origin, trace.slot_s, meta.num_slots, config.speedup, config.loop)
         self.metrics = LinkEmuMetrics()
         self.shapers = {link.user: self._shaper(link.user) for link in config.users}
@@ -65,9 +66,12 @@ class LinkEmulator:
                     outage_limit_s: float = 10.0) -> "LinkEmulator":
         """One user's link to one edge on a free local port (for in-process use: `tandem generate`, benches).
         ValueError (pydantic's, or an index outside the trace) when a setting is invalid."""
-        config = LinkEmuConfig(trace=trace_path, edges=[{"index": edge, "address": upstream}],
-                               users=[{"user": user, "edge": edge, "share": share}], base_delay_ms=base_delay_ms,
-                               speedup=speedup, outage_limit_s=outage_limit_s)
+        try:
+            config = LinkEmuConfig(trace=trace_path, edges=[{"index": edge, "address": upstream}],
+                                   users=[{"user": user, "edge": edge, "share": share}],
+                                   base_delay_ms=base_delay_ms, speedup=speedup, outage_limit_s=outage_limit_s)
+        except ValidationError as error:
+            raise ValueError(f"invalid link: {validation_reasons(error)}") from None
         return cls(config, trace)
 
     def _shaper(self, user: int) -> TraceShaper:

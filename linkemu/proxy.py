@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from linkemu.config import split_address
 from linkemu.shaper import Direction, LinkDown, LinkShaper
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class ShapingProxy:
     @classmethod
     def to(cls, upstream_address: str, shaper: LinkShaper, listen_host: str = "127.0.0.1") -> "ShapingProxy":
         """A proxy on a free local port towards one fixed upstream HOST:PORT."""
-        host, _, port = upstream_address.rpartition(":")
-        return cls(listen_host, 0, lambda: (host, int(port)), shaper)
+        upstream = split_address(upstream_address)
+        return cls(listen_host, 0, lambda: upstream, shaper)
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self.listen_host, self.listen_port)

@@ -21,6 +21,11 @@ class UsageError(Exception):
     """Bad user input: the CLI prints the message and exits with code 2."""
 
 
+def validation_reasons(error: ValidationError) -> str:
+    """One line naming each invalid field and why, e.g. "users.0.share: Input should be <= 1"."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+
+
 def fail(message: str, code: int) -> int:
     print(f"tandem: error: {message}", file=sys.stderr)
     return code
@@ -48,5 +53,4 @@ def build_config(model: type[Model], config_file: Path | None, overrides: dict[s
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise UsageError(f"invalid configuration: {reasons}") from None
+        raise UsageError(f"invalid configuration: {validation_reasons(error)}") from None

@@ -84,9 +84,9 @@ def connection(edge):
     conn.close()
 
 
-def run_tandem(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The `tandem` CLI in a child process (OMP_NUM_THREADS=1: torch is 10x faster so on 2 cores)."""
-    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, input=stdin,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

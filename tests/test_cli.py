@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 
 import pytest
 
-
-def tandem(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, input=stdin,
-                          timeout=300)
+from tests.conftest import run_tandem as tandem
 
 
 def free_port() -> int:
@@ -34,6 +29,10 @@ def free_port() -> int:
     (["edge", "serve", "--model", "/no/such/model"], "model not found"),
     (["models", "prepare", "--draft-quant", "q2"], "unknown draft quantisation"),
     (["models", "prepare", "--source-gguf", "/no/such.gguf"], "not found"),
+    (["generate", "--edge", "localhost:1", "--trace", "/no/such.npz", "hi"], "trace file not found"),
+    (["linkemu", "serve", "--trace", "/no/such.npz", "--upstream", "localhost:1"], "trace file not found"),
+    (["linkemu", "serve", "--config", "/no/such.yaml"], "cannot read config file"),
+    (["traces", "show", "/no/such.npz"], "trace file not found"),
 ])
 def test_bad_arguments_exit_2_with_reason(args, reason, prepared):
     result = tandem(*args)
@@ -74,6 +73,25 @@ def test_generate_streams_text_and_summary(llamacpp_edge):
 
 def test_help_explains_every_command():
     for args in (["--help"], ["generate", "--help"], ["edge", "serve", "--help"], ["models", "prepare", "--help"],
-                 ["demo", "--help"]):
+                 ["demo", "--help"], ["traces", "generate", "--help"], ["traces", "show", "--help"],
+                 ["traces", "plot", "--help"], ["traces", "export-mahimahi", "--help"], ["linkemu", "serve", "--help"]):
         result = tandem(*args)
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_generate_through_a_trace_driven_link(llamacpp_edge, umi_trace):
+    import numpy as np
+
+    from tandem.traces.format import load_trace
+
+    trace = load_trace(umi_trace)
+    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    args = ["generate", "--edge", llamacpp_edge.address, "--max-tokens", "12", "--json", "Say hello."]
+    direct = tandem(*args)
+    shaped = tandem(*args, "--trace", str(umi_trace), "--trace-user", str(user), "--trace-edge", str(edge),
+                    "--share", "0.3", "--base-delay-ms", "20", "--speedup", "10")
+    assert direct.returncode == 0 and shaped.returncode == 0, shaped.stderr
+    assert json.loads(shaped.stdout)["token_ids"] == json.loads(direct.stdout)["token_ids"]
+    assert json.loads(shaped.stdout)["ttft_s"] >= 0.04  # the first round trip crossed the emulated link
+    bad_share = tandem(*args, "--trace", str(umi_trace), "--share", "1.5")
+    assert bad_share.returncode == 2 and "share" in bad_share.stderr

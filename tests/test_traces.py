@@ -128,3 +128,12 @@ def test_bad_generation_requests_exit_2(args, reason, tmp_path):
             for a in args]
     done = run_tandem("traces", "generate", *args, "--slots", "2", "-o", str(tmp_path / "t.npz"))
     assert done.returncode == 2 and reason in done.stderr, done.stderr
+
+
+def test_long_traces_are_split_into_topology_windows(monkeypatch):
+    import tandem.traces.sionna_3gpp as stochastic
+
+    # 2 users x 3 epochs of 10 slots; windows of 2 epochs: the last window holds fewer UT entries
+    monkeypatch.setattr(stochastic, "MAX_ENTRIES_PER_TOPOLOGY", 4)
+    trace = generate_trace(TraceRequest(load_scenario(None, "umi"), 2, 2, 30, 100.0, 5), quiet=True)
+    assert trace.se.shape == (2, 30, 2, 2) and np.isfinite(trace.path_gain_db).all()

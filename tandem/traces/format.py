@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tandem.cli_support import validation_reasons
+
 FORMAT_NAME = "tandem-channel-trace"
 FORMAT_VERSION = 1
 DIRECTIONS = ("down", "up")  # index 0 and 1 of the leading axis of the per-direction arrays
@@ -148,8 +150,7 @@ def load_trace(path: Path) -> ChannelTrace:
     try:
         metadata = TraceMetadata.model_validate(raw)
     except ValidationError as error:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise TraceError(f"{path}: bad metadata: {reasons}") from None
+        raise TraceError(f"{path}: bad metadata: {validation_reasons(error)}") from None
     missing = [name for name in ARRAYS if name not in contents]
     if missing:
         raise TraceError(f"{path}: arrays missing: {', '.join(missing)}")

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tandem.cli_support import validation_reasons
+
 STOCHASTIC_KINDS = ("umi", "uma", "rma")
 # Ray-traced scenes shipped in the sionna-rt wheel that work on the CPU here (see docs/traces.md).
 RT_SCENES = ("simple_street_canyon", "munich", "etoile", "florence", "san_francisco", "simple_street_canyon_with_cars")
@@ -124,13 +126,12 @@ def load_scenario(path: Path | None, scenario: str | None) -> ScenarioConfig:
             loaded = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as error:
             raise ScenarioError(f"cannot read scenario file {path}: {error}") from None
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):
             raise ScenarioError(f"scenario file {path} must hold a mapping")
-        data = loaded
+        data = loaded or {}
     if scenario is not None:
         data["scenario"] = scenario
     try:
         return ScenarioConfig.model_validate(data)
     except ValidationError as error:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'scenario'}: {e['msg']}" for e in error.errors())
-        raise ScenarioError(f"invalid scenario: {reasons}") from None
+        raise ScenarioError(f"invalid scenario: {validation_reasons(error)}") from None

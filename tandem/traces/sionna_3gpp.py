@@ -52,6 +52,7 @@ def stochastic_gains(kind: str, carrier_hz: float, bandwidth_hz: float, num_subc
         moves = (user_pos[ends] - user_pos[starts]) / (np.maximum(ends - starts, 1) * slot_s)[:, None, None]
         velocities = moves.transpose(1, 0, 2).reshape(-1, 3)  # [P, U, 3] -> entries in the same order
         entries = locations.shape[0]
+        model.reset_topology()  # the last window may hold fewer entries; Sionna keeps buffer shapes otherwise
         model.set_topology(
             ut_loc=torch.from_numpy(locations)[None].float(),
             bs_loc=torch.from_numpy(edge_pos)[None].float(),
