@@ -64,7 +64,8 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
         area = scene_area(scenario.scenario[3:])
     rng = np.random.default_rng(request.seed)
     user_pos, _ = random_waypoint(rng, scenario.mobility, area, request.num_users, request.num_slots, slot_s)
-    epoch_slots = max(1, round(scenario.mobility_epoch_s / slot_s))
+    # Ray tracing follows every slot's position; the stochastic models re-drop geometry once per epoch.
+    epoch_slots = 1 if scenario.kind == "rt" else max(1, round(scenario.mobility_epoch_s / slot_s))
     with _progress(request.num_slots, f"channels ({scenario.scenario})", quiet) as bar:
         if scenario.kind == "rt":
             from tandem.traces.sionna_rt import ray_traced_gains

@@ -7,6 +7,9 @@ import numpy as np
 from tandem.traces.format import DIRECTIONS, ChannelTrace
 
 
+NO_PATH_DB = -250.0  # gains are floored at -300 dB where ray tracing finds no path at all
+
+
 def _range(values: np.ndarray) -> str:
     p5, p50, p95 = np.percentile(values, [5, 50, 95])
     return f"min {values.min():8.2f}  p5 {p5:8.2f}  median {p50:8.2f}  p95 {p95:8.2f}  max {values.max():8.2f}"
@@ -29,8 +32,12 @@ def summarise(trace: ChannelTrace) -> str:
         f"carrier {meta.carrier_hz / 1e9:g} GHz, bandwidth per edge "
         f"{', '.join(f'{b / 1e6:g}' for b in meta.edge_bandwidth_hz)} MHz, edge {meta.edge_tx_power_dbm:g} dBm, "
         f"user {meta.user_tx_power_dbm:g} dBm; generated in {meta.generation_seconds:.1f} s",
-        f"path loss (dB, all pairs)   {_range(-trace.path_gain_db)}",
     ]
+    linked = trace.path_gain_db > NO_PATH_DB
+    if linked.any():
+        lines.append(f"path loss (dB, all pairs)   {_range(-trace.path_gain_db[linked])}")
+    if not linked.all():
+        lines.append(f"no propagation path (ray tracing): {1 - linked.mean():.1%} of slot-user-edge pairs")
     for d, direction in enumerate(DIRECTIONS):
         best_sinr = trace.sinr_db[d][slot_index, user_index, best]
         best_se = trace.se[d][slot_index, user_index, best]
