@@ -103,12 +103,10 @@ def umi_trace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def linkemu_links(umi_trace, tmp_path_factory):
     """``link_to(edge)``: a `linkemu serve` daemon in front of that edge, replaying the UMi trace 10x faster on
-    the user-edge pair with the best worst-slot rate (so a test is not stuck in a long outage)."""
+    the user-edge pair with the fewest outage slots (outages are waited through, up to 60 s)."""
     from tandem.traces.format import load_trace
 
-    trace = load_trace(umi_trace)
-    worst = np.minimum(trace.se[0], trace.se[1]).min(axis=0)  # [U, E]
-    user, edge_index = np.unravel_index(worst.argmax(), worst.shape)
+    user, edge_index = load_trace(umi_trace).most_reliable_pair()
     started: dict[str, LinkEmuProcess] = {}
 
     def link_to(edge) -> LinkEmuProcess:

@@ -85,7 +85,7 @@ def test_generate_through_a_trace_driven_link(llamacpp_edge, umi_trace):
     from tandem.traces.format import load_trace
 
     trace = load_trace(umi_trace)
-    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    user, edge = trace.most_reliable_pair()
     args = ["generate", "--edge", llamacpp_edge.address, "--max-tokens", "12", "--json", "Say hello."]
     direct = tandem(*args)
     shaped = tandem(*args, "--trace", str(umi_trace), "--trace-user", str(user), "--trace-edge", str(edge),

@@ -185,7 +185,7 @@ def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, d
     from tandem.traces.format import load_trace
 
     trace = load_trace(umi_trace)
-    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    user, edge = trace.most_reliable_pair()
     config = LinkEmuConfig(trace=umi_trace, speedup=10, base_delay_ms=10, edges=[{"index": int(edge), "address": llamacpp_edge.address}],
                            users=[{"user": int(user), "edge": int(edge), "share": 0.2}])
     emulator = LinkEmulator(config, trace)

@@ -51,7 +51,7 @@ def test_show_plot_and_mahimahi_export(umi_trace, tmp_path):
     for name in ("sinr_over_time.png", "association_map.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     trace = load_trace(umi_trace)
-    user, edge = np.unravel_index(trace.se[0].min(axis=0).argmax(), trace.se.shape[2:])
+    user, edge = trace.most_reliable_pair()
     out = tmp_path / "link.down"
     exported = run_tandem("traces", "export-mahimahi", str(umi_trace), "--user", str(user), "--edge", str(edge),
                           "--share", "0.5", "-o", str(out))

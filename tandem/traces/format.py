@@ -95,6 +95,15 @@ class ChannelTrace:
         """Per-slot rate (bit/s) of one user-edge link given the user's share of the edge's bandwidth."""
         return share * self.metadata.edge_bandwidth_hz[edge] * self.se[self.direction_index(direction), :, user, edge]
 
+    def most_reliable_pair(self) -> tuple[int, int]:
+        """(user, edge) whose link is up (SE > 0 both ways) in the most slots; ties go to the higher median SE.
+        A static association for demos and tests until the controller assigns edges."""
+        up = (self.se > 0).all(axis=0).mean(axis=0)  # [U, E]
+        median = np.median(self.se.min(axis=0), axis=0)
+        best = np.lexsort((-median.ravel(), -up.ravel()))[0]
+        user, edge = np.unravel_index(best, up.shape)
+        return int(user), int(edge)
+
     def check(self) -> None:
         """Raise TraceError unless arrays and metadata agree; run on every save and load."""
         meta = self.metadata
