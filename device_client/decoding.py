@@ -24,6 +24,8 @@ from tandem.wire.v1 import edge_pb2 as pb
 
 MODES = ("psd", "sd", "edge-only")
 TokenSink = Callable[[list[int]], None]
+# Given a session id: a new stream attached to it, and the tokens the edge committed after the prompt.
+Resume = Callable[[str], tuple[DecodeStream, list[int]]]
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DecodeResult:
     draft_seconds: float = 0.0  # all draft compute, discarded speculation included
     draft_overlapped_seconds: float = 0.0  # draft compute done while a block was in flight
     draft_wasted_tokens: int = 0
+    resumes: int = 0  # streams replaced after the link broke
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -148,7 +151,11 @@ def decode_edge_only(
 def decode_speculative(
     stream: DecodeStream, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
     draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
+    resume: Resume | None = None,
 ) -> DecodeResult:
+    """Draft, send blocks, commit verdicts. With ``resume``, a stream broken by the link (UNAVAILABLE) is
+    replaced by attaching to the same session: the edge's committed tokens are authoritative, so a verdict lost
+    on the way is recovered from them and nothing committed is lost or repeated."""
     result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
     random = PositionRandom(config.seed, PositionRandom.DEVICE)
@@ -157,7 +164,7 @@ def decode_speculative(
 
     stream.send(_open_message(prompt, config, pb.MODE_SPECULATIVE, draft_length, max_tokens, stop_ids,
                               draft.tokenizer_fingerprint))
-    _expect(stream.receive(), "opened")
+    session_id = _expect(stream.receive(), "opened").opened.session_id
 
     def draft_one(context: list[int], overlapped: bool) -> DraftToken:
         token = draft_token(draft, context, config, random)
@@ -165,6 +172,22 @@ def decode_speculative(
         if overlapped:
             result.draft_overlapped_seconds += token.seconds
         return token
+
+    def resumed(error: EdgeError) -> None:
+        """Replace the broken stream, or re-raise when this error is not a broken link."""
+        nonlocal stream, speculative
+        if resume is None or error.code != grpc.StatusCode.UNAVAILABLE:
+            raise error
+        result.bytes_up += stream.bytes_up
+        result.bytes_down += stream.bytes_down
+        stream.cancel()
+        stream, edge_committed = resume(session_id)
+        result.resumes += 1
+        missed = edge_committed[len(committed) - len(prompt):]  # verdicts that never reached the device
+        committed.extend(missed)
+        emitter.emit(missed)
+        result.draft_wasted_tokens += len(speculative)
+        speculative = []
 
     while not emitter.done:
         # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
@@ -185,11 +208,15 @@ def decode_speculative(
 
         speculative = []
         message = None
-        if parallel:
-            ahead = committed + block_ids
-            while len(speculative) <= draft_length and (message := stream.poll()) is None:
-                speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
-        verdict = _expect(message or stream.receive(), "verdict").verdict
+        try:
+            if parallel:
+                ahead = committed + block_ids
+                while len(speculative) <= draft_length and (message := stream.poll()) is None:
+                    speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
+            verdict = _expect(message or stream.receive(), "verdict").verdict
+        except EdgeError as error:
+            resumed(error)
+            continue
         result.round_seconds.append(time.perf_counter() - sent_at)
         result.edge_verify_seconds.append(verdict.verify_seconds)
 
@@ -208,11 +235,22 @@ def decode_speculative(
             result.draft_wasted_tokens += len(speculative)
             speculative = []
 
-    stream.send(pb.DeviceMessage(close=pb.Close()))
-    _expect(stream.receive(), "closed")
+    while True:
+        stream.send(pb.DeviceMessage(close=pb.Close()))
+        try:
+            _expect(stream.receive(), "closed")
+            break
+        except EdgeError as error:
+            try:
+                resumed(error)
+            except EdgeError as refused:
+                if refused.code == grpc.StatusCode.FAILED_PRECONDITION:
+                    break  # the session is closed: the close got through and only its answer was lost
+                raise
     stream.finish()
     result.finished = time.perf_counter()
-    result.bytes_up, result.bytes_down = stream.bytes_up, stream.bytes_down
+    result.bytes_up += stream.bytes_up
+    result.bytes_down += stream.bytes_down
     return result
 
 
@@ -242,4 +280,5 @@ def summarize(result: DecodeResult, text: str, prompt_tokens: int) -> dict:
         "draft_s": result.draft_seconds,
         "draft_hidden_fraction": result.draft_hidden_fraction,
         "draft_wasted_tokens": result.draft_wasted_tokens,
+        "resumes": result.resumes,
     }

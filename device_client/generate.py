@@ -67,7 +67,7 @@ def generate(
         else:
             result = decode_speculative(
                 stream, draft, prompt, request.sampling, request.max_tokens, request.draft_length,
-                parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink,
+                parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink, resume=connection.attach,
             )
     except BaseException:
         stream.cancel()

@@ -76,7 +76,8 @@ class SessionRegistry:
                 raise SessionError("FAILED_PRECONDITION", f"session {session_id} is closed")
             raise SessionError("NOT_FOUND", f"unknown session {session_id!r}")
         if session.attached:
-            raise SessionError("FAILED_PRECONDITION", f"session {session_id} is attached to another stream")
+            # ABORTED (a conflict worth retrying): the old stream may be dead but not yet noticed by the server.
+            raise SessionError("ABORTED", f"session {session_id} is attached to another stream")
         session.attached = True
         session.touch()
         return session

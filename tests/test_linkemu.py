@@ -15,6 +15,7 @@ from device_client.link import EdgeConnection
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import Direction, FixedShaper
 from linkemu.config import split_address
+from linkemu.emulator import LinkEmulator
 from tandem.processes import LinkEmuProcess
 from tandem.sampling import SamplingConfig
 from tandem.traces.format import save_trace
@@ -181,7 +182,6 @@ def test_short_outage_delays_but_keeps_the_connection(tmp_path):
 
 def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, draft, umi_trace):
     from linkemu.config import LinkEmuConfig
-    from linkemu.emulator import LinkEmulator
     from tandem.traces.format import load_trace
 
     trace = load_trace(umi_trace)
@@ -224,3 +224,26 @@ def test_bad_emulator_configs_exit_2(config, reason, tmp_path):
     path.write_text(config.format(trace=trace, missing=tmp_path / "none.npz"))
     done = run_tandem("linkemu", "serve", "--config", str(path))
     assert done.returncode == 2 and reason in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=0.8, top_k=20, seed=5)],
+                         ids=["greedy", "sampled"])
+def test_session_resumes_after_the_link_breaks_and_loses_nothing(llamacpp_edge, draft, tmp_path, sampling):
+    """Outages of 0.5 s every 1.5 s against a 0.2 s limit: streams break mid-session; the device attaches again
+    and the answer is token for token the one of a direct connection."""
+    rates = [100.0] * 10 + [0.0] * 5  # 100 Mbit/s for 1 s, then 0.5 s of outage, repeated
+    trace = synthetic_trace(np.array(rates), np.array(rates), slot_ms=100, bandwidth_hz=1e6)
+    path = tmp_path / "flaky.npz"
+    save_trace(trace, path)
+    request = GenerationRequest("Describe the water cycle.", "psd", 64, sampling, ignore_eos=True)
+    direct = EdgeConnection(llamacpp_edge.address)
+    baseline, _ = generate(direct, draft, request)
+    direct.close()
+    emulator = LinkEmulator.single_link(trace, path, llamacpp_edge.address, 0, 0, 1.0, base_delay_ms=20,
+                                        outage_limit_s=0.2)
+    with ProxyThread(*emulator.proxies.values()) as link:
+        flaky = EdgeConnection(link.address)
+        result, summary = generate(flaky, draft, request)
+        flaky.close()
+    assert result.resumes >= 1 and summary["resumes"] == result.resumes
+    assert result.token_ids == baseline.token_ids
