@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import threading
 import time
 import urllib.request
@@ -247,3 +248,16 @@ def test_session_resumes_after_the_link_breaks_and_loses_nothing(llamacpp_edge, 
         flaky.close()
     assert result.resumes >= 1 and summary["resumes"] == result.resumes
     assert result.token_ids == baseline.token_ids
+
+
+def test_shipped_example_configs_are_valid():
+    import yaml
+
+    from linkemu.config import LinkEmuConfig
+    from tandem.traces.scenario import load_scenario
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    scenario = load_scenario(root / "scenario-umi.yaml", None)
+    assert len(scenario.edge_positions(3)) == 3 and scenario.edge_bandwidths_hz(3)[2] == 40e6
+    config = LinkEmuConfig.model_validate(yaml.safe_load((root / "linkemu.yaml").read_text()))
+    assert [user.edge for user in config.users] == [0, 0, 1]
