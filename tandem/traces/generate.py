@@ -80,7 +80,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
                                      scenario.sampled_subcarriers, edge_pos, user_pos, slot_s, epoch_slots,
                                      request.seed, on_window=bar.update)
     budget = LinkBudget(
-        bandwidth_hz=max(bandwidths), edge_tx_power_dbm=scenario.edge_power_dbm,
+        edge_bandwidth_hz=tuple(bandwidths), edge_tx_power_dbm=scenario.edge_power_dbm,
         user_tx_power_dbm=scenario.user_tx_power_dbm, edge_noise_figure_db=scenario.edge_noise_figure_db,
         user_noise_figure_db=scenario.user_noise_figure_db,
         uplink_interference_margin_db=scenario.uplink_interference_margin_db,

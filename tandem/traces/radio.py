@@ -33,13 +33,14 @@ def dbm_to_watt(dbm: float) -> float:
     return 10 ** ((dbm - 30) / 10)
 
 
-def noise_watt(bandwidth_hz: float, noise_figure_db: float) -> float:
-    return BOLTZMANN * REFERENCE_TEMPERATURE_K * bandwidth_hz * 10 ** (noise_figure_db / 10)
+def noise_psd(noise_figure_db: float) -> float:
+    """Thermal noise power spectral density (W/Hz) behind a receiver with this noise figure."""
+    return BOLTZMANN * REFERENCE_TEMPERATURE_K * 10 ** (noise_figure_db / 10)
 
 
 @dataclass(frozen=True)
 class LinkBudget:
-    bandwidth_hz: float
+    edge_bandwidth_hz: tuple[float, ...]  # each edge spreads its power over its own band
     edge_tx_power_dbm: float
     user_tx_power_dbm: float
     edge_noise_figure_db: float
@@ -48,20 +49,21 @@ class LinkBudget:
 
 
 def downlink_sinr(gains: np.ndarray, budget: LinkBudget) -> np.ndarray:
-    """Per-subcarrier SINR [T, U, E, S] from linear gains [T, U, E, S]; the other edges interfere."""
-    per_subcarrier = dbm_to_watt(budget.edge_tx_power_dbm) / gains.shape[-1]
-    received = per_subcarrier * gains.astype(np.float64)
-    noise = noise_watt(budget.bandwidth_hz, budget.user_noise_figure_db) / gains.shape[-1]
+    """Per-subcarrier SINR [T, U, E, S] from linear gains [T, U, E, S]; the other edges interfere.
+
+    Power spectral densities: edge e transmits P / B_e per Hz; the bands overlap (one carrier, reuse 1)."""
+    tx_psd = dbm_to_watt(budget.edge_tx_power_dbm) / np.asarray(budget.edge_bandwidth_hz)  # [E]
+    received = gains.astype(np.float64) * tx_psd[:, None]
     interference = received.sum(axis=2, keepdims=True) - received
-    return (received / (noise + interference)).astype(np.float32)
+    return (received / (noise_psd(budget.user_noise_figure_db) + interference)).astype(np.float32)
 
 
 def uplink_sinr(gains: np.ndarray, budget: LinkBudget) -> np.ndarray:
-    """Per-subcarrier SINR [T, U, E, S]: the user's power over the edge's noise raised by the IoT margin."""
-    per_subcarrier = dbm_to_watt(budget.user_tx_power_dbm) / gains.shape[-1]
-    noise = noise_watt(budget.bandwidth_hz, budget.edge_noise_figure_db) / gains.shape[-1]
-    noise *= 10 ** (budget.uplink_interference_margin_db / 10)
-    return (per_subcarrier * gains.astype(np.float64) / noise).astype(np.float32)
+    """Per-subcarrier SINR [T, U, E, S]: the user's power over edge e's band, against the edge's noise raised
+    by the interference-over-thermal margin."""
+    tx_psd = dbm_to_watt(budget.user_tx_power_dbm) / np.asarray(budget.edge_bandwidth_hz)  # [E]
+    noise = noise_psd(budget.edge_noise_figure_db) * 10 ** (budget.uplink_interference_margin_db / 10)
+    return (gains.astype(np.float64) * tx_psd[:, None] / noise).astype(np.float32)
 
 
 @dataclass(frozen=True)
