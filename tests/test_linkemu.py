@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 import threading
@@ -145,22 +146,29 @@ def test_transfer_takes_size_over_rate_plus_delay(direction, tmp_path):
     assert ("tandem_linkemu_sinr_db", (("direction", "down"), ("edge", "0"), ("user", "0"))) in metrics
 
 
-def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
-    # slots of 100 ms: 2 slots up, then 10 down (1 s outage), then up again
-    rates = [8.0] * 2 + [0.0] * 10 + [8.0] * 38
-    trace = _trace_file(tmp_path, rates, rates)
+@contextlib.contextmanager
+def _connected_in_outage(tmp_path, rates: list[float], outage_limit_s: float, nbytes: int):
+    """An emulator on ``rates`` (slots of 100 ms, outage from slot 2), a sink expecting ``nbytes``, and a device
+    connection opened 0.25 s in: inside the outage."""
     sink = Sink()
-    sink.receive(10_000)
-    with _emulator(trace, sink.address, "--no-loop", "--outage-limit", "0.3") as emulator:
-        time.sleep(0.25)  # into the outage
+    sink.receive(nbytes)
+    trace = _trace_file(tmp_path, rates, rates)
+    with _emulator(trace, sink.address, "--no-loop", "--outage-limit", str(outage_limit_s)) as emulator:
+        time.sleep(0.25)
         with socket.create_connection(split_address(emulator.address)) as device:
             device.settimeout(10)
-            started = time.monotonic()
-            device.sendall(b"x" * 10_000)
-            with pytest.raises((ConnectionError, OSError)) as broken:
-                if device.recv(1) == b"":
-                    raise ConnectionResetError("closed")
-            waited = time.monotonic() - started
+            yield emulator, sink, device
+
+
+def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
+    rates = [8.0] * 2 + [0.0] * 10 + [8.0] * 38  # a 1 s outage against a 0.3 s limit
+    with _connected_in_outage(tmp_path, rates, 0.3, 10_000) as (emulator, sink, device):
+        started = time.monotonic()
+        device.sendall(b"x" * 10_000)
+        with pytest.raises((ConnectionError, OSError)) as broken:
+            if device.recv(1) == b"":
+                raise ConnectionResetError("closed")
+        waited = time.monotonic() - started
         metrics = _scrape(emulator.metrics_port)
     assert broken.value is not None and 0.2 < waited < 2.0
     assert sink.received == 0  # nothing crossed during the outage
@@ -168,16 +176,11 @@ def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
 
 
 def test_short_outage_delays_but_keeps_the_connection(tmp_path):
-    rates = [80.0] * 2 + [0.0] * 3 + [80.0] * 45
-    trace = _trace_file(tmp_path, rates, rates)
-    sink = Sink()
-    sink.receive(1000)
-    with _emulator(trace, sink.address, "--no-loop", "--outage-limit", "5") as emulator:
-        time.sleep(0.25)
-        with socket.create_connection(split_address(emulator.address)) as device:
-            started = time.monotonic()
-            device.sendall(b"x" * 1000)
-            assert device.recv(1) == b"k"
+    rates = [80.0] * 2 + [0.0] * 3 + [80.0] * 45  # a 0.3 s outage against a 5 s limit
+    with _connected_in_outage(tmp_path, rates, 5.0, 1000) as (_, sink, device):
+        started = time.monotonic()
+        device.sendall(b"x" * 1000)
+        assert device.recv(1) == b"k"
     assert sink.received == 1000 and sink.received_at - started >= 0.2  # waited for the outage to end
 
 
