@@ -26,6 +26,8 @@ MODES = ("psd", "sd", "edge-only")
 TokenSink = Callable[[list[int]], None]
 # Given a session id: a new stream attached to it, and the tokens the edge committed after the prompt.
 Resume = Callable[[str], tuple[DecodeStream, list[int]]]
+# Given an open message: a new stream whose session it opened.
+Restart = Callable[[pb.DeviceMessage], tuple[DecodeStream, pb.SessionOpened]]
 
 
 @dataclass
@@ -132,19 +134,37 @@ def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
 def decode_edge_only(
     stream: DecodeStream, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
     stop_ids: Sequence[int], fingerprint: str, sink: TokenSink | None = None,
+    restart: Restart | None = None,
 ) -> DecodeResult:
+    """The edge decodes alone and streams tokens. With ``restart``, a stream broken by the link (UNAVAILABLE)
+    is replaced by a new edge-only session whose prompt is the old prompt plus every token received: the edge
+    closes an edge-only session with its stream, and a token is the device's once it arrived."""
     result = DecodeResult("edge-only", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
     stream.send(_open_message(prompt, config, pb.MODE_EDGE_ONLY, 0, max_tokens, stop_ids, fingerprint))
     _expect(stream.receive(), "opened")
     while True:
-        message = stream.receive()
+        try:
+            message = stream.receive()
+        except EdgeError as error:
+            if restart is None or error.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            if emitter.done:
+                break  # every token arrived; only the edge's `closed` was lost
+            result.bytes_up += stream.bytes_up
+            result.bytes_down += stream.bytes_down
+            stream.cancel()
+            stream, _ = restart(_open_message(list(prompt) + result.token_ids, config, pb.MODE_EDGE_ONLY, 0,
+                                              emitter.remaining, stop_ids, fingerprint))
+            result.resumes += 1
+            continue
         if message.WhichOneof("kind") == "closed":
             break
         emitter.emit(_expect(message, "tokens").tokens.token_ids)
     stream.finish()
     result.finished = time.perf_counter()
-    result.bytes_up, result.bytes_down = stream.bytes_up, stream.bytes_down
+    result.bytes_up += stream.bytes_up
+    result.bytes_down += stream.bytes_down
     return result
 
 

@@ -62,7 +62,8 @@ def generate(
     try:
         if request.mode == "edge-only":
             result = decode_edge_only(
-                stream, prompt, request.sampling, request.max_tokens, stop_ids, draft.tokenizer_fingerprint, sink
+                stream, prompt, request.sampling, request.max_tokens, stop_ids, draft.tokenizer_fingerprint, sink,
+                restart=connection.start_stream,
             )
         else:
             result = decode_speculative(

@@ -17,7 +17,7 @@ from tandem.wire.v1 import edge_pb2 as pb
 from tandem.wire.v1 import edge_pb2_grpc
 
 MAX_MESSAGE_BYTES = 16 << 20
-# A broken stream (radio link down, proxy reset) is resumed by attaching to the session again for this long.
+# A stream broken by the link (radio link down, proxy reset) is replaced within this long.
 RESUME_WITHIN_S = 60.0
 # The link may still be down (UNAVAILABLE), or the edge may not yet have noticed that the old stream is gone
 # (ABORTED: the session is still attached to it).
@@ -71,28 +71,34 @@ class EdgeConnection:
         return DecodeStream(self.stub)
 
     def attach(self, session_id: str, within_s: float = RESUME_WITHIN_S) -> tuple["DecodeStream", list[int]]:
-        """A new stream attached to ``session_id``, and the tokens the edge committed after the prompt.
+        """A new stream attached to ``session_id``, and the tokens the edge committed after the prompt."""
+        stream, opened = self.start_stream(pb.DeviceMessage(attach=pb.Attach(session_id=session_id)), within_s)
+        return stream, list(opened.committed_token_ids)
 
-        Retries while the link is down or the edge still holds the broken stream (it notices a reset within
-        a moment); EdgeError once ``within_s`` has passed or for any other refusal.
+    def start_stream(self, first: pb.DeviceMessage,
+                     within_s: float = RESUME_WITHIN_S) -> tuple["DecodeStream", pb.SessionOpened]:
+        """A new stream that sent ``first`` (open or attach) and got ``opened`` back.
+
+        Retries while the link is down or the edge still holds a broken stream of the session (it notices a
+        reset within a moment); EdgeError once ``within_s`` has passed, or at once for any other refusal.
         """
         deadline = time.monotonic() + within_s
         delay = 0.05
         while True:
             stream = self.open_stream()
-            stream.send(pb.DeviceMessage(attach=pb.Attach(session_id=session_id)))
+            stream.send(first)
             try:
-                opened = stream.receive(timeout=max(0.1, deadline - time.monotonic()))
-                if opened.WhichOneof("kind") != "opened":
-                    raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: attach answered by "
-                                                              f"{opened.WhichOneof('kind')}")
-                return stream, list(opened.opened.committed_token_ids)
+                reply = stream.receive(timeout=max(0.1, deadline - time.monotonic()))
+                if reply.WhichOneof("kind") != "opened":
+                    raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: {first.WhichOneof('kind')} "
+                                                              f"answered by {reply.WhichOneof('kind')}")
+                return stream, reply.opened
             except (EdgeError, TimeoutError) as error:
                 stream.cancel()
                 if isinstance(error, EdgeError) and error.code not in RETRY_ATTACH_CODES:
                     raise  # e.g. the session is closed or unknown: retrying cannot help
                 if time.monotonic() + delay > deadline:
-                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"could not resume session {session_id} within "
+                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"could not reach the edge again within "
                                                                  f"{within_s:g} s: {error}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -10,7 +10,7 @@ from device_client.draft import LlamaCppDraftEngine
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from tandem.sampling import SamplingConfig
-from tests.test_lossless import NEAR_TIE_EPSILON
+from tests.teacher_forcing import NEAR_TIE_EPSILON
 
 PROMPTS = (
     "Name three colours.",
