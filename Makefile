@@ -11,7 +11,7 @@ demo: setup
 	.venv/bin/tandem demo
 
 test: setup
-	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q
 
 bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py

