@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT))
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402
-from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
 from linkemu.emulator import LinkEmulator  # noqa: E402
+from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
 from linkemu.shaper import FixedShaper  # noqa: E402
-from tandem.traces.format import load_trace  # noqa: E402
 from tandem.models import convert_gguf_to_hf, default_data_dir, prepare_models  # noqa: E402
 from tandem.processes import EdgeProcess  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
+from tandem.traces.format import load_trace  # noqa: E402
 
 PROMPTS = (
     "Explain why the sky is blue.",

@@ -51,6 +51,11 @@ class DecodeResult:
     bytes_up: int = 0
     bytes_down: int = 0
 
+    def count_bytes(self, stream: DecodeStream) -> None:
+        """Add a stream's payload bytes (a session may use several when the link breaks)."""
+        self.bytes_up += stream.bytes_up
+        self.bytes_down += stream.bytes_down
+
     @property
     def elapsed(self) -> float:
         return self.finished - self.started
@@ -151,8 +156,7 @@ def decode_edge_only(
                 raise
             if emitter.done:
                 break  # every token arrived; only the edge's `closed` was lost
-            result.bytes_up += stream.bytes_up
-            result.bytes_down += stream.bytes_down
+            result.count_bytes(stream)
             stream.cancel()
             stream, _ = restart(_open_message(list(prompt) + result.token_ids, config, pb.MODE_EDGE_ONLY, 0,
                                               emitter.remaining, stop_ids, fingerprint))
@@ -163,8 +167,7 @@ def decode_edge_only(
         emitter.emit(_expect(message, "tokens").tokens.token_ids)
     stream.finish()
     result.finished = time.perf_counter()
-    result.bytes_up += stream.bytes_up
-    result.bytes_down += stream.bytes_down
+    result.count_bytes(stream)
     return result
 
 
@@ -198,8 +201,7 @@ def decode_speculative(
         nonlocal stream, speculative
         if resume is None or error.code != grpc.StatusCode.UNAVAILABLE:
             raise error
-        result.bytes_up += stream.bytes_up
-        result.bytes_down += stream.bytes_down
+        result.count_bytes(stream)
         stream.cancel()
         stream, edge_committed = resume(session_id)
         result.resumes += 1
@@ -269,8 +271,7 @@ def decode_speculative(
                 raise
     stream.finish()
     result.finished = time.perf_counter()
-    result.bytes_up += stream.bytes_up
-    result.bytes_down += stream.bytes_down
+    result.count_bytes(stream)
     return result
 
 

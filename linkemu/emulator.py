@@ -77,8 +77,7 @@ class LinkEmulator:
     def _shaper(self, user: int) -> TraceShaper:
         def rate_of(direction: Direction, slot: int) -> float:
             assignment = self.assignments.get(user)
-            return float(self.trace.se[self.trace.direction_index(direction.value), slot, user, assignment.edge]
-                         * assignment.share * self.trace.metadata.edge_bandwidth_hz[assignment.edge])
+            return float(self.trace.rate_bps(direction.value, user, assignment.edge, assignment.share, slot))
 
         return TraceShaper(self.clock, rate_of, self.config.base_delay_ms / 1000, self.config.outage_limit_s)
 

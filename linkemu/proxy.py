@@ -40,7 +40,6 @@ class ShapingProxy:
         self.upstream = upstream
         self.shaper = shaper
         self.observer = observer or LinkObserver()
-        self.bytes = {Direction.UP: 0, Direction.DOWN: 0}
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
 
@@ -108,7 +107,6 @@ class ShapingProxy:
                     break
                 writer.write(chunk)
                 await writer.drain()
-                self.bytes[direction] += len(chunk)
                 self.observer.delivered(direction, len(chunk), max(0.0, arrival - sent - base_delay))
 
         delivery = asyncio.create_task(deliver())

@@ -47,10 +47,6 @@ class LinkShaper(ABC):
     def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:
         """When the last of ``nbytes`` leaves the bottleneck if their first bit starts at ``start``."""
 
-    @abstractmethod
-    def rate_bps(self, direction: Direction, now: float) -> float:
-        """The bottleneck's rate at ``now`` (inf = unlimited)."""
-
 
 class FixedShaper(LinkShaper):
     """Constant rate (bits/s, None = unlimited) in each direction."""
@@ -65,9 +61,6 @@ class FixedShaper(LinkShaper):
     def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:
         rate = self._rates[direction]
         return start + (nbytes * 8 / rate if rate else 0.0)
-
-    def rate_bps(self, direction: Direction, now: float) -> float:
-        return self._rates[direction] or math.inf
 
 
 @dataclass(frozen=True)
@@ -121,6 +114,7 @@ class TraceShaper(LinkShaper):
         self.outage_limit_s = outage_limit_s
 
     def rate_bps(self, direction: Direction, now: float) -> float:
+        """The rate of the slot playing at ``now``."""
         return self.rate_of(direction, self.clock.slot(self.clock.tick(now)))
 
     def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:

@@ -39,9 +39,9 @@ def build_config(model: type[Model], config_file: Path | None, overrides: dict[s
             loaded = yaml.safe_load(config_file.read_text())
         except (OSError, yaml.YAMLError) as error:
             raise UsageError(f"cannot read config file {config_file}: {error}") from None
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):  # an empty file is an empty mapping
             raise UsageError(f"config file {config_file} must hold a mapping")
-        data = loaded
+        data = loaded or {}
     for key, value in overrides.items():
         if value is None:
             continue

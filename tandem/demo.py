@@ -102,7 +102,7 @@ def _trace_proxy(args: argparse.Namespace, data_dir: Path, edge_address: str):
     emulator = LinkEmulator.single_link(trace, path, edge_address, user, edge, args.share, args.base_delay_ms,
                                         outage_limit_s=OUTAGE_LIMIT_S)
     rate = trace.rate_bps("down", user, edge, args.share) / 1e6
-    outage = np.mean((trace.se[:, :, user, edge] == 0).any(axis=0))
+    outage = 1 - trace.availability()[user, edge]
     return next(iter(emulator.proxies.values())), (
         f"trace {trace.metadata.scenario}, user {user} -> edge {edge}, share {args.share:g}: downlink median "
         f"{np.median(rate):.1f} Mbit/s, outage in {outage:.0%} of slots, base delay {args.base_delay_ms:g} ms "

@@ -117,7 +117,7 @@ def test_save_refuses_an_inconsistent_trace(umi_trace, tmp_path):
     (["--scenario", "rt:atlantis"], "scenario must be one of"),
     (["--users", "0"], "--users must be >= 1"),
     (["--slot-ms", "0"], "--slot-ms must be within"),
-    (["--config", "{missing}"], "cannot read scenario file"),
+    (["--config", "{missing}"], "cannot read config file"),
     (["--config", "{bad}"], "carrier_ghz"),
     (["--config", "{edges}", "--edges", "3"], "places 1 edges but --edges is 3"),
 ])

@@ -64,8 +64,6 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         request = TraceRequest(load_scenario(args.config, args.scenario), args.edges, args.users, args.slots,
                                args.slot_ms, args.seed)
-        request.check()
-        request.scenario.edge_positions(args.edges)
         trace = generate_trace(request, quiet=args.quiet)
     except ScenarioError as error:
         return fail(str(error), EXIT_USAGE)

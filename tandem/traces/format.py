@@ -91,14 +91,19 @@ class ChannelTrace:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         return DIRECTIONS.index(direction)
 
-    def rate_bps(self, direction: str, user: int, edge: int, share: float) -> np.ndarray:
-        """Per-slot rate (bit/s) of one user-edge link given the user's share of the edge's bandwidth."""
-        return share * self.metadata.edge_bandwidth_hz[edge] * self.se[self.direction_index(direction), :, user, edge]
+    def rate_bps(self, direction: str, user: int, edge: int, share: float, slot: int | slice = slice(None)):
+        """Rate (bit/s) of one user-edge link at a share of the edge's bandwidth: share x B_e x SE, for every
+        slot (an array) or for one slot (a number)."""
+        return share * self.metadata.edge_bandwidth_hz[edge] * self.se[self.direction_index(direction), slot, user, edge]
+
+    def availability(self) -> np.ndarray:
+        """[U, E]: the share of slots in which each user-edge link is up (SE > 0) in both directions."""
+        return (self.se > 0).all(axis=0).mean(axis=0)
 
     def most_reliable_pair(self) -> tuple[int, int]:
-        """(user, edge) whose link is up (SE > 0 both ways) in the most slots; ties go to the higher median SE.
+        """(user, edge) whose link is up in the most slots; ties go to the higher median SE.
         A static association for demos and tests until the controller assigns edges."""
-        up = (self.se > 0).all(axis=0).mean(axis=0)  # [U, E]
+        up = self.availability()
         median = np.median(self.se.min(axis=0), axis=0)
         best = np.lexsort((-median.ravel(), -up.ravel()))[0]
         user, edge = np.unravel_index(best, up.shape)

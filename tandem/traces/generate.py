@@ -10,7 +10,7 @@ import numpy as np
 
 from tandem.traces.format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
 from tandem.traces.mobility import random_waypoint
-from tandem.traces.radio import LinkBudget, downlink_sinr, link_quality, uplink_sinr
+from tandem.traces.radio import LinkBudget, downlink_sinr, link_quality, to_db, uplink_sinr
 from tandem.traces.scenario import ScenarioConfig, ScenarioError
 
 MAX_SLOTS = 1_000_000
@@ -38,6 +38,7 @@ class TraceRequest:
             raise ScenarioError(f"--slot-ms must be within [0.1, 10000], got {self.slot_ms}")
         if not 0 <= self.seed < 2**31:
             raise ScenarioError(f"--seed must be within [0, 2^31), got {self.seed}")
+        self.scenario.edge_positions(self.num_edges)  # a scenario file's edge list must match --edges
 
 
 def _progress(total: int, description: str, quiet: bool):
@@ -61,7 +62,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
     if scenario.kind == "rt" and scenario.area_m is None:
         from tandem.traces.sionna_rt import scene_area
 
-        area = scene_area(scenario.scenario[3:])
+        area = scene_area(scenario.scene)
     rng = np.random.default_rng(request.seed)
     user_pos, _ = random_waypoint(rng, scenario.mobility, area, request.num_users, request.num_slots, slot_s)
     # Ray tracing follows every slot's position; the stochastic models re-drop geometry once per epoch.
@@ -70,7 +71,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
         if scenario.kind == "rt":
             from tandem.traces.sionna_rt import ray_traced_gains
 
-            gains = ray_traced_gains(scenario.scenario[3:], scenario.carrier_ghz * 1e9, max(bandwidths),
+            gains = ray_traced_gains(scenario.scene, scenario.carrier_ghz * 1e9, max(bandwidths),
                                      scenario.sampled_subcarriers, edge_pos, user_pos, slot_s, request.seed,
                                      on_slots=bar.update)
         else:
@@ -108,7 +109,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
         se=np.stack([q.se for q in qualities]),
         se_shannon=np.stack([q.se_shannon for q in qualities]),
         mcs=np.stack([q.mcs for q in qualities]),
-        path_gain_db=(10 * np.log10(np.maximum(gains.mean(axis=-1), 1e-30))).astype(np.float32),
+        path_gain_db=to_db(gains.mean(axis=-1)),
         user_pos=user_pos,
         edge_pos=edge_pos,
     )

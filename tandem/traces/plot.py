@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tandem.traces.format import DIRECTIONS, ChannelTrace
-from tandem.traces.summary import best_edges
+from tandem.traces.summary import best_edges, on_edges
 
 
 def plot_trace(trace: ChannelTrace, out_dir: Path) -> list[Path]:
@@ -20,12 +20,11 @@ def plot_trace(trace: ChannelTrace, out_dir: Path) -> list[Path]:
     meta = trace.metadata
     seconds = np.arange(meta.num_slots) * trace.slot_s
     best = best_edges(trace)
-    rows, users = np.arange(meta.num_slots)[:, None], np.arange(meta.num_users)[None, :]
     written = []
 
     figure, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for d, (axis, direction) in enumerate(zip(axes, DIRECTIONS)):
-        sinr = trace.sinr_db[d][rows, users, best]
+        sinr = on_edges(trace.sinr_db[d], best)
         for user in range(meta.num_users):
             axis.plot(seconds, sinr[:, user], linewidth=0.8, label=f"user {user}")
         axis.set_ylabel(f"{direction}link SINR (dB)")

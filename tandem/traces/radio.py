@@ -29,6 +29,11 @@ PUSCH, PDSCH = 0, 1  # Sionna SYS MCS categories
 OUTAGE_TBLER = 0.9
 
 
+def to_db(linear: np.ndarray) -> np.ndarray:
+    """10 log10 as float32, with zero (no path at all) floored at -300 dB."""
+    return (10 * np.log10(np.maximum(np.asarray(linear, np.float64), 1e-30))).astype(np.float32)
+
+
 def dbm_to_watt(dbm: float) -> float:
     return 10 ** ((dbm - 30) / 10)
 
@@ -101,6 +106,6 @@ def link_quality(sinr: np.ndarray, downlink: bool, bler_target: float,
     shape = sinr.shape[:-1]
     shannon = np.log2(1 + sinr.astype(np.float64)).mean(axis=-1).astype(np.float32)
     return LinkQuality(
-        sinr_db=(10 * np.log10(np.maximum(sinr.astype(np.float64).mean(axis=-1), 1e-30))).astype(np.float32),
+        sinr_db=to_db(sinr.astype(np.float64).mean(axis=-1)),
         se=se.reshape(shape), se_shannon=shannon, mcs=mcs.reshape(shape),
     )

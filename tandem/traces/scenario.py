@@ -10,10 +10,9 @@ import math
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tandem.cli_support import validation_reasons
+from tandem.cli_support import UsageError, build_config
 
 STOCHASTIC_KINDS = ("umi", "uma", "rma")
 # Ray-traced scenes shipped in the sionna-rt wheel that work on the CPU here (see docs/traces.md).
@@ -77,7 +76,7 @@ class ScenarioConfig(BaseModel):
     @model_validator(mode="after")
     def _known_scenario(self) -> "ScenarioConfig":
         if self.scenario not in STOCHASTIC_KINDS and not (
-            self.scenario.startswith("rt:") and self.scenario[3:] in RT_SCENES
+            self.scenario.startswith("rt:") and self.scene in RT_SCENES
         ):
             raise ValueError(f"scenario must be one of {', '.join(STOCHASTIC_KINDS)} or rt:<scene> with scene in "
                              f"{', '.join(RT_SCENES)}; got {self.scenario!r}")
@@ -86,6 +85,11 @@ class ScenarioConfig(BaseModel):
     @property
     def kind(self) -> str:
         return "rt" if self.scenario.startswith("rt:") else self.scenario
+
+    @property
+    def scene(self) -> str:
+        """The Sionna RT scene of an `rt:<scene>` scenario."""
+        return self.scenario.removeprefix("rt:")
 
     @property
     def area(self) -> tuple[float, float]:
@@ -120,18 +124,7 @@ class ScenarioError(ValueError):
 
 def load_scenario(path: Path | None, scenario: str | None) -> ScenarioConfig:
     """The YAML file (if any) with the --scenario flag on top; ScenarioError with the reason when invalid."""
-    data: dict = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ScenarioError(f"cannot read scenario file {path}: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ScenarioError(f"scenario file {path} must hold a mapping")
-        data = loaded or {}
-    if scenario is not None:
-        data["scenario"] = scenario
     try:
-        return ScenarioConfig.model_validate(data)
-    except ValidationError as error:
-        raise ScenarioError(f"invalid scenario: {validation_reasons(error)}") from None
+        return build_config(ScenarioConfig, path, {"scenario": scenario})
+    except UsageError as error:
+        raise ScenarioError(str(error)) from None

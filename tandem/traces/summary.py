@@ -6,7 +6,6 @@ import numpy as np
 
 from tandem.traces.format import DIRECTIONS, ChannelTrace
 
-
 NO_PATH_DB = -250.0  # gains are floored at -300 dB where ray tracing finds no path at all
 
 
@@ -20,11 +19,14 @@ def best_edges(trace: ChannelTrace) -> np.ndarray:
     return trace.sinr_db[DIRECTIONS.index("down")].argmax(axis=-1)
 
 
+def on_edges(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """[T, U] values of a [T, U, E] array on the chosen edge per slot and user."""
+    return np.take_along_axis(values, edges[..., None], axis=-1)[..., 0]
+
+
 def summarise(trace: ChannelTrace) -> str:
     meta = trace.metadata
     best = best_edges(trace)
-    slot_index = np.arange(meta.num_slots)[:, None]
-    user_index = np.arange(meta.num_users)[None, :]
     lines = [
         f"scenario {meta.scenario}, seed {meta.seed}, format v{meta.version}, Sionna {meta.sionna_version}",
         f"{meta.num_edges} edges x {meta.num_users} users x {meta.num_slots} slots of {meta.slot_ms:g} ms "
@@ -39,16 +41,16 @@ def summarise(trace: ChannelTrace) -> str:
     if not linked.all():
         lines.append(f"no propagation path (ray tracing): {1 - linked.mean():.1%} of slot-user-edge pairs")
     for d, direction in enumerate(DIRECTIONS):
-        best_sinr = trace.sinr_db[d][slot_index, user_index, best]
-        best_se = trace.se[d][slot_index, user_index, best]
+        best_sinr = on_edges(trace.sinr_db[d], best)
+        best_se = on_edges(trace.se[d], best)
         lines += [
             f"{direction}link SINR (dB, best edge) {_range(best_sinr)}",
             f"{direction}link SE (bit/s/Hz, best) {_range(best_se)}   Shannon median "
-            f"{np.median(trace.se_shannon[d][slot_index, user_index, best]):.2f}",
+            f"{np.median(on_edges(trace.se_shannon[d], best)):.2f}",
             f"{direction}link outage (SE = 0): {np.mean(best_se == 0):.1%} of slots on the best edge, "
             f"{np.mean(trace.se[d] == 0):.1%} of all pairs",
         ]
-    full_rate = trace.se[0][slot_index, user_index, best] * np.array(meta.edge_bandwidth_hz)[best] / 1e6
+    full_rate = on_edges(trace.se[0], best) * np.array(meta.edge_bandwidth_hz)[best] / 1e6
     lines.append(f"downlink rate with the whole band of the best edge (Mbit/s) {_range(full_rate)}")
     switches = np.count_nonzero(np.diff(best, axis=0))
     lines.append(f"best-edge changes: {switches} over {meta.num_users} users "
