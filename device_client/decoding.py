@@ -24,10 +24,10 @@ from tandem.wire.v1 import edge_pb2 as pb
 
 MODES = ("psd", "sd", "edge-only")
 TokenSink = Callable[[list[int]], None]
+# Given an open message: a new stream whose session it opened (retried while the link is down).
+Start = Callable[[pb.DeviceMessage], tuple[DecodeStream, pb.SessionOpened]]
 # Given a session id: a new stream attached to it, and the tokens the edge committed after the prompt.
 Resume = Callable[[str], tuple[DecodeStream, list[int]]]
-# Given an open message: a new stream whose session it opened.
-Restart = Callable[[pb.DeviceMessage], tuple[DecodeStream, pb.SessionOpened]]
 
 
 @dataclass
@@ -137,34 +137,36 @@ def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
 
 
 def decode_edge_only(
-    stream: DecodeStream, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
+    start: Start, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
     stop_ids: Sequence[int], fingerprint: str, sink: TokenSink | None = None,
-    restart: Restart | None = None,
 ) -> DecodeResult:
-    """The edge decodes alone and streams tokens. With ``restart``, a stream broken by the link (UNAVAILABLE)
-    is replaced by a new edge-only session whose prompt is the old prompt plus every token received: the edge
-    closes an edge-only session with its stream, and a token is the device's once it arrived."""
+    """The edge decodes alone and streams tokens. A stream broken by the link (UNAVAILABLE) is replaced by a new
+    edge-only session whose prompt is the old prompt plus every token received: the edge closes an edge-only
+    session with its stream, and a token is the device's once it arrived."""
     result = DecodeResult("edge-only", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
-    stream.send(_open_message(prompt, config, pb.MODE_EDGE_ONLY, 0, max_tokens, stop_ids, fingerprint))
-    _expect(stream.receive(), "opened")
-    while True:
-        try:
-            message = stream.receive()
-        except EdgeError as error:
-            if restart is None or error.code != grpc.StatusCode.UNAVAILABLE:
-                raise
-            if emitter.done:
-                break  # every token arrived; only the edge's `closed` was lost
-            result.count_bytes(stream)
-            stream.cancel()
-            stream, _ = restart(_open_message(list(prompt) + result.token_ids, config, pb.MODE_EDGE_ONLY, 0,
-                                              emitter.remaining, stop_ids, fingerprint))
-            result.resumes += 1
-            continue
-        if message.WhichOneof("kind") == "closed":
-            break
-        emitter.emit(_expect(message, "tokens").tokens.token_ids)
+    stream, _ = start(_open_message(prompt, config, pb.MODE_EDGE_ONLY, 0, max_tokens, stop_ids, fingerprint))
+    try:
+        while True:
+            try:
+                message = stream.receive()
+            except EdgeError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if emitter.done:
+                    break  # every token arrived; only the edge's `closed` was lost
+                result.count_bytes(stream)
+                stream.cancel()
+                stream, _ = start(_open_message(list(prompt) + result.token_ids, config, pb.MODE_EDGE_ONLY, 0,
+                                                emitter.remaining, stop_ids, fingerprint))
+                result.resumes += 1
+                continue
+            if message.WhichOneof("kind") == "closed":
+                break
+            emitter.emit(_expect(message, "tokens").tokens.token_ids)
+    except BaseException:
+        stream.cancel()
+        raise
     stream.finish()
     result.finished = time.perf_counter()
     result.count_bytes(stream)
@@ -172,22 +174,21 @@ def decode_edge_only(
 
 
 def decode_speculative(
-    stream: DecodeStream, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
-    draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
-    resume: Resume | None = None,
+    start: Start, resume: Resume, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig,
+    max_tokens: int, draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
 ) -> DecodeResult:
-    """Draft, send blocks, commit verdicts. With ``resume``, a stream broken by the link (UNAVAILABLE) is
-    replaced by attaching to the same session: the edge's committed tokens are authoritative, so a verdict lost
-    on the way is recovered from them and nothing committed is lost or repeated."""
+    """Draft, send blocks, commit verdicts. A stream broken by the link (UNAVAILABLE) is replaced by attaching
+    to the same session: the edge's committed tokens are authoritative, so a verdict lost on the way is recovered
+    from them and nothing committed is lost or repeated."""
     result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
     random = PositionRandom(config.seed, PositionRandom.DEVICE)
     committed = list(prompt)
     speculative: list[DraftToken] = []  # drafted past the in-flight block, assuming it is fully accepted
 
-    stream.send(_open_message(prompt, config, pb.MODE_SPECULATIVE, draft_length, max_tokens, stop_ids,
-                              draft.tokenizer_fingerprint))
-    session_id = _expect(stream.receive(), "opened").opened.session_id
+    stream, opened = start(_open_message(prompt, config, pb.MODE_SPECULATIVE, draft_length, max_tokens, stop_ids,
+                                         draft.tokenizer_fingerprint))
+    session_id = opened.session_id
 
     def draft_one(context: list[int], overlapped: bool) -> DraftToken:
         token = draft_token(draft, context, config, random)
@@ -199,7 +200,7 @@ def decode_speculative(
     def resumed(error: EdgeError) -> None:
         """Replace the broken stream, or re-raise when this error is not a broken link."""
         nonlocal stream, speculative
-        if resume is None or error.code != grpc.StatusCode.UNAVAILABLE:
+        if error.code != grpc.StatusCode.UNAVAILABLE:
             raise error
         result.count_bytes(stream)
         stream.cancel()
@@ -211,64 +212,69 @@ def decode_speculative(
         result.draft_wasted_tokens += len(speculative)
         speculative = []
 
-    while not emitter.done:
-        # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
-        length = max(1, min(draft_length, emitter.remaining - 1))
-        block = speculative[:length]
-        result.draft_wasted_tokens += len(speculative) - len(block)
-        while len(block) < length:
-            block.append(draft_one(committed + [t.token_id for t in block], overlapped=False))
-        block_ids = [t.token_id for t in block]
-        sent_at = time.perf_counter()
-        stream.send(pb.DeviceMessage(draft=pb.DraftBlock(
-            position=len(committed),
-            token_ids=block_ids,
-            draft_distributions=[] if config.greedy else [
-                pb.SparseDistribution(token_ids=t.dist.token_ids.tolist(), probs=t.dist.probs.tolist()) for t in block
-            ],
-        )))
+    try:
+        while not emitter.done:
+            # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
+            length = max(1, min(draft_length, emitter.remaining - 1))
+            block = speculative[:length]
+            result.draft_wasted_tokens += len(speculative) - len(block)
+            while len(block) < length:
+                block.append(draft_one(committed + [t.token_id for t in block], overlapped=False))
+            block_ids = [t.token_id for t in block]
+            sent_at = time.perf_counter()
+            stream.send(pb.DeviceMessage(draft=pb.DraftBlock(
+                position=len(committed),
+                token_ids=block_ids,
+                draft_distributions=[] if config.greedy else [
+                    pb.SparseDistribution(token_ids=t.dist.token_ids.tolist(), probs=t.dist.probs.tolist())
+                    for t in block
+                ],
+            )))
 
-        speculative = []
-        message = None
-        try:
-            if parallel:
-                ahead = committed + block_ids
-                while len(speculative) <= draft_length and (message := stream.poll()) is None:
-                    speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
-            verdict = _expect(message or stream.receive(), "verdict").verdict
-        except EdgeError as error:
-            resumed(error)
-            continue
-        result.round_seconds.append(time.perf_counter() - sent_at)
-        result.edge_verify_seconds.append(verdict.verify_seconds)
-
-        accepted, next_token = verdict.accepted, verdict.next_token_id
-        result.rounds += 1
-        result.drafted_sent += len(block_ids)
-        result.accepted += accepted
-        result.accepted_lengths.append(accepted)
-        result.block_lengths.append(len(block_ids))
-        new_tokens = block_ids[:accepted] + [next_token]
-        committed.extend(new_tokens)
-        emitter.emit(new_tokens)
-        if accepted == len(block_ids) and speculative and speculative[0].token_id == next_token:
-            speculative = speculative[1:]  # the guess of the bonus token was right: keep drafting from there
-        else:
-            result.draft_wasted_tokens += len(speculative)
             speculative = []
-
-    while True:
-        stream.send(pb.DeviceMessage(close=pb.Close()))
-        try:
-            _expect(stream.receive(), "closed")
-            break
-        except EdgeError as error:
+            message = None
             try:
+                if parallel:
+                    ahead = committed + block_ids
+                    while len(speculative) <= draft_length and (message := stream.poll()) is None:
+                        speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
+                verdict = _expect(message or stream.receive(), "verdict").verdict
+            except EdgeError as error:
                 resumed(error)
-            except EdgeError as refused:
-                if refused.code == grpc.StatusCode.FAILED_PRECONDITION:
-                    break  # the session is closed: the close got through and only its answer was lost
-                raise
+                continue
+            result.round_seconds.append(time.perf_counter() - sent_at)
+            result.edge_verify_seconds.append(verdict.verify_seconds)
+
+            accepted, next_token = verdict.accepted, verdict.next_token_id
+            result.rounds += 1
+            result.drafted_sent += len(block_ids)
+            result.accepted += accepted
+            result.accepted_lengths.append(accepted)
+            result.block_lengths.append(len(block_ids))
+            new_tokens = block_ids[:accepted] + [next_token]
+            committed.extend(new_tokens)
+            emitter.emit(new_tokens)
+            if accepted == len(block_ids) and speculative and speculative[0].token_id == next_token:
+                speculative = speculative[1:]  # the guess of the bonus token was right: keep drafting from there
+            else:
+                result.draft_wasted_tokens += len(speculative)
+                speculative = []
+
+        while True:
+            stream.send(pb.DeviceMessage(close=pb.Close()))
+            try:
+                _expect(stream.receive(), "closed")
+                break
+            except EdgeError as error:
+                try:
+                    resumed(error)
+                except EdgeError as refused:
+                    if refused.code == grpc.StatusCode.FAILED_PRECONDITION:
+                        break  # the session is closed: the close got through and only its answer was lost
+                    raise
+    except BaseException:
+        stream.cancel()
+        raise
     stream.finish()
     result.finished = time.perf_counter()
     result.count_bytes(stream)

@@ -58,20 +58,15 @@ def generate(
     stop_ids = [] if request.ignore_eos else draft.stop_ids
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sink = (lambda ids: on_text(decoder.decode(draft.decode(ids)))) if on_text else None
-    stream = connection.open_stream()
-    try:
-        if request.mode == "edge-only":
-            result = decode_edge_only(
-                stream, prompt, request.sampling, request.max_tokens, stop_ids, draft.tokenizer_fingerprint, sink,
-                restart=connection.start_stream,
-            )
-        else:
-            result = decode_speculative(
-                stream, draft, prompt, request.sampling, request.max_tokens, request.draft_length,
-                parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink, resume=connection.attach,
-            )
-    except BaseException:
-        stream.cancel()
-        raise
+    if request.mode == "edge-only":
+        result = decode_edge_only(
+            connection.start_stream, prompt, request.sampling, request.max_tokens, stop_ids,
+            draft.tokenizer_fingerprint, sink,
+        )
+    else:
+        result = decode_speculative(
+            connection.start_stream, connection.attach, draft, prompt, request.sampling, request.max_tokens,
+            request.draft_length, parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink,
+        )
     text = draft.decode(result.token_ids).decode("utf-8", errors="replace")
     return result, summarize(result, text, len(prompt))

@@ -235,32 +235,58 @@ def test_bad_emulator_configs_exit_2(config, reason, tmp_path):
     ("psd", SamplingConfig()), ("psd", SamplingConfig(temperature=0.8, top_k=20, seed=5)), ("edge-only", SamplingConfig()),
 ], ids=["psd-greedy", "psd-sampled", "edge-only-greedy"])
 def test_session_resumes_after_the_link_breaks_and_loses_nothing(llamacpp_edge, draft, tmp_path, mode, sampling):
-    """Outages of 0.5 s every 1.5 s against a 0.2 s limit: streams break mid-session; the device resumes (psd:
-    attaches to its session; edge-only: a new session continues from the tokens received). psd gives token for
-    token the answer of a direct connection; edge-only, re-prefilled at each restart, the target's argmax at every
-    position up to near-ties."""
-    rates = [100.0] * 10 + [0.0] * 5  # 100 Mbit/s for 1 s, then 0.5 s of outage, repeated
+    """Outages of 0.5 s against a 0.2 s limit: streams break mid-session; the device resumes (psd: attaches to
+    its session; edge-only: a new session continues from the tokens received). psd gives token for token the
+    answer of a direct connection; edge-only, re-prefilled at each restart, the target's argmax at every position
+    up to near-ties.
+
+    The first up window is 0.1 s: a session opened in it has had at most a few tens of ms when the first outage
+    breaks it. Later windows are 0.3 s: psd needs at least 13 round trips of 40 ms for 64 tokens, and an edge
+    would have to stream 192 tokens in 0.2 s to finish edge-only inside one (a fast machine did 64 in < 1 s)."""
+    rates = [100.0] + [0.0] * 5 + ([100.0] * 3 + [0.0] * 5) * 4  # Mbit/s per 100 ms slot
     trace = synthetic_trace(np.array(rates), np.array(rates), slot_ms=100, bandwidth_hz=1e6)
     path = tmp_path / "flaky.npz"
     save_trace(trace, path)
     prompt = "Describe the water cycle."
-    request = GenerationRequest(prompt, mode, 64, sampling, ignore_eos=True)
+    max_tokens = 64 if mode == "psd" else 192
+    request = GenerationRequest(prompt, mode, max_tokens, sampling, ignore_eos=True)
     direct = EdgeConnection(llamacpp_edge.address)
     baseline, _ = generate(direct, draft, request)
+    info = direct.info()  # asked beforehand, so that the session opens inside the first window
     emulator = LinkEmulator.single_link(trace, path, llamacpp_edge.address, 0, 0, 1.0, base_delay_ms=20,
                                         outage_limit_s=0.2)
     with ProxyThread(*emulator.proxies.values()) as link:
         flaky = EdgeConnection(link.address)
-        result, summary = generate(flaky, draft, request)
+        result, summary = generate(flaky, draft, request, info=info)
         flaky.close()
     assert result.resumes >= 1 and summary["resumes"] == result.resumes
     if mode == "psd":
         assert result.token_ids == baseline.token_ids
     else:
-        assert len(result.token_ids) == 64
+        assert len(result.token_ids) == max_tokens
         near_tie_gaps(direct, draft.encode_chat(prompt), result.token_ids, "edge-only after restarts")
     direct.close()
 
+
+
+def test_a_session_opens_across_an_outage(llamacpp_edge, draft, tmp_path):
+    """The link is down for the first 0.5 s (limit 0.2 s): the edge's info and the session's opening are retried
+    until it is back, and the answer is the direct connection's."""
+    rates = [0.0] * 5 + [100.0] * 50
+    trace = synthetic_trace(np.array(rates), np.array(rates), slot_ms=100, bandwidth_hz=1e6)
+    path = tmp_path / "late.npz"
+    save_trace(trace, path)
+    request = GenerationRequest("Name a colour.", "psd", 16, SamplingConfig(), ignore_eos=True)
+    direct = EdgeConnection(llamacpp_edge.address)
+    baseline, _ = generate(direct, draft, request)
+    direct.close()
+    emulator = LinkEmulator.single_link(trace, path, llamacpp_edge.address, 0, 0, 1.0, base_delay_ms=5,
+                                        outage_limit_s=0.2)
+    with ProxyThread(*emulator.proxies.values()) as link:
+        late = EdgeConnection(link.address)
+        result, _ = generate(late, draft, request)
+        late.close()
+    assert result.token_ids == baseline.token_ids
 
 def test_shipped_example_configs_are_valid():
     import yaml
