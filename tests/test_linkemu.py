@@ -177,7 +177,7 @@ def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
 
 
 def test_short_outage_delays_but_keeps_the_connection(tmp_path):
-    rates = [80.0] * 2 + [0.0] * 3 + [80.0] * 45  # a 0.3 s outage against a 5 s limit
+    rates = [80.0] * 2 + [0.0] * 8 + [80.0] * 40  # a 0.8 s outage against a 5 s limit: still on after a slow start
     with _connected_in_outage(tmp_path, rates, 5.0, 1000) as (_, sink, device):
         started = time.monotonic()
         device.sendall(b"x" * 1000)
