@@ -1,13 +1,18 @@
 """Who is associated with which edge, with what bandwidth share: the emulator's live view of UARA decisions.
 
-Static config fills it at start; the controller will update it each slot. Readers (the shapers, new
-connections) always see one consistent assignment per user.
+The static config fills it at start; the controller changes it at run time through the control service
+(linkemu/control.py). A change is checked as a whole and applied all at once, so readers (the shapers, new
+connections) always see one consistent table in which the shares on each edge sum to at most 1.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+SHARE_SLACK = 1e-9  # shares computed by a solver may sum to 1 plus rounding
 
 
 @dataclass(frozen=True)
@@ -17,25 +22,39 @@ class Assignment:
 
 
 class AssignmentTable:
-    def __init__(self, num_edges: int, initial: dict[int, Assignment]) -> None:
-        self.num_edges = num_edges
+    def __init__(self, edges: Iterable[int], initial: Mapping[int, Assignment]) -> None:
+        """``edges``: the edges users may be associated with (those whose address the emulator knows)."""
+        self.edges = frozenset(edges)
         self._lock = threading.Lock()
-        self._assignments: dict[int, Assignment] = {}
-        for user, assignment in initial.items():
-            self.assign(user, assignment)
+        self._assignments = self._checked(dict(initial))
 
-    def assign(self, user: int, assignment: Assignment) -> None:
-        if not 0 <= assignment.edge < self.num_edges:
-            raise ValueError(f"edge {assignment.edge} out of range [0, {self.num_edges})")
-        if not 0 < assignment.share <= 1:
-            raise ValueError(f"share must be within (0, 1], got {assignment.share}")
+    def assign(self, changes: Mapping[int, Assignment]) -> dict[int, Assignment]:
+        """Apply every change or, raising ValueError with the first problem, none; returns the new table."""
         with self._lock:
-            self._assignments[user] = assignment
+            if unknown := sorted(set(changes) - set(self._assignments)):
+                raise ValueError(f"user {unknown[0]} is not carried by this emulator "
+                                 f"(users: {', '.join(map(str, sorted(self._assignments)))})")
+            self._assignments = self._checked({**self._assignments, **changes})
+            return dict(self._assignments)
 
     def get(self, user: int) -> Assignment:
         with self._lock:
             return self._assignments[user]
 
-    def users(self) -> list[int]:
+    def snapshot(self) -> dict[int, Assignment]:
         with self._lock:
-            return sorted(self._assignments)
+            return dict(sorted(self._assignments.items()))
+
+    def _checked(self, table: dict[int, Assignment]) -> dict[int, Assignment]:
+        totals: dict[int, float] = defaultdict(float)
+        for user, assignment in sorted(table.items()):
+            if assignment.edge not in self.edges:
+                raise ValueError(f"user {user}: edge {assignment.edge} is not one this emulator can reach "
+                                 f"(edges: {', '.join(map(str, sorted(self.edges)))})")
+            if not 0 < assignment.share <= 1:
+                raise ValueError(f"user {user}: share must be within (0, 1], got {assignment.share}")
+            totals[assignment.edge] += assignment.share
+        for edge, total in sorted(totals.items()):
+            if total > 1 + SHARE_SLACK:
+                raise ValueError(f"the shares on edge {edge} would sum to {total:g} > 1")
+        return table

@@ -20,7 +20,9 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
         "independently: rate = share x edge bandwidth x spectral efficiency of the current trace slot, plus a "
         "base one-way delay; bytes wait through outages (SE = 0), and the connection breaks only when an outage "
         "outlasts --outage-limit. Either --config FILE (several users; YAML, see docs/linkemu.md) or one link "
-        "from flags. Prints one 'linkemu ready' line per user, then serves until SIGINT/SIGTERM.")
+        "from flags. With --control-listen, a controller watches per-pair SINR reports and sets associations and "
+        "shares at run time (LinkControl, proto/tandem/wire/v1/linkemu.proto). Prints 'linkemu control on "
+        "HOST:PORT' if enabled, then one 'linkemu ready' line per user, and serves until SIGINT/SIGTERM.")
     serve.add_argument("--config", type=Path, help="YAML config (trace, edges, users with listen/edge/share)")
     serve.add_argument("--trace", type=Path, help="channel trace file (from `tandem traces generate`)")
     serve.add_argument("--user", type=int, help="single link: the user's index in the trace (default 0)")
@@ -35,6 +37,9 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--start-slot", type=int, help="trace slot to start at (default 0)")
     serve.add_argument("--no-loop", action="store_true", help="hold the last slot instead of replaying the trace")
     serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = any; default off)")
+    serve.add_argument("--control-listen", metavar="HOST:PORT",
+                       help="serve the LinkControl gRPC service here (measurement reports every slot, assignments "
+                            "from the controller; port 0 = any free port; default off)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -44,6 +49,7 @@ def _config_from(args: argparse.Namespace):
     single = {name: getattr(args, name) for name in ("user", "edge", "upstream", "listen", "share")}
     overrides = {"trace": args.trace, "base_delay_ms": args.base_delay_ms, "outage_limit_s": args.outage_limit,
                  "speedup": args.speedup, "start_slot": args.start_slot, "metrics_port": args.metrics_port,
+                 "control_listen": args.control_listen,
                  "loop": False if args.no_loop else None}
     if args.config is None:
         if args.upstream is None:
@@ -82,7 +88,15 @@ def run_serve(args: argparse.Namespace) -> int:
 async def _serve(emulator) -> None:
     from prometheus_client import start_http_server
 
+    from linkemu.config import split_address
+    from linkemu.control import start_control
+
     listening = await emulator.start()
+    control_server = None
+    if emulator.config.control_listen is not None:
+        host, port = split_address(emulator.config.control_listen)
+        control_server, port = await start_control(emulator, host, port)
+        print(f"linkemu control on {host}:{port}", flush=True)
     metrics_note = ""
     http_server = None
     if emulator.config.metrics_port is not None:
@@ -98,6 +112,8 @@ async def _serve(emulator) -> None:
         print(f"linkemu ready: user {user} on {address} -> edge {assignment.edge} at {host}:{port}, share "
               f"{assignment.share:g}{metrics_note}", flush=True)
     await stop.wait()
+    if control_server is not None:
+        await control_server.stop(grace=1.0)
     await emulator.stop()
     if http_server is not None:
         http_server.shutdown()

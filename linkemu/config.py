@@ -1,6 +1,6 @@
 """The link emulator's configuration: which trace, which users listen where, and their edge and share.
 
-Shares and associations are static here until the controller assigns them at run time (see assignments.py).
+Shares and associations start from here; the controller changes them at run time (assignments.py, control.py).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class LinkEmuConfig(BaseModel):
     loop: bool = Field(default=True, description="replay the trace from the start when it ends (else hold the "
                                                  "last slot)")
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    control_listen: str | None = Field(default=None, pattern=ADDRESS_PATTERN, description="where the controller "
+                                       "reaches the LinkControl gRPC service (port 0: any free port; default off)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "LinkEmuConfig":

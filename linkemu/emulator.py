@@ -2,7 +2,7 @@
 
 rate(t) = share of user u x bandwidth of its edge e x spectral efficiency of (u, e) in the slot playing at t,
 separately up and down; plus a base one-way delay. Every slot it refreshes the gauges, including the per-pair
-SINR that makes up the measurement report the controller will consume.
+SINR that makes up the measurement report the controller reads through the control service (control.py).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from linkemu.assignments import Assignment, AssignmentTable
 from linkemu.config import LinkEmuConfig, split_address
@@ -21,23 +22,9 @@ from linkemu.proxy import ShapingProxy
 from linkemu.shaper import Direction, SlotClock, TraceShaper
 from tandem.cli_support import validation_reasons
 from tandem.traces.format import ChannelTrace
+from tandem.wire.v1 import linkemu_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-class PairMeasurement(BaseModel):
-    user: int
-    edge: int
-    sinr_db_down: float
-    sinr_db_up: float
-
-
-class MeasurementReport(BaseModel):
-    """Per-pair SINR of the slot playing now: what a device would measure and report to the controller."""
-
-    slot: int
-    time_s: float
-    pairs: list[PairMeasurement]
 
 
 class LinkEmulator:
@@ -47,7 +34,7 @@ class LinkEmulator:
         self.config, self.trace = config, trace
         self.addresses = {edge.index: split_address(edge.address) for edge in config.edges}
         self.assignments = AssignmentTable(
-            meta.num_edges, {link.user: Assignment(link.edge, link.share) for link in config.users})
+            self.addresses, {link.user: Assignment(link.edge, link.share) for link in config.users})
         # Slot `start_slot` plays from now on.
         origin = time.monotonic() - config.start_slot * trace.slot_s / config.speedup
         self.clock = SlotClock(origin, trace.slot_s, meta.num_slots, config.speedup, config.loop)
@@ -59,6 +46,10 @@ class LinkEmulator:
             for link in config.users
         }
         self._ticker: asyncio.Task | None = None
+        # The newest measurement report and its number, for the control service's watchers.
+        self._published = asyncio.Condition()
+        self._report: pb.MeasurementReport | None = None
+        self._report_number = 0
 
     @classmethod
     def single_link(cls, trace: ChannelTrace, trace_path: Path, upstream: str, user: int, edge: int, share: float,
@@ -84,19 +75,20 @@ class LinkEmulator:
     def _upstream(self, user: int):
         return lambda: self.addresses[self.assignments.get(user).edge]
 
-    def measurements(self, now: float) -> MeasurementReport:
+    def measurements(self, now: float) -> pb.MeasurementReport:
+        """Per-pair SINR of the slot playing at ``now``: what the devices would measure and report."""
         slot = self.clock.slot(self.clock.tick(now))
         down, up = self.trace.sinr_db[0, slot], self.trace.sinr_db[1, slot]
-        return MeasurementReport(slot=slot, time_s=now, pairs=[
-            PairMeasurement(user=user, edge=edge, sinr_db_down=float(down[user, edge]), sinr_db_up=float(up[user, edge]))
-            for user in self.assignments.users() for edge in range(self.trace.metadata.num_edges)])
+        return pb.MeasurementReport(slot=slot, slot_s=self.trace.slot_s, pairs=[
+            pb.PairMeasurement(user=user, edge=edge, sinr_down_db=down[user, edge], sinr_up_db=up[user, edge])
+            for user in self.assignments.snapshot() for edge in range(self.trace.metadata.num_edges)])
 
-    def refresh_gauges(self, now: float) -> None:
-        report = self.measurements(now)
+    def refresh_gauges(self, report: pb.MeasurementReport, now: float) -> None:
         self.metrics.slot.set(report.slot)
         for pair in report.pairs:
-            self.metrics.sinr.labels(str(pair.user), str(pair.edge), "down").set(pair.sinr_db_down)
-            self.metrics.sinr.labels(str(pair.user), str(pair.edge), "up").set(pair.sinr_db_up)
+            self.metrics.sinr.labels(str(pair.user), str(pair.edge), "down").set(pair.sinr_down_db)
+            self.metrics.sinr.labels(str(pair.user), str(pair.edge), "up").set(pair.sinr_up_db)
+        self.metrics.share.clear()  # a user moved to another edge leaves no stale series behind
         for user, shaper in self.shapers.items():
             assignment = self.assignments.get(user)
             self.metrics.share.labels(str(user), str(assignment.edge)).set(assignment.share)
@@ -110,10 +102,24 @@ class LinkEmulator:
         self._ticker = asyncio.create_task(self._tick())
         return {user: f"{proxy.listen_host}:{proxy.listen_port}" for user, proxy in self.proxies.items()}
 
+    async def reports(self) -> AsyncIterator[pb.MeasurementReport]:
+        """The current measurement report, then each new one as its slot starts; a slow reader skips to the
+        newest rather than falling behind."""
+        seen = None
+        while True:
+            async with self._published:
+                await self._published.wait_for(lambda: self._report is not None and self._report_number != seen)
+                seen, report = self._report_number, self._report
+            yield report
+
     async def _tick(self) -> None:
         while True:
             now = time.monotonic()
-            self.refresh_gauges(now)
+            report = self.measurements(now)
+            self.refresh_gauges(report, now)
+            async with self._published:
+                self._report, self._report_number = report, self._report_number + 1
+                self._published.notify_all()
             await asyncio.sleep(max(0.001, self.clock.tick_end(self.clock.tick(now)) - now))
 
     async def stop(self) -> None:

@@ -15,6 +15,7 @@ EDGE_READY = re.compile(
     r"edge ready on (?P<host>[^\s]+):(?P<port>\d+)(?:.*metrics on http://[^:]+:(?P<metrics>\d+))?")
 LINKEMU_READY = re.compile(r"linkemu ready: user (?P<user>\d+) on (?P<address>[^\s]+) ->")
 METRICS_NOTE = re.compile(r"metrics on http://[^\s]+:(?P<metrics>\d+)/metrics")
+LINKEMU_CONTROL = re.compile(r"linkemu control on (?P<address>[^\s]+)")
 
 
 class DaemonFailed(Exception):
@@ -109,6 +110,7 @@ class LinkEmuProcess(DaemonProcess):
         super().__init__(args, **kwargs)
         self.num_users = num_users
         self.addresses: dict[int, str] = {}
+        self.control_address: str | None = None  # with --control-listen
 
     @property
     def address(self) -> str:
@@ -117,6 +119,8 @@ class LinkEmuProcess(DaemonProcess):
         return address
 
     def _on_line(self, line: str) -> bool:
+        if control := LINKEMU_CONTROL.search(line):
+            self.control_address = control["address"]
         if match := LINKEMU_READY.search(line):
             self.addresses[int(match["user"])] = match["address"]
             if metrics := METRICS_NOTE.search(line):

@@ -221,6 +221,8 @@ def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, d
      "share: 1}}]\n", "base_delay_ms"),
     ("trace: {missing}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, share: 1}}]\n",
      "trace file not found"),
+    ("trace: {trace}\ncontrol_listen: 'anywhere'\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, "
+     "edge: 0, share: 1}}]\n", "control_listen"),
     ("- just a list\n", "must hold a mapping"),
 ])
 def test_bad_emulator_configs_exit_2(config, reason, tmp_path):

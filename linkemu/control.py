@@ -1,0 +1,67 @@
+"""The emulator's control service (proto/tandem/wire/v1/linkemu.proto): measurement reports out, assignments in.
+
+This is the controller's handle on the radio side: it watches the per-pair SINR every slot and sets each user's
+association and bandwidth share. Requests are validated as a whole; a bad one is refused with INVALID_ARGUMENT
+and leaves the table as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from linkemu.assignments import Assignment
+from linkemu.emulator import LinkEmulator
+from tandem.wire.v1 import linkemu_pb2 as pb
+from tandem.wire.v1 import linkemu_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _table(assignments: dict[int, Assignment]) -> pb.Assignments:
+    return pb.Assignments(assignments=[
+        pb.UserAssignment(user=user, edge=assignment.edge, share=assignment.share)
+        for user, assignment in sorted(assignments.items())])
+
+
+class LinkControlService(linkemu_pb2_grpc.LinkControlServicer):
+    def __init__(self, emulator: LinkEmulator) -> None:
+        self.emulator = emulator
+
+    async def WatchMeasurements(self, request: pb.WatchMeasurementsRequest, context):
+        async for report in self.emulator.reports():
+            yield report
+
+    async def Assign(self, request: pb.AssignRequest, context) -> pb.Assignments:
+        if not request.assignments:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no assignments given")
+        changes: dict[int, Assignment] = {}
+        for item in request.assignments:
+            if item.user in changes:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user {item.user} is assigned twice")
+            changes[item.user] = Assignment(item.edge, item.share)
+        try:
+            table = self.emulator.assignments.assign(changes)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        log.info("assigned %s", ", ".join(f"user {user} -> edge {a.edge} share {a.share:g}"
+                                          for user, a in sorted(changes.items())))
+        return _table(table)
+
+    async def GetAssignments(self, request: pb.GetAssignmentsRequest, context) -> pb.Assignments:
+        return _table(self.emulator.assignments.snapshot())
+
+
+async def start_control(emulator: LinkEmulator, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Serve the control service on host:port (0 = a free port); returns the server and its port."""
+    server = grpc.aio.server()
+    linkemu_pb2_grpc.add_LinkControlServicer_to_server(LinkControlService(emulator), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as error:
+        raise OSError(f"control service cannot listen on {host}:{port}: {error}") from None
+    if bound == 0:
+        raise OSError(f"control service cannot listen on {host}:{port}")
+    await server.start()
+    return server, bound
