@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -16,20 +15,11 @@ from tandem.traces.format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 from tests.conftest import run_tandem
-from tests.test_linkemu import Sink
+from tests.test_linkemu import Sink, _scrape
 
 
 def _table(reply: pb.Assignments) -> dict[int, tuple[int, float]]:
     return {item.user: (item.edge, item.share) for item in reply.assignments}
-
-
-def _rate_gauges(port: int) -> dict[tuple[str, str], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(sample.labels["user"], sample.labels.get("edge", sample.labels.get("direction"))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name in ("tandem_linkemu_share", "tandem_linkemu_rate_bps")}
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +58,11 @@ def test_an_assignment_moves_shaping_and_new_connections_to_the_new_edge(control
     assert _table(control.GetAssignments(pb.GetAssignmentsRequest())) == {0: (0, 0.5), 1: (0, 0.5)}
     reply = control.Assign(pb.AssignRequest(assignments=[pb.UserAssignment(user=1, edge=1, share=0.8)]))
     assert _table(reply) == {0: (0, 0.5), 1: (1, 0.8)}
+    share_on = {edge: ("tandem_linkemu_share", (("edge", edge), ("user", "1"))) for edge in ("0", "1")}
     deadline = time.monotonic() + 10
-    while (gauges := _rate_gauges(emulator.metrics_port)).get(("1", "1")) != 0.8 and time.monotonic() < deadline:
+    while (metrics := _scrape(emulator.metrics_port)).get(share_on["1"]) != 0.8 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gauges[("1", "1")] == 0.8 and ("1", "0") not in gauges  # no stale share series for the old edge
+    assert metrics[share_on["1"]] == 0.8 and share_on["0"] not in metrics  # no stale series for the old edge
     received = sinks[1].receive(100)
     with socket.create_connection(split_address(emulator.addresses[1])) as device:
         device.settimeout(30)

@@ -58,24 +58,25 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
     slot_s = request.slot_ms / 1000
     edge_pos = np.array(scenario.edge_positions(request.num_edges), dtype=np.float32)
     bandwidths = scenario.edge_bandwidths_hz(request.num_edges)
-    rng = np.random.default_rng(request.seed)
+    scene = None
+    area = scenario.area
     if scenario.kind == "rt":
         from tandem.traces.sionna_rt import RayTracedScene
 
-        scene = RayTracedScene(scenario.scene)
-        area = scenario.area if scenario.area_m is not None else scene.default_area()
-        user_pos, _ = random_waypoint(rng, scenario.mobility, area, request.num_users, request.num_slots, slot_s)
-        epoch_slots = 1  # ray tracing follows every slot's position
-        with _progress(request.num_slots, f"channels ({scenario.scenario})", quiet) as bar:
+        scene = RayTracedScene(scenario.scene)  # loaded once: for its default area and for tracing
+        if scenario.area_m is None:
+            area = scene.default_area()
+    rng = np.random.default_rng(request.seed)
+    user_pos, _ = random_waypoint(rng, scenario.mobility, area, request.num_users, request.num_slots, slot_s)
+    # Ray tracing follows every slot's position; the stochastic models re-drop geometry once per epoch.
+    epoch_slots = 1 if scene is not None else max(1, round(scenario.mobility_epoch_s / slot_s))
+    with _progress(request.num_slots, f"channels ({scenario.scenario})", quiet) as bar:
+        if scene is not None:
             gains = scene.gains(scenario.carrier_ghz * 1e9, max(bandwidths), scenario.sampled_subcarriers,
                                 edge_pos, user_pos, request.seed, on_slots=bar.update)
-    else:
-        from tandem.traces.sionna_3gpp import stochastic_gains
+        else:
+            from tandem.traces.sionna_3gpp import stochastic_gains
 
-        user_pos, _ = random_waypoint(rng, scenario.mobility, scenario.area, request.num_users, request.num_slots,
-                                      slot_s)
-        epoch_slots = max(1, round(scenario.mobility_epoch_s / slot_s))  # geometry re-dropped once per epoch
-        with _progress(request.num_slots, f"channels ({scenario.scenario})", quiet) as bar:
             gains = stochastic_gains(scenario.kind, scenario.carrier_ghz * 1e9, max(bandwidths),
                                      scenario.sampled_subcarriers, edge_pos, user_pos, slot_s, epoch_slots,
                                      request.seed, on_window=bar.update)
