@@ -33,6 +33,7 @@ Resume = Callable[[str], tuple[DecodeStream, list[int]]]
 @dataclass
 class DecodeResult:
     mode: str
+    session_id: str | None = None  # the edge's id of a speculative session (its verification log key)
     token_ids: list[int] = field(default_factory=list)
     started: float = 0.0
     first_token_at: float | None = None
@@ -188,7 +189,7 @@ def decode_speculative(
 
     stream, opened = start(_open_message(prompt, config, pb.MODE_SPECULATIVE, draft_length, max_tokens, stop_ids,
                                          draft.tokenizer_fingerprint))
-    session_id = opened.session_id
+    session_id = result.session_id = opened.session_id
 
     def draft_one(context: list[int], overlapped: bool) -> DraftToken:
         token = draft_token(draft, context, config, random)

@@ -10,9 +10,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from edge_server.engines.base import ScoreRequest, TargetEngine
+from edge_server.engines.base import ScoredBlock, ScoreRequest, TargetEngine
 from edge_server.metrics import EdgeMetrics
-from tandem.sampling import Candidates
 
 
 @dataclass
@@ -24,8 +23,9 @@ class _Pending:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    candidates: list[Candidates]
+    scored: ScoredBlock
     queue_seconds: float
+    batch_size: int  # blocks handed to the engine together with this one (itself included)
 
 
 class VerifyBatcher:
@@ -61,6 +61,6 @@ class VerifyBatcher:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
-            for item, candidates in zip(batch, results):
+            for item, scored in zip(batch, results):
                 if not item.future.done():
-                    item.future.set_result(ScoreResult(candidates, started - item.queued_at))
+                    item.future.set_result(ScoreResult(scored, started - item.queued_at, len(batch)))

@@ -26,6 +26,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session ends (default 60)")
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted (default 4 MiB)")
     parser.add_argument("--batch-window", type=float, help="seconds to wait for other sessions' blocks (0.002)")
+    parser.add_argument("--verification-log", type=Path, metavar="FILE",
+                        help="append one JSON line per verified block: drafts, draft and target probabilities, "
+                        "verdict (to replay decisions and compare runs; off by default)")
     vllm = parser.add_argument_group("vllm engine")
     vllm.add_argument("--top-n", type=int, help="candidates per position; sampling needs top_k <= top_n (64)")
     vllm.add_argument("--block-size", type=int, help="KV block size, multiple of 32 on CPU (default 32)")
@@ -47,7 +50,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "model": args.model, "data_dir": args.data_dir, "max_sessions": args.max_sessions,
             "max_context": args.max_context, "max_draft_length": args.max_draft_length,
             "idle_timeout_s": args.idle_timeout, "max_message_bytes": args.max_message_bytes,
-            "batch_window_s": args.batch_window, "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,
+            "batch_window_s": args.batch_window, "verification_log": args.verification_log, "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,
             "vllm.enforce_eager": None if args.compile is None else not args.compile,
             "vllm.kv_cache_gib": args.kv_cache_gib, "llamacpp.threads": args.threads,
             "llamacpp.slots": args.slots,

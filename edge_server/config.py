@@ -36,5 +36,7 @@ class EdgeConfig(BaseModel):
     idle_timeout_s: float = Field(60.0, gt=0)
     max_message_bytes: int = Field(4 << 20, ge=1024)
     batch_window_s: float = Field(0.002, ge=0, le=1)
+    verification_log: Path | None = Field(None, description="append every verification's inputs and verdict here "
+                                          "(JSON lines; tandem.verification_log reads and replays them)")
     vllm: VllmOptions = VllmOptions()
     llamacpp: LlamaCppOptions = LlamaCppOptions()

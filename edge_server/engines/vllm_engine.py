@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-from edge_server.engines.base import EngineInfo, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
 from tandem.models import fingerprint_tokens, hf_tokens, load_hf_config
 from tandem.sampling import Candidates, SamplingConfig
 
@@ -82,10 +82,10 @@ class VllmTargetEngine(TargetEngine):
             self._llm.shutdown()
             self._llm = None
 
-    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[list[Candidates]]:
+    async def score_blocks(self, requests: Sequence[ScoreRequest]) -> list[ScoredBlock]:
         return list(await asyncio.gather(*(self._score(request) for request in requests)))
 
-    async def _score(self, request: ScoreRequest) -> list[Candidates]:
+    async def _score(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
         output = await self._run(tokens, self._score_params(request.top_n, read_cache=True))
         if output.num_cached_tokens is None or output.num_cached_tokens > len(request.prefix) - 1:
@@ -94,7 +94,7 @@ class VllmTargetEngine(TargetEngine):
         n = len(request.prefix)
         positions = [output.prompt_logprobs[i] for i in range(n, len(tokens))]
         positions.append(output.outputs[0].logprobs[0])
-        return [_candidates(position, request.top_n) for position in positions]
+        return ScoredBlock([_candidates(position, request.top_n) for position in positions], output.num_cached_tokens)
 
     async def generate(
         self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]

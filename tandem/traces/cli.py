@@ -67,8 +67,8 @@ def _generate(args: argparse.Namespace) -> int:
         trace = generate_trace(request, quiet=args.quiet)
     except ScenarioError as error:
         return fail(str(error), EXIT_USAGE)
-    except RayTracingUnavailable as error:
-        return fail(str(error), 1)
+    except RayTracingUnavailable as error:  # a missing dependency, said in one line (what, and how to install it)
+        return fail(str(error), EXIT_USAGE)
     save_trace(trace, args.output)
     print(f"wrote {args.output} ({trace.metadata.generation_seconds:.1f} s)")
     return EXIT_OK

@@ -3,12 +3,14 @@
 Ray tracing is deterministic in the geometry, so traces are time-consistent by construction: a user's channel in
 consecutive slots differs only as much as its position does.  Every (slot, user) position becomes one receiver;
 receivers are traced in batches against all edges (transmitters).  On the CPU, Dr.Jit needs a newer LLVM than
-Debian's default: install ``libllvm19`` and set ``DRJIT_LIBLLVM_PATH`` (done here when the library is found).
+Debian 12's default (``libllvm19``, installed by ``scripts/setup.sh``): the newest installed libLLVM is found and
+handed to Dr.Jit through ``DRJIT_LIBLLVM_PATH``, and an old or missing one is refused with a one-line reason.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,33 +19,78 @@ import numpy as np
 RECEIVERS_PER_BATCH = 1024
 MAX_DEPTH = 3  # reflections + diffractions per path: enough for street canyons, bounded cost on the CPU
 SAMPLES_PER_SOURCE = 10**5
-LLVM_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1", "/usr/lib/aarch64-linux-gnu/libLLVM.so.19.1",
-                   "/usr/lib/x86_64-linux-gnu/libLLVM-19.so")
+# Dr.Jit's CPU backend emits intrinsics (e.g. llvm.maximum on f32) that LLVM 16 and older cannot lower on x86:
+# they abort the process with "LLVM ERROR: Cannot select ... fmaximum" instead of raising.  Refuse them up front.
+MIN_LLVM_MAJOR = 17
+LLVM_INSTALL_HINT = "sudo apt-get install libllvm19"
+LLVM_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                     "/usr/local/lib", *(f"/usr/lib/llvm-{major}/lib" for major in range(30, MIN_LLVM_MAJOR - 1, -1)))
 
 
 class RayTracingUnavailable(RuntimeError):
     """Sionna RT cannot run here (no suitable LLVM for Dr.Jit's CPU backend)."""
 
 
-def _ensure_llvm() -> None:
-    if os.environ.get("DRJIT_LIBLLVM_PATH"):
-        return
-    for candidate in LLVM_CANDIDATES:
-        if Path(candidate).is_file():
-            os.environ["DRJIT_LIBLLVM_PATH"] = candidate
-            return
+def llvm_major_version(library: Path) -> int | None:
+    """The major version of a libLLVM shared library, or None when it is not a loadable LLVM.
+
+    Read from the (resolved) file name, as distributions name them (libLLVM-14.so.1, libLLVM.so.19.1); only a file
+    named otherwise is loaded to ask LLVMGetVersion (LLVM >= 16), so that scanning never loads several LLVMs."""
+    name = library.resolve().name if library.exists() else library.name
+    if match := re.fullmatch(r"libLLVM(?:-(\d+)[.\w]*\.so(?:\.\d+)*|\.so\.(\d+)(?:\.\d+)*)", name):
+        return int(match.group(1) or match.group(2))
+    import ctypes
+
+    try:
+        get_version = getattr(ctypes.CDLL(str(library)), "LLVMGetVersion", None)
+    except OSError:
+        return None
+    if get_version is None:
+        return None
+    major, minor, patch = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+    get_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+    return int(major.value)
+
+
+def find_llvm() -> Path:
+    """A libLLVM that Dr.Jit can use: $DRJIT_LIBLLVM_PATH when set (and checked), else the newest one installed.
+    Raises RayTracingUnavailable with a one-line reason and the command that fixes it."""
+    requested = os.environ.get("DRJIT_LIBLLVM_PATH")
+    if requested:
+        major = llvm_major_version(Path(requested))
+        if major is None:
+            raise RayTracingUnavailable(
+                f"DRJIT_LIBLLVM_PATH={requested} is not a loadable LLVM library; Sionna RT on the CPU needs LLVM >= "
+                f"{MIN_LLVM_MAJOR} (install: {LLVM_INSTALL_HINT})")
+        if major < MIN_LLVM_MAJOR:
+            raise RayTracingUnavailable(
+                f"DRJIT_LIBLLVM_PATH={requested} is LLVM {major}; Sionna RT on the CPU needs LLVM >= {MIN_LLVM_MAJOR} "
+                f"(install: {LLVM_INSTALL_HINT})")
+        return Path(requested)
+    found: dict[Path, int] = {}
+    for directory in map(Path, LLVM_LIBRARY_DIRS):
+        for library in sorted(directory.glob("libLLVM*.so*")) if directory.is_dir() else ():
+            if (major := llvm_major_version(library)) is not None:
+                found[library.resolve()] = major
+    usable = [library for library, major in found.items() if major >= MIN_LLVM_MAJOR]
+    if not usable:
+        versions = ", ".join(str(major) for major in sorted(set(found.values()))) or "none"
+        raise RayTracingUnavailable(
+            f"Sionna RT on the CPU needs LLVM >= {MIN_LLVM_MAJOR} (found: {versions}); install it with "
+            f"`{LLVM_INSTALL_HINT}` or point DRJIT_LIBLLVM_PATH at a newer libLLVM.so")
+    return max(usable, key=lambda library: found[library])
 
 
 class RayTracedScene:
     """A scene shipped in the sionna-rt wheel, loaded once: its default user area, then ray-traced gains."""
 
     def __init__(self, name: str) -> None:
-        _ensure_llvm()
+        os.environ["DRJIT_LIBLLVM_PATH"] = str(find_llvm())  # before Dr.Jit loads: it reads the variable once
         try:
             import sionna.rt as rt
         except (ImportError, RuntimeError) as error:
             raise RayTracingUnavailable(
-                f"Sionna RT does not load ({error}); on Debian install libllvm19 and set DRJIT_LIBLLVM_PATH"
+                f"Sionna RT does not load: {error}"
             ) from None
         self._rt = rt
         self._scene = rt.load_scene(getattr(rt.scene, name), merge_shapes=True)
