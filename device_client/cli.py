@@ -41,7 +41,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the sampler (default 0). Every answer is an exact sample of the target's "
+                        "distribution. The same seed gives the same answer wherever the target engine computes the "
+                        "same numbers; under load on CPUs whose kernels depend on the batch shape (vLLM bf16 on AMX) "
+                        "it may part at a near-even decision and continue as another equally valid sample "
+                        "(docs/design.md, Reproducibility)")
     parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4)")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     parser.add_argument("--raw-prompt", action="store_true", help="send the prompt without the chat template")

@@ -8,11 +8,10 @@ connections) always see one consistent table in which the shares on each edge su
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-SHARE_SLACK = 1e-9  # shares computed by a solver may sum to 1 plus rounding
+from tandem.shares import check_shares
 
 
 @dataclass(frozen=True)
@@ -46,15 +45,5 @@ class AssignmentTable:
             return dict(sorted(self._assignments.items()))
 
     def _checked(self, table: dict[int, Assignment]) -> dict[int, Assignment]:
-        totals: dict[int, float] = defaultdict(float)
-        for user, assignment in sorted(table.items()):
-            if assignment.edge not in self.edges:
-                raise ValueError(f"user {user}: edge {assignment.edge} is not one this emulator can reach "
-                                 f"(edges: {', '.join(map(str, sorted(self.edges)))})")
-            if not 0 < assignment.share <= 1:
-                raise ValueError(f"user {user}: share must be within (0, 1], got {assignment.share}")
-            totals[assignment.edge] += assignment.share
-        for edge, total in sorted(totals.items()):
-            if total > 1 + SHARE_SLACK:
-                raise ValueError(f"the shares on edge {edge} would sum to {total:g} > 1")
+        check_shares(((user, a.edge, a.share) for user, a in table.items()), self.edges, "this emulator can reach")
         return table

@@ -5,10 +5,12 @@ Shares and associations start from here; the controller changes them at run time
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tandem.shares import check_shares
 
 ADDRESS_PATTERN = r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
 
@@ -62,14 +64,7 @@ class LinkEmuConfig(BaseModel):
         listens = Counter(user.listen for user in self.users if not user.listen.endswith(":0"))
         if duplicated := [a for a, n in listens.items() if n > 1]:
             raise ValueError(f"two users listen on {duplicated[0]}")
-        shares: dict[int, float] = defaultdict(float)
-        for user in self.users:
-            if user.edge not in edge_indices:
-                raise ValueError(f"user {user.user} is associated with edge {user.edge}, which is not in `edges`")
-            shares[user.edge] += user.share
-        for edge, total in shares.items():
-            if total > 1 + 1e-9:
-                raise ValueError(f"the shares of edge {edge}'s bandwidth add up to {total:g} > 1")
+        check_shares(((user.user, user.edge, user.share) for user in self.users), edge_indices, "listed in `edges`")
         return self
 
     def check_against(self, num_users: int, num_edges: int, num_slots: int) -> None:

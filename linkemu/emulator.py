@@ -35,9 +35,7 @@ class LinkEmulator:
         self.addresses = {edge.index: split_address(edge.address) for edge in config.edges}
         self.assignments = AssignmentTable(
             self.addresses, {link.user: Assignment(link.edge, link.share) for link in config.users})
-        # Slot `start_slot` plays from now on.
-        origin = time.monotonic() - config.start_slot * trace.slot_s / config.speedup
-        self.clock = SlotClock(origin, trace.slot_s, meta.num_slots, config.speedup, config.loop)
+        self.clock = SlotClock(self._origin(), trace.slot_s, meta.num_slots, config.speedup, config.loop)
         self.metrics = LinkEmuMetrics()
         self.shapers = {link.user: self._shaper(link.user) for link in config.users}
         self.proxies = {
@@ -64,6 +62,10 @@ class LinkEmulator:
         except ValidationError as error:
             raise ValueError(f"invalid link: {validation_reasons(error)}") from None
         return cls(config, trace)
+
+    def _origin(self) -> float:
+        """When slot 0 would have started for slot ``start_slot`` to play from now on."""
+        return time.monotonic() - self.config.start_slot * self.trace.slot_s / self.config.speedup
 
     def _shaper(self, user: int) -> TraceShaper:
         def rate_of(direction: Direction, slot: int) -> float:
@@ -99,6 +101,9 @@ class LinkEmulator:
         """Start every proxy; returns each user's listening address."""
         for proxy in self.proxies.values():
             await proxy.start()
+        # The trace plays from the moment the links are up, however long the start-up took (a slow machine must
+        # not skip the trace's first slots).
+        self.clock.origin = self._origin()
         self._ticker = asyncio.create_task(self._tick())
         return {user: f"{proxy.listen_host}:{proxy.listen_port}" for user, proxy in self.proxies.items()}
 

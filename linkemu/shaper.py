@@ -63,7 +63,7 @@ class FixedShaper(LinkShaper):
         return start + (nbytes * 8 / rate if rate else 0.0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SlotClock:
     """Maps emulator time to trace slots: slot k covers [origin + k*w, origin + (k+1)*w) with w = slot_s/speedup.
 

@@ -171,7 +171,7 @@ def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
                 raise ConnectionResetError("closed")
         waited = time.monotonic() - started
         metrics = _scrape(emulator.metrics_port)
-    assert broken.value is not None and 0.2 < waited < 2.0
+    assert broken.value is not None and waited > 0.2  # held through the limit, not refused at once
     assert sink.received == 0  # nothing crossed during the outage
     assert metrics[("tandem_linkemu_link_down_total", (("user", "0"),))] == 1
 
@@ -210,9 +210,9 @@ def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, d
 
 @pytest.mark.parametrize("config, reason", [
     ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, share: 0.7}}, "
-     "{{user: 1, edge: 0, share: 0.6}}]\n", "add up to 1.3 > 1"),
+     "{{user: 1, edge: 0, share: 0.6}}]\n", "the shares on edge 0 would sum to 1.3 > 1"),
     ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 2, share: 0.5}}]\n",
-     "edge 2, which is not in `edges`"),
+     "edge 2 is not one listed in `edges`"),
     ("trace: {trace}\nedges: [{{index: 0, address: 'nowhere'}}]\nusers: [{{user: 0, edge: 0, share: 0.5}}]\n",
      "edges.0.address"),
     ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 5, edge: 0, share: 1}}]\n",

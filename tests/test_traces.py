@@ -42,6 +42,23 @@ def test_ray_traced_scenario_runs_on_cpu(tmp_path):
     assert trace.se.shape == (2, 5, 2, 2) and (trace.se > 0).any()
 
 
+def test_ray_tracing_without_a_new_enough_llvm_says_so_in_one_line(tmp_path, monkeypatch):
+    # An LLVM older than 17 aborts Dr.Jit with an "LLVM ERROR: Cannot select" dump: it must be refused up front.
+    old = tmp_path / "libLLVM-15.so.1"
+    old.write_bytes(b"")
+    not_llvm = tmp_path / "libsomething.so"
+    not_llvm.write_bytes(b"")
+    for library, reason in ((old, "is LLVM 15"), (not_llvm, "is not a loadable LLVM library")):
+        monkeypatch.setenv("DRJIT_LIBLLVM_PATH", str(library))
+        done = run_tandem("traces", "generate", "--scenario", "rt:simple_street_canyon", "--edges", "2", "--users",
+                          "2", "--slots", "2", "--quiet", "-o", str(tmp_path / "rt.npz"))
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], done.stderr
+        assert "LLVM >= 17" in lines[0] and "apt-get install libllvm19" in lines[0]
+        assert not (tmp_path / "rt.npz").exists()
+
+
 def test_show_plot_and_mahimahi_export(umi_trace, tmp_path):
     shown = run_tandem("traces", "show", str(umi_trace))
     assert shown.returncode == 0, shown.stderr

@@ -1,0 +1,30 @@
+"""The one rule for shares of an edge's resources (bandwidth, compute): who may hold which.
+
+A share is a finite number in (0, 1]; the shares on one edge sum to at most 1 (plus ``SHARE_SLACK``: shares
+computed by a solver may sum to 1 plus rounding); a share is held on an edge that exists.  The link emulator
+(bandwidth shares, from its config and from the controller) checks them here, and so do the edges (compute shares)
+and the controller's decisions, so that no two components disagree on what a valid decision is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+
+SHARE_SLACK = 1e-9
+
+
+def check_shares(held: Iterable[tuple[int, int, float]], edges: Collection[int], where: str = "") -> None:
+    """``held``: (user, edge, share) triples.  Raises ValueError naming the first rule broken."""
+    totals: dict[int, float] = defaultdict(float)
+    for user, edge, share in sorted(held):
+        if edge not in edges:
+            known = ", ".join(map(str, sorted(edges)))
+            raise ValueError(f"user {user}: edge {edge} is not one {where or 'that is known'} (edges: {known})")
+        if not (math.isfinite(share) and 0 < share <= 1):
+            raise ValueError(f"user {user}: share must be within (0, 1], got {share}")
+        totals[edge] += share
+    for edge, total in sorted(totals.items()):
+        if total > 1 + SHARE_SLACK:
+            raise ValueError(f"the shares on edge {edge} would sum to {total:g} > 1")
