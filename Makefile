@@ -16,3 +16,5 @@ test: setup
 bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py
 	.venv/bin/python bench/linkemu.py
+	OMP_NUM_THREADS=1 .venv/bin/python bench/reproducibility.py
+	OMP_NUM_THREADS=1 .venv/bin/python bench/controller.py

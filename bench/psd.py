@@ -30,7 +30,7 @@ from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
 from linkemu.shaper import FixedShaper  # noqa: E402
 from tandem.models import convert_gguf_to_hf, default_data_dir, prepare_models  # noqa: E402
-from tandem.processes import EdgeProcess  # noqa: E402
+from tandem.processes import EdgeProcess, vllm_cores  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
 from tandem.traces.format import load_trace  # noqa: E402
 
@@ -106,7 +106,7 @@ def run_peers(prepared, data_dir: Path, draft, args) -> list[dict]:
                  "--target", str(prepared.target_hf), "--draft-hf", str(draft_hf),
                  "--prompts-json", prompt_file.name, "--max-tokens", str(args.max_tokens),
                  "--repeats", str(args.repeats), "--draft-length", str(args.draft_length)],
-                capture_output=True, text=True, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1"},
+                capture_output=True, text=True, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": vllm_cores()},
             )
             lines = [line for line in completed.stdout.splitlines() if line.startswith('{"peer"')]
             peers.append(json.loads(lines[-1]) if lines else
@@ -160,7 +160,7 @@ def main() -> int:
     draft = LlamaCppDraftEngine(prepared.draft_gguf)
     report: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "links": {}}
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "0" if args.split_cores else "0-1"} if args.engine == "vllm" else {}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(1 if args.split_cores else 2)} if args.engine == "vllm" else {}
 
     print(f"starting the {args.engine} edge...", flush=True)
     with EdgeProcess(["--engine", args.engine, "--data-dir", str(data_dir)], env=env) as edge:

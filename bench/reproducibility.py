@@ -42,7 +42,7 @@ from device_client.link import EdgeConnection  # noqa: E402
 from edge_server.engines.base import ScoreRequest  # noqa: E402
 from tandem.llamacpp import LlamaContext  # noqa: E402
 from tandem.models import default_data_dir, prepare_models  # noqa: E402
-from tandem.processes import EdgeProcess  # noqa: E402
+from tandem.processes import EdgeProcess, vllm_cores  # noqa: E402
 from tandem.sampling import Candidates, SamplingConfig  # noqa: E402
 from tandem.verification_log import first_divergence, logprob_difference, read_log  # noqa: E402
 
@@ -63,6 +63,7 @@ def max_difference(a: list[Candidates], b: list[Candidates]) -> float:
 async def vllm_engine_figures(prepared, draft, tokens: int) -> dict:
     from edge_server.engines.vllm_engine import VllmTargetEngine
 
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", vllm_cores())
     engine = VllmTargetEngine(prepared.target_hf, 2048, 64, 32, True, 1)
     await engine.start()
     try:
@@ -163,8 +164,7 @@ def end_to_end(prepared, data_dir: Path, seeds: int, tokens: int, workdir: Path)
     drafts = [LlamaCppDraftEngine(prepared.draft_gguf) for _ in PROMPTS]
     common = ["--data-dir", str(data_dir), "--max-sessions", "64"]
     vllm_log, llama_log = workdir / "vllm.jsonl", workdir / "llamacpp.jsonl"
-    cores = sorted(os.sched_getaffinity(0))
-    vllm_env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:2])), "OMP_NUM_THREADS": "1"}
+    vllm_env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(), "OMP_NUM_THREADS": "1"}
     result = {"solo_vs_concurrent_vllm": [], "vllm_vs_llamacpp": []}
     with EdgeProcess(["--engine", "vllm", "--verification-log", str(vllm_log), *common], env=vllm_env,
                      log_path=workdir / "edge-vllm.log") as vllm, \

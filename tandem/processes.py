@@ -18,6 +18,13 @@ METRICS_NOTE = re.compile(r"metrics on http://[^\s]+:(?P<metrics>\d+)/metrics")
 LINKEMU_CONTROL = re.compile(r"linkemu control on (?P<address>[^\s]+)")
 
 
+def vllm_cores(limit: int = 2) -> str:
+    """Cores for VLLM_CPU_OMP_THREADS_BIND: at most ``limit`` of those this process may use.  vLLM pins its threads;
+    unpinned they oversubscribe a small machine, and pinned to a core outside the process's affinity (a 1-core
+    container) vLLM does not start."""
+    return ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:limit])
+
+
 class DaemonFailed(Exception):
     pass
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tandem.models import default_data_dir, prepare_models
-from tandem.processes import EdgeProcess, LinkEmuProcess
+from tandem.processes import EdgeProcess, LinkEmuProcess, vllm_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -49,11 +48,6 @@ def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) 
     edge.verification_log = verification_log  # read by tests that explain decisions (tandem.verification_log)
     return edge
 
-
-def vllm_cores() -> str:
-    """The cores this process may use, at most two (vLLM pins its threads; pinning to a core outside the
-    process's affinity, e.g. in a 1-core container, would stop it from starting)."""
-    return ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:2])
 
 
 @pytest.fixture(scope="session")
