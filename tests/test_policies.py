@@ -8,7 +8,7 @@ import pytest
 from controller.estimator import EdgeState, UserState, latency_seconds, pair_costs, tokens_per_round
 from controller.policies import available, make_policy
 from controller.policies.base import Allocation, Decision, Observation
-from controller.policies.tma import _EqualShareModel, deferred_acceptance, local_search
+from controller.policies.tma import EqualShareModel, deferred_acceptance, local_search
 
 
 def scenario(num_users: int, num_edges: int, seed: int, capacity: int | None = None) -> Observation:
@@ -71,12 +71,15 @@ def test_decision_check_names_the_problem():
         Decision(7, (Allocation(0, 0, 0.5, 0.5, 4),)).check(observation)
 
 
+def equal_share_model(num_users: int, num_edges: int, seed: int, capacity: int) -> tuple[EqualShareModel, np.ndarray]:
+    observation = scenario(num_users, num_edges, seed, capacity=capacity)
+    costs = pair_costs(list(observation.users), list(observation.edges))
+    return EqualShareModel(costs, parallel=True), np.full(num_edges, capacity)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_deferred_acceptance_respects_capacity_and_leaves_no_blocking_pair(seed):
-    observation = scenario(14, 4, seed, capacity=4)
-    costs = pair_costs(list(observation.users), list(observation.edges))
-    model = _EqualShareModel(costs, parallel=True)
-    capacity = np.full(4, 4)
+    model, capacity = equal_share_model(14, 4, seed, capacity=4)
     association = deferred_acceptance(model, capacity)
     assert (np.bincount(association, minlength=4) <= capacity).all()
     full = model.latency(capacity.astype(float))  # the rankings phase 1 uses
@@ -90,10 +93,7 @@ def test_deferred_acceptance_respects_capacity_and_leaves_no_blocking_pair(seed)
 
 @pytest.mark.parametrize("seed", range(5))
 def test_local_search_never_increases_the_total(seed):
-    observation = scenario(20, 4, seed, capacity=7)
-    costs = pair_costs(list(observation.users), list(observation.edges))
-    model = _EqualShareModel(costs, parallel=True)
-    capacity = np.full(4, 7)
+    model, capacity = equal_share_model(20, 4, seed, capacity=7)
     start = deferred_acceptance(model, capacity)
     totals = [model.total(start, 4)]
     association = start

@@ -33,7 +33,7 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return np.minimum(np.nan_to_num(values, nan=OUTAGE_ROUND_S, posinf=OUTAGE_ROUND_S), OUTAGE_ROUND_S)
 
 
-class _EqualShareModel:
+class EqualShareModel:
     """Latency of user u on edge e when e is shared equally by n users: weight·max(draft, n·x + rtt) (psd)."""
 
     def __init__(self, costs: PairCosts, parallel: bool) -> None:
@@ -51,7 +51,7 @@ class _EqualShareModel:
         return float(self.latency(n)[np.arange(len(association)), association].sum())
 
 
-def deferred_acceptance(model: _EqualShareModel, capacity: np.ndarray) -> np.ndarray:
+def deferred_acceptance(model: EqualShareModel, capacity: np.ndarray) -> np.ndarray:
     """Phase 1.  Users rejected everywhere (only when the capacities sum to fewer than the users) stay with
     their first choice beyond its capacity."""
     num_users, num_edges = model.x.shape
@@ -78,7 +78,7 @@ def deferred_acceptance(model: _EqualShareModel, capacity: np.ndarray) -> np.nda
     return association
 
 
-def local_search(model: _EqualShareModel, association: np.ndarray, capacity: np.ndarray,
+def local_search(model: EqualShareModel, association: np.ndarray, capacity: np.ndarray,
                  max_steps: int | None = None) -> np.ndarray:
     """Phase 2: best move or swap while the estimated total falls."""
     association = association.copy()
@@ -175,7 +175,7 @@ class TmaEqual(Policy):
 
     def associate(self, observation: Observation) -> tuple[np.ndarray, PairCosts]:
         costs = pair_costs(list(observation.users), list(observation.edges))
-        model = _EqualShareModel(costs, self.parallel)
+        model = EqualShareModel(costs, self.parallel)
         capacity = np.array([e.capacity for e in observation.edges])
         return local_search(model, deferred_acceptance(model, capacity), capacity), costs
 
