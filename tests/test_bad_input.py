@@ -12,6 +12,7 @@ import pytest
 from device_client.link import DecodeStream, EdgeConnection, EdgeError
 from tandem.sampling import Candidates
 from tandem.wire.v1 import edge_pb2 as pb
+from tests.decisions import check_same_request
 
 PROMPT = "Say something nice about trees."
 TOKENS = 24
@@ -71,14 +72,27 @@ def prompt_ids(draft):
     return draft.encode_chat(PROMPT)
 
 
-_REFERENCES: dict[str, list[int]] = {}
+_REFERENCES: dict[str, "Reference"] = {}
+
+
+class Reference:
+    """The undisturbed answer of one engine, and what a later run of the same request must agree with it on."""
+
+    def __init__(self, edge, session: LiveSession) -> None:
+        self.edge, self.session_id, self.tokens = edge, session.session_id, session.finish()
+
+    def check_agrees(self, session: LiveSession) -> None:
+        """Finish ``session``: it must end with the same tokens or (where the engine's numbers depend on the batch
+        shape or the cache path: docs/design.md, Reproducibility) part only at a decision taken from different
+        numbers within the numerical noise -- nothing lost, repeated or corrupted."""
+        runs = [(self.session_id, self.tokens), (session.session_id, session.finish())]
+        check_same_request(self.edge.verification_log, runs, 2, "live session")
 
 
 @pytest.fixture
-def reference(connection, draft, prompt_ids, edge):
-    """The undisturbed answer, once per engine."""
+def reference(connection, draft, prompt_ids, edge) -> Reference:
     if edge.address not in _REFERENCES:
-        _REFERENCES[edge.address] = LiveSession(connection, draft, prompt_ids).finish()
+        _REFERENCES[edge.address] = Reference(edge, LiveSession(connection, draft, prompt_ids))
     return _REFERENCES[edge.address]
 
 
@@ -127,7 +141,7 @@ def test_bad_message_gets_status_and_spares_live_session(case, connection, draft
     for message in messages:
         stream.send(message)
     expect_status(stream, getattr(grpc.StatusCode, code), fragment)
-    assert live.finish() == reference
+    reference.check_agrees(live)
 
 
 def test_closed_session_cannot_be_attached(connection, draft, prompt_ids, reference):
@@ -138,7 +152,7 @@ def test_closed_session_cannot_be_attached(connection, draft, prompt_ids, refere
     stream = connection.open_stream()
     stream.send(pb.DeviceMessage(attach=pb.Attach(session_id=closed.session_id)))
     expect_status(stream, grpc.StatusCode.FAILED_PRECONDITION, "is closed")
-    assert live.finish() == reference
+    reference.check_agrees(live)
 
 
 def test_bad_block_keeps_committed_tokens_and_session_resumes(connection, draft, prompt_ids, reference):
@@ -154,7 +168,7 @@ def test_bad_block_keeps_committed_tokens_and_session_resumes(connection, draft,
     opened = stream.receive(timeout=60).opened
     assert list(opened.committed_token_ids) == session.emitted  # nothing lost, nothing added
     session.stream = stream
-    assert session.finish() == reference
+    reference.check_agrees(session)
 
 
 def test_bad_score_requests(connection):

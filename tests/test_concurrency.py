@@ -6,9 +6,9 @@ the cache path (vLLM on AVX2 CPUs, llama.cpp for blocks: measured bit for bit), 
 token for token.  Where they do (vLLM's bf16 kernels on AMX CPUs switch with the number of tokens in an engine
 step), a concurrent run may part from its solo run, but only at a decision taken from different numbers, by no
 more than the engine's numerical noise.  The edge's verification log records every decision's inputs, so the test
-checks exactly that: both runs' verdicts replay from their records, the device drafted what its q and the
-position-keyed uniform give, and at the first decision that differs the two runs' inputs differed (identical inputs
-deciding differently would be a logic error) by at most ``NUMERICAL_NOISE_NATS``.
+checks exactly that (tests/decisions.py): both runs' verdicts replay from their records, the device drafted what its
+q and the position-keyed uniform give, and at the first decision that differs the two runs' inputs differed
+(identical inputs deciding differently would be a logic error) by at most ``NUMERICAL_NOISE_NATS``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from device_client.decoding import DecodeResult
 from device_client.draft import LlamaCppDraftEngine
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
-from tandem.sampling import PositionRandom, SamplingConfig
-from tandem.verification_log import BlockRecord, decisions, drafted_from, first_divergence, read_log, replay
+from tandem.sampling import SamplingConfig
 from tests.conftest import REPORT
-from tests.teacher_forcing import NEAR_TIE_EPSILON, NUMERICAL_NOISE_NATS
+from tests.decisions import check_same_request
+from tests.teacher_forcing import NEAR_TIE_EPSILON
 
 PROMPTS = (
     "Name three colours.",
@@ -35,22 +35,6 @@ PROMPTS = (
 
 
 SAMPLED = SamplingConfig(temperature=0.7, top_k=10, seed=11)
-
-
-def _check_records(records: list[BlockRecord], result: DecodeResult, label: str) -> None:
-    """The edge decided from what it recorded, and emitted what the device received."""
-    assert records, f"{label}: no verification records for session {result.session_id}"
-    for record in records:
-        verdict = replay(record)
-        assert (verdict.accepted, verdict.next_token) == (record.accepted, record.next_token), (
-            f"{label}: block at {record.position} does not replay from its recorded inputs")
-    emitted = [decision.token for decision in decisions(records)]
-    assert emitted[: len(result.token_ids)] == result.token_ids, f"{label}: the device emitted other tokens"
-    device = PositionRandom(records[0].seed, PositionRandom.DEVICE)
-    for decision in decisions(records):
-        if decision.drafted is not None:
-            assert drafted_from(decision, device.uniform(decision.position, PositionRandom.DRAFT)), (
-                f"{label}: token {decision.drafted} at {decision.position} is not what q and its uniform draw")
 
 
 # edge-only decoding is vLLM's own decode step (no verification log), whose numbers are not batch-invariant on
@@ -75,22 +59,12 @@ def test_four_concurrent_sessions_match_solo(edge, prepared, mode, sampling):
     if mode == "edge-only":
         _check_edge_only(edge, drafts, solo, together)
         return
-    logged = read_log(edge.verification_log)
     top = sampling.top_k or 2  # the candidates a decision depends on
     figures = []
     for index, (alone, concurrent) in enumerate(zip(solo, together)):
-        runs = (logged.get(alone.session_id, []), logged.get(concurrent.session_id, []))
-        for records, result, label in zip(runs, (alone, concurrent), ("solo", "concurrent")):
-            _check_records(records, result, f"session {index} ({label})")
-        divergence = first_divergence(*runs, top=top)
-        if divergence is None:
-            assert concurrent.token_ids == alone.token_ids
-            continue
-        where = f"session {index} at position {divergence.position}: {divergence.summary()}"
-        assert not divergence.same_inputs, f"logic error, same inputs decided differently: {where}"
-        assert divergence.noise_before <= NUMERICAL_NOISE_NATS, f"target numbers apart before the split: {where}"
-        assert divergence.target_difference <= NUMERICAL_NOISE_NATS, f"divergence beyond numerical noise: {where}"
-        figures.append({"session": index, **divergence.summary()})
+        runs = [(alone.session_id, alone.token_ids), (concurrent.session_id, concurrent.token_ids)]
+        if divergence := check_same_request(edge.verification_log, runs, top, f"session {index}"):
+            figures.append({"session": index, **divergence})
     REPORT[f"concurrency_{edge_name(edge)}_{mode}"] = {"sessions": len(PROMPTS), "divergent": len(figures),
                                                        "divergences": figures}
 
