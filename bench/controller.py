@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller.estimator import EdgeState, UserState, latency_seconds, pair_costs  # noqa: E402
+from controller.estimator import EdgeState, UserState  # noqa: E402
 from controller.policies import available, make_policy  # noqa: E402
-from controller.policies.base import Decision, Observation  # noqa: E402
+from controller.policies.base import Observation  # noqa: E402
 
 SIZES = [(10, 3), (50, 5), (200, 10), (50, 3), (200, 5), (10, 10)]
 
@@ -41,15 +41,6 @@ def observation(num_users: int, num_edges: int, seed: int) -> Observation:
                             draft_length=4, pending_tokens=int(rng.integers(32, 256)), rtt_s=0.01)
                   for u in range(num_users))
     return Observation(0, edges, users)
-
-
-def mean_latency(obs: Observation, decision: Decision) -> float:
-    costs = pair_costs(list(obs.users), list(obs.edges))
-    by_user = {a.user: a for a in decision.allocations}
-    allocations = [by_user[u.user] for u in obs.users]
-    return float(latency_seconds(costs, np.arange(len(obs.users)), np.array([a.edge for a in allocations]),
-                                 np.array([a.bandwidth_share for a in allocations]),
-                                 np.array([a.compute_share for a in allocations])).mean())
 
 
 def main() -> None:
@@ -72,7 +63,7 @@ def main() -> None:
                 decision = policy.decide(obs)
                 times.append(time.perf_counter() - started)
                 decision.check(obs)
-                latencies.append(mean_latency(obs, decision))
+                latencies.append(float(decision.estimated_latency(obs).mean()))
             row["decision_ms"][name] = 1000 * statistics.median(times)
             row["mean_latency_s"][name] = statistics.median(latencies)
         rows.append(row)

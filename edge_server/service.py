@@ -227,8 +227,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         candidates = result.scored.candidates
         verdict = verify_block(draft, dists, candidates, session.sampling, len(session.tokens))
         if self._audit is not None:
-            self._audit.write(BlockRecord.of(session.id, len(session.tokens), session.sampling, draft, dists, candidates,
-                                             verdict, result.batch_size, result.scored.cached_tokens))
+            self._audit.write(BlockRecord.of(session.id, len(session.tokens), session.sampling, draft, dists,
+                                             candidates, verdict, result.batch_size, result.scored.cached_tokens))
         # Commit only now, after everything that can fail.
         session.tokens.extend(draft[: verdict.accepted])
         session.tokens.append(verdict.next_token)

@@ -99,11 +99,11 @@ class LinkEmulator:
 
     async def start(self) -> dict[int, str]:
         """Start every proxy; returns each user's listening address."""
-        for proxy in self.proxies.values():
-            await proxy.start()
-        # The trace plays from the moment the links are up, however long the start-up took (a slow machine must
+        # The trace plays from the moment the links come up, however long the start-up took (a slow machine must
         # not skip the trace's first slots).
         self.clock.origin = self._origin()
+        for proxy in self.proxies.values():
+            await proxy.start()
         self._ticker = asyncio.create_task(self._tick())
         return {user: f"{proxy.listen_host}:{proxy.listen_port}" for user, proxy in self.proxies.items()}
 

@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Sionna RT (ray-traced traces) on the CPU needs LLVM >= 17; Debian 12 ships 14/15 by default (docs/traces.md).
-if ! ls /usr/lib/*-linux-gnu/libLLVM.so.19* /usr/lib/*-linux-gnu/libLLVM-19.so* >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null; then
-    sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
-    echo "installing libllvm19 (Sionna RT on the CPU)..."
-    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq libllvm19 >/dev/null
-  else
-    echo "warning: no apt-get: install LLVM >= 17 yourself for ray-traced traces (--scenario rt:*)" >&2
+newest_llvm=$(ls /usr/lib/*-linux-gnu/libLLVM* /usr/lib/llvm-*/lib/libLLVM* /usr/lib64/libLLVM* 2>/dev/null \
+  | sed -nE 's/.*libLLVM(-|\.so\.)([0-9]+).*/\2/p' | sort -n | tail -1)
+if [ "${newest_llvm:-0}" -lt 17 ]; then
+  sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+  echo "installing libllvm19 (Sionna RT on the CPU)..."
+  if ! { command -v apt-get >/dev/null && $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq libllvm19 >/dev/null; }
+  then
+    echo "warning: could not install libllvm19: ray-traced traces (--scenario rt:*) need LLVM >= 17" >&2
   fi
 fi
 python="${PYTHON:-python3.11}"

@@ -101,6 +101,11 @@ class EdgeProcess(DaemonProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, "--port", "0", *self.args]
 
+    @property
+    def verification_log(self) -> Path | None:
+        """The file given with --verification-log, if any."""
+        return Path(self.args[self.args.index("--verification-log") + 1]) if "--verification-log" in self.args else None
+
     def _on_line(self, line: str) -> bool:
         if match := EDGE_READY.search(line):
             self.address = f"{match['host']}:{match['port']}"

@@ -2,8 +2,8 @@
 
 A share is a finite number in (0, 1]; the shares on one edge sum to at most 1 (plus ``SHARE_SLACK``: shares
 computed by a solver may sum to 1 plus rounding); a share is held on an edge that exists.  The link emulator
-(bandwidth shares, from its config and from the controller) checks them here, and so do the edges (compute shares)
-and the controller's decisions, so that no two components disagree on what a valid decision is.
+(bandwidth shares, from its config and from the controller) and the controller's policy decisions (bandwidth and
+compute) check them here, so that no two components disagree on what a valid decision is.
 """
 
 from __future__ import annotations

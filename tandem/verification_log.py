@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from tandem.sampling import (
     BlockVerdict,
@@ -37,7 +37,8 @@ from tandem.sampling import (
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # -inf log-probabilities are written as JSON's -Infinity (not null), which json.loads reads back.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class DistRecord(_Record):
@@ -70,8 +71,18 @@ class BlockRecord(_Record):
     target: list[CandidatesRecord]  # len(draft) + 1 positions: each drafted token's, then the one after the block
     accepted: int
     next_token: int
-    batch_size: int  # blocks the engine computed together with this one
+    batch_size: int  # blocks the batcher handed to the engine with this one (it may compute them in several steps)
     cached_tokens: int | None  # prefix tokens the engine served from its cache (None: unknown)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BlockRecord":
+        if len(self.target) != len(self.draft) + 1:
+            raise ValueError(f"{len(self.target)} target positions for a block of {len(self.draft)}")
+        if not 0 <= self.accepted <= len(self.draft):
+            raise ValueError(f"accepted {self.accepted} of a block of {len(self.draft)}")
+        if self.draft_dists and len(self.draft_dists) != len(self.draft):
+            raise ValueError("one draft distribution per drafted token, or none (greedy)")
+        return self
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -92,9 +103,10 @@ class BlockRecord(_Record):
 
 
 def read_log(path: Path) -> dict[str, list[BlockRecord]]:
-    """A log's records by session, in the order they were verified."""
+    """A log's records by session, in the order they were verified (a last line still being written is left out)."""
     sessions: dict[str, list[BlockRecord]] = {}
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.strip():
             record = BlockRecord.model_validate(json.loads(line))
             sessions.setdefault(record.session, []).append(record)
@@ -199,43 +211,51 @@ class Divergence:
 
 
 def decision_margin(decision: Decision, config: SamplingConfig, uniforms: dict[str, float]) -> float:
-    """How close a decision was to going the other way, in nats of the target's probabilities.
+    """About how far the target's raw log-probabilities would have to move (in nats, every candidate by at most
+    this much) for the decision to go the other way.
 
-    Greedy: the gap between the target's best and second-best raw log-probability.  Sampling: the acceptance test
-    of a drafted token, |log(u·q(x)) − log p(x)| (p and q after truncation), and for a sampled token (a correction
-    from norm(max(0, p − q)), or a bonus from p) how far u lies from the edges of that token's slice of the CDF, as
-    a log-ratio of the slice.  A perturbation of the target's log-probabilities smaller than the margin cannot
-    change the decision."""
+    A raw shift of δ moves a truncated, renormalised log-probability by at most 2δ/T, so:  greedy, half the gap
+    between the best and second-best candidate;  an acceptance test, T/2 · |log(u·q(x)) − log p(x)|;  a sampled
+    token (a correction from norm(max(0, p − q)), or a bonus from p), T/2 · the distance of log u from the log of
+    the nearest edge of the token's slice of the CDF.  Approximate: reorderings of near-equal candidates and the
+    top-k/top-p cut are not counted."""
     target = decision.target
     if config.greedy:
-        return float(target.logprobs[0] - target.logprobs[1]) if len(target.logprobs) > 1 else float("inf")
+        return float(target.logprobs[0] - target.logprobs[1]) / 2 if len(target.logprobs) > 1 else float("inf")
+    half_t = config.temperature / 2
     p = truncate(target, config)
     if decision.kind == "bonus":
-        return _slice_margin(p, decision.token, uniforms["sample"])
+        return half_t * _slice_margin(p, decision.token, uniforms["sample"])
     p_x = p.prob_of(decision.drafted)
     q_x = decision.q.prob_of(decision.drafted) if decision.q is not None else 1.0
     accept = float(abs(np.log(uniforms["accept"] * q_x) - np.log(p_x))) if p_x > 0.0 else float("inf")
     if decision.kind == "accepted":
-        return accept
-    return min(accept, _slice_margin(residual(p, decision.q), decision.token, uniforms["sample"]))
+        return half_t * accept
+    return half_t * min(accept, _slice_margin(residual(p, decision.q), decision.token, uniforms["sample"]))
 
 
 def _slice_margin(dist: SparseDist, token: int, uniform: float) -> float:
-    """How far ``uniform`` lies inside ``token``'s slice of ``dist``'s CDF, relative to the slice (log1p)."""
+    """|log u − log edge| for the nearer edge of ``token``'s slice of ``dist``'s CDF (0 when u lies outside it)."""
     hits = np.flatnonzero(dist.token_ids == token)
     if not hits.size:
         return 0.0
-    cumulative = np.cumsum(dist.probs)
+    cumulative = np.cumsum(dist.probs) / dist.probs.sum()
     index = int(hits[0])
     low = cumulative[index - 1] if index else 0.0
-    u = uniform * cumulative[-1]
-    return float(np.log1p(max(0.0, min(u - low, cumulative[index] - u)) / max(dist.probs[index], 1e-300)))
+    if not low <= uniform <= cumulative[index]:
+        return 0.0
+    distances = [np.log(cumulative[index]) - np.log(uniform)] if index + 1 < len(cumulative) else []
+    if low > 0:
+        distances.append(np.log(uniform) - np.log(low))
+    return float(min(distances, default=float("inf")))
 
 
 def first_divergence(a: Sequence[BlockRecord], b: Sequence[BlockRecord], top: int = 2) -> Divergence | None:
     """The first position where two runs of one request decided differently, or None when they never did.
 
     ``top``: how many of the target's best candidates to compare (2 for greedy, top_k for sampling)."""
+    if a and b and (a[0].sampling != b[0].sampling or a[0].position != b[0].position):
+        raise ValueError("the two runs are not of one request (sampling, seed or prompt length differ)")
     config = a[0].sampling if a else SamplingConfig()
     device = PositionRandom(config.seed, PositionRandom.DEVICE)
     edge = PositionRandom(config.seed, PositionRandom.EDGE)

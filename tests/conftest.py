@@ -44,9 +44,7 @@ def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) 
     verification_log = logs / f"verification-{engine}.jsonl"
     args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30",
             "--max-sessions", "64", "--verification-log", str(verification_log), *extra]
-    edge = EdgeProcess(args, log_path=logs / f"edge-{engine}.log", env=env)
-    edge.verification_log = verification_log  # read by tests that explain decisions (tandem.verification_log)
-    return edge
+    return EdgeProcess(args, log_path=logs / f"edge-{engine}.log", env=env)
 
 
 

@@ -47,6 +47,9 @@ def check_same_request(log: Path, runs: Sequence[tuple[str, Sequence[int]]], top
         return None
     where = f"{label} at position {divergence.position}: {divergence.summary()}"
     assert not divergence.same_inputs, f"logic error, same inputs decided differently: {where}"
+    # The device's draft context computes one output row at a time whatever its history (docs/design.md), so the
+    # two runs' q must agree exactly: a difference there is a device bug, not the engine's numerics.
+    assert divergence.q_difference == 0.0, f"the device drafted from other numbers: {where}"
     assert divergence.noise_before <= NUMERICAL_NOISE_NATS, f"target numbers apart before the split: {where}"
     assert divergence.target_difference <= NUMERICAL_NOISE_NATS, f"divergence beyond numerical noise: {where}"
     return divergence.summary()

@@ -59,7 +59,7 @@ def test_four_concurrent_sessions_match_solo(edge, prepared, mode, sampling):
     if mode == "edge-only":
         _check_edge_only(edge, drafts, solo, together)
         return
-    top = sampling.top_k or 2  # the candidates a decision depends on
+    top = 2 if sampling.greedy else sampling.top_k  # the candidates a decision depends on (sampling sets a top-k)
     figures = []
     for index, (alone, concurrent) in enumerate(zip(solo, together)):
         runs = [(alone.session_id, alone.token_ids), (concurrent.session_id, concurrent.token_ids)]

@@ -171,7 +171,8 @@ def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
                 raise ConnectionResetError("closed")
         waited = time.monotonic() - started
         metrics = _scrape(emulator.metrics_port)
-    assert broken.value is not None and waited > 0.2  # held through the limit, not refused at once
+    # broken by the emulator (held through the limit, not refused at once), not by the test's read timeout
+    assert not isinstance(broken.value, TimeoutError) and waited > 0.2
     assert sink.received == 0  # nothing crossed during the outage
     assert metrics[("tandem_linkemu_link_down_total", (("user", "0"),))] == 1
 

@@ -11,7 +11,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from controller.estimator import EdgeState, UserState
+import numpy as np
+
+from controller.estimator import EdgeState, UserState, latency_seconds, pair_costs
 from tandem.shares import check_shares
 
 
@@ -20,6 +22,16 @@ class Observation:
     slot: int
     edges: tuple[EdgeState, ...]
     users: tuple[UserState, ...]  # se_up / se_down indexed by the position of each edge in ``edges``
+
+    def __post_init__(self) -> None:
+        if not self.edges:
+            raise ValueError("an observation needs at least one edge")
+        if len({e.edge for e in self.edges}) != len(self.edges) or len({u.user for u in self.users}) != len(self.users):
+            raise ValueError("edge and user ids must be unique")
+        for user in self.users:
+            if len(user.se_up) != len(self.edges) or len(user.se_down) != len(self.edges):
+                raise ValueError(f"user {user.user}: one spectral efficiency per edge is needed in each direction "
+                                 f"({len(self.edges)} edges, got {len(user.se_up)} up and {len(user.se_down)} down)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,17 @@ class Decision:
         for a in self.allocations:
             if a.draft_length < 1:
                 raise ValueError(f"user {a.user}: draft length must be at least 1, got {a.draft_length}")
+
+    def estimated_latency(self, observation: Observation, parallel: bool = True) -> np.ndarray:
+        """Each user's estimated remaining latency under this decision (in ``observation.users`` order)."""
+        position = {e.edge: i for i, e in enumerate(observation.edges)}
+        by_user = {a.user: a for a in self.allocations}
+        chosen = [by_user[u.user] for u in observation.users]
+        return latency_seconds(pair_costs(list(observation.users), list(observation.edges)),
+                               np.arange(len(chosen)), np.array([position[a.edge] for a in chosen], dtype=int),
+                               np.array([a.bandwidth_share for a in chosen]),
+                               np.array([a.compute_share for a in chosen]),
+                               parallel)
 
 
 class Policy(ABC):

@@ -22,7 +22,8 @@ class MaxSinrEqual(Policy):
     name = "max-sinr-equal"
 
     def decide(self, observation: Observation) -> Decision:
-        se = np.array([u.se_down for u in observation.users], dtype=float).reshape(len(observation.users), -1)
+        se = np.array([u.se_down for u in observation.users], dtype=float).reshape(len(observation.users),
+                                                                                len(observation.edges))
         return equal_shares(observation, np.argmax(se, axis=1))  # ties: the first edge
 
 

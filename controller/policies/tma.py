@@ -13,7 +13,9 @@ phase is a few numpy passes, even for hundreds of users.
 (docs/controller.md has the formulation): for sequential rounds the optimum is closed-form (shares proportional
 to the square root of each user's weighted time at the whole resource); for parallel rounds, where a round lasts
 max(draft, remote), it is the convex epigraph problem solved by SLSQP from that start.  The result is kept only
-where it beats equal shares, so ``tma-opt`` is never worse than ``tma-equal`` on the estimator.
+where it beats equal shares, so ``tma-opt`` is never worse than ``tma-equal`` on the estimator.  A user in an outage
+on its edge (no rate) gets the minimum share: no share can help it, and the solver would otherwise pour the edge
+into it.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def local_search(model: EqualShareModel, association: np.ndarray, capacity: np.n
         move = leave[:, None] + (larger_sum - now_sum)[None, :] + larger
         move[users, association] = np.inf
         move[:, n >= capacity] = np.inf
-        best_swap, best_move = np.unravel_index(np.argmin(swap), swap.shape), np.unravel_index(np.argmin(move), move.shape)
+        best_swap = np.unravel_index(np.argmin(swap), swap.shape)
+        best_move = np.unravel_index(np.argmin(move), move.shape)
         gain_swap, gain_move = swap[best_swap], move[best_move]
         if min(gain_swap, gain_move) >= -1e-9 * max(total, 1e-12):
             break
@@ -118,14 +121,37 @@ def local_search(model: EqualShareModel, association: np.ndarray, capacity: np.n
 
 
 def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency."""
-    w = costs.weight[members]
-    comm, verify = _finite(costs.comm[members, edge]), _finite(costs.verify[members, edge])
+    """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency, never
+    worse than equal shares.  Members in an outage on this edge (no rate: no share can help them) get MIN_SHARE;
+    the others share the rest."""
+    count = len(members)
+    reachable = np.isfinite(costs.comm[members, edge]) & np.isfinite(costs.verify[members, edge])
+    b, c = np.full(count, MIN_SHARE), np.full(count, MIN_SHARE)
+    if reachable.any():
+        budget = 1.0 - MIN_SHARE * (count - reachable.sum())
+        rb, rc = _reachable_shares(costs, members[reachable], edge, parallel)
+        b[reachable], c[reachable] = rb * budget, rc * budget
+    equal = np.full(count, 1.0 / count)
+    return (b, c) if _summed_latency(costs, members, edge, b, c, parallel) <= _summed_latency(
+        costs, members, edge, equal, equal, parallel) else (equal, equal)
+
+
+def _summed_latency(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndarray, c: np.ndarray,
+                    parallel: bool) -> float:
+    remote = _finite(costs.comm[members, edge] / b + costs.verify[members, edge] / c) + costs.rtt[members]
+    draft = costs.draft[members]
+    return float((costs.weight[members] * (np.maximum(draft, remote) if parallel else draft + remote)).sum())
+
+
+def _reachable_shares(costs: PairCosts, members: np.ndarray, edge: int,
+                      parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Shares (summing to 1) of members that all have a finite rate to the edge."""
+    w, comm, verify = costs.weight[members], costs.comm[members, edge], costs.verify[members, edge]
     draft, rtt = costs.draft[members], costs.rtt[members]
     # Sequential rounds: minimise sum w (a/b + v/c) with sum b = sum c = 1  ->  b ~ sqrt(w a), c ~ sqrt(w v).
     b0, c0 = np.sqrt(w * comm) + 1e-12, np.sqrt(w * verify) + 1e-12
     b0, c0 = b0 / b0.sum(), c0 / c0.sum()
-    if not parallel or len(members) == 0:
+    if not parallel or len(members) == 1:
         return b0, c0
     n = len(members)
     scale = max(float((w * np.maximum(draft, comm / b0 + verify / c0 + rtt)).sum()), 1e-12)
@@ -156,12 +182,9 @@ def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: b
     result = minimize(objective, start, jac=objective_grad, bounds=bounds, constraints=constraints, method="SLSQP",
                       options={"maxiter": 200, "ftol": 1e-10})
     b, c = np.clip(result.x[:n], MIN_SHARE, 1.0), np.clip(result.x[n:2 * n], MIN_SHARE, 1.0)
-    b, c = b / max(1.0, b.sum()), c / max(1.0, c.sum())  # solver round-off must not break the share rule
-
-    def total(bb, cc):
-        return float((w * np.maximum(draft, comm / bb + verify / cc + rtt)).sum())
-
-    return (b, c) if total(b, c) < total(b0, c0) else (b0, c0)
+    b, c = b / b.sum(), c / c.sum()  # solver round-off must not break the share rule
+    better = _summed_latency(costs, members, edge, b, c, True) < _summed_latency(costs, members, edge, b0, c0, True)
+    return (b, c) if better else (b0, c0)
 
 
 class TmaEqual(Policy):
@@ -175,6 +198,8 @@ class TmaEqual(Policy):
 
     def associate(self, observation: Observation) -> tuple[np.ndarray, PairCosts]:
         costs = pair_costs(list(observation.users), list(observation.edges))
+        if not observation.users:
+            return np.zeros(0, dtype=int), costs
         model = EqualShareModel(costs, self.parallel)
         capacity = np.array([e.capacity for e in observation.edges])
         return local_search(model, deferred_acceptance(model, capacity), capacity), costs

@@ -79,15 +79,15 @@ class LlamaCppTargetEngine(TargetEngine):
     def _score_one(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
         first = len(request.prefix) - 1
-        slot = self._slots[self._slot_for(tokens, first)]
+        slot = self._slot_for(tokens, first)
         reused = min(slot.shared_prefix(tokens), first)
         rows = slot.logits(tokens, first)
         return ScoredBlock([Candidates.top_of_logits(row, request.top_n) for row in rows], reused)
 
     def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
-        return self._slots[self._slot_for(tokens, first)].logits(tokens, first)
+        return self._slot_for(tokens, first).logits(tokens, first)
 
-    def _slot_for(self, tokens: Sequence[int], first: int) -> int:
+    def _slot_for(self, tokens: Sequence[int], first: int) -> LlamaContext:
         """The slot already holding ``tokens[:first]`` (this session's), else an empty or new one, else the
         least recently used; a slot that lacks tokens before ``first`` belongs to another session."""
         shared = [slot.shared_prefix(tokens) for slot in self._slots]
@@ -103,7 +103,7 @@ class LlamaCppTargetEngine(TargetEngine):
                 best = min(range(len(self._slots)), key=lambda i: self._last_use[i])
         self._use_counter += 1
         self._last_use[best] = self._use_counter
-        return best
+        return self._slots[best]
 
     def _new_slot(self) -> LlamaContext:
         context = LlamaContext(self._gguf, self._max_context, self._n_threads, all_logits=True)
