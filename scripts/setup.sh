@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Sionna RT (ray-traced traces) on the CPU needs LLVM >= 17; Debian 12 ships 14/15 by default (docs/traces.md).
-newest_llvm=$(ls /usr/lib/*-linux-gnu/libLLVM* /usr/lib/llvm-*/lib/libLLVM* /usr/lib64/libLLVM* 2>/dev/null \
+# (ls fails when a pattern matches nothing, which is no error here: `|| true` keeps set -e/pipefail from exiting)
+newest_llvm=$( { ls /usr/lib/*-linux-gnu/libLLVM* /usr/lib/llvm-*/lib/libLLVM* /usr/lib64/libLLVM* 2>/dev/null || true; } \
   | sed -nE 's/.*libLLVM(-|\.so\.)([0-9]+).*/\2/p' | sort -n | tail -1)
 if [ "${newest_llvm:-0}" -lt 17 ]; then
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
