@@ -34,6 +34,7 @@ class LlamaContext:
         self.n_ctx = n_ctx
         self.n_vocab = self.llama.n_vocab()
         self._last_logits: np.ndarray | None = None  # logits after the last cached token (all_logits=False)
+        self.last_reused = 0  # tokens the last ``logits`` call kept from the cache instead of evaluating them
 
     @property
     def cached_tokens(self) -> np.ndarray:
@@ -66,8 +67,9 @@ class LlamaContext:
             and self._last_logits is not None
             and shared == len(tokens) == self.llama.n_tokens
         ):
+            self.last_reused = len(tokens)
             return self._last_logits[None, :]
-        keep = min(shared, first)
+        keep = self.last_reused = min(shared, first)
         self.llama.n_tokens = keep
         self.llama.eval(list(tokens[keep:]))
         if self.all_logits:

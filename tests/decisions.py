@@ -6,11 +6,10 @@ docstring and docs/design.md ("Reproducibility") for the guarantee this checks.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 from tandem.sampling import PositionRandom
-from tandem.verification_log import BlockRecord, decisions, drafted_from, first_divergence, read_log, replay
+from tandem.verification_log import BlockRecord, decisions, drafted_from, first_divergence, replay
 from tests.teacher_forcing import NUMERICAL_NOISE_NATS
 
 
@@ -32,10 +31,11 @@ def check_records(records: list[BlockRecord], tokens: Sequence[int], label: str)
     assert emitted[: len(tokens)] == list(tokens), f"{label}: the device emitted other tokens than the edge decided"
 
 
-def check_same_request(log: Path, runs: Sequence[tuple[str, Sequence[int]]], top: int, label: str) -> dict | None:
-    """``runs``: (session id, emitted tokens) of two runs of one request.  Equal tokens, or a first divergent
-    decision taken from different numbers within NUMERICAL_NOISE_NATS (returned as a summary for the report)."""
-    logged = read_log(log)
+def check_same_request(logged: dict[str, list[BlockRecord]], runs: Sequence[tuple[str, Sequence[int]]], top: int,
+                       label: str) -> dict | None:
+    """``logged``: an edge's verification log (``read_log``); ``runs``: (session id, emitted tokens) of two runs of
+    one request.  Equal tokens, or a first divergent decision taken from different numbers within
+    NUMERICAL_NOISE_NATS (returned as a summary for the report)."""
     (id_a, tokens_a), (id_b, tokens_b) = runs
     records = logged.get(id_a, []), logged.get(id_b, [])
     check_records(records[0], tokens_a, f"{label} (first run)")

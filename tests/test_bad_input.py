@@ -11,6 +11,7 @@ import pytest
 
 from device_client.link import DecodeStream, EdgeConnection, EdgeError
 from tandem.sampling import Candidates
+from tandem.verification_log import read_log
 from tandem.wire.v1 import edge_pb2 as pb
 from tests.decisions import check_same_request
 
@@ -86,7 +87,7 @@ class Reference:
         shape or the cache path: docs/design.md, Reproducibility) part only at a decision taken from different
         numbers within the numerical noise -- nothing lost, repeated or corrupted."""
         runs = [(self.session_id, self.tokens), (session.session_id, session.finish())]
-        check_same_request(self.edge.verification_log, runs, 2, "live session")
+        check_same_request(read_log(self.edge.verification_log), runs, 2, "live session")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from device_client.draft import LlamaCppDraftEngine
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from tandem.sampling import SamplingConfig
+from tandem.verification_log import read_log
 from tests.conftest import REPORT
 from tests.decisions import check_same_request
 from tests.teacher_forcing import NEAR_TIE_EPSILON
@@ -61,9 +62,10 @@ def test_four_concurrent_sessions_match_solo(edge, prepared, mode, sampling):
         return
     top = 2 if sampling.greedy else sampling.top_k  # the candidates a decision depends on (sampling sets a top-k)
     figures = []
+    logged = read_log(edge.verification_log)
     for index, (alone, concurrent) in enumerate(zip(solo, together)):
         runs = [(alone.session_id, alone.token_ids), (concurrent.session_id, concurrent.token_ids)]
-        if divergence := check_same_request(edge.verification_log, runs, top, f"session {index}"):
+        if divergence := check_same_request(logged, runs, top, f"session {index}"):
             figures.append({"session": index, **divergence})
     REPORT[f"concurrency_{edge_name(edge)}_{mode}"] = {"sessions": len(PROMPTS), "divergent": len(figures),
                                                        "divergences": figures}

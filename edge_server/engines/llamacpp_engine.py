@@ -78,11 +78,9 @@ class LlamaCppTargetEngine(TargetEngine):
 
     def _score_one(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
-        first = len(request.prefix) - 1
-        slot = self._slot_for(tokens, first)
-        reused = min(slot.shared_prefix(tokens), first)
-        rows = slot.logits(tokens, first)
-        return ScoredBlock([Candidates.top_of_logits(row, request.top_n) for row in rows], reused)
+        slot = self._slot_for(tokens, len(request.prefix) - 1)
+        rows = slot.logits(tokens, len(request.prefix) - 1)
+        return ScoredBlock([Candidates.top_of_logits(row, request.top_n) for row in rows], slot.last_reused)
 
     def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
         return self._slot_for(tokens, first).logits(tokens, first)

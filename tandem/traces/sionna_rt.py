@@ -58,14 +58,10 @@ def find_llvm() -> Path:
     requested = os.environ.get("DRJIT_LIBLLVM_PATH")
     if requested:
         major = llvm_major_version(Path(requested))
-        if major is None:
-            raise RayTracingUnavailable(
-                f"DRJIT_LIBLLVM_PATH={requested} is not a loadable LLVM library; Sionna RT on the CPU needs LLVM >= "
-                f"{MIN_LLVM_MAJOR} (install: {LLVM_INSTALL_HINT})")
-        if major < MIN_LLVM_MAJOR:
-            raise RayTracingUnavailable(
-                f"DRJIT_LIBLLVM_PATH={requested} is LLVM {major}; Sionna RT on the CPU needs LLVM >= {MIN_LLVM_MAJOR} "
-                f"(install: {LLVM_INSTALL_HINT})")
+        if major is None or major < MIN_LLVM_MAJOR:
+            what = "not a loadable LLVM library" if major is None else f"LLVM {major}"
+            raise RayTracingUnavailable(f"DRJIT_LIBLLVM_PATH={requested} is {what}; Sionna RT on the CPU needs LLVM >= "
+                                        f"{MIN_LLVM_MAJOR} (install: {LLVM_INSTALL_HINT})")
         return Path(requested)
     found: dict[Path, int] = {}
     for directory in map(Path, LLVM_LIBRARY_DIRS):
