@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_client.decoding import MODES
 from device_client.generate import GenerationRequest, IncompatibleEdge, generate
 from device_client.link import EdgeConnection, EdgeError, EdgeUnreachable
+from device_client.routing import ControllerUnreachable, FixedRoute, Route
+from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.sampling import SamplingConfig
@@ -19,7 +21,10 @@ from tandem.sampling import SamplingConfig
 
 class GenerateArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    edge: str = Field(pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    edge: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    controller: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    via: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    user: int | None = Field(default=None, ge=0, lt=1 << 32)
     mode: str
     max_tokens: int = Field(ge=1, le=1 << 20)
     temperature: float = Field(ge=0, le=100, allow_inf_nan=False)
@@ -33,7 +38,14 @@ class GenerateArgs(BaseModel):
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the user's message (the chat template is applied); '-' reads stdin")
-    parser.add_argument("--edge", required=True, help="edge server address HOST:PORT")
+    target = parser.add_argument_group("where to decode", "one edge (--edge), or whichever edges the controller "
+                                       "associates this user with (--controller and --user): the request moves "
+                                       "between edges losslessly when the association changes or an edge fails")
+    target.add_argument("--edge", help="edge server address HOST:PORT")
+    target.add_argument("--controller", help="controller address HOST:PORT")
+    target.add_argument("--user", type=int, help="this device's user id in the controller's topology")
+    target.add_argument("--via", help="with --controller: reach every edge through this address (the device's "
+                        "radio link, e.g. its port on `tandem linkemu serve`) instead of the edge's own")
     parser.add_argument("--mode", choices=MODES, default="psd",
                         help="psd: draft while verifying (default); sd: draft, then wait; edge-only: the edge "
                              "decodes alone")
@@ -70,12 +82,21 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
         checked = GenerateArgs(
-            edge=args.edge, mode=args.mode, max_tokens=args.max_tokens, temperature=args.temperature,
+            edge=args.edge, controller=args.controller, via=args.via, user=args.user, mode=args.mode, max_tokens=args.max_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, draft_length=args.draft_length,
             threads=args.threads, prompt=prompt,
         )
     except ValidationError as error:
         return fail("; ".join(f"--{e['loc'][0].replace('_', '-')}: {e['msg']}" for e in error.errors()), EXIT_USAGE)
+    if (checked.edge is None) == (checked.controller is None):
+        return fail("give either --edge or --controller (with --user)", EXIT_USAGE)
+    if checked.controller is not None and checked.user is None:
+        return fail("--controller needs --user (this device's id in the topology)", EXIT_USAGE)
+    if checked.controller is None and (checked.user is not None or checked.via is not None):
+        return fail("--user and --via go with --controller", EXIT_USAGE)
+    if checked.controller is not None and args.trace is not None:
+        return fail("--trace emulates one fixed link; with --controller use `tandem linkemu serve` and --via",
+                    EXIT_USAGE)
     try:
         draft_path = args.draft or load_prepared(
             (args.data_dir or default_data_dir()) / "models" / DEFAULT_MODEL_NAME
@@ -94,10 +115,18 @@ def run_generate(args: argparse.Namespace) -> int:
         link = _trace_link(args, checked.edge)
     except ValueError as error:
         return fail(str(error), EXIT_USAGE)
-    if link is None:
-        return _run(args, request, draft_path, checked.threads, EdgeConnection(checked.edge, args.connect_timeout))
-    with link:
-        return _run(args, request, draft_path, checked.threads, EdgeConnection(link.address, args.connect_timeout))
+    try:
+        if checked.controller is not None:
+            from device_client.routing import ControllerRoute
+
+            route = ControllerRoute(checked.controller, checked.user, checked.via, args.connect_timeout)
+            return _run(args, request, draft_path, checked.threads, route, checked.user)
+        if link is None:
+            return _run(args, request, draft_path, checked.threads, EdgeConnection(checked.edge, args.connect_timeout))
+        with link:
+            return _run(args, request, draft_path, checked.threads, EdgeConnection(link.address, args.connect_timeout))
+    except ControllerUnreachable as error:
+        return fail(str(error), EXIT_UNREACHABLE)
 
 
 def _trace_link(args: argparse.Namespace, edge: str):
@@ -114,14 +143,15 @@ def _trace_link(args: argparse.Namespace, edge: str):
 
 
 def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path, threads: int,
-         connection: EdgeConnection) -> int:
+         target: EdgeConnection | Route, user: int | None = None) -> int:
     from device_client.draft import LlamaCppDraftEngine
 
+    route = target if isinstance(target, Route) else FixedRoute(target)
     try:
-        info = connection.info()
+        info = route.current().info()
         draft = LlamaCppDraftEngine(draft_path, n_threads=threads)
         on_text = None if args.json else (lambda text: print(text, end="", flush=True))
-        result, summary = generate(connection, draft, request, on_text, info)
+        result, summary = generate(route, draft, request, on_text, info, user)
     except EdgeUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
     except IncompatibleEdge as error:
@@ -129,7 +159,7 @@ def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path,
     except EdgeError as error:
         return fail(f"the edge refused the session: {error}", EXIT_FAILED)
     finally:
-        connection.close()
+        route.close()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -146,5 +176,7 @@ def _summary_line(s: dict) -> str:
                   f"accepted/block {s['mean_accepted_length']:.2f}"]
     if s["draft_hidden_fraction"] is not None:
         parts.append(f"draft hidden {s['draft_hidden_fraction']:.0%}")
+    if s["migrations"]:
+        parts.append(f"{s['migrations']} migrations over {len(set(s['edges']))} edges")
     parts.append(f"{s['bytes_up']} B up / {s['bytes_down']} B down")
     return f"[{s['mode']}] " + ", ".join(parts)

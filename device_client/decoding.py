@@ -18,16 +18,15 @@ import grpc
 import numpy as np
 
 from device_client.draft import DraftEngine, DraftToken, draft_token
-from device_client.link import DecodeStream, EdgeError
+from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec
+from device_client.routing import DeviceStats, Route
 from tandem.sampling import PositionRandom, SamplingConfig
-from tandem.wire.v1 import edge_pb2 as pb
 
 MODES = ("psd", "sd", "edge-only")
 TokenSink = Callable[[list[int]], None]
-# Given an open message: a new stream whose session it opened (retried while the link is down).
-Start = Callable[[pb.DeviceMessage], tuple[DecodeStream, pb.SessionOpened]]
-# Given a session id: a new stream attached to it, and the tokens the edge committed after the prompt.
-Resume = Callable[[str], tuple[DecodeStream, list[int]]]
+# With a route that may change, each attempt on one edge is this short, so that a reassignment (failover) is seen.
+ATTEMPT_S = 1.0
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -49,10 +48,12 @@ class DecodeResult:
     draft_overlapped_seconds: float = 0.0  # draft compute done while a block was in flight
     draft_wasted_tokens: int = 0
     resumes: int = 0  # streams replaced after the link broke
+    migrations: int = 0  # moves to another edge (a new association, or the old edge failed)
+    edges: list[str] = field(default_factory=list)  # every edge the request used, in order
     bytes_up: int = 0
     bytes_down: int = 0
 
-    def count_bytes(self, stream: DecodeStream) -> None:
+    def count_bytes(self, stream: EdgeSession) -> None:
         """Add a stream's payload bytes (a session may use several when the link breaks)."""
         self.bytes_up += stream.bytes_up
         self.bytes_down += stream.bytes_down
@@ -112,84 +113,146 @@ class _Emitter:
                 self.sink(out)
 
 
-def _open_message(
-    prompt: Sequence[int], config: SamplingConfig, mode: int, draft_length: int, max_tokens: int,
-    stop_ids: Sequence[int], fingerprint: str,
-) -> pb.DeviceMessage:
-    return pb.DeviceMessage(
-        open=pb.Open(
-            prompt_token_ids=list(prompt),
-            sampling=pb.SamplingParams(
-                temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, seed=config.seed
-            ),
-            mode=mode,
-            draft_length=draft_length,
-            max_new_tokens=max_tokens,
-            stop_token_ids=list(stop_ids),
-            tokenizer_fingerprint=fingerprint,
-        )
-    )
+class _Placement:
+    """Where the request runs: the edge in use and the session on it, and how they change.
+
+    The edge's committed tokens are authoritative: after a broken link the session is attached again and the
+    verdicts lost on the way are read back; when the route names another edge (a new association, or a failover
+    after the old edge died) the request moves there as a new session whose prompt is the original prompt plus
+    every committed token; when the edge no longer knows the session (it restarted) the same happens on the same
+    edge.  Positions never change, so neither does the sampler's randomness: a moved request emits exactly what an
+    unmoved one would."""
+
+    def __init__(self, route: Route, spec: SessionSpec, result: DecodeResult) -> None:
+        self.route, self.spec, self.result = route, spec, result
+        self.edge: EdgeHandle = route.current()
+        self.session = self.reopen(list(spec.prompt), spec)
+        self.base = len(spec.prompt)  # committed length when the current session was opened
+
+    def reopen(self, prompt: list[int], spec: SessionSpec) -> EdgeSession:
+        """A new session with ``prompt`` on the route's current edge, following the route while attempts fail
+        with a broken link."""
+        deadline = time.monotonic() + RESUME_WITHIN_S
+        while True:
+            self.edge = self.route.current()
+            attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
+            try:
+                session = self.edge.open(_with_prompt(spec, prompt), within_s=max(0.1, min(attempt, deadline - time.monotonic())))
+            except EdgeError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+                continue
+            if not self.result.edges or self.result.edges[-1] != self.edge.name:
+                self.result.edges.append(self.edge.name)
+            return session
+
+    def moved(self) -> bool:
+        return self.route.current() is not self.edge
+
+    def move(self, committed: list[int], spec: SessionSpec) -> None:
+        """Close the session here (best effort: the old edge may be gone) and continue on the route's edge."""
+        try:
+            self.session.close(timeout=CLOSE_TIMEOUT_S)
+        except EdgeError:
+            self.session.cancel()
+        self.result.count_bytes(self.session)
+        self.session = self.reopen(list(committed), spec)
+        self.base = len(committed)
+        self.result.migrations += 1
+
+    def recover(self, committed: list[int], spec: SessionSpec) -> list[int]:
+        """Replace a broken stream; returns the tokens the edge committed that the device had not seen."""
+        self.result.count_bytes(self.session)
+        self.session.cancel()
+        self.result.resumes += 1
+        deadline = time.monotonic() + RESUME_WITHIN_S
+        while True:
+            if self.moved():
+                self.session = self.reopen(list(committed), spec)
+                self.base = len(committed)
+                self.result.migrations += 1
+                return []
+            attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
+            try:
+                self.session = self.edge.attach(self.session.id, within_s=max(0.1, min(attempt, deadline - time.monotonic())))
+            except EdgeError as error:
+                if error.code == grpc.StatusCode.NOT_FOUND:  # the edge lost the session (it restarted)
+                    self.session = self.reopen(list(committed), spec)
+                    self.base = len(committed)
+                    return []
+                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+                continue
+            return self.session.committed[len(committed) - self.base:]
 
 
-def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
-    if message.WhichOneof("kind") != kind:
-        raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: expected {kind}, got {message.WhichOneof('kind')}")
-    return message
+def _with_prompt(spec: SessionSpec, prompt: list[int]) -> SessionSpec:
+    return SessionSpec(prompt, spec.sampling, spec.speculative, spec.draft_length, spec.max_new_tokens,
+                       spec.stop_ids, spec.tokenizer_fingerprint, spec.user)
 
 
 def decode_edge_only(
-    start: Start, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
-    stop_ids: Sequence[int], fingerprint: str, sink: TokenSink | None = None,
+    route: Route, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
+    stop_ids: Sequence[int], fingerprint: str, sink: TokenSink | None = None, user: int | None = None,
 ) -> DecodeResult:
-    """The edge decodes alone and streams tokens. A stream broken by the link (UNAVAILABLE) is replaced by a new
-    edge-only session whose prompt is the old prompt plus every token received: the edge closes an edge-only
-    session with its stream, and a token is the device's once it arrived."""
+    """The edge decodes alone and streams tokens. A broken stream (UNAVAILABLE) or a move to another edge
+    continues as a new edge-only session whose prompt is the old prompt plus every token received: the edge closes
+    an edge-only session with its stream, and a token is the device's once it arrived."""
     result = DecodeResult("edge-only", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
-    stream, _ = start(_open_message(prompt, config, pb.MODE_EDGE_ONLY, 0, max_tokens, stop_ids, fingerprint))
+
+    def spec() -> SessionSpec:
+        return SessionSpec(list(prompt) + result.token_ids, config, False, max_new_tokens=emitter.remaining,
+                           stop_ids=tuple(stop_ids), tokenizer_fingerprint=fingerprint, user=user)
+
+    place = _Placement(route, spec(), result)
     try:
         while True:
+            if place.moved() and not emitter.done:
+                place.session.cancel()
+                place.result.count_bytes(place.session)
+                place.session = place.reopen(spec().prompt, spec())
+                result.migrations += 1
             try:
-                message = stream.receive()
+                tokens = place.session.receive_tokens()
             except EdgeError as error:
                 if error.code != grpc.StatusCode.UNAVAILABLE:
                     raise
                 if emitter.done:
                     break  # every token arrived; only the edge's `closed` was lost
-                result.count_bytes(stream)
-                stream.cancel()
-                stream, _ = start(_open_message(list(prompt) + result.token_ids, config, pb.MODE_EDGE_ONLY, 0,
-                                                emitter.remaining, stop_ids, fingerprint))
+                result.count_bytes(place.session)
+                place.session.cancel()
                 result.resumes += 1
+                place.session = place.reopen(spec().prompt, spec())
                 continue
-            if message.WhichOneof("kind") == "closed":
+            if tokens is None:
                 break
-            emitter.emit(_expect(message, "tokens").tokens.token_ids)
+            emitter.emit(tokens)
     except BaseException:
-        stream.cancel()
+        place.session.cancel()
         raise
-    stream.finish()
     result.finished = time.perf_counter()
-    result.count_bytes(stream)
+    result.count_bytes(place.session)
     return result
 
 
 def decode_speculative(
-    start: Start, resume: Resume, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig,
-    max_tokens: int, draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
+    route: Route, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
+    draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
+    user: int | None = None,
 ) -> DecodeResult:
-    """Draft, send blocks, commit verdicts. A stream broken by the link (UNAVAILABLE) is replaced by attaching
-    to the same session: the edge's committed tokens are authoritative, so a verdict lost on the way is recovered
-    from them and nothing committed is lost or repeated."""
+    """Draft, send blocks, commit verdicts; ``draft_length`` is the longest block (the route may ask for
+    shorter ones).  Broken links and moves between edges are handled by ``_Placement`` without losing or repeating
+    a committed token."""
     result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
     emitter = _Emitter(result, max_tokens, stop_ids, sink)
     random = PositionRandom(config.seed, PositionRandom.DEVICE)
     committed = list(prompt)
     speculative: list[DraftToken] = []  # drafted past the in-flight block, assuming it is fully accepted
-
-    stream, opened = start(_open_message(prompt, config, pb.MODE_SPECULATIVE, draft_length, max_tokens, stop_ids,
-                                         draft.tokenizer_fingerprint))
-    session_id = result.session_id = opened.session_id
+    spec = SessionSpec(list(prompt), config, True, draft_length=draft_length, max_new_tokens=max_tokens,
+                       stop_ids=tuple(stop_ids), tokenizer_fingerprint=draft.tokenizer_fingerprint, user=user)
+    place = _Placement(route, spec, result)
+    result.session_id = place.session.id
 
     def draft_one(context: list[int], overlapped: bool) -> DraftToken:
         token = draft_token(draft, context, config, random)
@@ -198,55 +261,52 @@ def decode_speculative(
             result.draft_overlapped_seconds += token.seconds
         return token
 
-    def resumed(error: EdgeError) -> None:
+    def recovered(error: EdgeError) -> None:
         """Replace the broken stream, or re-raise when this error is not a broken link."""
-        nonlocal stream, speculative
+        nonlocal speculative
         if error.code != grpc.StatusCode.UNAVAILABLE:
             raise error
-        result.count_bytes(stream)
-        stream.cancel()
-        stream, edge_committed = resume(session_id)
-        result.resumes += 1
-        missed = edge_committed[len(committed) - len(prompt):]  # verdicts that never reached the device
+        missed = place.recover(committed, spec)  # verdicts that never reached the device
         committed.extend(missed)
         emitter.emit(missed)
         result.draft_wasted_tokens += len(speculative)
         speculative = []
 
+    def report() -> None:
+        drafted = result.drafted_sent + result.draft_wasted_tokens
+        rounds = result.round_seconds[-8:]  # the recent rounds: the link and the edge's load change
+        route.report(DeviceStats(result.draft_seconds / drafted if drafted else 0.0,
+                                 result.acceptance_rate or 0.0, 0 if emitter.done else emitter.remaining,
+                                 sum(rounds) / len(rounds) if rounds else 0.0))
+
     try:
         while not emitter.done:
+            if place.moved():  # the block in flight got its verdict: move between rounds
+                place.move(committed, spec)
             # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
-            length = max(1, min(draft_length, emitter.remaining - 1))
+            length = max(1, min(route.draft_length(draft_length), emitter.remaining - 1))
             block = speculative[:length]
             result.draft_wasted_tokens += len(speculative) - len(block)
             while len(block) < length:
                 block.append(draft_one(committed + [t.token_id for t in block], overlapped=False))
             block_ids = [t.token_id for t in block]
             sent_at = time.perf_counter()
-            stream.send(pb.DeviceMessage(draft=pb.DraftBlock(
-                position=len(committed),
-                token_ids=block_ids,
-                draft_distributions=[] if config.greedy else [
-                    pb.SparseDistribution(token_ids=t.dist.token_ids.tolist(), probs=t.dist.probs.tolist())
-                    for t in block
-                ],
-            )))
-
             speculative = []
-            message = None
             try:
+                place.session.send_block(len(committed), block_ids, None if config.greedy else [t.dist for t in block])
+                verdict = None
                 if parallel:
                     ahead = committed + block_ids
-                    while len(speculative) <= draft_length and (message := stream.poll()) is None:
+                    while len(speculative) <= draft_length and (verdict := place.session.poll()) is None:
                         speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
-                verdict = _expect(message or stream.receive(), "verdict").verdict
+                verdict = verdict or place.session.receive_verdict()
             except EdgeError as error:
-                resumed(error)
+                recovered(error)
                 continue
             result.round_seconds.append(time.perf_counter() - sent_at)
             result.edge_verify_seconds.append(verdict.verify_seconds)
 
-            accepted, next_token = verdict.accepted, verdict.next_token_id
+            accepted, next_token = verdict.accepted, verdict.next_token
             result.rounds += 1
             result.drafted_sent += len(block_ids)
             result.accepted += accepted
@@ -255,6 +315,7 @@ def decode_speculative(
             new_tokens = block_ids[:accepted] + [next_token]
             committed.extend(new_tokens)
             emitter.emit(new_tokens)
+            report()
             if accepted == len(block_ids) and speculative and speculative[0].token_id == next_token:
                 speculative = speculative[1:]  # the guess of the bonus token was right: keep drafting from there
             else:
@@ -262,23 +323,21 @@ def decode_speculative(
                 speculative = []
 
         while True:
-            stream.send(pb.DeviceMessage(close=pb.Close()))
             try:
-                _expect(stream.receive(), "closed")
+                place.session.close()
                 break
             except EdgeError as error:
                 try:
-                    resumed(error)
+                    recovered(error)
                 except EdgeError as refused:
                     if refused.code == grpc.StatusCode.FAILED_PRECONDITION:
                         break  # the session is closed: the close got through and only its answer was lost
                     raise
     except BaseException:
-        stream.cancel()
+        place.session.cancel()
         raise
-    stream.finish()
     result.finished = time.perf_counter()
-    result.count_bytes(stream)
+    result.count_bytes(place.session)
     return result
 
 
@@ -309,4 +368,6 @@ def summarize(result: DecodeResult, text: str, prompt_tokens: int) -> dict:
         "draft_hidden_fraction": result.draft_hidden_fraction,
         "draft_wasted_tokens": result.draft_wasted_tokens,
         "resumes": result.resumes,
+        "migrations": result.migrations,
+        "edges": result.edges,
     }

@@ -8,7 +8,8 @@ from typing import Callable
 
 from device_client.decoding import DecodeResult, decode_edge_only, decode_speculative, summarize
 from device_client.draft import DraftEngine
-from device_client.link import EdgeConnection
+from device_client.edge_handle import EdgeHandle
+from device_client.routing import FixedRoute, Route
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import edge_pb2 as pb
 
@@ -44,13 +45,16 @@ def check_compatible(info: pb.EdgeInfo, draft: DraftEngine, request: GenerationR
 
 
 def generate(
-    connection: EdgeConnection,
+    target: EdgeHandle | Route,
     draft: DraftEngine,
     request: GenerationRequest,
     on_text: Callable[[str], None] | None = None,
     info: pb.EdgeInfo | None = None,
+    user: int | None = None,
 ) -> tuple[DecodeResult, dict]:
-    info = info or connection.info()
+    """One generation on an edge, or on whichever edges a route (a controller) chooses for ``user``."""
+    route = target if isinstance(target, Route) else FixedRoute(target)
+    info = info or route.current().info()
     check_compatible(info, draft, request)
     prompt = (
         draft.encode_text(request.prompt) if request.raw_prompt else draft.encode_chat(request.prompt)
@@ -59,14 +63,10 @@ def generate(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sink = (lambda ids: on_text(decoder.decode(draft.decode(ids)))) if on_text else None
     if request.mode == "edge-only":
-        result = decode_edge_only(
-            connection.start_stream, prompt, request.sampling, request.max_tokens, stop_ids,
-            draft.tokenizer_fingerprint, sink,
-        )
+        result = decode_edge_only(route, prompt, request.sampling, request.max_tokens, stop_ids,
+                                  draft.tokenizer_fingerprint, sink, user)
     else:
-        result = decode_speculative(
-            connection.start_stream, connection.attach, draft, prompt, request.sampling, request.max_tokens,
-            request.draft_length, parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink,
-        )
+        result = decode_speculative(route, draft, prompt, request.sampling, request.max_tokens, request.draft_length,
+                                    parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink, user=user)
     text = draft.decode(result.token_ids).decode("utf-8", errors="replace")
     return result, summarize(result, text, len(prompt))

@@ -1,6 +1,7 @@
-"""The device's side of the wire: a connection to one edge and its decoding streams.
+"""The device's side of the wire: a connection to one edge (the gRPC ``EdgeHandle``) and its decoding streams.
 
-A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without blocking and
+``EdgeConnection`` and ``GrpcSession`` translate between the decoding loop's domain types (edge_handle.py) and the
+protocol.  A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without blocking and
 poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification).
 Payload bytes are counted in both directions.
 """
@@ -13,12 +14,14 @@ import time
 
 import grpc
 
+from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
+from tandem.sampling import SparseDist
 from tandem.wire.v1 import edge_pb2 as pb
 from tandem.wire.v1 import edge_pb2_grpc
 
+__all__ = ["DecodeStream", "EdgeConnection", "EdgeError", "EdgeUnreachable", "GrpcSession"]
+
 MAX_MESSAGE_BYTES = 16 << 20
-# A session is opened, or its stream broken by the link (radio link down, proxy reset) replaced, within this long.
-RESUME_WITHIN_S = 60.0
 # The link may still be down (UNAVAILABLE), or the edge may not yet have noticed that the old stream is gone
 # (ABORTED: the session is still attached to it).
 RETRY_ATTACH_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
@@ -28,22 +31,14 @@ RETRY_ATTACH_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 RECONNECT_BACKOFF_MS = {"initial": 100, "min": 100, "max": 1000}
 
 
-class EdgeError(Exception):
-    """The edge ended a call with an error status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
 class EdgeUnreachable(Exception):
     pass
 
 
-class EdgeConnection:
-    def __init__(self, address: str, connect_timeout: float = 10.0) -> None:
+class EdgeConnection(EdgeHandle):
+    def __init__(self, address: str, connect_timeout: float = 10.0, name: str | None = None) -> None:
         self.address = address
+        self.name = name or address
         self.connect_timeout = connect_timeout
         self.channel = grpc.insecure_channel(
             address,
@@ -51,6 +46,9 @@ class EdgeConnection:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 *((f"grpc.{bound}_reconnect_backoff_ms", ms) for bound, ms in RECONNECT_BACKOFF_MS.items()),
+                # A connection of its own: behind a radio link emulator, connections to one address reach whichever
+                # edge the user was associated with when they were made, so two handles must not share one.
+                ("grpc.use_local_subchannel_pool", 1),
             ],
         )
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
@@ -82,10 +80,20 @@ class EdgeConnection:
     def open_stream(self) -> "DecodeStream":
         return DecodeStream(self.stub)
 
-    def attach(self, session_id: str, within_s: float = RESUME_WITHIN_S) -> tuple["DecodeStream", list[int]]:
-        """A new stream attached to ``session_id``, and the tokens the edge committed after the prompt."""
-        stream, opened = self.start_stream(pb.DeviceMessage(attach=pb.Attach(session_id=session_id)), within_s)
-        return stream, list(opened.committed_token_ids)
+    def open(self, spec: SessionSpec, within_s: float = RESUME_WITHIN_S) -> "GrpcSession":
+        open_message = pb.Open(
+            prompt_token_ids=spec.prompt,
+            sampling=pb.SamplingParams(temperature=spec.sampling.temperature, top_k=spec.sampling.top_k,
+                                       top_p=spec.sampling.top_p, seed=spec.sampling.seed),
+            mode=pb.MODE_SPECULATIVE if spec.speculative else pb.MODE_EDGE_ONLY,
+            draft_length=spec.draft_length, max_new_tokens=spec.max_new_tokens, stop_token_ids=spec.stop_ids,
+            tokenizer_fingerprint=spec.tokenizer_fingerprint)
+        if spec.user is not None:
+            open_message.user = spec.user
+        return GrpcSession(*self.start_stream(pb.DeviceMessage(open=open_message), within_s))
+
+    def attach(self, session_id: str, within_s: float = RESUME_WITHIN_S) -> "GrpcSession":
+        return GrpcSession(*self.start_stream(pb.DeviceMessage(attach=pb.Attach(session_id=session_id)), within_s))
 
     def start_stream(self, first: pb.DeviceMessage,
                      within_s: float = RESUME_WITHIN_S) -> tuple["DecodeStream", pb.SessionOpened]:
@@ -173,3 +181,61 @@ class DecodeStream:
             self._inbox.put(None)
         except grpc.RpcError as error:
             self._inbox.put(EdgeError(error.code(), error.details() or ""))
+
+
+class GrpcSession(EdgeSession):
+    def __init__(self, stream: DecodeStream, opened: pb.SessionOpened) -> None:
+        self._stream = stream
+        self.id = opened.session_id
+        self.committed = list(opened.committed_token_ids)
+
+    @property
+    def bytes_up(self) -> int:
+        return self._stream.bytes_up
+
+    @property
+    def bytes_down(self) -> int:
+        return self._stream.bytes_down
+
+    def send_block(self, position: int, tokens: list[int], dists: list[SparseDist] | None) -> None:
+        self._stream.send(pb.DeviceMessage(draft=pb.DraftBlock(
+            position=position, token_ids=tokens,
+            draft_distributions=[pb.SparseDistribution(token_ids=d.token_ids.tolist(), probs=d.probs.tolist())
+                                 for d in dists or ()])))
+
+    def poll(self) -> Verdict | None:
+        message = self._stream.poll()
+        return None if message is None else _verdict(message)
+
+    def receive_verdict(self) -> Verdict:
+        return _verdict(self._stream.receive())
+
+    def receive_tokens(self) -> list[int] | None:
+        message = self._stream.receive()
+        if message.WhichOneof("kind") == "closed":
+            self._stream.finish()
+            return None
+        return list(_expect(message, "tokens").tokens.token_ids)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._stream.send(pb.DeviceMessage(close=pb.Close()))
+        try:
+            _expect(self._stream.receive(timeout), "closed")
+        except TimeoutError:
+            raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"no answer to close within {timeout} s") from None
+        self._stream.finish()
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
+def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
+    if message.WhichOneof("kind") != kind:
+        raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: expected {kind}, got {message.WhichOneof('kind')}")
+    return message
+
+
+def _verdict(message: pb.EdgeMessage) -> Verdict:
+    verdict = _expect(message, "verdict").verdict
+    return Verdict(verdict.position, verdict.accepted, verdict.next_token_id, verdict.verify_seconds,
+                   verdict.queue_seconds)

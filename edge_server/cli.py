@@ -26,6 +26,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session ends (default 60)")
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted (default 4 MiB)")
     parser.add_argument("--batch-window", type=float, help="seconds to wait for other sessions' blocks (0.002)")
+    parser.add_argument("--step-tokens", type=int, help="target work in tokens one engine step may batch; "
+                        "compute shares are enforced step by step (default 64)")
+    parser.add_argument("--edge-id", type=int, help="this edge's index in the controller's topology (reported "
+                        "to devices in GetInfo)")
     parser.add_argument("--verification-log", type=Path, metavar="FILE",
                         help="append one JSON line per verified block: drafts, draft and target probabilities, "
                         "verdict (to replay decisions and compare runs; off by default)")
@@ -50,7 +54,8 @@ def run_serve(args: argparse.Namespace) -> int:
             "model": args.model, "data_dir": args.data_dir, "max_sessions": args.max_sessions,
             "max_context": args.max_context, "max_draft_length": args.max_draft_length,
             "idle_timeout_s": args.idle_timeout, "max_message_bytes": args.max_message_bytes,
-            "batch_window_s": args.batch_window, "verification_log": args.verification_log,
+            "batch_window_s": args.batch_window, "step_tokens": args.step_tokens, "edge_id": args.edge_id,
+            "verification_log": args.verification_log,
             "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,
             "vllm.enforce_eager": None if args.compile is None else not args.compile,
             "vllm.kv_cache_gib": args.kv_cache_gib, "llamacpp.threads": args.threads,

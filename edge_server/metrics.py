@@ -39,4 +39,12 @@ class EdgeMetrics:
             "tandem_edge_received_bytes_total", "Protobuf payload bytes from devices", registry=r
         )
         self.bytes_sent = Counter("tandem_edge_sent_bytes_total", "Protobuf payload bytes to devices", registry=r)
+        self.served_tokens = Counter(
+            "tandem_edge_served_tokens_total", "Target work done, in tokens, by the user who paid for it", ["user"],
+            registry=r)
+        self.best_effort_jobs = Counter(
+            "tandem_edge_best_effort_jobs_total", "Jobs of users without a compute share on this edge", registry=r)
+        self.compute_share = Gauge("tandem_edge_compute_share", "Compute share in force by user", ["user"], registry=r)
+        self.shares_version = Gauge("tandem_edge_shares_version", "Version of the compute shares in force",
+                                    registry=r)
         self.errors = Counter("tandem_edge_rejected_total", "Requests ended with an error status", ["code"], registry=r)

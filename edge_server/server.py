@@ -12,16 +12,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from edge_server.audit import VerificationLogWriter
-from edge_server.batcher import VerifyBatcher
+from edge_server.compute_shares import ComputeShares
 from edge_server.config import EdgeConfig
+from edge_server.control import EdgeControlServicer
 from edge_server.engines import make_engine
 from edge_server.metrics import EdgeMetrics
-from edge_server.service import EdgeServicer
+from edge_server.scheduler import ShareScheduler
+from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
-from tandem.wire.v1 import edge_pb2, edge_pb2_grpc
+from edge_server.verification import Verifier
+from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
+CONTROL_SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EdgeControl"].full_name
 
 
 async def serve(config: EdgeConfig) -> None:
@@ -30,20 +34,24 @@ async def serve(config: EdgeConfig) -> None:
     await engine.start()
     metrics = EdgeMetrics()
     registry = SessionRegistry(config.max_sessions, config.idle_timeout_s)
-    batcher = VerifyBatcher(engine, metrics, config.batch_window_s)
+    shares = ComputeShares(config.edge_id or 0)
+    scheduler = ShareScheduler(engine, shares, metrics, config.step_tokens, config.batch_window_s)
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
+    verifier = Verifier(engine, scheduler, metrics, audit)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ]
     )
+    reply = info_reply(verifier, config.max_draft_length, config.max_sessions, config.edge_id)
     edge_pb2_grpc.add_EdgeServiceServicer_to_server(
-        EdgeServicer(engine, registry, batcher, metrics, config.max_draft_length, audit), server
-    )
+        EdgeServicer(verifier, registry, metrics, reply, config.max_draft_length), server)
+    control_pb2_grpc.add_EdgeControlServicer_to_server(
+        EdgeControlServicer(shares, scheduler, registry, verifier, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((SERVICE_NAME, CONTROL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     metrics_note = ""
     if config.metrics_port is not None:
@@ -52,7 +60,7 @@ async def serve(config: EdgeConfig) -> None:
     await server.start()
     for name in (SERVICE_NAME, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    tasks = [asyncio.create_task(batcher.run_forever()), asyncio.create_task(registry.reap_forever())]
+    tasks = [asyncio.create_task(scheduler.run_forever()), asyncio.create_task(registry.reap_forever())]
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tandem.sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from edge_server.checks import SessionRequest
 
 
 class SessionError(Exception):
@@ -31,6 +35,7 @@ class Session:
     sampling: SamplingConfig
     speculative: bool
     draft_length: int
+    user: int | None = None  # whose compute share pays for its verifications
     last_active: float = field(default_factory=time.monotonic)
     attached: bool = True
 
@@ -49,9 +54,7 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(
-        self, prompt: list[int], sampling: SamplingConfig, speculative: bool, draft_length: int
-    ) -> Session:
+    def open(self, request: "SessionRequest") -> Session:
         self.reap()
         if len(self._sessions) >= self.max_sessions:
             raise SessionError(
@@ -59,14 +62,18 @@ class SessionRegistry:
             )
         session = Session(
             id=uuid.uuid4().hex,
-            tokens=list(prompt),
-            prompt_length=len(prompt),
-            sampling=sampling,
-            speculative=speculative,
-            draft_length=draft_length,
+            tokens=list(request.prompt),
+            prompt_length=len(request.prompt),
+            sampling=request.sampling,
+            speculative=request.speculative,
+            draft_length=request.draft_length,
+            user=request.user,
         )
         self._sessions[session.id] = session
         return session
+
+    def sessions_by_user(self) -> Counter[int | None]:
+        return Counter(session.user for session in self._sessions.values())
 
     def attach(self, session_id: str) -> Session:
         self.reap()

@@ -10,14 +10,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tandem.addresses import ADDRESS_PATTERN, split_address
 from tandem.shares import check_shares
 
-ADDRESS_PATTERN = r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+__all__ = ["ADDRESS_PATTERN", "EdgeTarget", "LinkEmuConfig", "UserLink", "split_address"]
 
 
 class EdgeTarget(BaseModel):

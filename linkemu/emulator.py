@@ -81,8 +81,10 @@ class LinkEmulator:
         """Per-pair SINR of the slot playing at ``now``: what the devices would measure and report."""
         slot = self.clock.slot(self.clock.tick(now))
         down, up = self.trace.sinr_db[0, slot], self.trace.sinr_db[1, slot]
+        se_down, se_up = self.trace.se[0, slot], self.trace.se[1, slot]
         return pb.MeasurementReport(slot=slot, slot_s=self.trace.slot_s, pairs=[
-            pb.PairMeasurement(user=user, edge=edge, sinr_down_db=down[user, edge], sinr_up_db=up[user, edge])
+            pb.PairMeasurement(user=user, edge=edge, sinr_down_db=down[user, edge], sinr_up_db=up[user, edge],
+                               se_down=se_down[user, edge], se_up=se_up[user, edge])
             for user in self.assignments.snapshot() for edge in range(self.trace.metadata.num_edges)])
 
     def refresh_gauges(self, report: pb.MeasurementReport, now: float) -> None:

@@ -6,4 +6,5 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root}"
 python -m grpc_tools.protoc -I "$root/proto" --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
-  "$root/proto/tandem/wire/v1/edge.proto" "$root/proto/tandem/wire/v1/linkemu.proto"
+  "$root/proto/tandem/wire/v1/edge.proto" "$root/proto/tandem/wire/v1/linkemu.proto" \
+  "$root/proto/tandem/wire/v1/control.proto"

@@ -16,6 +16,7 @@ EDGE_READY = re.compile(
 LINKEMU_READY = re.compile(r"linkemu ready: user (?P<user>\d+) on (?P<address>[^\s]+) ->")
 METRICS_NOTE = re.compile(r"metrics on http://[^\s]+:(?P<metrics>\d+)/metrics")
 LINKEMU_CONTROL = re.compile(r"linkemu control on (?P<address>[^\s]+)")
+CONTROLLER_READY = re.compile(r"controller ready on (?P<address>[^\s]+) ")
 
 
 def vllm_cores(limit: int = 2) -> str:
@@ -92,6 +93,13 @@ class DaemonProcess:
                 self.process.wait()
 
 
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up (what a crash looks like)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 class EdgeProcess(DaemonProcess):
     """`python -m edge_server ARGS --port 0`; ``address`` is set once it printed its ready line."""
 
@@ -138,3 +146,17 @@ class LinkEmuProcess(DaemonProcess):
             if metrics := METRICS_NOTE.search(line):
                 self.metrics_port = int(metrics["metrics"])
         return len(self.addresses) >= self.num_users
+
+
+class ControllerProcess(DaemonProcess):
+    """`python -m controller ARGS`; ``address`` is set once it printed its ready line."""
+
+    module = "controller"
+    address: str | None = None
+
+    def _on_line(self, line: str) -> bool:
+        if match := CONTROLLER_READY.search(line):
+            self.address = match["address"]
+            if metrics := METRICS_NOTE.search(line):
+                self.metrics_port = int(metrics["metrics"])
+        return self.address is not None

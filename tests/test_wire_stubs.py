@@ -13,7 +13,7 @@ def test_committed_stubs_are_current(tmp_path):
         ["bash", str(ROOT / "proto" / "generate.sh"), str(tmp_path)], check=True,
         env={"PATH": f"{env_path}:/usr/bin:/bin"},
     )
-    for name in [f"{contract}{suffix}" for contract in ("edge", "linkemu") for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]:
+    for name in [f"{contract}{suffix}" for contract in ("edge", "linkemu", "control") for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]:
         fresh = (tmp_path / "tandem" / "wire" / "v1" / name).read_text()
         committed = (ROOT / "tandem" / "wire" / "v1" / name).read_text()
         assert fresh == committed, f"{name} is stale: run `bash proto/generate.sh`"

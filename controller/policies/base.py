@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from controller.estimator import EdgeState, UserState, latency_seconds, pair_costs
+from controller.estimator import EdgeState, UserState, latency_seconds, pair_costs, round_seconds
 from tandem.shares import check_shares
 
 
@@ -65,14 +65,19 @@ class Decision:
 
     def estimated_latency(self, observation: Observation, parallel: bool = True) -> np.ndarray:
         """Each user's estimated remaining latency under this decision (in ``observation.users`` order)."""
+        return latency_seconds(*self._estimator_inputs(observation), parallel)
+
+    def estimated_round_seconds(self, observation: Observation, parallel: bool = True) -> np.ndarray:
+        """Each user's estimated round time under this decision (in ``observation.users`` order)."""
+        return round_seconds(*self._estimator_inputs(observation), parallel)
+
+    def _estimator_inputs(self, observation: Observation) -> tuple:
         position = {e.edge: i for i, e in enumerate(observation.edges)}
         by_user = {a.user: a for a in self.allocations}
         chosen = [by_user[u.user] for u in observation.users]
-        return latency_seconds(pair_costs(list(observation.users), list(observation.edges)),
-                               np.arange(len(chosen)), np.array([position[a.edge] for a in chosen], dtype=int),
-                               np.array([a.bandwidth_share for a in chosen]),
-                               np.array([a.compute_share for a in chosen]),
-                               parallel)
+        return (pair_costs(list(observation.users), list(observation.edges)), np.arange(len(chosen)),
+                np.array([position[a.edge] for a in chosen], dtype=int),
+                np.array([a.bandwidth_share for a in chosen]), np.array([a.compute_share for a in chosen]))
 
 
 class Policy(ABC):

@@ -35,3 +35,14 @@ class RandomEqual(Policy):
     def decide(self, observation: Observation) -> Decision:
         rng = np.random.default_rng([self.seed, observation.slot])
         return equal_shares(observation, rng.integers(0, len(observation.edges), len(observation.users)))
+
+
+class Alternate(Policy):
+    """Moves every user to the next edge each slot, equal shares: a diagnostic that exercises migration (user i
+    is on edge (i + slot) mod E), not a policy to run."""
+
+    name = "alternate"
+
+    def decide(self, observation: Observation) -> Decision:
+        users = np.arange(len(observation.users))
+        return equal_shares(observation, (users + observation.slot) % len(observation.edges))

@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EdgeInfo(_message.Message):
-    __slots__ = ("engine", "model", "vocab_size", "tokenizer_fingerprint", "max_context", "max_draft_length", "max_top_k", "max_sessions", "protocol_version")
+    __slots__ = ("engine", "model", "vocab_size", "tokenizer_fingerprint", "max_context", "max_draft_length", "max_top_k", "max_sessions", "protocol_version", "edge_id")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class EdgeInfo(_message.Message):
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     engine: str
     model: str
     vocab_size: int
@@ -40,7 +41,8 @@ class EdgeInfo(_message.Message):
     max_top_k: int
     max_sessions: int
     protocol_version: str
-    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_context: _Optional[int] = ..., max_draft_length: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_sessions: _Optional[int] = ..., protocol_version: _Optional[str] = ...) -> None: ...
+    edge_id: int
+    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_context: _Optional[int] = ..., max_draft_length: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_sessions: _Optional[int] = ..., protocol_version: _Optional[str] = ..., edge_id: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")
@@ -55,7 +57,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("prompt_token_ids", "sampling", "mode", "draft_length", "max_new_tokens", "stop_token_ids", "tokenizer_fingerprint")
+    __slots__ = ("prompt_token_ids", "sampling", "mode", "draft_length", "max_new_tokens", "stop_token_ids", "tokenizer_fingerprint", "user")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,7 @@ class Open(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
     mode: Mode
@@ -70,7 +73,8 @@ class Open(_message.Message):
     max_new_tokens: int
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokenizer_fingerprint: str
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
+    user: int
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ..., user: _Optional[int] = ...) -> None: ...
 
 class Attach(_message.Message):
     __slots__ = ("session_id",)
@@ -161,14 +165,16 @@ class EdgeMessage(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., closed: _Optional[_Union[Closed, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("token_ids", "start", "top_n")
+    __slots__ = ("token_ids", "start", "top_n", "user")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     start: int
     top_n: int
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., top_n: _Optional[int] = ...) -> None: ...
+    user: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., top_n: _Optional[int] = ..., user: _Optional[int] = ...) -> None: ...
 
 class PositionScore(_message.Message):
     __slots__ = ("token_id", "token_logprob", "top_ids", "top_logprobs")

@@ -11,16 +11,20 @@ class WatchMeasurementsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PairMeasurement(_message.Message):
-    __slots__ = ("user", "edge", "sinr_down_db", "sinr_up_db")
+    __slots__ = ("user", "edge", "sinr_down_db", "sinr_up_db", "se_down", "se_up")
     USER_FIELD_NUMBER: _ClassVar[int]
     EDGE_FIELD_NUMBER: _ClassVar[int]
     SINR_DOWN_DB_FIELD_NUMBER: _ClassVar[int]
     SINR_UP_DB_FIELD_NUMBER: _ClassVar[int]
+    SE_DOWN_FIELD_NUMBER: _ClassVar[int]
+    SE_UP_FIELD_NUMBER: _ClassVar[int]
     user: int
     edge: int
     sinr_down_db: float
     sinr_up_db: float
-    def __init__(self, user: _Optional[int] = ..., edge: _Optional[int] = ..., sinr_down_db: _Optional[float] = ..., sinr_up_db: _Optional[float] = ...) -> None: ...
+    se_down: float
+    se_up: float
+    def __init__(self, user: _Optional[int] = ..., edge: _Optional[int] = ..., sinr_down_db: _Optional[float] = ..., sinr_up_db: _Optional[float] = ..., se_down: _Optional[float] = ..., se_up: _Optional[float] = ...) -> None: ...
 
 class MeasurementReport(_message.Message):
     __slots__ = ("slot", "slot_s", "pairs")

@@ -1,0 +1,202 @@
+"""`tandem controller serve | status` and `tandem policy list | show | set`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, build_config, fail
+
+DEFAULT_CONTROLLER = "127.0.0.1:50070"
+PARAM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
+CALL_TIMEOUT_S = 10.0
+
+
+def add_controller_commands(commands: argparse._SubParsersAction) -> None:
+    controller = commands.add_parser("controller", help="the control plane: user association and resource "
+                                     "allocation every slot")
+    actions = controller.add_subparsers(dest="controller_command", metavar="ACTION", required=True)
+    serve = actions.add_parser(
+        "serve", help="run the controller daemon",
+        description="Every slot, gather SINR/spectral efficiency per user-edge pair (from the link emulator), edge "
+        "load and device reports; run the active policy; push the versioned decision: association and bandwidth "
+        "share to the link emulator, compute shares to each edge, allocations to the devices. The topology comes "
+        "from --config (YAML, docs/controller.md); topology, active policy and the latest decision persist in "
+        "--state and a restart resumes from them. Prints 'controller ready on HOST:PORT' and serves until "
+        "SIGINT/SIGTERM.")
+    serve.add_argument("--config", type=Path, help="topology and settings (YAML); without it the topology stored "
+                       "in --state is used")
+    serve.add_argument("--state", type=Path, help="SQLite state file (default <data-dir>/controller.sqlite)")
+    serve.add_argument("--data-dir", type=Path, help="default $TANDEM_DATA_DIR or ~/.cache/tandem")
+    serve.add_argument("--listen", help=f"gRPC address HOST:PORT (default {DEFAULT_CONTROLLER}; port 0 = any)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = any; default off)")
+    serve.add_argument("--linkemu", metavar="HOST:PORT", help="the link emulator's control address")
+    serve.add_argument("--slot", type=float, help="seconds between decisions (default 1)")
+    serve.add_argument("--policy", help="start with this policy (default: the stored one, else the config's, "
+                       "else tma-equal)")
+    serve.add_argument("--admin-token-file", type=Path, help="file holding the admin token (else "
+                       "$TANDEM_ADMIN_TOKEN, else one is made beside the state file)")
+    serve.set_defaults(handler=run_serve)
+
+    status = actions.add_parser("status", help="association table, shares, policy, last decision")
+    _add_address(status)
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    status.set_defaults(handler=run_status)
+
+
+def add_policy_commands(commands: argparse._SubParsersAction) -> None:
+    policy = commands.add_parser("policy", help="list, show and swap the controller's policy (admin token needed)")
+    actions = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="the policies installed on the controller")
+    show = actions.add_parser("show", help="the active policy and its parameters")
+    swap = actions.add_parser("set", help="make NAME the active policy from the next slot on",
+                              description="Swap the controller's policy at run time; sessions keep running. "
+                              "The token comes from --admin-token-file or $TANDEM_ADMIN_TOKEN.")
+    swap.add_argument("name", help="policy name (see `tandem policy list`)")
+    swap.add_argument("--checkpoint", help="checkpoint directory of a learned policy")
+    swap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="a parameter of the policy (repeatable; numbers and true/false are parsed)")
+    for parser, handler in ((listing, run_policy_list), (show, run_policy_show), (swap, run_policy_set)):
+        _add_address(parser)
+        parser.add_argument("--admin-token-file", type=Path, help="file holding the admin token "
+                            "(default $TANDEM_ADMIN_TOKEN)")
+        parser.set_defaults(handler=handler)
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--controller", default=DEFAULT_CONTROLLER,
+                        help=f"controller address HOST:PORT (default {DEFAULT_CONTROLLER})")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from controller.auth import TokenError
+    from controller.config import ControllerConfig, PolicySpec
+    from controller.policies import make_policy
+    from controller.server import StartError, serve
+    from controller.state import ControllerState, StateError
+    from tandem.models import default_data_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    state_path = args.state or (args.data_dir or default_data_dir()) / "controller.sqlite"
+    try:
+        state = ControllerState(state_path)
+        stored = state.load_topology()
+        if args.config is None and stored is None:
+            raise UsageError(f"no --config given and no topology stored in {state_path}")
+        base = None if args.config else stored
+        config = build_config(ControllerConfig, args.config, {
+            **(base or {}), "listen": args.listen, "metrics_port": args.metrics_port, "linkemu": args.linkemu,
+            "slot_s": args.slot, "state": state_path, "admin_token_file": args.admin_token_file})
+        if args.policy:
+            spec = PolicySpec(name=args.policy, seed=config.policy.seed)
+            make_policy(spec.name, spec.seed)  # refuse an unknown name now, not in the loop
+            state.save_policy(spec)
+        asyncio.run(serve(config, state))
+    except (UsageError, StateError, TokenError, StartError, ValueError) as error:
+        return fail(str(error), EXIT_USAGE)
+    return EXIT_OK
+
+
+def _call(args: argparse.Namespace, method: str, request, admin: bool = False):
+    """One unary call to the controller; (reply, None) or (None, exit code after printing the reason)."""
+    import grpc
+
+    from controller.auth import TokenError, client_token
+    from tandem.wire.v1 import control_pb2_grpc
+
+    metadata = None
+    if admin:
+        try:
+            token = client_token(args.admin_token_file)
+        except TokenError as error:
+            return None, fail(str(error), EXIT_USAGE)
+        if token is None:
+            return None, fail("no admin token: give --admin-token-file or set $TANDEM_ADMIN_TOKEN", EXIT_USAGE)
+        metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(args.controller) as channel:
+        stub = (control_pb2_grpc.ControllerAdminStub if admin else control_pb2_grpc.ControllerStub)(channel)
+        try:
+            return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S, metadata=metadata), None
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None, fail(f"cannot reach the controller at {args.controller} ({error.code().name}); is "
+                                  f"`tandem controller serve` running?", EXIT_UNREACHABLE)
+            code = EXIT_USAGE if error.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
+            return None, fail(f"the controller refused: {error.code().name}: {error.details()}", code)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from tandem.wire.v1 import control_pb2 as pb
+
+    status, code = _call(args, "GetStatus", pb.StatusRequest())
+    if status is None:
+        return code
+    if args.json:
+        print(json.dumps(MessageToDict(status, preserving_proto_field_name=True)))
+        return EXIT_OK
+    age = f"{time.time() - status.decided_at:.1f} s ago" if status.decided_at else "none yet"
+    params = " ".join(f"{k}={v}" for k, v in sorted(status.policy_params.items()))
+    print(f"policy {status.policy} {params}".rstrip())
+    print(f"decision version {status.version}, slot {status.slot}, {age}, policy time "
+          f"{status.decision_seconds * 1000:.2f} ms, estimated mean latency {status.estimated_mean_latency_s:.3f} s")
+    print(f"{'edge':>4}  {'address':<22} {'healthy':<8} {'sessions':>8} {'queue':>5} {'shares v':>8}")
+    for e in status.edges:
+        print(f"{e.edge:>4}  {e.address:<22} {'yes' if e.healthy else 'NO':<8} {e.sessions:>8} {e.queue_depth:>5} "
+              f"{e.shares_version:>8}")
+    print(f"{'user':>4}  {'edge':>4} {'bandwidth':>9} {'compute':>8} {'draft':>5}")
+    for a in status.allocations:
+        print(f"{a.user:>4}  {a.edge:>4} {a.bandwidth_share:>9.3f} {a.compute_share:>8.3f} {a.draft_length:>5}")
+    return EXIT_OK
+
+
+def run_policy_list(args: argparse.Namespace) -> int:
+    from tandem.wire.v1 import control_pb2 as pb
+
+    listing, code = _call(args, "ListPolicies", pb.ListPoliciesRequest(), admin=True)
+    if listing is None:
+        return code
+    for policy in listing.policies:
+        print(f"{'*' if policy.active else ' '} {policy.name:<16} {policy.description}")
+    return EXIT_OK
+
+
+def run_policy_show(args: argparse.Namespace) -> int:
+    from tandem.wire.v1 import control_pb2 as pb
+
+    info, code = _call(args, "GetPolicy", pb.GetPolicyRequest(), admin=True)
+    if info is None:
+        return code
+    _print_policy(info)
+    return EXIT_OK
+
+
+def run_policy_set(args: argparse.Namespace) -> int:
+    from tandem.wire.v1 import control_pb2 as pb
+
+    params = {}
+    for item in args.param:
+        match = PARAM.match(item)
+        if match is None:
+            return fail(f"--param {item!r}: expected KEY=VALUE with KEY an identifier", EXIT_USAGE)
+        params[match["key"]] = match["value"]
+    info, code = _call(args, "SetPolicy", pb.SetPolicyRequest(name=args.name, checkpoint=args.checkpoint or "",
+                                                               params=params), admin=True)
+    if info is None:
+        return code
+    _print_policy(info)
+    return EXIT_OK
+
+
+def _print_policy(info) -> None:
+    params = " ".join(f"{k}={v}" for k, v in sorted(info.params.items()))
+    print(f"{info.name} {params}".rstrip())
+    if info.description:
+        print(f"  {info.description}", file=sys.stdout)

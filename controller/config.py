@@ -1,0 +1,85 @@
+"""The controller's configuration: the topology it decides over and how it runs (docs/controller.md).
+
+Edge and user ids are the indices of the channel trace the link emulator replays, so that the SINR reports, the
+emulator's assignments and the controller's decisions all speak of the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tandem.addresses import ADDRESS_PATTERN
+
+ADMIN_TOKEN_ENV = "TANDEM_ADMIN_TOKEN"
+
+
+class EdgeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=0, description="the edge's index in the trace")
+    address: str = Field(pattern=ADDRESS_PATTERN, description="the edge daemon's gRPC address (EdgeService and "
+                         "EdgeControl)")
+    bandwidth_hz: float = Field(20e6, gt=0, allow_inf_nan=False, description="B_e: the edge's radio bandwidth")
+    compute: float = Field(200.0, gt=0, allow_inf_nan=False, description="C_e: verification work per second, in "
+                           "tokens of a block (a block of k tokens costs k + 1)")
+    capacity: int = Field(16, ge=1, description="most users the edge may serve at once")
+
+
+class UserSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=0, description="the user's index in the trace")
+    draft_length: int = Field(4, ge=1, le=256, description="tokens per drafted block the controller asks for")
+    rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip of the user's link")
+
+
+class Assumptions(BaseModel):
+    """What the controller assumes of a user until the device reports its own figures."""
+
+    model_config = ConfigDict(extra="forbid")
+    draft_seconds_per_token: float = Field(0.02, gt=0, le=10, allow_inf_nan=False)
+    acceptance: float = Field(0.7, ge=0, le=1, allow_inf_nan=False)
+    pending_tokens: int = Field(128, ge=0)
+    spectral_efficiency: float = Field(4.0, ge=0, le=20, allow_inf_nan=False, description="bit/s/Hz of every "
+                                       "pair when no link emulator reports measurements")
+
+
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "tma-equal"
+    seed: int = Field(0, ge=0)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class ControllerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    edges: list[EdgeSpec] = Field(min_length=1)
+    users: list[UserSpec] = Field(min_length=1)
+    linkemu: str | None = Field(None, pattern=ADDRESS_PATTERN, description="the link emulator's LinkControl "
+                                "address: measurements in, assignments out (default: none, static spectral "
+                                "efficiency)")
+    slot_s: float = Field(1.0, ge=0.05, le=3600, allow_inf_nan=False, description="seconds between decisions")
+    failover_after_s: float = Field(3.0, gt=0, le=3600, allow_inf_nan=False, description="an edge that fails its "
+                                    "load probes this long is taken out of the topology; its users move")
+    policy: PolicySpec = PolicySpec()
+    assume: Assumptions = Assumptions()
+    listen: str = Field("127.0.0.1:50070", pattern=ADDRESS_PATTERN)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    state: Path | None = Field(None, description="SQLite file of topology, policy and the latest decision "
+                               "(default <data-dir>/controller.sqlite)")
+    admin_token_file: Path | None = Field(None, description=f"file holding the admin token (else ${ADMIN_TOKEN_ENV};"
+                                          f" else one is made beside the state file)")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ControllerConfig":
+        for what, ids in (("edge", [e.id for e in self.edges]), ("user", [u.id for u in self.users])):
+            if duplicated := [i for i, n in Counter(ids).items() if n > 1]:
+                raise ValueError(f"{what} id listed twice: {duplicated[0]}")
+        return self
+
+    def edge(self, edge_id: int) -> EdgeSpec:
+        return next(e for e in self.edges if e.id == edge_id)
+
+    def topology_json(self) -> str:
+        return self.model_dump_json(include={"edges", "users", "linkemu", "slot_s", "failover_after_s", "assume"})

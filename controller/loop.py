@@ -1,0 +1,173 @@
+"""The controller's slot loop: probe, observe, decide, check, persist, push.
+
+Every slot: probe each edge's load (an edge failing its probes for ``failover_after_s`` leaves the topology, so
+the policy moves its users: a failover), build the observation from the newest telemetry, run the active policy,
+check the decision against the share rules, give it the next version, persist it, and push it — association and
+bandwidth share to the link emulator, compute shares to each edge, allocations to the devices' watches.  A
+policy that fails or decides something invalid leaves the last decision in force (and is counted); a component
+that misses a push gets the full state again with the next slot's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from controller.board import AllocationBoard
+from controller.clients import EdgeClient, LinkEmuClient, PushRefused
+from controller.config import ControllerConfig, PolicySpec
+from controller.metrics import ControllerMetrics
+from controller.policies import make_policy
+from controller.policies.base import Decision, Observation, Policy
+from controller.state import ControllerState, VersionedDecision
+from controller.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class ControlLoop:
+    def __init__(self, config: ControllerConfig, state: ControllerState, policy: PolicySpec,
+                 metrics: ControllerMetrics) -> None:
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.telemetry = Telemetry(config)
+        self.board = AllocationBoard()
+        self.edges = {edge.id: EdgeClient(edge.id, edge.address) for edge in config.edges}
+        self.linkemu = LinkEmuClient(config.linkemu) if config.linkemu else None
+        self.policy_spec = policy
+        self.policy = self._make(policy)
+        self.latest: VersionedDecision | None = state.load_decision()
+        self.slot = self.latest.decision.slot + 1 if self.latest else 0
+        self.decision_seconds = 0.0
+        self.estimated_mean_latency = 0.0
+        self._association_changed = False
+        self._probe_timeout = min(0.5, config.slot_s / 2)
+        metrics.policy.labels(policy.name).set(1)
+
+    @staticmethod
+    def _make(spec: PolicySpec) -> Policy:
+        return make_policy(spec.name, spec.seed, **spec.params)
+
+    def set_policy(self, spec: PolicySpec) -> Policy:
+        """Swap the active policy (it decides the next slot); ValueError, and nothing changes, when it cannot be
+        made."""
+        policy = self._make(spec)
+        self.state.save_policy(spec)
+        self.metrics.policy.clear()
+        self.metrics.policy.labels(spec.name).set(1)
+        self.policy_spec, self.policy = spec, policy
+        log.info("policy set: %s %s", spec.name, spec.params or "")
+        return policy
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self.linkemu.watch(self.telemetry.record_measurements)) if self.linkemu else None
+        try:
+            if self.latest is not None:  # resumed from the state file: let every component reconcile at once
+                log.info("resuming from decision version %d (slot %d)", self.latest.version, self.latest.decision.slot)
+                await self.push(self.latest)
+            while True:
+                began = time.monotonic()
+                await self.step()
+                await asyncio.sleep(max(0.0, began + self.config.slot_s - time.monotonic()))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def step(self) -> None:
+        await self.probe_edges()
+        try:
+            observation = self.telemetry.observation(self.slot)
+        except ValueError as error:
+            log.error("slot %d: no decision: %s", self.slot, error)
+            self.metrics.decision_errors.labels("observation").inc()
+            return
+        began = time.perf_counter()
+        try:
+            decision = self.policy.decide(observation)
+            decision.check(observation)
+        except Exception as error:  # a policy is user code: its failure must not stop the control plane
+            log.error("slot %d: policy %s failed (%s); the last decision stays in force", self.slot,
+                      self.policy_spec.name, error)
+            self.metrics.decision_errors.labels("policy").inc()
+            return
+        self.decision_seconds = time.perf_counter() - began
+        self.metrics.decision_seconds.observe(self.decision_seconds)
+        self._count_moves(decision)
+        version = (self.latest.version if self.latest else 0) + 1
+        self.latest = VersionedDecision(version, time.time(), decision)
+        self.state.save_decision(self.latest)
+        self.slot += 1
+        self._record(observation, decision)
+        await self.push(self.latest)
+
+    async def probe_edges(self) -> None:
+        loads = await asyncio.gather(*(client.load(self._probe_timeout) for client in self.edges.values()))
+        for edge, load in zip(self.edges, loads):
+            if self.telemetry.probe_result(edge, load):
+                state = "back" if self.telemetry.edges[edge].healthy else "down: its users move"
+                log.warning("edge %d %s", edge, state)
+            self.metrics.edge_healthy.labels(str(edge)).set(1 if self.telemetry.edges[edge].healthy else 0)
+
+    async def push(self, decision: VersionedDecision) -> None:
+        allocations = decision.decision.allocations
+        if self.linkemu is not None:
+            carried = {user for user, _ in self.telemetry.spectral_efficiency}
+            try:
+                await self.linkemu.assign([a for a in allocations if a.user in carried], self._probe_timeout)
+            except PushRefused as error:
+                log.error("assignment not applied: %s", error)
+                self.metrics.push_errors.labels("linkemu").inc()
+        healthy = set(self.telemetry.healthy_edges())
+        pushes = {edge: client.set_shares(decision.version, {a.user: a.compute_share for a in allocations
+                                                             if a.edge == edge}, self._probe_timeout)
+                  for edge, client in self.edges.items() if edge in healthy}
+        for edge, outcome in zip(pushes, await asyncio.gather(*pushes.values(), return_exceptions=True)):
+            if isinstance(outcome, Exception):
+                log.error("compute shares not applied on edge %d: %s", edge, outcome)
+                self.metrics.push_errors.labels("edge").inc()
+        await self.board.publish(decision)
+
+    def _count_moves(self, decision: Decision) -> None:
+        before = {a.user: a.edge for a in self.latest.decision.allocations} if self.latest else {}
+        self._association_changed = before != {a.user: a.edge for a in decision.allocations}
+        for allocation in decision.allocations:
+            previous = before.get(allocation.user)
+            if previous is None or previous == allocation.edge:
+                continue
+            failed = previous in self.telemetry.edges and not self.telemetry.edges[previous].healthy
+            (self.metrics.failovers if failed else self.metrics.migrations).inc()
+
+    def _record(self, observation: Observation, decision: Decision) -> None:
+        self.metrics.version.set(self.latest.version)
+        latency = decision.estimated_latency(observation)
+        rounds = decision.estimated_round_seconds(observation)
+        finite = latency[np.isfinite(latency)]
+        self.estimated_mean_latency = float(finite.mean()) if finite.size else float("inf")
+        by_user = {a.user: a for a in decision.allocations}
+        chosen = [by_user[u.user] for u in observation.users]
+        self.metrics.assignment.clear()
+        for user, allocation, estimate, round_s in zip(observation.users, chosen, latency, rounds):
+            label = str(user.user)
+            self.metrics.assignment.labels(label, str(allocation.edge)).set(1)
+            self.metrics.bandwidth_share.labels(label).set(allocation.bandwidth_share)
+            self.metrics.compute_share.labels(label).set(allocation.compute_share)
+            self.metrics.estimated_latency.labels(label).set(estimate)
+            self.metrics.estimated_round.labels(label).set(round_s)
+            report = self.telemetry.reports.get(user.user)
+            if report is not None and report.round_seconds > 0:
+                self.metrics.observed_round.labels(label).set(report.round_seconds)
+        # One line per slot at DEBUG; at INFO only when the association changed (a structured line either way).
+        level = logging.INFO if self._association_changed else logging.DEBUG
+        log.log(level, "decision version=%d slot=%d policy=%s seconds=%.4f est_mean_latency_s=%.3f assoc=%s",
+                self.latest.version, decision.slot, self.policy_spec.name, self.decision_seconds,
+                 self.estimated_mean_latency, ",".join(f"{a.user}:{a.edge}" for a in decision.allocations))
+
+    async def close(self) -> None:
+        for client in self.edges.values():
+            await client.close()
+        if self.linkemu is not None:
+            await self.linkemu.close()

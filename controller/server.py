@@ -1,0 +1,73 @@
+"""Runs the controller daemon: state, control loop, gRPC services (+ health, reflection), Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from controller.auth import load_or_create_token
+from controller.config import ControllerConfig
+from controller.loop import ControlLoop
+from controller.metrics import ControllerMetrics
+from controller.service import ControllerAdminServicer, ControllerServicer
+from controller.state import ControllerState
+from tandem.wire.v1 import control_pb2, control_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICES = [control_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Controller", "ControllerAdmin")]
+
+
+class StartError(Exception):
+    pass
+
+
+async def serve(config: ControllerConfig, state: ControllerState) -> None:
+    token, token_note = load_or_create_token(config.admin_token_file, state.path)
+    policy = state.load_policy() or config.policy  # a policy swapped at run time survives a restart
+    state.save_topology(config.topology_json())
+    state.save_policy(policy)
+    metrics = ControllerMetrics()
+    try:
+        loop = ControlLoop(config, state, policy, metrics)
+    except ValueError as error:
+        raise StartError(str(error)) from None
+    server = grpc.aio.server()
+    control_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(loop), server)
+    control_pb2_grpc.add_ControllerAdminServicer_to_server(ControllerAdminServicer(loop, token), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as error:
+        raise StartError(f"cannot listen on {config.listen}: {error}") from None
+    metrics_note = ""
+    if config.metrics_port is not None:
+        host = config.listen.rpartition(":")[0].strip("[]")
+        http_server, _ = start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
+        metrics_note = f", metrics on http://{host}:{http_server.server_port}/metrics"
+    await server.start()
+    for name in (*SERVICES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = asyncio.create_task(loop.run())
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    log.info("%s; state in %s; policy %s", token_note, state.path, policy.name)
+    host = config.listen.rpartition(":")[0]
+    print(f"controller ready on {host}:{port} (policy {policy.name}{metrics_note})", flush=True)
+    await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if running.done() and running.exception():
+        log.error("control loop failed", exc_info=running.exception())
+    log.info("shutting down")
+    running.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=1.0)
+    await loop.close()
+    state.close()

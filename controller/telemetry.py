@@ -1,0 +1,112 @@
+"""The controller's picture of the system: newest SINR/spectral efficiency per pair, device reports, edge health.
+
+Telemetry arrives from three sides (the link emulator's measurement stream, the devices' reports, the edges' load
+probes); every slot ``observation`` turns the newest of each into the policy's input.  Device reports are
+validated here: a report that is not finite, out of range or from an unknown user is refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from controller.config import ControllerConfig
+from controller.estimator import EdgeState, UserState
+from controller.policies.base import Observation
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    draft_seconds_per_token: float
+    acceptance: float
+    pending_tokens: int
+    round_seconds: float = 0.0  # observed mean round (0 = none yet)
+
+
+@dataclass(frozen=True)
+class EdgeLoadSample:
+    sessions: int
+    queue_depth: int
+    verify_seconds: float
+    shares_version: int
+
+
+@dataclass
+class EdgeHealth:
+    healthy: bool = True
+    failing_since: float | None = None  # monotonic time of the first failed probe in a row
+    load: EdgeLoadSample | None = None
+
+
+@dataclass
+class Telemetry:
+    config: ControllerConfig
+    reports: dict[int, DeviceReport] = field(default_factory=dict)
+    spectral_efficiency: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)  # (up, down)
+    trace_slot: int | None = None  # the slot the link emulator plays (None: no emulator report yet)
+    edges: dict[int, EdgeHealth] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.edges = {edge.id: EdgeHealth() for edge in self.config.edges}
+        self._users = {user.id for user in self.config.users}
+
+    def record_report(self, user: int, report: DeviceReport) -> None:
+        """ValueError naming the first problem; nothing is recorded then."""
+        if user not in self._users:
+            raise ValueError(f"user {user} is not in the topology")
+        if not (math.isfinite(report.draft_seconds_per_token) and 0 <= report.draft_seconds_per_token <= 60):
+            raise ValueError(f"draft_seconds_per_token must be finite, in [0, 60], got {report.draft_seconds_per_token}")
+        if not (math.isfinite(report.acceptance) and 0 <= report.acceptance <= 1):
+            raise ValueError(f"acceptance must be finite, in [0, 1], got {report.acceptance}")
+        if not (math.isfinite(report.round_seconds) and 0 <= report.round_seconds <= 3600):
+            raise ValueError(f"round_seconds must be finite, in [0, 3600], got {report.round_seconds}")
+        self.reports[user] = report
+
+    def record_measurements(self, slot: int, pairs: list[tuple[int, int, float, float]]) -> None:
+        """``pairs``: (user, edge, se_up, se_down); values that are not finite and non-negative count as outage."""
+        for user, edge, up, down in pairs:
+            self.spectral_efficiency[user, edge] = (_clean(up), _clean(down))
+        self.trace_slot = slot
+
+    def probe_result(self, edge: int, load: EdgeLoadSample | None, now: float | None = None) -> bool:
+        """Record a load probe (None: it failed); returns whether the edge's health changed."""
+        now = time.monotonic() if now is None else now
+        health = self.edges[edge]
+        was = health.healthy
+        if load is not None:
+            health.load, health.failing_since, health.healthy = load, None, True
+        else:
+            health.failing_since = health.failing_since if health.failing_since is not None else now
+            health.healthy = now - health.failing_since < self.config.failover_after_s
+        return was != health.healthy
+
+    def healthy_edges(self) -> list[int]:
+        return [edge.id for edge in self.config.edges if self.edges[edge.id].healthy]
+
+    def observation(self, slot: int) -> Observation:
+        """Every user over the healthy edges (ValueError when no edge is healthy)."""
+        edges = [self.config.edge(e) for e in self.healthy_edges()]
+        if not edges:
+            raise ValueError("no edge is healthy")
+        assume = self.config.assume
+        static = (assume.spectral_efficiency, assume.spectral_efficiency)
+        users = []
+        for spec in self.config.users:
+            report = self.reports.get(spec.id)
+            se = [self.spectral_efficiency.get((spec.id, e.id), static) for e in edges]
+            users.append(UserState(
+                user=spec.id, se_up=tuple(s[0] for s in se), se_down=tuple(s[1] for s in se),
+                draft_s_per_token=report.draft_seconds_per_token if report and report.draft_seconds_per_token > 0
+                else assume.draft_seconds_per_token,
+                acceptance=report.acceptance if report else assume.acceptance,
+                draft_length=spec.draft_length,
+                # An idle user still needs a sensible edge: it counts as one pending token (0 would zero its cost).
+                pending_tokens=max(1, report.pending_tokens if report else assume.pending_tokens),
+                rtt_s=spec.rtt_s))
+        return Observation(slot, tuple(EdgeState(e.id, e.bandwidth_hz, e.compute, e.capacity) for e in edges),
+                           tuple(users))
+
+
+def _clean(value: float) -> float:
+    return value if math.isfinite(value) and value > 0 else 0.0

@@ -1,0 +1,103 @@
+"""The seam between the device's decoding loop and an edge: what the loop asks of an edge, in domain types.
+
+The loop opens a session (``EdgeHandle.open``), sends blocks and reads verdicts (``EdgeSession``), and on a broken
+link attaches again.  It never builds protocol messages and never knows which edge it talks to, or how many it has
+used: a ``Route`` (routing.py) hands it the edge to use now.  ``link.EdgeConnection`` is the gRPC implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import grpc
+
+from tandem.sampling import SamplingConfig, SparseDist
+
+# A session is opened, or its stream broken by the link (radio link down, proxy reset) replaced, within this long.
+RESUME_WITHIN_S = 60.0
+
+
+class EdgeError(Exception):
+    """The edge ended a call with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session is opened with. A moved session is opened again with ``prompt`` = the original prompt plus
+    every token committed so far: positions, and so the sampler's randomness, stay the same."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    speculative: bool
+    draft_length: int = 0  # speculative: the longest block
+    max_new_tokens: int = 0  # edge-only
+    stop_ids: tuple[int, ...] = ()  # edge-only
+    tokenizer_fingerprint: str = ""
+    user: int | None = None  # whose compute share pays (set when the device follows a controller)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    position: int
+    accepted: int
+    next_token: int
+    verify_seconds: float  # as reported by the edge: block arrival to verdict
+    queue_seconds: float
+
+
+class EdgeSession(ABC):
+    """One session on one edge, over one stream; replaced (attach, or a new session) when the stream breaks."""
+
+    id: str
+    committed: list[int]  # tokens the edge had committed after the session's prompt when this stream started
+    bytes_up: int
+    bytes_down: int
+
+    @abstractmethod
+    def send_block(self, position: int, tokens: list[int], dists: list[SparseDist] | None) -> None: ...
+
+    @abstractmethod
+    def poll(self) -> Verdict | None:
+        """A verdict that already arrived, else None (never blocks)."""
+
+    @abstractmethod
+    def receive_verdict(self) -> Verdict: ...
+
+    @abstractmethod
+    def receive_tokens(self) -> list[int] | None:
+        """Edge-only: the next tokens the edge generated; None once it closed the session (generation done)."""
+
+    @abstractmethod
+    def close(self, timeout: float | None = None) -> None:
+        """End the session on the edge (waits for its answer)."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Drop the stream without a word (the edge keeps a speculative session until its idle timeout)."""
+
+
+class EdgeHandle(ABC):
+    """An edge server the device can open sessions on."""
+
+    name: str  # for messages: the edge's id and address
+
+    @abstractmethod
+    def info(self):
+        """The edge's static facts (model, vocabulary, limits): the wire's EdgeInfo, checked before opening."""
+
+    @abstractmethod
+    def open(self, spec: SessionSpec, within_s: float) -> EdgeSession:
+        """A new session; retried while the link is down, EdgeError once ``within_s`` passed or when refused."""
+
+    @abstractmethod
+    def attach(self, session_id: str, within_s: float) -> EdgeSession:
+        """The session again, on a new stream (same retries as ``open``)."""
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,167 @@
+"""Which edge a device uses now: one fixed edge, or whichever the controller associates it with.
+
+The decoding loop asks its ``Route`` for the current edge before each round and after a broken link; when the
+answer changes it moves the request there (decoding.py).  ``ControllerRoute`` watches the controller's allocation
+stream (proto/tandem/wire/v1/control.proto) in a background thread and keeps the last allocation while the
+controller is unreachable; it also reports the device's draft speed, acceptance and pending work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import grpc
+
+from device_client.edge_handle import EdgeHandle
+from device_client.link import EdgeConnection
+from tandem.wire.v1 import control_pb2 as cpb
+from tandem.wire.v1 import control_pb2_grpc
+
+log = logging.getLogger(__name__)
+WATCH_RETRY_S = 0.5  # between attempts to reach an unreachable controller (the last allocation holds meanwhile)
+REPORT_EVERY_S = 0.5  # at most one telemetry report per this long
+REPORT_TIMEOUT_S = 0.5
+
+
+class ControllerUnreachable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """What the device measured of its running request (sent to the controller for its next decisions)."""
+
+    draft_seconds_per_token: float
+    acceptance: float
+    pending_tokens: int
+    round_seconds: float
+
+
+class Route(ABC):
+    may_change: bool = False  # False: a broken link is waited out on the same edge
+
+    @abstractmethod
+    def current(self) -> EdgeHandle: ...
+
+    def draft_length(self, longest: int) -> int:
+        """Tokens per block for the next round, at most ``longest`` (the session's limit)."""
+        return longest
+
+    def report(self, stats: DeviceStats) -> None:
+        """Telemetry for whoever decides the route (ignored by a fixed route)."""
+
+    def close(self) -> None: ...
+
+
+class FixedRoute(Route):
+    def __init__(self, edge: EdgeHandle) -> None:
+        self._edge = edge
+
+    def current(self) -> EdgeHandle:
+        return self._edge
+
+    def close(self) -> None:
+        self._edge.close()
+
+
+@dataclass(frozen=True)
+class _Allocation:
+    version: int
+    edge: int
+    address: str
+    draft_length: int
+
+
+class ControllerRoute(Route):
+    """Follows the controller's allocation of ``user``.  ``via``: the device's radio link (a link emulator's address
+    for this user), through which every edge is reached; without it the device dials the edge's address."""
+
+    may_change = True
+
+    def __init__(self, controller: str, user: int, via: str | None = None, connect_timeout: float = 10.0) -> None:
+        self.user = user
+        self._via = via
+        self._channel = grpc.insecure_channel(controller)
+        self._stub = control_pb2_grpc.ControllerStub(self._channel)
+        self._allocation: _Allocation | None = None
+        self._refused: str | None = None
+        self._updated = threading.Condition()
+        self._edges: dict[int, EdgeConnection] = {}
+        self._closed = False
+        self._call = None
+        self._last_report = 0.0
+        threading.Thread(target=self._watch, name=f"controller-watch-{user}", daemon=True).start()
+        with self._updated:
+            self._updated.wait_for(lambda: self._allocation is not None or self._refused is not None,
+                                   timeout=connect_timeout)
+        if self._refused is not None or self._allocation is None:
+            self.close()
+            raise ControllerUnreachable(self._refused or f"no allocation from the controller at {controller} within "
+                                                         f"{connect_timeout:g} s; is `tandem controller serve` running?")
+
+    @property
+    def edge(self) -> int:
+        return self._allocation.edge
+
+    @property
+    def version(self) -> int:
+        return self._allocation.version
+
+    def current(self) -> EdgeHandle:
+        allocation = self._allocation
+        handle = self._edges.get(allocation.edge)
+        if handle is None:
+            address = self._via or allocation.address
+            handle = self._edges[allocation.edge] = EdgeConnection(
+                address, name=f"edge {allocation.edge} ({allocation.address})")
+        return handle
+
+    def draft_length(self, longest: int) -> int:
+        return max(1, min(longest, self._allocation.draft_length or longest))
+
+    def wait_for_version(self, version: int, timeout: float) -> bool:
+        with self._updated:
+            return self._updated.wait_for(lambda: self._allocation.version >= version, timeout=timeout)
+
+    def report(self, stats: DeviceStats) -> None:
+        now = time.monotonic()
+        if now - self._last_report < REPORT_EVERY_S and stats.pending_tokens:
+            return
+        self._last_report = now
+        try:
+            self._stub.Report(cpb.UserReport(
+                user=self.user, draft_seconds_per_token=stats.draft_seconds_per_token, acceptance=stats.acceptance,
+                pending_tokens=stats.pending_tokens, round_seconds=stats.round_seconds), timeout=REPORT_TIMEOUT_S)
+        except grpc.RpcError as error:  # telemetry is best-effort: the controller keeps the previous figures
+            log.debug("report to the controller failed: %s", error.code())
+
+    def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        for handle in self._edges.values():
+            handle.close()
+        self._channel.close()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            try:
+                self._call = self._stub.WatchAllocation(cpb.WatchAllocationRequest(user=self.user))
+                for message in self._call:
+                    with self._updated:
+                        self._allocation = _Allocation(message.version, message.edge, message.edge_address,
+                                                       message.draft_length)
+                        self._updated.notify_all()
+            except grpc.RpcError as error:
+                if self._closed:
+                    return
+                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    with self._updated:
+                        self._refused = f"the controller refused user {self.user}: {error.details()}"
+                        self._updated.notify_all()
+                    return
+            time.sleep(WATCH_RETRY_S)  # controller unreachable or restarting: keep the last allocation

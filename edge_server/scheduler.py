@@ -1,0 +1,162 @@
+"""The edge's verification scheduler: start-time fair queueing (SFQ) of engine work by compute share.
+
+Goyal, Vin and Cheng, "Start-time fair queueing" (SIGCOMM 1996): every job gets a start tag
+``S = max(V, F_flow)`` and moves its flow's finish tag to ``F_flow = S + cost / weight``; the server takes jobs in
+order of start tag, and the virtual time ``V`` is the start tag of the job last taken.  A backlogged flow is then
+served in proportion to its weight, whatever the others send, and a flow that was idle re-enters at ``V`` (it
+cannot bank service while away).  Here a flow is a user (weight = its compute share, ``compute_shares.py``), or a
+session opened without a user; the server is the target engine, one step at a time.
+
+One step is either a batch of verification blocks, taken in tag order while their cost fits ``step_tokens``
+(engines batch them in one call), or one exclusive job run alone (a teacher-forcing ``Score``, an edge-only
+token).  Cost is in tokens of target work: a block costs its length + 1 (the positions it scores), a Score its
+sequence length, an edge-only token 1.  Prefill of a session's prompt is paid by the engine's prefix cache and
+not charged separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_server.compute_shares import ComputeShares
+from edge_server.engines.base import ScoredBlock, ScoreRequest, TargetEngine
+from edge_server.metrics import EdgeMetrics
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    scored: ScoredBlock
+    queue_seconds: float
+    batch_size: int  # blocks handed to the engine together with this one (itself included)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Who pays for a job: a user, or (without one) the session itself."""
+
+    user: int | None
+    session: str | None = None
+
+    @property
+    def key(self) -> Hashable:
+        return ("user", self.user) if self.user is not None else ("session", self.session)
+
+
+@dataclass(order=True)
+class _Job:
+    start_tag: float
+    seq: int
+    flow: Flow = field(compare=False)
+    cost: float = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+    queued_at: float = field(compare=False)
+    block: ScoreRequest | None = field(default=None, compare=False)  # batchable verification
+    work: Callable[[], Awaitable[Any]] | None = field(default=None, compare=False)  # exclusive
+
+
+class ShareScheduler:
+    def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 64,
+                 window: float = 0.002) -> None:
+        self._engine = engine
+        self.shares = shares
+        self._metrics = metrics
+        self._step_tokens = step_tokens
+        self._window = window
+        self._heap: list[_Job] = []
+        self._seq = itertools.count()
+        self._virtual_time = 0.0
+        self._finish_tags: dict[Hashable, float] = {}
+        self._waiting = asyncio.Event()
+        self.served_tokens: Counter[int | None] = Counter()  # by user (None: sessions without a user)
+        self.best_effort_jobs = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    async def score(self, flow: Flow, request: ScoreRequest) -> ScoreResult:
+        """Verify one block in the flow's turn (possibly batched with other flows' blocks)."""
+        return await self._submit(flow, len(request.block) + 1, block=request)
+
+    async def exclusive(self, flow: Flow, cost: float, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work()`` alone on the engine in the flow's turn; returns its result."""
+        return await self._submit(flow, cost, work=work)
+
+    async def _submit(self, flow: Flow, cost: float, **job) -> Any:
+        weight = self.shares.weight(flow.user)
+        if weight.best_effort:
+            self.best_effort_jobs += 1
+            self._metrics.best_effort_jobs.inc()
+        start = max(self._virtual_time, self._finish_tags.get(flow.key, 0.0))
+        self._finish_tags[flow.key] = start + cost / weight.value
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, _Job(start, next(self._seq), flow, cost, future, time.perf_counter(), **job))
+        self._metrics.queue_depth.set(len(self._heap))
+        self._waiting.set()
+        return await future
+
+    def _next_step(self) -> list[_Job]:
+        """The jobs of the next engine step, in start-tag order."""
+        step: list[_Job] = []
+        budget = self._step_tokens
+        while self._heap:
+            job = self._heap[0]
+            if job.future.cancelled():  # its caller is gone
+                heapq.heappop(self._heap)
+                continue
+            if step and (job.block is None or job.cost > budget):
+                break
+            heapq.heappop(self._heap)
+            step.append(job)
+            budget -= job.cost
+            if job.block is None:
+                break  # an exclusive job runs alone
+        if step:
+            self._virtual_time = max(self._virtual_time, step[-1].start_tag)
+            # Flows whose finish tag the virtual time passed would restart from V anyway: forget them.
+            if len(self._finish_tags) > 4 * len(self._heap) + 64:
+                self._finish_tags = {k: f for k, f in self._finish_tags.items() if f > self._virtual_time}
+        self._metrics.queue_depth.set(len(self._heap))
+        return step
+
+    async def run_forever(self) -> None:
+        while True:
+            await self._waiting.wait()
+            if self._window > 0:
+                await asyncio.sleep(self._window)  # let blocks of other sessions arrive and share the step
+            step = self._next_step()
+            if not self._heap:
+                self._waiting.clear()
+            if step:
+                await self._run(step)
+
+    async def _run(self, step: list[_Job]) -> None:
+        started = time.perf_counter()
+        for job in step:
+            self.served_tokens[job.flow.user] += int(job.cost)
+            self._metrics.served_tokens.labels(_label(job.flow.user)).inc(job.cost)
+        try:
+            if step[0].block is None:
+                results = [await step[0].work()]
+            else:
+                self._metrics.batch_size.observe(len(step))
+                scored = await self._engine.score_blocks([job.block for job in step])
+                results = [ScoreResult(s, started - job.queued_at, len(step)) for s, job in zip(scored, step)]
+        except Exception as error:  # the engine failed this step: every job in it gets the error
+            for job in step:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        for job, result in zip(step, results):
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+def _label(user: int | None) -> str:
+    return "none" if user is None else str(user)
