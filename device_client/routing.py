@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from device_client.edge_handle import EdgeHandle
-from device_client.link import EdgeConnection
+from device_client.link import RECONNECT_BACKOFF_MS, EdgeConnection
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
 
@@ -85,7 +85,8 @@ class ControllerRoute(Route):
     def __init__(self, controller: str, user: int, via: str | None = None, connect_timeout: float = 10.0) -> None:
         self.user = user
         self._via = via
-        self._channel = grpc.insecure_channel(controller)
+        self._channel = grpc.insecure_channel(controller, options=[
+            (f"grpc.{bound}_reconnect_backoff_ms", ms) for bound, ms in RECONNECT_BACKOFF_MS.items()])
         self._stub = control_pb2_grpc.ControllerStub(self._channel)
         self._allocation: _Allocation | None = None
         self._refused: str | None = None

@@ -1,0 +1,121 @@
+"""Compute-share enforcement on a real edge: achieved share of verification service vs the configured share.
+
+One llama.cpp edge daemon; two users each keep several sessions sending 4-token blocks back to back (synthetic
+drafts: no draft model competes for the CPU, so the edge is the bottleneck).  Shares are set through EdgeControl
+exactly as the controller sets them; over each window the edge's served-token counters give each user's fraction
+of the verification work.  Reported: the median over repeated windows of achieved/configured, per share split and
+per engine-step budget (--step-tokens: how much work one step may batch).
+
+    .venv/bin/python bench/scheduler.py [--repeats 3] [--window 6]
+
+Writes results/scheduler_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from device_client.edge_handle import SessionSpec  # noqa: E402
+from device_client.link import EdgeConnection  # noqa: E402
+from tandem.processes import EdgeProcess  # noqa: E402
+from tandem.sampling import SamplingConfig  # noqa: E402
+from tandem.wire.v1 import control_pb2 as cpb  # noqa: E402
+from tandem.wire.v1 import control_pb2_grpc  # noqa: E402
+
+SPLITS = [(0.7, 0.3), (0.5, 0.5), (0.9, 0.1)]
+STEP_BUDGETS = [5, 20]  # one block per step; up to four blocks per step
+SESSIONS_PER_USER = 3
+BLOCK = 4
+PROMPT = list(range(1000, 1032))
+MAX_TOKENS_PER_SESSION = 1500
+
+
+def client(address: str, user: int, stop: threading.Event, vocab: int, seed: int) -> None:
+    """One session of ``user`` sending random blocks as fast as the edge verifies them (reopened before the
+    context fills)."""
+    rng = random.Random(seed)
+    edge = EdgeConnection(address)
+    try:
+        while not stop.is_set():
+            session = edge.open(SessionSpec(PROMPT, SamplingConfig(), True, draft_length=BLOCK, user=user))
+            position = len(PROMPT)
+            while not stop.is_set() and position < MAX_TOKENS_PER_SESSION:
+                session.send_block(position, [rng.randrange(vocab) for _ in range(BLOCK)], None)
+                verdict = session.receive_verdict()
+                position += verdict.accepted + 1
+            session.close()
+    finally:
+        edge.close()
+
+
+def served(control) -> dict[int, int]:
+    load = control.GetLoad(cpb.GetLoadRequest(), timeout=10)
+    return {u.user: u.served_tokens for u in load.users}
+
+
+def measure(address: str, vocab: int, split: tuple[float, float], version: int, repeats: int,
+            window: float) -> dict:
+    control = control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(address))
+    control.SetShares(cpb.SetSharesRequest(version=version, shares=[
+        cpb.ComputeShare(user=user, share=share) for user, share in enumerate(split)]), timeout=10)
+    stop = threading.Event()
+    threads = [threading.Thread(target=client, args=(address, user, stop, vocab, 100 * user + i), daemon=True)
+               for user in range(len(split)) for i in range(SESSIONS_PER_USER)]
+    for thread in threads:
+        thread.start()
+    time.sleep(window / 2)  # warm-up: every session opened and backlogged
+    fractions = []
+    for _ in range(repeats):
+        before = served(control)
+        time.sleep(window)
+        after = served(control)
+        delta = {user: after.get(user, 0) - before.get(user, 0) for user in range(len(split))}
+        total = sum(delta.values())
+        fractions.append(delta[0] / total if total else float("nan"))
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    achieved = statistics.median(fractions)
+    return {"configured": split[0], "achieved_median": achieved, "achieved_windows": fractions,
+            "ratio": achieved / split[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="measurement windows per setting")
+    parser.add_argument("--window", type=float, default=6.0, help="seconds per window")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "scheduler_bench.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as logs:
+        for budget in STEP_BUDGETS:
+            with EdgeProcess(["--engine", "llamacpp", "--step-tokens", str(budget), "--slots", "8",
+                              "--max-sessions", "32"], log_path=Path(logs) / f"edge-{budget}.log") as edge:
+                vocab = EdgeConnection(edge.address).info().vocab_size
+                for version, split in enumerate(SPLITS, start=1):
+                    row = {"step_tokens": budget, **measure(edge.address, vocab, split, version, args.repeats,
+                                                            args.window)}
+                    rows.append(row)
+                    print(f"step {budget:>3} tokens  share {split[0]:.2f}/{split[1]:.2f}  user 0 achieved "
+                          f"{row['achieved_median']:.3f}  (achieved/configured {row['ratio']:.3f})", flush=True)
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps({"sessions_per_user": SESSIONS_PER_USER, "block": BLOCK, "window_s": args.window,
+                                    "repeats": args.repeats, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

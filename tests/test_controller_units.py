@@ -1,0 +1,149 @@
+"""Unit tests of the controller's pure parts: telemetry, the allocation board, state, the admin token check, and
+the slot loop's handling of a failing or invalid policy (no daemons: the edge address is a closed port)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from controller.auth import check_bearer
+from controller.board import AllocationBoard
+from controller.config import ControllerConfig, PolicySpec
+from controller.loop import ControlLoop
+from controller.metrics import ControllerMetrics
+from controller.policies.base import Allocation, Decision, Policy
+from controller.service import parse_param
+from controller.state import ControllerState, StateError, VersionedDecision
+from controller.telemetry import DeviceReport, EdgeLoadSample, Telemetry
+
+
+def config(**overrides) -> ControllerConfig:
+    return ControllerConfig.model_validate({
+        "edges": [{"id": 0, "address": "127.0.0.1:9"}, {"id": 2, "address": "127.0.0.1:9", "compute": 50}],
+        "users": [{"id": 0}, {"id": 5, "draft_length": 6}], "failover_after_s": 2.0, **overrides})
+
+
+def test_observation_uses_newest_reports_and_measurements_over_healthy_edges():
+    telemetry = Telemetry(config())
+    telemetry.record_measurements(7, [(5, 2, 3.0, 4.0), (5, 0, float("nan"), -1.0)])
+    telemetry.record_report(5, DeviceReport(0.03, 0.9, 40, 0.2))
+    observation = telemetry.observation(slot=3)
+    user = observation.users[1]
+    assert (user.user, user.se_up, user.se_down) == (5, (0.0, 3.0), (0.0, 4.0))  # NaN and negative: outage
+    assert (user.draft_s_per_token, user.acceptance, user.pending_tokens, user.draft_length) == (0.03, 0.9, 40, 6)
+    assert observation.users[0].se_up == (4.0, 4.0)  # no measurement: the assumed spectral efficiency
+    assert [e.edge for e in observation.edges] == [0, 2] and observation.edges[1].compute == 50
+
+
+def test_an_edge_failing_probes_past_the_deadline_leaves_the_observation():
+    telemetry = Telemetry(config())
+    assert not telemetry.probe_result(2, None, now=100.0)  # failing, not yet past the deadline
+    assert telemetry.probe_result(2, None, now=102.5)  # down
+    assert [e.edge for e in telemetry.observation(0).edges] == [0]
+    assert telemetry.probe_result(2, EdgeLoadSample(0, 0, 0.0, 1), now=103.0)  # back
+    telemetry.probe_result(0, None, now=0.0)
+    telemetry.probe_result(0, None, now=10.0)
+    telemetry.probe_result(2, None, now=0.0)
+    telemetry.probe_result(2, None, now=10.0)
+    with pytest.raises(ValueError, match="no edge is healthy"):
+        telemetry.observation(0)
+
+
+@pytest.mark.parametrize("user, report", [
+    (9, DeviceReport(0.01, 0.5, 1)),
+    (0, DeviceReport(math.nan, 0.5, 1)),
+    (0, DeviceReport(0.01, 1.01, 1)),
+    (0, DeviceReport(0.01, 0.5, 1, math.inf)),
+])
+def test_bad_device_reports_are_refused_and_change_nothing(user, report):
+    telemetry = Telemetry(config())
+    with pytest.raises(ValueError):
+        telemetry.record_report(user, report)
+    assert telemetry.reports == {}
+
+
+def decision(version: int, edge_of_user0: int) -> VersionedDecision:
+    return VersionedDecision(version, 1.0, Decision(version, (Allocation(0, edge_of_user0, 1.0, 1.0, 4),
+                                                              Allocation(5, 2, 1.0, 1.0, 6))))
+
+
+def test_the_board_sends_every_version_and_a_slow_reader_gets_the_newest():
+    async def scenario():
+        board = AllocationBoard()
+        watch = board.watch(5).__aiter__()
+        first = asyncio.ensure_future(watch.__anext__())
+        await asyncio.sleep(0)
+        await board.publish(decision(1, 0))
+        got = [await first]
+        await board.publish(decision(2, 2))
+        await board.publish(decision(3, 0))  # the reader was not waiting: it skips version 2
+        got.append(await watch.__anext__())
+        return got
+
+    got = asyncio.run(scenario())
+    assert [(item.version, item.allocation.edge) for item in got] == [(1, 2), (3, 2)]
+
+
+def test_state_round_trip_and_refusal_of_a_damaged_file(tmp_path):
+    state = ControllerState(tmp_path / "c.sqlite")
+    state.save_policy(PolicySpec(name="tma-opt", params={"parallel": False}))
+    state.save_decision(decision(4, 2))
+    state.close()
+    again = ControllerState(tmp_path / "c.sqlite")
+    assert again.load_policy().params == {"parallel": False}
+    assert again.load_decision() == decision(4, 2)
+    again._put("decision", '{"version": "x"}')
+    with pytest.raises(StateError):
+        again.load_decision()
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(StateError):
+        ControllerState(tmp_path / "junk.sqlite")
+
+
+def test_bearer_check():
+    assert check_bearer([("authorization", "Bearer secret-token")], "secret-token") is None
+    assert check_bearer([], "secret-token") == "UNAUTHENTICATED"
+    assert check_bearer([("authorization", "Bearer wrong")], "secret-token") == "PERMISSION_DENIED"
+    assert check_bearer([("authorization", "secret-token")], "secret-token") == "PERMISSION_DENIED"
+
+
+def test_parameters_parse_to_numbers_and_refuse_non_finite():
+    assert [parse_param(v) for v in ("3", "0.5", "true", "name")] == [3, 0.5, True, "name"]
+    for value in ("nan", "inf", "-inf", "x" * 1000):
+        with pytest.raises(ValueError):
+            parse_param(value)
+
+
+class Broken(Policy):
+    name = "broken"
+
+    def __init__(self, decide) -> None:
+        super().__init__()
+        self._decide = decide
+
+    def decide(self, observation):
+        return self._decide(observation)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda o: Decision(o.slot, (Allocation(0, 0, 0.7, 0.5, 4), Allocation(5, 0, 0.7, 0.5, 4))),  # sum over 1
+    lambda o: Decision(o.slot, (Allocation(0, 9, 0.5, 0.5, 4), Allocation(5, 0, 0.5, 0.5, 4))),  # unknown edge
+    lambda o: Decision(o.slot, (Allocation(0, 0, math.nan, 0.5, 4), Allocation(5, 2, 1, 1, 4))),  # NaN
+    lambda o: Decision(o.slot, (Allocation(0, 0, 0.5, 0.5, 4),)),  # a user missing
+    lambda o: 1 / 0,  # the policy itself fails
+], ids=["sum-over-1", "unknown-edge", "nan", "user-missing", "raises"])
+def test_an_invalid_decision_leaves_the_last_one_in_force(tmp_path, bad):
+    async def scenario():
+        state = ControllerState(tmp_path / "c.sqlite")
+        loop = ControlLoop(config(), state, PolicySpec(name="max-sinr-equal"), ControllerMetrics())
+        await loop.step()
+        good = loop.latest
+        loop.policy = Broken(bad)
+        await loop.step()
+        await loop.close()
+        return good, loop.latest, state.load_decision()
+
+    good, latest, stored = asyncio.run(scenario())
+    assert good is not None and latest == good and stored == good
