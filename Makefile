@@ -18,3 +18,4 @@ bench: setup
 	.venv/bin/python bench/linkemu.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/reproducibility.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/controller.py
+	OMP_NUM_THREADS=1 .venv/bin/python bench/scheduler.py

@@ -24,7 +24,7 @@ from controller.estimator import EdgeState, UserState  # noqa: E402
 from controller.policies import available, make_policy  # noqa: E402
 from controller.policies.base import Observation  # noqa: E402
 
-SIZES = [(10, 3), (50, 5), (200, 10), (50, 3), (200, 5), (10, 10)]
+SIZES = [(users, edges) for users in (10, 50, 200) for edges in (3, 5, 10)]
 
 
 def observation(num_users: int, num_edges: int, seed: int) -> Observation:

@@ -36,8 +36,9 @@ from tandem.wire.v1 import control_pb2 as cpb  # noqa: E402
 from tandem.wire.v1 import control_pb2_grpc  # noqa: E402
 
 SPLITS = [(0.7, 0.3), (0.5, 0.5), (0.9, 0.1)]
-STEP_BUDGETS = [5, 20]  # one block per step; up to four blocks per step
-SESSIONS_PER_USER = 3
+# (engine-step budget in tokens, sessions per user): one block per step; up to four blocks per step with fewer
+# waiting blocks than a step takes (work conservation hands spare room to whoever waits) and with more.
+SETTINGS = [(5, 3), (20, 3), (20, 8)]
 BLOCK = 4
 PROMPT = list(range(1000, 1032))
 MAX_TOKENS_PER_SESSION = 1500
@@ -66,14 +67,14 @@ def served(control) -> dict[int, int]:
     return {u.user: u.served_tokens for u in load.users}
 
 
-def measure(address: str, vocab: int, split: tuple[float, float], version: int, repeats: int,
+def measure(address: str, vocab: int, split: tuple[float, float], version: int, sessions: int, repeats: int,
             window: float) -> dict:
     control = control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(address))
     control.SetShares(cpb.SetSharesRequest(version=version, shares=[
         cpb.ComputeShare(user=user, share=share) for user, share in enumerate(split)]), timeout=10)
     stop = threading.Event()
     threads = [threading.Thread(target=client, args=(address, user, stop, vocab, 100 * user + i), daemon=True)
-               for user in range(len(split)) for i in range(SESSIONS_PER_USER)]
+               for user in range(len(split)) for i in range(sessions)]
     for thread in threads:
         thread.start()
     time.sleep(window / 2)  # warm-up: every session opened and backlogged
@@ -101,19 +102,20 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as logs:
-        for budget in STEP_BUDGETS:
-            with EdgeProcess(["--engine", "llamacpp", "--step-tokens", str(budget), "--slots", "8",
+        for budget, sessions in SETTINGS:
+            with EdgeProcess(["--engine", "llamacpp", "--step-tokens", str(budget), "--slots", "16",
                               "--max-sessions", "32"], log_path=Path(logs) / f"edge-{budget}.log") as edge:
                 vocab = EdgeConnection(edge.address).info().vocab_size
                 for version, split in enumerate(SPLITS, start=1):
-                    row = {"step_tokens": budget, **measure(edge.address, vocab, split, version, args.repeats,
-                                                            args.window)}
+                    row = {"step_tokens": budget, "sessions_per_user": sessions,
+                           **measure(edge.address, vocab, split, version, sessions, args.repeats, args.window)}
                     rows.append(row)
-                    print(f"step {budget:>3} tokens  share {split[0]:.2f}/{split[1]:.2f}  user 0 achieved "
-                          f"{row['achieved_median']:.3f}  (achieved/configured {row['ratio']:.3f})", flush=True)
+                    print(f"step {budget:>3} tokens, {sessions} sessions/user, share {split[0]:.2f}/{split[1]:.2f}: "
+                          f"user 0 achieved {row['achieved_median']:.3f} (achieved/configured {row['ratio']:.3f})",
+                          flush=True)
     args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps({"sessions_per_user": SESSIONS_PER_USER, "block": BLOCK, "window_s": args.window,
-                                    "repeats": args.repeats, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"block": BLOCK, "window_s": args.window, "repeats": args.repeats, "rows": rows},
+                                   indent=2))
     print(f"wrote {args.out}")
 
 

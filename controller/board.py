@@ -44,7 +44,8 @@ class AllocationBoard:
         seen_version = -1
         while True:
             async with self._published:
-                await self._published.wait_for(lambda: self._latest is not None and self._latest.version != seen_version)
+                await self._published.wait_for(
+                    lambda: self._latest is not None and self._latest.version != seen_version)
                 seen_version = self._latest.version
             current = self.allocation(user)
             if current is not None:

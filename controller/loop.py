@@ -85,9 +85,11 @@ class ControlLoop:
             log.error("slot %d: no decision: %s", self.slot, error)
             self.metrics.decision_errors.labels("observation").inc()
             return
+        policy = self.policy
         began = time.perf_counter()
         try:
-            decision = self.policy.decide(observation)
+            # A policy is pure and may take a while (a solver): off the event loop, so the services keep answering.
+            decision = await asyncio.to_thread(policy.decide, observation)
             decision.check(observation)
         except Exception as error:  # a policy is user code: its failure must not stop the control plane
             log.error("slot %d: policy %s failed (%s); the last decision stays in force", self.slot,

@@ -56,7 +56,8 @@ class Telemetry:
         if user not in self._users:
             raise ValueError(f"user {user} is not in the topology")
         if not (math.isfinite(report.draft_seconds_per_token) and 0 <= report.draft_seconds_per_token <= 60):
-            raise ValueError(f"draft_seconds_per_token must be finite, in [0, 60], got {report.draft_seconds_per_token}")
+            raise ValueError(f"draft_seconds_per_token must be finite, in [0, 60], "
+                             f"got {report.draft_seconds_per_token}")
         if not (math.isfinite(report.acceptance) and 0 <= report.acceptance <= 1):
             raise ValueError(f"acceptance must be finite, in [0, 1], got {report.acceptance}")
         if not (math.isfinite(report.round_seconds) and 0 <= report.round_seconds <= 3600):

@@ -82,7 +82,8 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
         checked = GenerateArgs(
-            edge=args.edge, controller=args.controller, via=args.via, user=args.user, mode=args.mode, max_tokens=args.max_tokens, temperature=args.temperature,
+            edge=args.edge, controller=args.controller, via=args.via, user=args.user, mode=args.mode,
+            max_tokens=args.max_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, draft_length=args.draft_length,
             threads=args.threads, prompt=prompt,
         )

@@ -137,7 +137,7 @@ class _Placement:
             self.edge = self.route.current()
             attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
-                session = self.edge.open(_with_prompt(spec, prompt), within_s=max(0.1, min(attempt, deadline - time.monotonic())))
+                session = self.edge.open(_with_prompt(spec, prompt), within_s=_left(attempt, deadline))
             except EdgeError as error:
                 if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                     raise
@@ -174,7 +174,7 @@ class _Placement:
                 return []
             attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
-                self.session = self.edge.attach(self.session.id, within_s=max(0.1, min(attempt, deadline - time.monotonic())))
+                self.session = self.edge.attach(self.session.id, within_s=_left(attempt, deadline))
             except EdgeError as error:
                 if error.code == grpc.StatusCode.NOT_FOUND:  # the edge lost the session (it restarted)
                     self.session = self.reopen(list(committed), spec)
@@ -184,6 +184,11 @@ class _Placement:
                     raise
                 continue
             return self.session.committed[len(committed) - self.base:]
+
+
+def _left(attempt: float, deadline: float) -> float:
+    """How long the next attempt may take: ``attempt``, cut to what is left before ``deadline`` (at least 0.1 s)."""
+    return max(0.1, min(attempt, deadline - time.monotonic()))
 
 
 def _with_prompt(spec: SessionSpec, prompt: list[int]) -> SessionSpec:

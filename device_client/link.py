@@ -1,8 +1,8 @@
 """The device's side of the wire: a connection to one edge (the gRPC ``EdgeHandle``) and its decoding streams.
 
 ``EdgeConnection`` and ``GrpcSession`` translate between the decoding loop's domain types (edge_handle.py) and the
-protocol.  A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without blocking and
-poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification).
+protocol.  A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without
+blocking and poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification).
 Payload bytes are counted in both directions.
 """
 

@@ -101,8 +101,9 @@ class ControllerRoute(Route):
                                    timeout=connect_timeout)
         if self._refused is not None or self._allocation is None:
             self.close()
-            raise ControllerUnreachable(self._refused or f"no allocation from the controller at {controller} within "
-                                                         f"{connect_timeout:g} s; is `tandem controller serve` running?")
+            raise ControllerUnreachable(self._refused or (
+                f"no allocation from the controller at {controller} within {connect_timeout:g} s; is `tandem "
+                f"controller serve` running?"))
 
     @property
     def edge(self) -> int:

@@ -36,7 +36,7 @@ class EdgeConfig(BaseModel):
     idle_timeout_s: float = Field(60.0, gt=0)
     max_message_bytes: int = Field(4 << 20, ge=1024)
     batch_window_s: float = Field(0.002, ge=0, le=1)
-    step_tokens: int = Field(64, ge=1, le=1 << 16, description="target work (tokens) one engine step may batch; "
+    step_tokens: int = Field(20, ge=1, le=1 << 16, description="target work (tokens) one engine step may batch; "
                              "smaller steps follow compute shares more closely, larger ones batch more")
     edge_id: int | None = Field(None, ge=0, description="this edge's index in the controller's topology (reported "
                                 "in GetInfo so that a device can check which edge it reached)")

@@ -62,7 +62,7 @@ class _Job:
 
 
 class ShareScheduler:
-    def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 64,
+    def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 20,
                  window: float = 0.002) -> None:
         self._engine = engine
         self.shares = shares

@@ -73,7 +73,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                     if kind == "open":
                         request = check_open(message.open, self._info, self._max_draft_length)
                         session = self._registry.open(request)
-                        self._metrics.sessions_opened.labels("speculative" if session.speculative else "edge-only").inc()
+                        mode = "speculative" if session.speculative else "edge-only"
+                        self._metrics.sessions_opened.labels(mode).inc()
                         self._metrics.sessions_active.set(len(self._registry))
                         yield self._sent(pb.EdgeMessage(
                             opened=pb.SessionOpened(session_id=session.id, committed_length=len(session.tokens))))

@@ -123,8 +123,12 @@ def admin_stub(bed: Daemons):
     return control_pb2_grpc.ControllerAdminStub(grpc.insecure_channel(bed.controller.address))
 
 
+def edge_control_at(address: str):
+    return control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(address))
+
+
 def edge_control(bed: Daemons, index: int):
-    return control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(bed.address(index)))
+    return edge_control_at(bed.address(index))
 
 
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -401,3 +405,30 @@ def test_failover_when_an_edge_is_killed_mid_request(testbed, draft):
         route.close()
         thread.join(timeout=60)
         testbed.start_edge(victim)
+
+
+def test_a_vllm_edge_follows_the_controller(vllm_edge, draft, tmp_path):
+    """The vLLM engine behind the control plane: its compute shares are set, the device follows the controller
+    to it, and the answer is the target's (teacher-forced on that edge)."""
+    config = tmp_path / "controller.yaml"
+    config.write_text(yaml.safe_dump({
+        "edges": [{"id": 0, "address": vllm_edge.address}], "users": [{"id": 0}, {"id": 1}], "slot_s": SLOT_S,
+        "policy": {"name": "tma-opt"}, "listen": "127.0.0.1:0"}))
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    with ControllerProcess(["--config", str(config), "--state", str(tmp_path / "c.sqlite"), "--admin-token-file",
+                            str(token)], log_path=tmp_path / "controller.log") as controller:
+        route = ControllerRoute(controller.address, 0)
+        try:
+            result = run(route, draft, GREEDY, tokens=32, user=0)
+        finally:
+            route.close()
+        load = edge_control_at(vllm_edge.address).GetLoad(cpb.GetLoadRequest(), timeout=5)
+    assert load.version > 0
+    assert {u.user for u in load.users if u.share > 0} == {0, 1}
+    assert sum(u.share for u in load.users) <= 1 + 1e-9
+    connection = EdgeConnection(vllm_edge.address)
+    try:
+        near_tie_gaps(connection, draft.encode_chat(PROMPT), result.token_ids, "vLLM edge under the controller")
+    finally:
+        connection.close()
