@@ -100,6 +100,8 @@ def run_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(config, state))
     except (UsageError, StateError, TokenError, StartError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
+    except OSError as error:  # a port in use, a state directory that cannot be made
+        return fail(f"cannot start the controller: {error}", EXIT_USAGE)
     return EXIT_OK
 
 

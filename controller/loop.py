@@ -26,6 +26,7 @@ from controller.state import ControllerState, VersionedDecision
 from controller.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+DECISION_BUDGET_S = 30.0  # the least a policy is given before the slot goes without a new decision
 
 
 class ControlLoop:
@@ -40,13 +41,27 @@ class ControlLoop:
         self.linkemu = LinkEmuClient(config.linkemu) if config.linkemu else None
         self.policy_spec = policy
         self.policy = self._make(policy)
-        self.latest: VersionedDecision | None = state.load_decision()
-        self.slot = self.latest.decision.slot + 1 if self.latest else 0
+        stored = state.load_decision()
+        # Versions only grow (edges refuse older ones), even when the stored decision no longer fits the topology.
+        self.version = stored.version if stored else 0
+        self.latest = stored if stored and self._fits(stored) else None
+        if stored and self.latest is None:
+            log.warning("the stored decision (version %d) names users or edges outside the topology: not resumed",
+                        stored.version)
+        self.slot = stored.decision.slot + 1 if stored else 0
+        self._deciding: asyncio.Future | None = None  # a policy still running past its slot
         self.decision_seconds = 0.0
         self.estimated_mean_latency = 0.0
         self._association_changed = False
         self._probe_timeout = min(0.5, config.slot_s / 2)
+        self._decision_budget = max(10 * config.slot_s, DECISION_BUDGET_S)
         metrics.policy.labels(policy.name).set(1)
+
+    def _fits(self, stored: VersionedDecision) -> bool:
+        edges = {edge.id for edge in self.config.edges}
+        users = sorted(user.id for user in self.config.users)
+        allocations = stored.decision.allocations
+        return sorted(a.user for a in allocations) == users and all(a.edge in edges for a in allocations)
 
     @staticmethod
     def _make(spec: PolicySpec) -> Policy:
@@ -85,12 +100,22 @@ class ControlLoop:
             log.error("slot %d: no decision: %s", self.slot, error)
             self.metrics.decision_errors.labels("observation").inc()
             return
-        policy = self.policy
+        if self._deciding is not None and not self._deciding.done():
+            self.metrics.decision_errors.labels("policy-busy").inc()  # still deciding an earlier slot
+            return
         began = time.perf_counter()
+        # A policy is pure and may take a while (a solver): off the event loop, so the services keep answering,
+        # and bounded, so a policy that hangs cannot stop probes, failover and pushes.
+        self._deciding = asyncio.ensure_future(asyncio.to_thread(self.policy.decide, observation))
+        self._deciding.add_done_callback(lambda done: done.cancelled() or done.exception())  # late ones: read
         try:
-            # A policy is pure and may take a while (a solver): off the event loop, so the services keep answering.
-            decision = await asyncio.to_thread(policy.decide, observation)
+            decision = await asyncio.wait_for(asyncio.shield(self._deciding), self._decision_budget)
             decision.check(observation)
+        except asyncio.TimeoutError:
+            log.error("slot %d: policy %s took over %.1f s; the last decision stays in force", self.slot,
+                      self.policy_spec.name, self._decision_budget)
+            self.metrics.decision_errors.labels("policy-timeout").inc()
+            return
         except Exception as error:  # a policy is user code: its failure must not stop the control plane
             log.error("slot %d: policy %s failed (%s); the last decision stays in force", self.slot,
                       self.policy_spec.name, error)
@@ -99,8 +124,10 @@ class ControlLoop:
         self.decision_seconds = time.perf_counter() - began
         self.metrics.decision_seconds.observe(self.decision_seconds)
         self._count_moves(decision)
-        version = (self.latest.version if self.latest else 0) + 1
-        self.latest = VersionedDecision(version, time.time(), decision)
+        # Past whatever an edge holds too (a controller that lost its state must not be refused by the edges).
+        held = max((h.load.shares_version for h in self.telemetry.edges.values() if h.load), default=0)
+        self.version = max(self.version, held) + 1
+        self.latest = VersionedDecision(self.version, time.time(), decision)
         self.state.save_decision(self.latest)
         self.slot += 1
         self._record(observation, decision)
@@ -116,6 +143,7 @@ class ControlLoop:
 
     async def push(self, decision: VersionedDecision) -> None:
         allocations = decision.decision.allocations
+        links_follow = True
         if self.linkemu is not None:
             carried = {user for user, _ in self.telemetry.spectral_efficiency}
             try:
@@ -123,6 +151,7 @@ class ControlLoop:
             except PushRefused as error:
                 log.error("assignment not applied: %s", error)
                 self.metrics.push_errors.labels("linkemu").inc()
+                links_follow = False
         healthy = set(self.telemetry.healthy_edges())
         pushes = {edge: client.set_shares(decision.version, {a.user: a.compute_share for a in allocations
                                                              if a.edge == edge}, self._probe_timeout)
@@ -131,7 +160,10 @@ class ControlLoop:
             if isinstance(outcome, Exception):
                 log.error("compute shares not applied on edge %d: %s", edge, outcome)
                 self.metrics.push_errors.labels("edge").inc()
-        await self.board.publish(decision)
+        # Devices dial every edge through their radio link, which routes by the emulator's table: while that table
+        # lags the decision, devices keep the previous one (the next slot pushes again).
+        if links_follow:
+            await self.board.publish(decision)
 
     def _count_moves(self, decision: Decision) -> None:
         before = {a.user: a.edge for a in self.latest.decision.allocations} if self.latest else {}

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from device_client.draft import DraftEngine, DraftToken, draft_token
-from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec
+from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
 from device_client.routing import DeviceStats, Route
 from tandem.sampling import PositionRandom, SamplingConfig
 
@@ -148,6 +148,18 @@ class _Placement:
 
     def moved(self) -> bool:
         return self.route.current() is not self.edge
+
+    def wait_verdict(self) -> Verdict:
+        """The verdict of the block in flight.  With a route that may change, a silent edge must not hold the
+        request: when the route moves on while waiting, the block is given up (UNAVAILABLE, handled by ``recover``,
+        which moves the request; the device emits only verdicts it received, so nothing is lost)."""
+        while True:
+            try:
+                return self.session.receive_verdict(ATTEMPT_S if self.route.may_change else None)
+            except TimeoutError:
+                if self.moved():
+                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} is silent and the route moved "
+                                                                 f"on") from None
 
     def move(self, committed: list[int], spec: SessionSpec) -> None:
         """Close the session here (best effort: the old edge may be gone) and continue on the route's edge."""
@@ -304,7 +316,7 @@ def decode_speculative(
                     ahead = committed + block_ids
                     while len(speculative) <= draft_length and (verdict := place.session.poll()) is None:
                         speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
-                verdict = verdict or place.session.receive_verdict()
+                verdict = verdict or place.wait_verdict()
             except EdgeError as error:
                 recovered(error)
                 continue
@@ -327,17 +339,12 @@ def decode_speculative(
                 result.draft_wasted_tokens += len(speculative)
                 speculative = []
 
-        while True:
-            try:
-                place.session.close()
-                break
-            except EdgeError as error:
-                try:
-                    recovered(error)
-                except EdgeError as refused:
-                    if refused.code == grpc.StatusCode.FAILED_PRECONDITION:
-                        break  # the session is closed: the close got through and only its answer was lost
-                    raise
+        # Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
+        # its idle timeout), so a dead or silent edge must not fail or hold a finished request.
+        try:
+            place.session.close(timeout=CLOSE_TIMEOUT_S)
+        except EdgeError:
+            place.session.cancel()
     except BaseException:
         place.session.cancel()
         raise

@@ -67,7 +67,8 @@ class EdgeSession(ABC):
         """A verdict that already arrived, else None (never blocks)."""
 
     @abstractmethod
-    def receive_verdict(self) -> Verdict: ...
+    def receive_verdict(self, timeout: float | None = None) -> Verdict:
+        """The next verdict; TimeoutError when none came within ``timeout`` seconds (None: wait)."""
 
     @abstractmethod
     def receive_tokens(self) -> list[int] | None:

@@ -207,8 +207,8 @@ class GrpcSession(EdgeSession):
         message = self._stream.poll()
         return None if message is None else _verdict(message)
 
-    def receive_verdict(self) -> Verdict:
-        return _verdict(self._stream.receive())
+    def receive_verdict(self, timeout: float | None = None) -> Verdict:
+        return _verdict(self._stream.receive(timeout))
 
     def receive_tokens(self) -> list[int] | None:
         message = self._stream.receive()

@@ -92,6 +92,7 @@ class ControllerRoute(Route):
         self._refused: str | None = None
         self._updated = threading.Condition()
         self._edges: dict[int, EdgeConnection] = {}
+        self._edges_lock = threading.Lock()  # the decoding thread adds handles, close() may run on another
         self._closed = False
         self._call = None
         self._last_report = 0.0
@@ -115,12 +116,12 @@ class ControllerRoute(Route):
 
     def current(self) -> EdgeHandle:
         allocation = self._allocation
-        handle = self._edges.get(allocation.edge)
-        if handle is None:
-            address = self._via or allocation.address
-            handle = self._edges[allocation.edge] = EdgeConnection(
-                address, name=f"edge {allocation.edge} ({allocation.address})")
-        return handle
+        with self._edges_lock:
+            handle = self._edges.get(allocation.edge)
+            if handle is None:
+                handle = self._edges[allocation.edge] = EdgeConnection(
+                    self._via or allocation.address, name=f"edge {allocation.edge} ({allocation.address})")
+            return handle
 
     def draft_length(self, longest: int) -> int:
         return max(1, min(longest, self._allocation.draft_length or longest))
@@ -145,7 +146,9 @@ class ControllerRoute(Route):
         self._closed = True
         if self._call is not None:
             self._call.cancel()
-        for handle in self._edges.values():
+        with self._edges_lock:
+            handles, self._edges = list(self._edges.values()), {}
+        for handle in handles:
             handle.close()
         self._channel.close()
 
@@ -161,9 +164,13 @@ class ControllerRoute(Route):
             except grpc.RpcError as error:
                 if self._closed:
                     return
-                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                    with self._updated:
-                        self._refused = f"the controller refused user {self.user}: {error.details()}"
-                        self._updated.notify_all()
-                    return
-            time.sleep(WATCH_RETRY_S)  # controller unreachable or restarting: keep the last allocation
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        grpc.StatusCode.CANCELLED):
+                    refusal = f"the controller refused user {self.user}: {error.code().name}: {error.details()}"
+                    if self._allocation is None:  # nothing to keep: the device cannot start
+                        with self._updated:
+                            self._refused = refusal
+                            self._updated.notify_all()
+                        return
+                    log.warning("%s; keeping the last allocation", refusal)
+            time.sleep(WATCH_RETRY_S)  # controller unreachable, restarting or refusing: keep the last allocation

@@ -55,6 +55,7 @@ class _Job:
     seq: int
     flow: Flow = field(compare=False)
     cost: float = field(compare=False)
+    weight: float = field(compare=False)
     future: asyncio.Future = field(compare=False)
     queued_at: float = field(compare=False)
     block: ScoreRequest | None = field(default=None, compare=False)  # batchable verification
@@ -73,6 +74,7 @@ class ShareScheduler:
         self._seq = itertools.count()
         self._virtual_time = 0.0
         self._finish_tags: dict[Hashable, float] = {}
+        self._tags_version = shares.version  # the shares the finish tags were computed under
         self._waiting = asyncio.Event()
         self.served_tokens: Counter[int | None] = Counter()  # by user (None: sessions without a user)
         self.best_effort_jobs = 0
@@ -89,6 +91,11 @@ class ShareScheduler:
         return await self._submit(flow, cost, work=work)
 
     async def _submit(self, flow: Flow, cost: float, **job) -> Any:
+        if self.shares.version != self._tags_version:
+            # New shares: every flow restarts at V.  Tags run up at an old weight (a best-effort user's blocks cost
+            # a thousand times their tokens) would otherwise hold a user back long after it was given a share.
+            self._finish_tags.clear()
+            self._tags_version = self.shares.version
         weight = self.shares.weight(flow.user)
         if weight.best_effort:
             self.best_effort_jobs += 1
@@ -96,7 +103,8 @@ class ShareScheduler:
         start = max(self._virtual_time, self._finish_tags.get(flow.key, 0.0))
         self._finish_tags[flow.key] = start + cost / weight.value
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Job(start, next(self._seq), flow, cost, future, time.perf_counter(), **job))
+        heapq.heappush(self._heap, _Job(start, next(self._seq), flow, cost, weight.value, future, time.perf_counter(),
+                                        **job))
         self._metrics.queue_depth.set(len(self._heap))
         self._waiting.set()
         return await future
@@ -107,8 +115,11 @@ class ShareScheduler:
         budget = self._step_tokens
         while self._heap:
             job = self._heap[0]
-            if job.future.cancelled():  # its caller is gone
+            if job.future.cancelled():  # its caller is gone: the flow is not charged for it
                 heapq.heappop(self._heap)
+                if job.flow.key in self._finish_tags:
+                    self._finish_tags[job.flow.key] = max(self._virtual_time,
+                                                          self._finish_tags[job.flow.key] - job.cost / job.weight)
                 continue
             if step and (job.block is None or job.cost > budget):
                 break

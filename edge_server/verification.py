@@ -6,6 +6,7 @@ shares.  A verdict is committed only after everything that can fail has run: a s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -79,12 +80,16 @@ class Verifier:
         """The target decodes alone; each token is one exclusive step in the session's turn."""
         tokens = self._engine.generate(session.tokens, session.sampling, request.max_new_tokens, request.stop_ids)
         iterator = tokens.__aiter__()
+        # The scheduler may be advancing the generator when the stream is cancelled: closing it then would fail
+        # ("already running"), so advancing and closing take turns.
+        turn = asyncio.Lock()
 
         async def next_tokens() -> list[int] | None:
-            try:
-                return await iterator.__anext__()
-            except StopAsyncIteration:
-                return None
+            async with turn:
+                try:
+                    return await iterator.__anext__()
+                except StopAsyncIteration:
+                    return None
 
         try:
             while (new := await self._scheduler.exclusive(flow_of(session), 1, next_tokens)) is not None:
@@ -92,7 +97,8 @@ class Verifier:
                 self._metrics.emitted_tokens.labels("edge-only").inc(len(new))
                 yield new
         finally:
-            await iterator.aclose()
+            async with turn:
+                await iterator.aclose()
 
     async def score(self, job: ScoreJob) -> list[ScoredPosition]:
         """Teacher forcing of a whole sequence, as one exclusive step paid by the job's user."""

@@ -147,3 +147,47 @@ def test_an_invalid_decision_leaves_the_last_one_in_force(tmp_path, bad):
 
     good, latest, stored = asyncio.run(scenario())
     assert good is not None and latest == good and stored == good
+
+
+def test_a_stored_decision_outside_the_topology_is_not_resumed_but_its_version_is(tmp_path):
+    state = ControllerState(tmp_path / "c.sqlite")
+    state.save_decision(VersionedDecision(41, 1.0, Decision(3, (Allocation(0, 7, 1.0, 1.0, 4),
+                                                                Allocation(5, 2, 1.0, 1.0, 4)))))
+
+    async def scenario():
+        loop = ControlLoop(config(), state, PolicySpec(name="max-sinr-equal"), ControllerMetrics())
+        resumed = loop.latest
+        loop.telemetry.probe_result(0, EdgeLoadSample(0, 0, 0.0, shares_version=57))  # an edge holds version 57
+        await loop.step()
+        await loop.close()
+        return resumed, loop.latest
+
+    resumed, decided = asyncio.run(scenario())
+    assert resumed is None
+    assert decided.version == 58 and decided.decision.slot == 4
+
+
+def test_a_policy_that_hangs_does_not_stop_the_loop(tmp_path):
+    import time
+
+    async def scenario():
+        loop = ControlLoop(config(), ControllerState(tmp_path / "c.sqlite"), PolicySpec(name="max-sinr-equal"),
+                           ControllerMetrics())
+        await loop.step()
+        first = loop.latest
+        good = loop.policy
+        loop.policy = Broken(lambda o: time.sleep(0.5) or good.decide(o))
+        loop._decision_budget = 0.05
+        await loop.step()  # times out
+        await loop.step()  # the slow policy is still running: no second one
+        errors = {reason: loop.metrics.decision_errors.labels(reason)._value.get()
+                  for reason in ("policy-timeout", "policy-busy")}
+        await asyncio.sleep(0.6)
+        loop._decision_budget = 5.0
+        await loop.step()  # it finished: the next slot decides again
+        await loop.close()
+        return first, errors, loop.latest
+
+    first, errors, latest = asyncio.run(scenario())
+    assert errors == {"policy-timeout": 1, "policy-busy": 1}
+    assert latest.version == first.version + 1

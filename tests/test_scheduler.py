@@ -135,3 +135,30 @@ def test_compute_shares_are_checked_as_a_whole():
     assert shares.set(2, {0: 1.0}) is False  # the version in force again: nothing changes
     assert shares.weight(0).value == 0.5 and shares.weight(9).value == BEST_EFFORT_WEIGHT
     assert shares.weight(None).best_effort
+
+
+def test_new_shares_take_effect_at_once_for_a_user_that_ran_best_effort():
+    async def scenario():
+        engine = RecordingEngine()
+        shares = ComputeShares()
+        shares.set(1, {0: 1.0})
+        scheduler = ShareScheduler(engine, shares, EdgeMetrics(), step_tokens=5, window=0)
+        runner = asyncio.create_task(scheduler.run_forever())
+        for _ in range(20):  # user 7 alone, best-effort: its finish tag runs far ahead
+            await scheduler.score(Flow(7, "a"), block())
+        shares.set(2, {0: 0.5, 7: 0.5})
+        scheduler.served_tokens.clear()
+
+        async def session(user, index):
+            while True:
+                await scheduler.score(Flow(user, f"{user}-{index}"), block(tag=index))
+
+        sessions = [asyncio.create_task(session(u, i)) for u in (0, 7) for i in range(3)]
+        while sum(scheduler.served_tokens.values()) < 40 * 5:
+            await asyncio.sleep(0)
+        for task in (*sessions, runner):
+            task.cancel()
+        await asyncio.gather(*sessions, runner, return_exceptions=True)
+        return scheduler
+
+    assert fractions(asyncio.run(scenario()))[7] == pytest.approx(0.5, abs=0.05)
