@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_client.decoding import MODES
 from device_client.generate import GenerationRequest, IncompatibleEdge, generate
 from device_client.link import EdgeConnection, EdgeError, EdgeUnreachable
-from device_client.routing import ControllerUnreachable, FixedRoute, Route
+from device_client.routing import ControllerRefused, ControllerUnreachable, FixedRoute, Route
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
@@ -59,7 +59,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         "same numbers; under load on CPUs whose kernels depend on the batch shape (vLLM bf16 on AMX) "
                         "it may part at a near-even decision and continue as another equally valid sample "
                         "(docs/design.md, Reproducibility)")
-    parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4)")
+    parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4); with --controller the longest block, the controller may "
+                        "ask for shorter ones")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     parser.add_argument("--raw-prompt", action="store_true", help="send the prompt without the chat template")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the text and figures")
@@ -128,6 +129,8 @@ def run_generate(args: argparse.Namespace) -> int:
             return _run(args, request, draft_path, checked.threads, EdgeConnection(link.address, args.connect_timeout))
     except ControllerUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
+    except ControllerRefused as error:
+        return fail(str(error), EXIT_USAGE)
 
 
 def _trace_link(args: argparse.Namespace, edge: str):

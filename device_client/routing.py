@@ -31,6 +31,10 @@ class ControllerUnreachable(Exception):
     pass
 
 
+class ControllerRefused(Exception):
+    """The controller answered but will not route this user (not in its topology)."""
+
+
 @dataclass(frozen=True)
 class DeviceStats:
     """What the device measured of its running request (sent to the controller for its next decisions)."""
@@ -102,9 +106,10 @@ class ControllerRoute(Route):
                                    timeout=connect_timeout)
         if self._refused is not None or self._allocation is None:
             self.close()
-            raise ControllerUnreachable(self._refused or (
-                f"no allocation from the controller at {controller} within {connect_timeout:g} s; is `tandem "
-                f"controller serve` running?"))
+            if self._refused is not None:
+                raise ControllerRefused(self._refused)
+            raise ControllerUnreachable(f"no allocation from the controller at {controller} within "
+                                        f"{connect_timeout:g} s; is `tandem controller serve` running?")
 
     @property
     def edge(self) -> int:

@@ -27,7 +27,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted (default 4 MiB)")
     parser.add_argument("--batch-window", type=float, help="seconds to wait for other sessions' blocks (0.002)")
     parser.add_argument("--step-tokens", type=int, help="target work in tokens one engine step may batch; "
-                        "compute shares are enforced step by step (default 20)")
+                        "compute shares are enforced step by step (default 64 on vllm, 1 on llamacpp)")
     parser.add_argument("--edge-id", type=int, help="this edge's index in the controller's topology (reported "
                         "to devices in GetInfo)")
     parser.add_argument("--verification-log", type=Path, metavar="FILE",

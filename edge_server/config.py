@@ -36,8 +36,14 @@ class EdgeConfig(BaseModel):
     idle_timeout_s: float = Field(60.0, gt=0)
     max_message_bytes: int = Field(4 << 20, ge=1024)
     batch_window_s: float = Field(0.002, ge=0, le=1)
-    step_tokens: int = Field(20, ge=1, le=1 << 16, description="target work (tokens) one engine step may batch; "
-                             "smaller steps follow compute shares more closely, larger ones batch more")
+    step_tokens: int | None = Field(None, ge=1, le=1 << 16, description="target work (tokens) one engine step may "
+                                    "batch; smaller steps follow compute shares more closely, larger ones batch more. "
+                                    "Default: 64 on vLLM (batching pays), 1 on llama.cpp (it scores blocks one by "
+                                    "one anyway, so one block per step costs nothing and follows shares exactly)")
+
+    @property
+    def engine_step_tokens(self) -> int:
+        return self.step_tokens or (64 if self.engine == "vllm" else 1)
     edge_id: int | None = Field(None, ge=0, description="this edge's index in the controller's topology (reported "
                                 "in GetInfo so that a device can check which edge it reached)")
     verification_log: Path | None = Field(None, description="append every verification's inputs and verdict here "

@@ -63,7 +63,7 @@ class _Job:
 
 
 class ShareScheduler:
-    def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 20,
+    def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 64,
                  window: float = 0.002) -> None:
         self._engine = engine
         self.shares = shares
@@ -139,8 +139,8 @@ class ShareScheduler:
     async def run_forever(self) -> None:
         while True:
             await self._waiting.wait()
-            if self._window > 0:
-                await asyncio.sleep(self._window)  # let blocks of other sessions arrive and share the step
+            if self._window > 0 and sum(job.cost for job in self._heap) < self._step_tokens:
+                await asyncio.sleep(self._window)  # room left in the step: let other sessions' blocks arrive
             step = self._next_step()
             if not self._heap:
                 self._waiting.clear()

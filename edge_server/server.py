@@ -35,7 +35,7 @@ async def serve(config: EdgeConfig) -> None:
     metrics = EdgeMetrics()
     registry = SessionRegistry(config.max_sessions, config.idle_timeout_s)
     shares = ComputeShares(config.edge_id or 0)
-    scheduler = ShareScheduler(engine, shares, metrics, config.step_tokens, config.batch_window_s)
+    scheduler = ShareScheduler(engine, shares, metrics, config.engine_step_tokens, config.batch_window_s)
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     verifier = Verifier(engine, scheduler, metrics, audit)
     server = grpc.aio.server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,10 +85,12 @@ def connection(edge):
     conn.close()
 
 
-def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The `tandem` CLI in a child process."""
+def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600,
+               env_token: str | None = None) -> subprocess.CompletedProcess:
+    """The `tandem` CLI in a child process (``env_token``: its $TANDEM_ADMIN_TOKEN)."""
+    env = {**os.environ, "TANDEM_ADMIN_TOKEN": env_token} if env_token is not None else None
     return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -329,6 +329,32 @@ def test_admin_calls_need_the_token_and_bad_requests_change_nothing(testbed):
     assert after.version < before.version + 10**6  # no bad request took effect (the controller moves on meanwhile)
 
 
+def test_the_cli_follows_the_controller_and_reports_its_status(testbed):
+    import json
+
+    set_policy(testbed, "alternate")
+    wait_version(testbed, 0)
+    done = run_tandem("generate", "--controller", testbed.controller.address, "--user", "3", "--via",
+                      testbed.linkemu.addresses[3], "--max-tokens", "24", "--ignore-eos", "--json", PROMPT)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["generated_tokens"] == 24 and summary["edges"]
+    status = run_tandem("controller", "status", "--controller", testbed.controller.address, "--json")
+    assert status.returncode == 0, status.stderr
+    table = json.loads(status.stdout)
+    assert table["policy"] == "alternate" and len(table["allocations"]) == NUM_USERS
+    human = run_tandem("controller", "status", "--controller", testbed.controller.address)
+    assert "policy alternate" in human.stdout and "healthy" in human.stdout
+    for args, code in ((["--controller", testbed.controller.address], 2),  # no --user
+                       (["--edge", testbed.address(0), "--controller", testbed.controller.address, "--user", "0"], 2),
+                       (["--edge", testbed.address(0), "--user", "0"], 2),
+                       (["--controller", testbed.controller.address, "--user", "99"], 2)):  # not in the topology
+        refused = run_tandem("generate", *args, "--max-tokens", "4", PROMPT)
+        assert refused.returncode == code and "tandem: error:" in refused.stderr, (args, refused.stderr)
+    wrong = run_tandem("policy", "list", "--controller", testbed.controller.address, env_token="wrong-token-012345678")
+    assert wrong.returncode == 1 and "PERMISSION_DENIED" in wrong.stderr
+
+
 def test_malformed_topology_is_refused_with_exit_2(tmp_path):
     good_edge = {"id": 0, "address": "127.0.0.1:1"}
     cases = {
