@@ -1,0 +1,120 @@
+"""A digital-twin scenario: which trace, which users and edges, what they ask for, on which hardware.
+
+    name: umi-3x12
+    trace: ../traces/umi.npz            # paths relative to this file
+    profile: ../profiles/phone-1b-gpu-8b.yaml
+    users: 12                           # the first N users of the trace (or a list of indices)
+    edges: [{id: 0, capacity: 8}, {id: 1}, {id: 2, compute_scale: 2.0}]
+    duration_slots: 600
+    arrivals: {kind: poisson, rate_per_user_s: 0.05}      # or {kind: once, at_s: 0}
+    prompt_tokens: {kind: uniform, low: 64, high: 256}    # or {kind: fixed, value: 128}
+    answer_tokens: {kind: uniform, low: 64, high: 256}
+    draft_length: 4
+    mode: psd                           # or sd
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tandem.cli_support import validation_reasons
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used, with the reason."""
+
+
+class TokenCount(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["fixed", "uniform"]
+    value: int | None = Field(None, ge=1, le=1 << 20)
+    low: int | None = Field(None, ge=1, le=1 << 20)
+    high: int | None = Field(None, ge=1, le=1 << 20)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TokenCount":
+        if self.kind == "fixed" and self.value is None:
+            raise ValueError("a fixed count needs `value`")
+        if self.kind == "uniform" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("a uniform count needs `low` <= `high`")
+        return self
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return self.value if self.kind == "fixed" else int(rng.integers(self.low, self.high + 1))
+
+
+class Arrivals(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["poisson", "once"]
+    rate_per_user_s: float = Field(0.05, gt=0, le=1000, allow_inf_nan=False, description="poisson: requests per "
+                                   "second per user")
+    at_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="once: when every user sends its request")
+
+
+class TwinEdge(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: int = Field(ge=0, description="the edge's index in the trace")
+    capacity: int = Field(16, ge=1, description="most users it may serve at once")
+    compute_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="this edge's compute "
+                                 "relative to the profile's edge (2 = twice as fast)")
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    trace: Path
+    profile: Path
+    users: int | list[int]
+    edges: list[TwinEdge] = Field(min_length=1)
+    duration_slots: int = Field(ge=1, le=1 << 20)
+    arrivals: Arrivals
+    prompt_tokens: TokenCount
+    answer_tokens: TokenCount
+    draft_length: int = Field(4, ge=1, le=64)
+    mode: Literal["psd", "sd"] = "psd"
+    rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip behind the radio")
+    bytes_per_prompt_token: float = Field(2.0, gt=0, le=16, allow_inf_nan=False, description="packed varint ids")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Scenario":
+        ids = [edge.id for edge in self.edges]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an edge id is listed twice")
+        if isinstance(self.users, list) and len(set(self.users)) != len(self.users):
+            raise ValueError("a user is listed twice")
+        if isinstance(self.users, int) and self.users < 1:
+            raise ValueError("users must be at least 1")
+        return self
+
+    def user_ids(self) -> list[int]:
+        return list(range(self.users)) if isinstance(self.users, int) else list(self.users)
+
+    def check_against(self, num_users: int, num_edges: int) -> None:
+        """The trace bounds the indices; ScenarioError naming the first out of range."""
+        for user in self.user_ids():
+            if not 0 <= user < num_users:
+                raise ScenarioError(f"scenario {self.name}: user {user} is not in the trace ({num_users} users)")
+        for edge in self.edges:
+            if edge.id >= num_edges:
+                raise ScenarioError(f"scenario {self.name}: edge {edge.id} is not in the trace ({num_edges} edges)")
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario; relative trace and profile paths are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ScenarioError(f"cannot read scenario {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"scenario {path} must hold a mapping")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as error:
+        raise ScenarioError(f"invalid scenario {path}: {validation_reasons(error)}") from None
+    return scenario.model_copy(update={"trace": path.parent / scenario.trace, "profile": path.parent / scenario.profile})
