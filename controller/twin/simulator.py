@@ -247,7 +247,13 @@ class DigitalTwin:
         """Play the rest of the scenario (all of it after ``reset``) under ``policy``."""
         while not self.finished:
             self.step(policy.decide(self.observation()))
-        return TwinRun(self.done, [r for u in self.users for r in u.queue])
+        return self.outcome()
+
+    def outcome(self) -> "TwinRun":
+        return TwinRun(list(self.done), [r for u in self.users for r in u.queue])
+
+    def summary(self) -> "TwinSummary":
+        return self.outcome().summary()
 
 
 @dataclass
