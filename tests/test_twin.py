@@ -128,3 +128,34 @@ def test_profiles_and_scenarios_are_validated(tmp_path):
         load_scenario(scenario_file)
     with pytest.raises(ScenarioError, match="user 1 is not in the trace"):
         DigitalTwin(scenario(users=2), constant_trace(), profile(0.7))
+
+
+def test_profile_measures_the_engines_and_twin_run_compares_policies(prepared, umi_trace, tmp_path):
+    import json
+
+    from tests.conftest import run_tandem
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Why is the sky blue?\nName a red fruit.\n")
+    out = tmp_path / "cpu.yaml"
+    done = run_tandem("profile", "--engine", "llamacpp", "--repeats", "1", "--answer-tokens", "8", "--prompts",
+                      str(prompts), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    measured = load_profile(out)
+    assert measured.device.draft_seconds_per_token > 0 and measured.edge.block_seconds(4) > 0
+    assert 0 <= measured.acceptance.per_token <= 1 and set(measured.acceptance.by_draft_length) == {1, 2, 4, 8}
+    assert [p.blocks for p in measured.edge.batch_scaling] == [1, 2, 4, 8]
+
+    scenario_file = tmp_path / "scenario.yaml"
+    scenario_file.write_text(
+        f"name: small\ntrace: {umi_trace}\nprofile: {out}\nusers: 4\nedges: [{{id: 0}}, {{id: 1}}, {{id: 2}}]\n"
+        "duration_slots: 60\narrivals: {kind: poisson, rate_per_user_s: 0.5}\n"
+        "prompt_tokens: {kind: fixed, value: 32}\nanswer_tokens: {kind: fixed, value: 24}\n")
+    compared = run_tandem("twin", "run", "--scenario", str(scenario_file), "--policy", "max-sinr-equal", "--policy",
+                          "tma-opt", "--json")
+    assert compared.returncode == 0, compared.stderr
+    result = json.loads(compared.stdout)
+    assert set(result["policies"]) == {"max-sinr-equal", "tma-opt"}
+    assert result["policies"]["max-sinr-equal"]["latency_reduction_vs_baseline"] == 0.0
+    refused = run_tandem("twin", "run", "--scenario", str(tmp_path / "missing.yaml"))
+    assert refused.returncode == 2 and "cannot read scenario" in refused.stderr
