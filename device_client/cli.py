@@ -59,8 +59,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         "same numbers; under load on CPUs whose kernels depend on the batch shape (vLLM bf16 on AMX) "
                         "it may part at a near-even decision and continue as another equally valid sample "
                         "(docs/design.md, Reproducibility)")
-    parser.add_argument("--draft-length", type=int, default=4, help="tokens per drafted block (default 4); with --controller the longest block, the controller may "
-                        "ask for shorter ones")
+    parser.add_argument("--draft-length", type=int, default=4,
+                        help="tokens per drafted block (default 4); with --controller the longest block, the "
+                        "controller may ask for shorter ones")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     parser.add_argument("--raw-prompt", action="store_true", help="send the prompt without the chat template")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the text and figures")

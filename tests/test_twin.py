@@ -3,8 +3,6 @@ constant channel, determinism for a seed, outages, migrations, and the profile a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -117,4 +117,5 @@ def load_scenario(path: Path) -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as error:
         raise ScenarioError(f"invalid scenario {path}: {validation_reasons(error)}") from None
-    return scenario.model_copy(update={"trace": path.parent / scenario.trace, "profile": path.parent / scenario.profile})
+    return scenario.model_copy(update={"trace": path.parent / scenario.trace,
+                                       "profile": path.parent / scenario.profile})
