@@ -27,6 +27,12 @@ TokenSink = Callable[[list[int]], None]
 # With a route that may change, each attempt on one edge is this short, so that a reassignment (failover) is seen.
 ATTEMPT_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
+# A block in flight is given up on an edge that stays silent this long after the route moved on (a hung edge).
+SILENT_EDGE_S = 10.0
+# Codes on which opening a session on the route's edge is tried again: the link is down, or (when the request is
+# being moved there) the edge is full for the moment; the route may also name another edge meanwhile.
+RETRY_OPEN = (grpc.StatusCode.UNAVAILABLE,)
+RETRY_MOVE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 @dataclass
@@ -126,21 +132,25 @@ class _Placement:
     def __init__(self, route: Route, spec: SessionSpec, result: DecodeResult) -> None:
         self.route, self.spec, self.result = route, spec, result
         self.edge: EdgeHandle = route.current()
-        self.session = self.reopen(list(spec.prompt), spec)
+        self.session = self.reopen(list(spec.prompt), spec, moving=False)
         self.base = len(spec.prompt)  # committed length when the current session was opened
 
-    def reopen(self, prompt: list[int], spec: SessionSpec) -> EdgeSession:
+    def reopen(self, prompt: list[int], spec: SessionSpec, moving: bool = True) -> EdgeSession:
         """A new session with ``prompt`` on the route's current edge, following the route while attempts fail
-        with a broken link."""
+        with a broken link; a request being moved also waits out an edge that is full for the moment (a move
+        must not lose the request; a new request is refused at once, as without a controller)."""
         deadline = time.monotonic() + RESUME_WITHIN_S
+        retry = RETRY_MOVE if moving else RETRY_OPEN
         while True:
             self.edge = self.route.current()
             attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
                 session = self.edge.open(_with_prompt(spec, prompt), within_s=_left(attempt, deadline))
             except EdgeError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                if error.code not in retry or time.monotonic() >= deadline:
                     raise
+                if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    time.sleep(ATTEMPT_S / 4)
                 continue
             if not self.result.edges or self.result.edges[-1] != self.edge.name:
                 self.result.edges.append(self.edge.name)
@@ -151,13 +161,17 @@ class _Placement:
 
     def wait_verdict(self) -> Verdict:
         """The verdict of the block in flight.  With a route that may change, a silent edge must not hold the
-        request: when the route moves on while waiting, the block is given up (UNAVAILABLE, handled by ``recover``,
-        which moves the request; the device emits only verdicts it received, so nothing is lost)."""
+        request: when the route has moved on and no verdict came for ``SILENT_EDGE_S``, the block is given up
+        (UNAVAILABLE, handled by ``recover``, which moves the request; the device emits only verdicts it received,
+        so nothing is lost).  A merely slow edge answers within that time and the move happens between rounds,
+        closing the session there."""
+        waited = 0.0
         while True:
             try:
                 return self.session.receive_verdict(ATTEMPT_S if self.route.may_change else None)
             except TimeoutError:
-                if self.moved():
+                waited += ATTEMPT_S
+                if waited >= SILENT_EDGE_S and self.moved():
                     raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} is silent and the route moved "
                                                                  f"on") from None
 

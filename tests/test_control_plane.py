@@ -154,6 +154,17 @@ def wait_version(bed: Daemons, beyond: int, timeout: float = 20.0) -> cpb.Contro
     raise AssertionError(f"no decision beyond version {beyond} within {timeout} s")
 
 
+def assert_no_session_left(bed: Daemons, timeout: float = 10.0) -> None:
+    """Every session the devices opened was closed (a move closes the session it leaves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = {i: edge_control(bed, i).GetLoad(cpb.GetLoadRequest(), timeout=5).sessions for i in range(NUM_EDGES)}
+        if not any(held.values()):
+            return
+        assert time.monotonic() < deadline, f"sessions left open on the edges: {held}"
+        time.sleep(0.2)
+
+
 def controller_metric(bed: Daemons, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{bed.controller.metrics_port}/metrics", timeout=5).read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
@@ -232,6 +243,7 @@ def test_migration_every_slot_is_lossless(testbed, draft, sampling):
         fixed.close()
     assert moved.token_ids == unmoved.token_ids
     assert controller_metric(testbed, "tandem_controller_migrations_total") > migrations_before
+    assert_no_session_left(testbed)
 
 
 def test_policy_swap_under_load_keeps_sessions_lossless(testbed, draft, prepared):
@@ -264,6 +276,7 @@ def test_policy_swap_under_load_keeps_sessions_lossless(testbed, draft, prepared
         thread.join(timeout=300)
     assert not errors, errors
     assert done.returncode == 0, done.stderr
+    assert_no_session_left(testbed)
     fixed = EdgeConnection(testbed.address(1))
     try:
         for user, result in results.items():
