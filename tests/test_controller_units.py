@@ -191,3 +191,25 @@ def test_a_policy_that_hangs_does_not_stop_the_loop(tmp_path):
     first, errors, latest = asyncio.run(scenario())
     assert errors == {"policy-timeout": 1, "policy-busy": 1}
     assert latest.version == first.version + 1
+
+
+def test_users_moved_off_a_failed_edge_count_as_failovers_others_as_migrations(tmp_path):
+    async def scenario():
+        loop = ControlLoop(config(), ControllerState(tmp_path / "c.sqlite"), PolicySpec(name="max-sinr-equal"),
+                           ControllerMetrics())
+        loop.telemetry.record_measurements(0, [(0, 0, 5.0, 5.0), (0, 2, 1.0, 1.0), (5, 0, 1.0, 1.0),
+                                               (5, 2, 5.0, 5.0)])
+        await loop.step()  # user 0 on edge 0, user 5 on edge 2
+        placed = {a.user: a.edge for a in loop.latest.decision.allocations}
+        loop.telemetry.probe_result(0, None)  # (the step's probes of the closed port failed already)
+        since = loop.telemetry.edges[0].failing_since
+        loop.telemetry.probe_result(0, None, now=since + 10.0)  # edge 0 down: user 0 must move
+        loop.telemetry.record_measurements(1, [(0, 0, 5.0, 5.0), (0, 2, 1.0, 1.0), (5, 0, 5.0, 5.0),
+                                               (5, 2, 1.0, 1.0)])  # user 5 would rather be on edge 0 now
+        loop._count_moves(loop.policy.decide(loop.telemetry.observation(1)))
+        await loop.close()
+        return placed, loop.metrics.failovers._value.get(), loop.metrics.migrations._value.get()
+
+    placed, failovers, migrations = asyncio.run(scenario())
+    assert placed == {0: 0, 5: 2}
+    assert (failovers, migrations) == (1, 0)  # user 0 left the dead edge; user 5 stays (edge 0 is out)
