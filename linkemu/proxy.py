@@ -88,7 +88,10 @@ class ShapingProxy:
         finally:
             for pump in pumps:
                 pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            try:
+                await asyncio.gather(*pumps, return_exceptions=True)
+            except asyncio.CancelledError:
+                pass  # stopping: the handler must end normally (asyncio's stream callback reads its exception)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction) -> None:
         """Read as fast as the sender sends; deliver each chunk at its shaped arrival time, in order."""
