@@ -53,7 +53,7 @@ def add_profile_command(commands: argparse._SubParsersAction) -> None:
 def run_profile(args: argparse.Namespace) -> int:
     import platform
 
-    from controller.twin.measure import MeasureSettings, run_measure
+    from controller.twin.measure import BATCHES, MeasureSettings, run_measure
     from edge_server.config import EdgeConfig
     from edge_server.engines import make_engine
     from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
@@ -78,7 +78,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
     draft = LlamaCppDraftEngine(prepared.draft_gguf)
     prompts = [draft.encode_chat(line) for line in lines]
-    engine = make_engine(EdgeConfig(engine=args.engine, data_dir=data_dir))
+    # A warm context per concurrent block, as an edge sized for the batch would have (fewer would re-prefill).
+    engine = make_engine(EdgeConfig(engine=args.engine, data_dir=data_dir, llamacpp={"slots": max(BATCHES)}))
     name = args.name or f"cpu-{args.engine}"
     host = f"{platform.node()} ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}"
     profile = run_measure(engine, draft, prepared.draft_gguf.name, prompts, name, host,

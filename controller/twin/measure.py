@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -115,7 +116,7 @@ async def measure_edge(engine: TargetEngine, prompts: list[list[int]], settings:
         await engine.teacher_force(fresh, 1, 2)
 
     prefill_s = await _amedian_seconds(prefill, settings.repeats) / (len(longest) + 1)
-    return EdgeProfile(target_model=engine.info.model, verify_base_seconds=max(0.0, float(base)),
+    return EdgeProfile(target_model=Path(engine.info.model).name, verify_base_seconds=max(0.0, float(base)),
                        verify_seconds_per_token=max(0.0, float(per_position)),
                        prefill_seconds_per_token=prefill_s, batch_scaling=tuple(points))
 
