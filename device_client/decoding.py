@@ -11,7 +11,7 @@ so all modes emit what the target's verification decides: speed never changes th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import grpc
@@ -132,11 +132,11 @@ class _Placement:
     def __init__(self, route: Route, spec: SessionSpec, result: DecodeResult) -> None:
         self.route, self.spec, self.result = route, spec, result
         self.edge: EdgeHandle = route.current()
-        self.session = self.reopen(list(spec.prompt), spec, moving=False)
+        self.session = self.reopen(spec, moving=False)
         self.base = len(spec.prompt)  # committed length when the current session was opened
 
-    def reopen(self, prompt: list[int], spec: SessionSpec, moving: bool = True) -> EdgeSession:
-        """A new session with ``prompt`` on the route's current edge, following the route while attempts fail
+    def reopen(self, spec: SessionSpec, moving: bool = True) -> EdgeSession:
+        """A new session opened with ``spec`` on the route's current edge, following the route while attempts fail
         with a broken link; a request being moved also waits out an edge that is full for the moment (a move
         must not lose the request; a new request is refused at once, as without a controller)."""
         deadline = time.monotonic() + RESUME_WITHIN_S
@@ -145,7 +145,7 @@ class _Placement:
             self.edge = self.route.current()
             attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
-                session = self.edge.open(_with_prompt(spec, prompt), within_s=_left(attempt, deadline))
+                session = self.edge.open(spec, within_s=_left(attempt, deadline))
             except EdgeError as error:
                 if error.code not in retry or time.monotonic() >= deadline:
                     raise
@@ -175,6 +175,11 @@ class _Placement:
                     raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} is silent and the route moved "
                                                                  f"on") from None
 
+    def _continue_at(self, committed: list[int], spec: SessionSpec) -> None:
+        """A new session holding everything committed so far as its prompt (positions do not change)."""
+        self.session = self.reopen(replace(spec, prompt=list(committed)))
+        self.base = len(committed)
+
     def move(self, committed: list[int], spec: SessionSpec) -> None:
         """Close the session here (best effort: the old edge may be gone) and continue on the route's edge."""
         try:
@@ -182,8 +187,7 @@ class _Placement:
         except EdgeError:
             self.session.cancel()
         self.result.count_bytes(self.session)
-        self.session = self.reopen(list(committed), spec)
-        self.base = len(committed)
+        self._continue_at(committed, spec)
         self.result.migrations += 1
 
     def recover(self, committed: list[int], spec: SessionSpec) -> list[int]:
@@ -194,8 +198,7 @@ class _Placement:
         deadline = time.monotonic() + RESUME_WITHIN_S
         while True:
             if self.moved():
-                self.session = self.reopen(list(committed), spec)
-                self.base = len(committed)
+                self._continue_at(committed, spec)
                 self.result.migrations += 1
                 return []
             attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
@@ -203,8 +206,7 @@ class _Placement:
                 self.session = self.edge.attach(self.session.id, within_s=_left(attempt, deadline))
             except EdgeError as error:
                 if error.code == grpc.StatusCode.NOT_FOUND:  # the edge lost the session (it restarted)
-                    self.session = self.reopen(list(committed), spec)
-                    self.base = len(committed)
+                    self._continue_at(committed, spec)
                     return []
                 if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                     raise
@@ -215,11 +217,6 @@ class _Placement:
 def _left(attempt: float, deadline: float) -> float:
     """How long the next attempt may take: ``attempt``, cut to what is left before ``deadline`` (at least 0.1 s)."""
     return max(0.1, min(attempt, deadline - time.monotonic()))
-
-
-def _with_prompt(spec: SessionSpec, prompt: list[int]) -> SessionSpec:
-    return SessionSpec(prompt, spec.sampling, spec.speculative, spec.draft_length, spec.max_new_tokens,
-                       spec.stop_ids, spec.tokenizer_fingerprint, spec.user)
 
 
 def decode_edge_only(
@@ -237,12 +234,17 @@ def decode_edge_only(
                            stop_ids=tuple(stop_ids), tokenizer_fingerprint=fingerprint, user=user)
 
     place = _Placement(route, spec(), result)
+
+    def restart() -> None:
+        """Drop the stream (the edge closes its edge-only session) and go on from every token received."""
+        place.session.cancel()
+        result.count_bytes(place.session)
+        place.session = place.reopen(spec())
+
     try:
         while True:
             if place.moved() and not emitter.done:
-                place.session.cancel()
-                place.result.count_bytes(place.session)
-                place.session = place.reopen(spec().prompt, spec())
+                restart()
                 result.migrations += 1
             try:
                 tokens = place.session.receive_tokens()
@@ -251,10 +253,8 @@ def decode_edge_only(
                     raise
                 if emitter.done:
                     break  # every token arrived; only the edge's `closed` was lost
-                result.count_bytes(place.session)
-                place.session.cancel()
+                restart()
                 result.resumes += 1
-                place.session = place.reopen(spec().prompt, spec())
                 continue
             if tokens is None:
                 break
