@@ -10,7 +10,9 @@ acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  tokens (k 
             = k · t_draft + up + verify + down + rtt           sequential speculative decoding
 
 so the request's remaining latency is  pending / τ × round.  A pair whose spectral efficiency is 0 (outage) has
-infinite latency.  The functions are vectorised over users (numpy arrays) so that policies can evaluate many
+infinite latency.  Moving a request to another edge costs a one-off rebuild of its context there (lossless
+migration re-prefills the prompt and every committed token): its upload at the uplink rate plus its prefill at
+the edge's compute; staying where the context is costs nothing, so association does not churn for nothing.  The functions are vectorised over users (numpy arrays) so that policies can evaluate many
 candidate associations cheaply.
 """
 
@@ -43,6 +45,10 @@ class UserState:
     verify_work_per_token: float = 1.0  # W(k) = verify_work_base + k · verify_work_per_token
     verify_work_base: float = 1.0
     rtt_s: float = 0.0  # base round-trip of the radio link and the network behind it
+    edge: int | None = None  # position of the edge holding the request's context (None: nowhere yet)
+    context_tokens: int = 0  # prompt + committed tokens a move would re-prefill (0: unknown, moves cost nothing)
+    prefill_work_per_token: float = 0.0  # in verify work units
+    bits_per_context_token: float = 8 * 2.0  # packed token ids
 
 
 def tokens_per_round(acceptance: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -64,6 +70,7 @@ class PairCosts:
     verify: np.ndarray  # [U, E] verify time at the whole compute
     rtt: np.ndarray  # [U]
     weight: np.ndarray  # [U] rounds left: pending / τ
+    move: np.ndarray  # [U, E] one-off seconds to build the context on e at the whole resources (0 where it is)
 
 
 def pair_costs(users: list[UserState], edges: list[EdgeState]) -> PairCosts:
@@ -79,12 +86,21 @@ def pair_costs(users: list[UserState], edges: list[EdgeState]) -> PairCosts:
     work = np.array([u.verify_work_base for u in users]) + k * np.array([u.verify_work_per_token for u in users])
     acceptance = np.array([u.acceptance for u in users], dtype=float)
     pending = np.array([u.pending_tokens for u in users], dtype=float)
+    context = np.array([u.context_tokens for u in users], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        move = (context * np.array([u.bits_per_context_token for u in users]))[:, None] / (bandwidth * se_up) \
+            + (context * np.array([u.prefill_work_per_token for u in users]))[:, None] / compute[None, :]
+    move = np.where(context[:, None] > 0, move, 0.0)
+    for row, user in enumerate(users):
+        if user.edge is not None:
+            move[row, user.edge] = 0.0
     return PairCosts(
         draft=k * np.array([u.draft_s_per_token for u in users]),
         comm=comm,
         verify=work[:, None] / compute[None, :],
         rtt=np.array([u.rtt_s for u in users], dtype=float),
         weight=pending / tokens_per_round(acceptance, k),
+        move=move,
     )
 
 

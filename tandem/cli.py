@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from controller.cli import add_controller_commands, add_policy_commands
-    from controller.twin.cli import add_profile_command, add_twin_commands
+    from controller.twin.cli import add_profile_command, add_train_command, add_twin_commands
     from device_client.cli import add_generate_arguments
     from edge_server.cli import add_serve_arguments
     from tandem.demo import add_demo_arguments
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands)
     add_twin_commands(commands)
     add_profile_command(commands)
+    add_train_command(commands)
 
     demo = commands.add_parser(
         "demo",

@@ -160,18 +160,19 @@ def test_profile_measures_the_engines_and_twin_run_compares_policies(prepared, u
 
 
 def test_the_allocation_game_maps_actions_to_valid_shares_and_rewards_time_in_system():
+    from controller.policies.edge_agent import AgentSpec
     from controller.twin.agents import EdgeAllocationGame, GameError, agent_id
 
     trace = synthetic_trace(np.full(100, 3.0), np.full(100, 2.0), bandwidth_hz=BANDWIDTH)
     busy = scenario(slots=50, users=1, arrivals={"kind": "poisson", "rate_per_user_s": 2.0},
                     edges=[{"id": 0, "capacity": 4}])
-    game = EdgeAllocationGame(DigitalTwin(busy, trace, profile(0.7)), max_users=4, energy_weight=0.1)
+    game = EdgeAllocationGame(DigitalTwin(busy, trace, profile(0.7)), AgentSpec(4), energy_weight=0.1)
     observations = game.reset(seed=2)
-    assert set(observations) == {agent_id(0)} and observations[agent_id(0)].shape == (game.observation_size,)
+    assert set(observations) == {agent_id(0)} and observations[agent_id(0)].shape == (game.spec.observation_size,)
     rng = np.random.default_rng(0)
     rewards = []
     while True:
-        actions = {agent: rng.uniform(-1, 1, game.action_size) for agent in game.agents}
+        actions = {agent: rng.uniform(-1, 1, game.spec.action_size) for agent in game.agents}
         decision = game.decision(actions)
         assert all(a.bandwidth_share > 0 and a.compute_share > 0 for a in decision.allocations)
         observations, reward, terminated, truncated, _ = game.step(actions)
@@ -183,4 +184,4 @@ def test_the_allocation_game_maps_actions_to_valid_shares_and_rewards_time_in_sy
     with pytest.raises(GameError, match="an action of 8 numbers"):
         game.step({agent_id(0): np.zeros(3)})
     with pytest.raises(GameError, match="user slots"):
-        EdgeAllocationGame(DigitalTwin(scenario(edges=[{"id": 0, "capacity": 32}]), trace, profile(0.7)), max_users=4)
+        EdgeAllocationGame(DigitalTwin(scenario(edges=[{"id": 0, "capacity": 32}]), trace, profile(0.7)), AgentSpec(4))

@@ -36,17 +36,19 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 class EqualShareModel:
-    """Latency of user u on edge e when e is shared equally by n users: weight·max(draft, n·x + rtt) (psd)."""
+    """Latency of user u on edge e when e is shared equally by n users: weight·max(draft, n·x + rtt) (psd), plus
+    n·move to build its context there if it is not there already."""
 
     def __init__(self, costs: PairCosts, parallel: bool) -> None:
         self.x = _finite(costs.comm + costs.verify)  # [U, E] remote time at the whole edge
+        self.move = _finite(costs.move)
         self.draft, self.rtt, self.weight, self.parallel = costs.draft, costs.rtt, costs.weight, parallel
 
     def latency(self, n: np.ndarray) -> np.ndarray:
         """[U, E] latency of every user on every edge if that edge had ``n[e]`` users."""
         remote = n[None, :] * self.x + self.rtt[:, None]
         rounds = np.maximum(self.draft[:, None], remote) if self.parallel else self.draft[:, None] + remote
-        return self.weight[:, None] * _finite(rounds)
+        return self.weight[:, None] * _finite(rounds) + n[None, :] * self.move
 
     def total(self, association: np.ndarray, num_edges: int) -> float:
         n = np.bincount(association, minlength=num_edges).astype(float)
@@ -120,18 +122,29 @@ def local_search(model: EqualShareModel, association: np.ndarray, capacity: np.n
     return association
 
 
-def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency, never
-    worse than equal shares.  Members in an outage on this edge (no rate: no share can help them) get MIN_SHARE;
-    the others share the rest."""
+def _with_outages(costs: PairCosts, members: np.ndarray, edge: int, solve) -> tuple[np.ndarray, np.ndarray]:
+    """Members in an outage on this edge (no rate: no share can help them) get MIN_SHARE; ``solve`` shares the
+    rest among the reachable ones (shares summing to 1, scaled to what is left)."""
     count = len(members)
     reachable = np.isfinite(costs.comm[members, edge]) & np.isfinite(costs.verify[members, edge])
     b, c = np.full(count, MIN_SHARE), np.full(count, MIN_SHARE)
     if reachable.any():
         budget = 1.0 - MIN_SHARE * (count - reachable.sum())
-        rb, rc = _reachable_shares(costs, members[reachable], edge, parallel)
+        rb, rc = solve(members[reachable])
         b[reachable], c[reachable] = rb * budget, rc * budget
-    equal = np.full(count, 1.0 / count)
+    return b, c
+
+
+def sequential_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """The closed-form optimum for sequential rounds (outages at MIN_SHARE): cheap, and the learned policy's prior."""
+    return _with_outages(costs, members, edge, lambda reachable: _sqrt_shares(costs, reachable, edge))
+
+
+def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency, never
+    worse than equal shares."""
+    b, c = _with_outages(costs, members, edge, lambda reachable: _reachable_shares(costs, reachable, edge, parallel))
+    equal = np.full(len(members), 1.0 / len(members))
     return (b, c) if _summed_latency(costs, members, edge, b, c, parallel) <= _summed_latency(
         costs, members, edge, equal, equal, parallel) else (equal, equal)
 
@@ -143,14 +156,19 @@ def _summed_latency(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndar
     return float((costs.weight[members] * (np.maximum(draft, remote) if parallel else draft + remote)).sum())
 
 
+def _sqrt_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sequential rounds: minimise sum w (a/b + v/c) with sum b = sum c = 1  ->  b ~ sqrt(w a), c ~ sqrt(w v)."""
+    w = costs.weight[members]
+    b0, c0 = np.sqrt(w * costs.comm[members, edge]) + 1e-12, np.sqrt(w * costs.verify[members, edge]) + 1e-12
+    return b0 / b0.sum(), c0 / c0.sum()
+
+
 def _reachable_shares(costs: PairCosts, members: np.ndarray, edge: int,
                       parallel: bool) -> tuple[np.ndarray, np.ndarray]:
     """Shares (summing to 1) of members that all have a finite rate to the edge."""
     w, comm, verify = costs.weight[members], costs.comm[members, edge], costs.verify[members, edge]
     draft, rtt = costs.draft[members], costs.rtt[members]
-    # Sequential rounds: minimise sum w (a/b + v/c) with sum b = sum c = 1  ->  b ~ sqrt(w a), c ~ sqrt(w v).
-    b0, c0 = np.sqrt(w * comm) + 1e-12, np.sqrt(w * verify) + 1e-12
-    b0, c0 = b0 / b0.sum(), c0 / c0.sum()
+    b0, c0 = _sqrt_shares(costs, members, edge)
     if not parallel or len(members) == 1:
         return b0, c0
     n = len(members)

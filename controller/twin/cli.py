@@ -30,6 +30,97 @@ def add_twin_commands(commands: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=run_twin)
 
 
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train the tma-masac policy (RLlib SAC, one agent per edge) in the digital twin",
+        description="Association by TMA, allocation by multi-agent SAC (RLlib) on the twin's allocation game "
+        "(docs/twin.md): one agent per edge sharing one network; every episode draws a training trace, a number of "
+        "users and edges and an energy weight. Periodically the actor plays the validation traces next to tma-opt; "
+        "the best one is saved in OUT/best, what `tandem policy set tma-masac --checkpoint OUT/best` and `tandem "
+        "evaluate --checkpoint OUT/best` load. Progress in OUT/progress.jsonl and TensorBoard logs in "
+        "OUT/tensorboard. With --address it runs on an existing Ray cluster.")
+    train.add_argument("--scenario", type=Path, required=True, help="scenario YAML (see docs/twin.md)")
+    train.add_argument("--iterations", type=int, default=150, help="training iterations (150: about 40 minutes "
+                       "here; each samples 200 environment steps)")
+    train.add_argument("--out", type=Path, help="output folder (default runs/masac-<scenario name>)")
+    train.add_argument("--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: a local "
+                       "Ray on this machine")
+    train.add_argument("--train-trace", type=Path, action="append", help="training trace (repeatable; default the "
+                       "scenario's)")
+    train.add_argument("--validation-trace", type=Path, action="append", help="validation trace (repeatable; "
+                       "default the training traces)")
+    train.add_argument("--users", type=int, nargs=2, metavar=("LOW", "HIGH"), help="users per episode, drawn in "
+                       "[LOW, HIGH] (default: the scenario's)")
+    train.add_argument("--edges", type=int, nargs="+", help="edge counts to draw from (default: all the scenario's)")
+    train.add_argument("--energy-weights", type=float, nargs="+", default=[0.0], help="energy weights (J^-1 in "
+                       "units of requests in the system) to draw from (default 0)")
+    train.add_argument("--episode-slots", type=int, default=300, help="slots per training episode (300)")
+    train.add_argument("--max-users", type=int, default=24, help="user slots per agent, at least every edge's "
+                       "capacity (24)")
+    train.add_argument("--eval-every", type=int, default=10, help="validate every N iterations (10)")
+    train.add_argument("--env-runners", type=int, default=0, help="Ray env runners sampling in parallel (0: in "
+                       "the driver, right for 2 cores)")
+    train.add_argument("--seed", type=int, default=0, help="seed of episodes and networks (0)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from controller.twin.agents import GameError
+    from controller.twin.episodes import EpisodeConfig, Episodes
+    from controller.twin.scenario import ScenarioError
+    from controller.twin.train import TrainSettings, train
+    from tandem.cli_support import validation_reasons
+    from tandem.profiles import ProfileError
+    from tandem.traces.format import TraceError
+
+    if args.iterations < 1 or args.eval_every < 1 or args.env_runners < 0 or args.seed < 0:
+        return fail("--iterations and --eval-every must be at least 1, --env-runners and --seed non-negative",
+                    EXIT_USAGE)
+    try:
+        episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
+                                 users=tuple(args.users) if args.users else None, edges=args.edges or [],
+                                 energy_weights=args.energy_weights, episode_slots=args.episode_slots,
+                                 max_users=args.max_users)
+        checked = Episodes(episodes)  # every input is read and checked before Ray starts
+        out = args.out or Path("runs") / f"masac-{checked.scenario.name}"
+        settings = TrainSettings(episodes=episodes, validation_traces=args.validation_trace or [], out=out,
+                                 iterations=args.iterations, seed=args.seed, address=args.address,
+                                 eval_every=args.eval_every, env_runners=args.env_runners)
+    except ValidationError as error:
+        return fail(f"invalid training settings: {validation_reasons(error)}", EXIT_USAGE)
+    except (ScenarioError, TraceError, ProfileError, GameError, ValueError) as error:
+        return fail(str(error), EXIT_USAGE)
+    bar = tqdm(total=args.iterations, desc="train", unit="it", file=sys.stderr, disable=args.quiet)
+
+    def progress(iteration: int, row: dict) -> None:
+        shown = {"return": row.get("episode_return_mean"), "val s": row.get("validation_latency_s"),
+                 "tma-opt s": row.get("baseline_validation_latency_s")}
+        bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
+        bar.update()
+
+    try:
+        result = train(settings, progress)
+    except (ScenarioError, TraceError, ProfileError, GameError) as error:
+        return fail(str(error), EXIT_USAGE)
+    finally:
+        bar.close()
+    summary = {"out": str(out), "iterations": result.iterations, "env_steps": result.env_steps,
+               "agent_steps": result.agent_steps, "seconds": round(result.seconds, 1),
+               "peak_rss_mb": round(result.peak_rss_mb), "best_iteration": result.best_iteration,
+               "best_validation_latency_s": result.best_validation_latency_s,
+               "tma_opt_validation_latency_s": result.baseline_validation_latency_s}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
 def add_profile_command(commands: argparse._SubParsersAction) -> None:
     profile = commands.add_parser(
         "profile", help="measure this machine's draft and target engines into a hardware profile",

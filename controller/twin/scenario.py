@@ -6,7 +6,7 @@
     users: 12                           # the first N users of the trace (or a list of indices)
     edges: [{id: 0, capacity: 8}, {id: 1}, {id: 2, compute_scale: 2.0}]
     duration_slots: 600
-    arrivals: {kind: poisson, rate_per_user_s: 0.05}      # or {kind: once, at_s: 0}
+    arrivals: {kind: poisson, rate_per_user_s: 0.05, until_s: 50}   # or {kind: once, at_s: 0}
     prompt_tokens: {kind: uniform, low: 64, high: 256}    # or {kind: fixed, value: 128}
     answer_tokens: {kind: uniform, low: 64, high: 256}
     draft_length: 4
@@ -54,6 +54,8 @@ class Arrivals(BaseModel):
     rate_per_user_s: float = Field(0.05, gt=0, le=1000, allow_inf_nan=False, description="poisson: requests per "
                                    "second per user")
     at_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="once: when every user sends its request")
+    until_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="poisson: no arrivals after this "
+                                  "time, so that the requests in the system drain before the end")
 
 
 class TwinEdge(BaseModel):

@@ -84,6 +84,7 @@ class TwinSummary:
     mean_ttft_s: float
     mean_energy_j: float
     migrations: int
+    mean_time_in_system_s: float  # every request, unfinished ones up to the end: not biased by what is left over
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -128,6 +129,8 @@ class DigitalTwin:
             else:
                 count = self.rng.poisson(arrivals.rate_per_user_s * self.slot_s)
                 times = sorted(self.rng.uniform(begin, end, count))
+                if arrivals.until_s is not None:
+                    times = [at for at in times if at < arrivals.until_s]
             for at in times:
                 user.queue.append(Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.rng),
                                           self.scenario.answer_tokens.sample(self.rng)))
@@ -150,7 +153,11 @@ class DigitalTwin:
             draft_s_per_token=device.draft_seconds_per_token, acceptance=self.profile.acceptance.per_token,
             draft_length=draft_length, pending_tokens=max(1, request.remaining if request else 0),
             verify_work_per_token=edge.verify_seconds_per_token,
-            verify_work_base=edge.verify_base_seconds + edge.verify_seconds_per_token, rtt_s=self.scenario.rtt_s)
+            verify_work_base=edge.verify_base_seconds + edge.verify_seconds_per_token, rtt_s=self.scenario.rtt_s,
+            edge=edge_ids.index(request.edge) if request and request.edge is not None else None,
+            context_tokens=request.prompt_tokens + request.generated if request else 0,
+            prefill_work_per_token=edge.prefill_seconds_per_token,
+            bits_per_context_token=8 * self.scenario.bytes_per_prompt_token)
 
     def observation(self) -> Observation:
         """What the controller would see at the start of this slot (edge speed from last slot's load)."""
@@ -250,7 +257,7 @@ class DigitalTwin:
         return self.outcome()
 
     def outcome(self) -> "TwinRun":
-        return TwinRun(list(self.done), [r for u in self.users for r in u.queue])
+        return TwinRun(list(self.done), [r for u in self.users for r in u.queue], self.now)
 
     def summary(self) -> "TwinSummary":
         return self.outcome().summary()
@@ -260,6 +267,7 @@ class DigitalTwin:
 class TwinRun:
     completed: list[Request]
     unfinished: list[Request]
+    end_s: float
 
     def summary(self) -> TwinSummary:
         latencies = np.array([r.latency for r in self.completed]) if self.completed else np.array([np.nan])
@@ -267,4 +275,9 @@ class TwinRun:
         energy = np.array([r.energy_j for r in self.completed]) if self.completed else np.array([np.nan])
         return TwinSummary(len(self.completed), len(self.unfinished), float(np.mean(latencies)),
                            float(np.percentile(latencies, 95)), float(np.mean(ttfts)), float(np.mean(energy)),
-                           sum(r.migrations for r in self.completed))
+                           sum(r.migrations for r in self.completed), self.mean_time_in_system())
+
+    def mean_time_in_system(self) -> float:
+        """Seconds per request from arrival to its end or to the end of the run (NaN when none arrived)."""
+        times = [r.latency for r in self.completed] + [self.end_s - r.arrival for r in self.unfinished]
+        return float(np.mean(times)) if times else float("nan")

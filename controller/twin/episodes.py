@@ -1,0 +1,113 @@
+"""Training episodes: which game each episode of the multi-agent environments plays.
+
+One scenario file fixes the hardware, the workload and the edges; every episode then draws, from its seed, one of
+the training traces, a number of users (the first N of the trace), a number of edges (the first E of the
+scenario) and an energy weight, so that one policy (parameters shared by every edge's agent) learns the whole
+evaluation grid.  The same seed always gives the same game.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.policies.edge_agent import AgentSpec
+from controller.twin.agents import EdgeAllocationGame, GameError, agent_id
+from controller.twin.scenario import Scenario, load_scenario
+from controller.twin.simulator import DigitalTwin
+from tandem.profiles import HardwareProfile, load_profile
+from tandem.traces.format import ChannelTrace, load_trace
+
+
+class EpisodeConfig(BaseModel):
+    """What the environments take (RLlib's ``env_config``, the PettingZoo constructor): plain data, so that Ray
+    can ship it to remote workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scenario: Path
+    traces: list[Path] = Field(default_factory=list, description="training traces (default: the scenario's)")
+    users: tuple[int, int] | None = Field(None, description="users per episode, drawn in [low, high] (default: the "
+                                          "scenario's)")
+    edges: list[int] = Field(default_factory=list, description="edge counts to draw from (default: all edges)")
+    energy_weights: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    episode_slots: int | None = Field(None, ge=2, le=1 << 20, description="default: the scenario's duration")
+    max_users: int = Field(24, ge=1, le=1024, description="user slots of each agent")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "EpisodeConfig":
+        if self.users is not None and not 1 <= self.users[0] <= self.users[1]:
+            raise ValueError("users must be [low, high] with 1 <= low <= high")
+        if any(e < 1 for e in self.edges):
+            raise ValueError("edge counts must be at least 1")
+        if any(not np.isfinite(w) or w < 0 for w in self.energy_weights):
+            raise ValueError("energy weights must be finite and non-negative")
+        return self
+
+
+class Episodes:
+    """Makes the game of each episode; traces and the profile are read once."""
+
+    def __init__(self, config: EpisodeConfig) -> None:
+        self.config = config
+        self.scenario: Scenario = load_scenario(config.scenario)
+        if config.episode_slots is not None:
+            self.scenario = self.scenario.model_copy(update={"duration_slots": config.episode_slots})
+        self.profile: HardwareProfile = load_profile(self.scenario.profile)
+        self.spec = AgentSpec(config.max_users)
+        self.edge_counts = config.edges or [len(self.scenario.edges)]
+        if max(self.edge_counts) > len(self.scenario.edges):
+            raise GameError(f"edge counts {self.edge_counts}: the scenario has {len(self.scenario.edges)} edges")
+        self.user_range = config.users or (len(self.scenario.user_ids()),) * 2
+        for trace in self.traces:
+            self._variant(self.user_range[1], max(self.edge_counts)).check_against(
+                trace.metadata.num_users, trace.metadata.num_edges)
+        for edges in self.edge_counts:  # the most users on the fewest edges must fit their capacity
+            capacity = sum(edge.capacity for edge in self.scenario.edges[:edges])
+            if capacity < self.user_range[1]:
+                raise GameError(f"{self.user_range[1]} users do not fit the capacity ({capacity}) of the first "
+                                f"{edges} edges")
+
+    @cached_property
+    def traces(self) -> list[ChannelTrace]:
+        return [load_trace(path) for path in (self.config.traces or [self.scenario.trace])]
+
+    @property
+    def agents(self) -> list[str]:
+        """Every agent an episode may have (the most edges)."""
+        return [agent_id(edge.id) for edge in self.scenario.edges[:max(self.edge_counts)]]
+
+    def _variant(self, users: int, edges: int) -> Scenario:
+        return self.scenario.model_copy(update={"users": users, "edges": self.scenario.edges[:edges]})
+
+    def game(self, seed: int) -> EdgeAllocationGame:
+        """The game of the episode with this seed (the caller resets it with the same seed)."""
+        rng = np.random.default_rng(seed)
+        trace = self.traces[int(rng.integers(len(self.traces)))]
+        users = int(rng.integers(self.user_range[0], self.user_range[1] + 1))
+        edges = int(rng.choice(self.edge_counts))
+        weight = float(rng.choice(self.config.energy_weights))
+        return EdgeAllocationGame(DigitalTwin(self._variant(users, edges), trace, self.profile), self.spec, weight)
+
+    def begin(self, seeds: np.random.Generator) -> tuple[EdgeAllocationGame, dict[str, np.ndarray]]:
+        """A new episode, its seed drawn from ``seeds``: the game, reset, and its first observations."""
+        episode_seed = int(seeds.integers(1 << 31))
+        game = self.game(episode_seed)
+        return game, bounded(game.reset(episode_seed))
+
+
+OBSERVATION_BOUND = 10.0  # every feature of the encoding lies well inside it; the spaces clip to it
+
+
+def spaces(spec: AgentSpec):
+    """(observation space, action space) of every agent (gymnasium Boxes)."""
+    from gymnasium.spaces import Box
+
+    return (Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, (spec.observation_size,), np.float32),
+            Box(-1.0, 1.0, (spec.action_size,), np.float32))
+
+
+def bounded(observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {agent: np.clip(obs, -OBSERVATION_BOUND, OBSERVATION_BOUND) for agent, obs in observations.items()}
