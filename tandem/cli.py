@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from controller.cli import add_controller_commands, add_policy_commands
-    from controller.twin.cli import add_profile_command, add_train_command, add_twin_commands
+    from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
     from device_client.cli import add_generate_arguments
     from edge_server.cli import add_serve_arguments
     from tandem.demo import add_demo_arguments
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_twin_commands(commands)
     add_profile_command(commands)
     add_train_command(commands)
+    add_evaluate_command(commands)
 
     demo = commands.add_parser(
         "demo",

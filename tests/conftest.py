@@ -125,3 +125,32 @@ def linkemu_links(umi_trace, tmp_path_factory):
     yield link_to
     for process in started.values():
         process.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_twin_scenario(folder: Path, trace: Path, users: int = 4, capacity: int = 4, slots: int = 60) -> Path:
+    """A scenario on ``trace`` with the shipped phone/GPU profile, 3 edges and a busy Poisson workload."""
+    import yaml
+
+    path = folder / f"scenario-{users}-{capacity}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "test", "trace": str(trace), "profile": str(REPO / "profiles" / "phone-1b-gpu-8b.yaml"),
+        "users": users, "edges": [{"id": e, "capacity": capacity, "compute_scale": 0.1} for e in range(3)],
+        "duration_slots": slots, "arrivals": {"kind": "poisson", "rate_per_user_s": 0.5},
+        "prompt_tokens": {"kind": "uniform", "low": 32, "high": 128},
+        "answer_tokens": {"kind": "uniform", "low": 16, "high": 64}}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_policy(umi_trace, tmp_path_factory) -> Path:
+    """A few iterations of `tandem train` (MASAC on RLlib) on the Sionna test trace: the policy folder it keeps."""
+    folder = tmp_path_factory.mktemp("masac")
+    scenario = write_twin_scenario(folder, umi_trace)
+    done = run_tandem("train", "--scenario", str(scenario), "--iterations", "3", "--eval-every", "3",
+                      "--learning-starts", "100", "--max-users", "4", "--episode-slots", "40",
+                      "--energy-weights", "0", "0.5", "--out", str(folder / "run"), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "run" / "best"

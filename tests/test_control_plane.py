@@ -8,6 +8,7 @@ shares are refused and change nothing; a controller killed with SIGKILL comes ba
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -368,6 +369,34 @@ def test_the_cli_follows_the_controller_and_reports_its_status(testbed):
         assert refused.returncode == code and "tandem: error:" in refused.stderr, (args, refused.stderr)
     wrong = run_tandem("policy", "list", "--controller", testbed.controller.address, env_token="wrong-token-012345678")
     assert wrong.returncode == 1 and "PERMISSION_DENIED" in wrong.stderr
+
+
+def test_a_trained_masac_policy_is_swapped_in_and_decides_valid_slots(testbed, trained_policy, tmp_path):
+    """`tandem policy set tma-masac --checkpoint DIR` loads the actor `tandem train` kept (without Ray) in the
+    running controller; its decisions hold the share rule; a corrupted checkpoint is refused and changes nothing."""
+    set_policy(testbed, "tma-equal")
+    admin = ("--controller", testbed.controller.address, "--admin-token-file", str(testbed.token_file))
+    done = run_tandem("policy", "set", "tma-masac", "--checkpoint", str(trained_policy), *admin, timeout=120)
+    assert done.returncode == 0, done.stderr
+    start = wait_version(testbed, 0).version
+    for _ in range(3):
+        status = wait_version(testbed, start)
+        start = status.version
+        assert status.policy == "tma-masac" and len(status.allocations) == NUM_USERS
+        for resource in ("bandwidth_share", "compute_share"):
+            per_edge: dict[int, float] = {}
+            for allocation in status.allocations:
+                share = getattr(allocation, resource)
+                assert 0 <= share <= 1, allocation
+                per_edge[allocation.edge] = per_edge.get(allocation.edge, 0.0) + share
+            assert all(total <= 1 + 1e-9 for total in per_edge.values()), (resource, per_edge)
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(trained_policy, corrupted)
+    (corrupted / "module" / "module_state.pkl").write_bytes(b"\x80\x04garbage")
+    refused = run_tandem("policy", "set", "tma-masac", "--checkpoint", str(corrupted), *admin, timeout=120)
+    assert refused.returncode == 2 and "cannot load the actor" in refused.stderr, refused.stderr
+    assert wait_version(testbed, start).policy == "tma-masac"
+    set_policy(testbed, "tma-equal")
 
 
 def test_malformed_topology_is_refused_with_exit_2(tmp_path):

@@ -55,10 +55,17 @@ class AgentSpec:
 
     def check_capacity(self, observation: Observation) -> None:
         """ValueError when an edge may serve more users than the agent has slots for."""
-        for edge in observation.edges:
-            if edge.capacity > self.max_users:
-                raise ValueError(f"edge {edge.edge} may serve {edge.capacity} users; the policy was trained for at "
-                                 f"most {self.max_users} per edge")
+        self._check((edge.edge, edge.capacity) for edge in observation.edges)
+
+    def check_capacity_of(self, scenario) -> None:
+        """The same check on a twin scenario's edges."""
+        self._check((edge.id, edge.capacity) for edge in scenario.edges)
+
+    def _check(self, capacities) -> None:
+        for edge, capacity in capacities:
+            if capacity > self.max_users:
+                raise ValueError(f"edge {edge} may serve {capacity} users; the policy was trained for at most "
+                                 f"{self.max_users} per edge")
 
 
 def members_of(observation: Observation, association: np.ndarray, costs: PairCosts, position: int,
@@ -87,14 +94,16 @@ def encode(observation: Observation, association: np.ndarray, costs: PairCosts, 
     with np.errstate(divide="ignore", invalid="ignore"):
         remote = costs.comm[members, position] / b + costs.verify[members, position] / c + costs.rtt[members]
         ratio = np.log10(remote / np.maximum(costs.draft[members], 1e-9))
-    ratio = np.clip(np.nan_to_num(ratio, nan=3.0, posinf=3.0), -3.0, 3.0)
-    for slot, index in enumerate(members):
-        user = observation.users[index]
-        start = EDGE_FEATURES + slot * USER_FEATURES
-        features[start:start + USER_FEATURES] = (
-            1.0, min(user.se_up[position], 100.0) / 10, min(user.se_down[position], 100.0) / 10,
-            np.log1p(user.pending_tokens) / 7, min(user.draft_s_per_token, 10.0) * 10, user.acceptance,
-            b[slot], c[slot], ratio[slot])
+    users = [observation.users[index] for index in members]
+    per_user = np.column_stack([
+        np.ones(len(members)),
+        np.minimum([u.se_up[position] for u in users], 100.0) / 10,
+        np.minimum([u.se_down[position] for u in users], 100.0) / 10,
+        np.log1p([u.pending_tokens for u in users]) / 7,
+        np.minimum([u.draft_s_per_token for u in users], 10.0) * 10,
+        [u.acceptance for u in users],
+        b, c, np.clip(np.nan_to_num(ratio, nan=3.0, posinf=3.0), -3.0, 3.0)])
+    features[EDGE_FEATURES:EDGE_FEATURES + per_user.size] = per_user.ravel()
     return features
 
 

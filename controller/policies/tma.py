@@ -48,7 +48,9 @@ class EqualShareModel:
         """[U, E] latency of every user on every edge if that edge had ``n[e]`` users."""
         remote = n[None, :] * self.x + self.rtt[:, None]
         rounds = np.maximum(self.draft[:, None], remote) if self.parallel else self.draft[:, None] + remote
-        return self.weight[:, None] * _finite(rounds) + n[None, :] * self.move
+        # Every term is finite already (x and move are, draft and rtt too): only the cap is needed, and this runs
+        # a few hundred times per decision.
+        return self.weight[:, None] * np.minimum(rounds, OUTAGE_ROUND_S) + n[None, :] * self.move
 
     def total(self, association: np.ndarray, num_edges: int) -> float:
         n = np.bincount(association, minlength=num_edges).astype(float)

@@ -60,6 +60,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-every", type=int, default=10, help="validate every N iterations (10)")
     train.add_argument("--env-runners", type=int, default=0, help="Ray env runners sampling in parallel (0: in "
                        "the driver, right for 2 cores)")
+    train.add_argument("--learning-starts", type=int, default=1000, help="environment steps sampled before the "
+                       "first update (1000)")
     train.add_argument("--seed", type=int, default=0, help="seed of episodes and networks (0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
@@ -80,9 +82,9 @@ def run_train(args: argparse.Namespace) -> int:
     from tandem.profiles import ProfileError
     from tandem.traces.format import TraceError
 
-    if args.iterations < 1 or args.eval_every < 1 or args.env_runners < 0 or args.seed < 0:
-        return fail("--iterations and --eval-every must be at least 1, --env-runners and --seed non-negative",
-                    EXIT_USAGE)
+    if args.iterations < 1 or args.eval_every < 1 or min(args.env_runners, args.seed, args.learning_starts) < 0:
+        return fail("--iterations and --eval-every must be at least 1; --env-runners, --learning-starts and --seed "
+                    "non-negative", EXIT_USAGE)
     try:
         episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
                                  users=tuple(args.users) if args.users else None, edges=args.edges or [],
@@ -92,7 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / f"masac-{checked.scenario.name}"
         settings = TrainSettings(episodes=episodes, validation_traces=args.validation_trace or [], out=out,
                                  iterations=args.iterations, seed=args.seed, address=args.address,
-                                 eval_every=args.eval_every, env_runners=args.env_runners)
+                                 eval_every=args.eval_every, env_runners=args.env_runners,
+                                 learning_starts=args.learning_starts)
     except ValidationError as error:
         return fail(f"invalid training settings: {validation_reasons(error)}", EXIT_USAGE)
     except (ScenarioError, TraceError, ProfileError, GameError, ValueError) as error:
@@ -118,6 +121,99 @@ def run_train(args: argparse.Namespace) -> int:
                "tma_opt_validation_latency_s": result.baseline_validation_latency_s}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
+    return EXIT_OK
+
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="every policy on held-out traces over a grid of users, edges, modes and energy weights",
+        description="Plays every policy in the digital twin on the same held-out traces and arrival seeds for each "
+        "cell of the grid (users x edges x PSD/SD x energy weight) and reports mean and p95 latency, time to first "
+        "token and device energy with 95%% confidence intervals, and each policy's paired latency reduction "
+        "against max-sinr-equal and against the strongest non-learned policy. Writes OUT/evaluate.json and PNG "
+        "plots; --report writes the Markdown table (docs/evaluation.md).")
+    evaluate.add_argument("--scenario", type=Path, required=True, help="scenario YAML (its edges, workload, profile)")
+    evaluate.add_argument("--trace", type=Path, action="append", required=True, help="held-out trace (repeatable; "
+                          "never one the policy was trained or validated on)")
+    evaluate.add_argument("--seeds", type=int, default=2, help="arrival seeds per trace (2), from 2000000 on: "
+                          "never used in training")
+    evaluate.add_argument("--users", type=int, nargs="+", default=[10, 20, 30, 40, 50])
+    evaluate.add_argument("--edges", type=int, nargs="+", default=[3, 4, 5])
+    evaluate.add_argument("--modes", nargs="+", choices=["psd", "sd"], default=["psd", "sd"])
+    evaluate.add_argument("--energy-weights", type=float, nargs="+", default=[0.0, 0.5])
+    evaluate.add_argument("--policy", action="append", help="policy to play (repeatable; default tma-masac, tma-opt, "
+                          "tma-equal, max-sinr-equal, random)")
+    evaluate.add_argument("--checkpoint", type=Path, help="tma-masac policy folder (default: the shipped one, "
+                          "policies/tma-masac)")
+    evaluate.add_argument("--out", type=Path, default=Path("results/evaluate"), help="folder for JSON and plots")
+    evaluate.add_argument("--report", type=Path, help="write the Markdown table here (e.g. docs/evaluation.md)")
+    evaluate.add_argument("--jobs", type=int, default=2, help="worker processes (2)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from tqdm import tqdm
+
+    from controller.policies import available
+    from controller.policies.masac import DEFAULT_CHECKPOINT, CheckpointError, LearnedShares
+    from controller.twin.evaluate import LEARNED, EvaluationSettings, aggregate, headline, run_jobs
+    from controller.twin.report import markdown, plots
+    from controller.twin.scenario import ScenarioError, load_scenario
+    from tandem.profiles import ProfileError, load_profile
+    from tandem.traces.format import TraceError, load_trace
+
+    policies = tuple(args.policy or (LEARNED, "tma-opt", "tma-equal", BASELINE, "random"))
+    if args.seeds < 1 or args.jobs < 1 or min(args.users) < 1 or min(args.edges) < 1:
+        return fail("--seeds, --jobs, --users and --edges must be at least 1", EXIT_USAGE)
+    if any(not (w >= 0 and w < float("inf")) for w in args.energy_weights):
+        return fail("--energy-weights must be finite and non-negative", EXIT_USAGE)
+    unknown = sorted(set(policies) - set(available()))
+    if unknown:
+        return fail(f"unknown policies {unknown} (installed: {', '.join(sorted(available()))})", EXIT_USAGE)
+    try:
+        scenario = load_scenario(args.scenario)
+        load_profile(scenario.profile)
+        if max(args.edges) > len(scenario.edges):
+            raise ScenarioError(f"--edges {max(args.edges)}: the scenario has {len(scenario.edges)} edges")
+        for path in args.trace:
+            meta = load_trace(path).metadata
+            scenario.model_copy(update={"users": max(args.users)}).check_against(meta.num_users, meta.num_edges)
+        for edges in args.edges:
+            capacity = sum(edge.capacity for edge in scenario.edges[:edges])
+            if capacity < max(args.users):
+                raise ScenarioError(f"{max(args.users)} users do not fit the capacity ({capacity}) of {edges} edges")
+        checkpoint = None
+        if LEARNED in policies:
+            checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+            LearnedShares.from_folder(checkpoint).spec.check_capacity_of(scenario)
+    except (ScenarioError, TraceError, ProfileError, CheckpointError, ValueError) as error:
+        return fail(str(error), EXIT_USAGE)
+    settings = EvaluationSettings(
+        scenario=args.scenario, traces=tuple(args.trace), seeds=tuple(2_000_000 + i for i in range(args.seeds)),
+        users=tuple(args.users), edges=tuple(args.edges), modes=tuple(args.modes),
+        energy_weights=tuple(args.energy_weights), policies=policies, checkpoint=checkpoint, jobs=args.jobs)
+    started = time.monotonic()
+    with tqdm(total=len(settings.job_list()), desc="evaluate", unit="run", file=sys.stderr,
+              disable=args.quiet) as bar:
+        results = run_jobs(settings, bar.update)
+    rows = aggregate(settings, results)
+    headlines = {mode: headline(rows, LEARNED, mode) for mode in settings.modes} if LEARNED in policies else {}
+    command = "tandem evaluate " + shlex.join(sys.argv[2:]) if len(sys.argv) > 1 else "tandem evaluate"
+    meta = {"command": command, "seconds": time.monotonic() - started,
+            "replicates": len(settings.traces) * len(settings.seeds), "traces": [str(p) for p in settings.traces],
+            "seeds": list(settings.seeds), "checkpoint": str(checkpoint) if checkpoint else None}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluate.json").write_text(json.dumps({"meta": meta, "headline": headlines, "cells": rows},
+                                                       indent=1) + "\n")
+    written = plots(rows, args.out)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(markdown(rows, headlines, command, meta) + "\n")
+    print(json.dumps({"headline": headlines, "json": str(args.out / "evaluate.json"),
+                      "plots": [str(p) for p in written], "report": str(args.report) if args.report else None}))
     return EXIT_OK
 
 

@@ -57,6 +57,11 @@ class Episodes:
             self.scenario = self.scenario.model_copy(update={"duration_slots": config.episode_slots})
         self.profile: HardwareProfile = load_profile(self.scenario.profile)
         self.spec = AgentSpec(config.max_users)
+        try:
+            self.spec.check_capacity_of(self.scenario)
+        except ValueError as error:
+            raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") \
+                from None
         self.edge_counts = config.edges or [len(self.scenario.edges)]
         if max(self.edge_counts) > len(self.scenario.edges):
             raise GameError(f"edge counts {self.edge_counts}: the scenario has {len(self.scenario.edges)} edges")

@@ -1,0 +1,184 @@
+"""`tandem evaluate`: every policy on the same held-out traces over a grid of users, edges, modes and energy weights.
+
+A replicate is one (trace, arrival seed) pair; every policy plays every replicate of a cell, so comparisons are
+paired: a reduction is computed per replicate (1 − latency / latency of the reference) and reported as its mean
+with a 95% confidence interval (Student t over replicates).  Policies that ignore energy decide the same at every
+energy weight, so they are played once per cell and reported under each weight; ``tma-masac`` reads the weight
+in its observation and is played at each.  The reference "strongest non-learned policy" is, per cell, the
+non-learned policy with the lowest mean latency there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BASELINE = "max-sinr-equal"
+LEARNED = "tma-masac"
+METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", "mean_time_in_system_s")
+
+
+@dataclass(frozen=True)
+class Job:
+    users: int
+    edges: int
+    mode: str
+    trace: int  # index in the evaluation traces
+    seed: int
+    policy: str
+    energy_weight: float | None  # None: a policy that ignores it
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    scenario: Path
+    traces: tuple[Path, ...]
+    seeds: tuple[int, ...]
+    users: tuple[int, ...]
+    edges: tuple[int, ...]
+    modes: tuple[str, ...]
+    energy_weights: tuple[float, ...]
+    policies: tuple[str, ...]
+    checkpoint: Path | None
+    jobs: int = 2
+
+    def job_list(self) -> list[Job]:
+        jobs = []
+        for users, edges, mode, trace, seed, policy in itertools.product(
+                self.users, self.edges, self.modes, range(len(self.traces)), self.seeds, self.policies):
+            weights = self.energy_weights if policy == LEARNED else (None,)
+            jobs += [Job(users, edges, mode, trace, seed, policy, weight) for weight in weights]
+        return jobs
+
+
+_context: dict = {}
+
+
+def _load(settings: EvaluationSettings) -> None:
+    """Per worker process: scenario, traces, profile and the actor, read once."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from controller.policies.masac import LearnedShares
+    from controller.twin.scenario import load_scenario
+    from tandem.profiles import load_profile
+    from tandem.traces.format import load_trace
+
+    scenario = load_scenario(settings.scenario)
+    _context.update(settings=settings, scenario=scenario, profile=load_profile(scenario.profile),
+                    traces=[load_trace(path) for path in settings.traces])
+    if LEARNED in settings.policies:
+        import torch
+
+        torch.set_num_threads(1)
+        _context["actor"] = LearnedShares.from_folder(settings.checkpoint) if settings.checkpoint else None
+
+
+def play(job: Job) -> tuple[Job, dict]:
+    from controller.policies import make_policy
+    from controller.policies.masac import TmaMasac
+    from controller.twin.simulator import DigitalTwin
+
+    scenario = _context["scenario"]
+    variant = scenario.model_copy(update={"users": job.users, "edges": scenario.edges[:job.edges], "mode": job.mode})
+    parallel = job.mode == "psd"
+    if job.policy == LEARNED:
+        policy = TmaMasac(seed=job.seed, actor=_context["actor"], energy_weight=job.energy_weight, parallel=parallel)
+    elif job.policy in ("tma-equal", "tma-opt"):
+        policy = make_policy(job.policy, seed=job.seed, parallel=parallel)
+    else:
+        policy = make_policy(job.policy, seed=job.seed)
+    twin = DigitalTwin(variant, _context["traces"][job.trace], _context["profile"], seed=job.seed)
+    return job, twin.run(policy).summary().as_dict()
+
+
+def run_jobs(settings: EvaluationSettings, progress=lambda: None) -> list[tuple[Job, dict]]:
+    import multiprocessing
+
+    jobs = settings.job_list()
+    if settings.jobs <= 1:
+        _load(settings)
+        results = []
+        for job in jobs:
+            results.append(play(job))
+            progress()
+        return results
+    with multiprocessing.get_context("spawn").Pool(settings.jobs, initializer=_load, initargs=(settings,)) as pool:
+        results = []
+        for result in pool.imap_unordered(play, jobs, chunksize=1):
+            results.append(result)
+            progress()
+    return results
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
+    from scipy.stats import t
+
+    array = np.asarray(values, dtype=float)
+    array = array[np.isfinite(array)]
+    if not len(array):
+        return {"mean": math.nan, "ci95": math.nan, "n": 0}
+    half = float(t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "ci95": half, "n": int(len(array))}
+
+
+def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> list[dict]:
+    """One row per (users, edges, mode, energy weight): every policy's metrics and paired reductions."""
+    by_key: dict[tuple, dict] = {}
+    for job, summary in results:
+        by_key[(job.users, job.edges, job.mode, job.trace, job.seed, job.policy, job.energy_weight)] = summary
+    replicates = list(itertools.product(range(len(settings.traces)), settings.seeds))
+    non_learned = [p for p in settings.policies if p != LEARNED]
+    rows = []
+    for users, edges, mode, weight in itertools.product(settings.users, settings.edges, settings.modes,
+                                                        settings.energy_weights):
+        def runs(policy: str) -> list[dict]:
+            w = weight if policy == LEARNED else None
+            return [by_key[(users, edges, mode, trace, seed, policy, w)] for trace, seed in replicates]
+
+        table = {policy: runs(policy) for policy in settings.policies}
+        metrics = {policy: {metric: interval([r[metric] for r in table[policy]]) for metric in METRICS}
+                   | {"unfinished": float(np.mean([r["unfinished"] for r in table[policy]]))}
+                   for policy in settings.policies}
+        strongest = min(non_learned, key=lambda p: metrics[p]["mean_latency_s"]["mean"]) if non_learned else None
+
+        def reduction(policy: str, reference: str | None) -> dict | None:
+            if reference is None or reference not in table:
+                return None
+            return interval([1 - a["mean_latency_s"] / b["mean_latency_s"]
+                             for a, b in zip(table[policy], table[reference])])
+
+        rows.append({"users": users, "edges": edges, "mode": mode, "energy_weight": weight,
+                     "strongest_non_learned": strongest, "policies": {
+                         policy: metrics[policy] | {"reduction_vs_baseline": reduction(policy, BASELINE),
+                                                    "reduction_vs_strongest": reduction(policy, strongest)}
+                         for policy in settings.policies}})
+    return rows
+
+
+def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
+    """Average and best reduction of ``policy`` against the baseline and its margin over tma-opt, per weight."""
+    out = {}
+    for weight in sorted({row["energy_weight"] for row in rows}):
+        cells = [row for row in rows if row["mode"] == mode and row["energy_weight"] == weight
+                 and policy in row["policies"]]
+        if not cells:
+            continue
+        vs_base = [row["policies"][policy]["reduction_vs_baseline"]["mean"] for row in cells]
+        if not np.isfinite(vs_base).any():
+            continue  # no request completed under some policy in any cell: nothing to compare
+        best = int(np.nanargmax(vs_base))
+        margins = [1 - row["policies"][policy]["mean_latency_s"]["mean"]
+                   / row["policies"]["tma-opt"]["mean_latency_s"]["mean"] for row in cells if "tma-opt" in row["policies"]]
+        out[str(weight)] = {
+            "average_reduction_vs_baseline": float(np.nanmean(vs_base)),
+            "best_reduction_vs_baseline": float(vs_base[best]),
+            "best_cell": f"{cells[best]['users']} users x {cells[best]['edges']} edges",
+            "average_margin_over_tma_opt": float(np.nanmean(margins)) if margins else None,
+            "cells_better_than_tma_opt": sum(m > 0 for m in margins),
+            "cells": len(cells)}
+    return out
