@@ -12,8 +12,9 @@ acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  tokens (k 
 so the request's remaining latency is  pending / τ × round.  A pair whose spectral efficiency is 0 (outage) has
 infinite latency.  Moving a request to another edge costs a one-off rebuild of its context there (lossless
 migration re-prefills the prompt and every committed token): its upload at the uplink rate plus its prefill at
-the edge's compute; staying where the context is costs nothing, so association does not churn for nothing.  The functions are vectorised over users (numpy arrays) so that policies can evaluate many
-candidate associations cheaply.
+the edge's compute; staying where the context is costs nothing, so association does not churn for nothing.
+The functions are vectorised over users (numpy arrays) so that policies can evaluate many candidate associations
+cheaply.
 """
 
 from __future__ import annotations

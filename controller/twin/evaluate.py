@@ -173,7 +173,8 @@ def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
             continue  # no request completed under some policy in any cell: nothing to compare
         best = int(np.nanargmax(vs_base))
         margins = [1 - row["policies"][policy]["mean_latency_s"]["mean"]
-                   / row["policies"]["tma-opt"]["mean_latency_s"]["mean"] for row in cells if "tma-opt" in row["policies"]]
+                   / row["policies"]["tma-opt"]["mean_latency_s"]["mean"]
+                   for row in cells if "tma-opt" in row["policies"]]
         out[str(weight)] = {
             "average_reduction_vs_baseline": float(np.nanmean(vs_base)),
             "best_reduction_vs_baseline": float(vs_base[best]),

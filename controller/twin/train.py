@@ -150,7 +150,8 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                         shutil.rmtree(settings.out / "best", ignore_errors=True)
                         actor.save(settings.out / "best", {
                             "scenario": episodes.scenario.name, "iteration": iteration,
-                            "validation_latency_s": best_latency, "episodes": settings.episodes.model_dump(mode="json")})
+                            "validation_latency_s": best_latency,
+                            "episodes": settings.episodes.model_dump(mode="json")})
                 for key, value in row.items():
                     if isinstance(value, (int, float)) and key != "iteration":
                         writer.add_scalar(key, value, iteration)
