@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  `make demo` (the main job, end to end)  and  `make test`.
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench policy evaluate
 
 .venv/.setup-done: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -19,3 +19,9 @@ bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/reproducibility.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/controller.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/scheduler.py
+
+policy: setup  # train the shipped tma-masac policy (docs/twin.md; ~50 min here)
+	bash scripts/train-policy.sh
+
+evaluate: setup  # every policy on held-out traces: docs/evaluation.md and docs/evaluation/*.png
+	bash scripts/evaluate.sh

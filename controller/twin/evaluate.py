@@ -155,7 +155,8 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
         rows.append({"users": users, "edges": edges, "mode": mode, "energy_weight": weight,
                      "strongest_non_learned": strongest, "policies": {
                          policy: metrics[policy] | {"reduction_vs_baseline": reduction(policy, BASELINE),
-                                                    "reduction_vs_strongest": reduction(policy, strongest)}
+                                                    "reduction_vs_strongest": reduction(policy, strongest),
+                                                    "reduction_vs_tma_opt": reduction(policy, "tma-opt")}
                          for policy in settings.policies}})
     return rows
 
@@ -172,14 +173,17 @@ def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
         if not np.isfinite(vs_base).any():
             continue  # no request completed under some policy in any cell: nothing to compare
         best = int(np.nanargmax(vs_base))
-        margins = [1 - row["policies"][policy]["mean_latency_s"]["mean"]
-                   / row["policies"]["tma-opt"]["mean_latency_s"]["mean"]
-                   for row in cells if "tma-opt" in row["policies"]]
+        margins = [row["policies"][policy]["reduction_vs_tma_opt"] for row in cells
+                   if row["policies"][policy]["reduction_vs_tma_opt"]]
+        means = [m["mean"] for m in margins]
         out[str(weight)] = {
             "average_reduction_vs_baseline": float(np.nanmean(vs_base)),
             "best_reduction_vs_baseline": float(vs_base[best]),
             "best_cell": f"{cells[best]['users']} users x {cells[best]['edges']} edges",
-            "average_margin_over_tma_opt": float(np.nanmean(margins)) if margins else None,
-            "cells_better_than_tma_opt": sum(m > 0 for m in margins),
+            "average_margin_over_tma_opt": float(np.nanmean(means)) if means else None,
+            "cells_better_than_tma_opt": sum(m > 0 for m in means),
+            # cells where the 95% interval of the paired margin lies wholly above / below zero
+            "cells_significantly_better_than_tma_opt": sum(m["mean"] - m["ci95"] > 0 for m in margins),
+            "cells_significantly_worse_than_tma_opt": sum(m["mean"] + m["ci95"] < 0 for m in margins),
             "cells": len(cells)}
     return out

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every policy on held-out traces (seeds 10 and 11, never used in training or validation) over the grid of
+# docs/evaluation.md: writes docs/evaluation.md and its plots in docs/evaluation/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+for seed in 10 11; do
+  trace="traces/umi-5x50-s$seed.npz"
+  [ -f "$trace" ] || .venv/bin/tandem traces generate --scenario umi --edges 5 --users 50 --slots 600 \
+    --seed "$seed" -o "$trace"
+done
+.venv/bin/tandem evaluate --scenario configs/twin-umi.yaml --trace traces/umi-5x50-s10.npz \
+  --trace traces/umi-5x50-s11.npz --seeds 2 --out docs/evaluation --report docs/evaluation.md "$@"
