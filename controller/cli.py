@@ -16,6 +16,7 @@ from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAG
 DEFAULT_CONTROLLER = "127.0.0.1:50070"
 PARAM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
 CALL_TIMEOUT_S = 10.0
+SET_POLICY_TIMEOUT_S = 120.0  # the controller loads a learned policy's network (torch, RLlib) on the first swap
 
 
 def add_controller_commands(commands: argparse._SubParsersAction) -> None:
@@ -124,7 +125,8 @@ def _call(args: argparse.Namespace, method: str, request, admin: bool = False):
     with grpc.insecure_channel(args.controller) as channel:
         stub = (control_pb2_grpc.ControllerAdminStub if admin else control_pb2_grpc.ControllerStub)(channel)
         try:
-            return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S, metadata=metadata), None
+            timeout = SET_POLICY_TIMEOUT_S if method == "SetPolicy" else CALL_TIMEOUT_S
+            return getattr(stub, method)(request, timeout=timeout, metadata=metadata), None
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return None, fail(f"cannot reach the controller at {args.controller} ({error.code().name}); is "

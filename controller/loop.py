@@ -40,7 +40,7 @@ class ControlLoop:
         self.edges = {edge.id: EdgeClient(edge.id, edge.address) for edge in config.edges}
         self.linkemu = LinkEmuClient(config.linkemu) if config.linkemu else None
         self.policy_spec = policy
-        self.policy = self._make(policy)
+        self.policy = self.make(policy)
         stored = state.load_decision()
         # Versions only grow (edges refuse older ones), even when the stored decision no longer fits the topology.
         self.version = stored.version if stored else 0
@@ -64,13 +64,15 @@ class ControlLoop:
         return sorted(a.user for a in allocations) == users and all(a.edge in edges for a in allocations)
 
     @staticmethod
-    def _make(spec: PolicySpec) -> Policy:
+    def make(spec: PolicySpec) -> Policy:
+        """The policy ``spec`` names (ValueError when it cannot be made).  Loading a learned one can take seconds:
+        the admin service calls this off the event loop."""
         return make_policy(spec.name, spec.seed, **spec.params)
 
-    def set_policy(self, spec: PolicySpec) -> Policy:
-        """Swap the active policy (it decides the next slot); ValueError, and nothing changes, when it cannot be
-        made."""
-        policy = self._make(spec)
+    def set_policy(self, spec: PolicySpec, policy: Policy | None = None) -> Policy:
+        """Swap the active policy (it decides the next slot) for ``policy``, made from ``spec`` when not given;
+        ValueError, and nothing changes, when it cannot be made."""
+        policy = policy or self.make(spec)
         self.state.save_policy(spec)
         self.metrics.policy.clear()
         self.metrics.policy.labels(spec.name).set(1)

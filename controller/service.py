@@ -6,6 +6,7 @@ nothing here decides anything.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import grpc
@@ -100,7 +101,8 @@ class ControllerAdminServicer(control_pb2_grpc.ControllerAdminServicer):
             if request.checkpoint:
                 params["checkpoint"] = _bounded(request.checkpoint, "checkpoint")
             spec = PolicySpec(name=request.name, seed=self._loop.policy_spec.seed, params=params)
-            self._loop.set_policy(spec)
+            policy = await asyncio.to_thread(self._loop.make, spec)  # a learned policy loads for seconds
+            self._loop.set_policy(spec, policy)
         except ValueError as error:  # pydantic's ValidationError is one too
             await _refuse(self._loop, context, "INVALID_ARGUMENT", str(error))
         return self._active_info()

@@ -147,7 +147,8 @@ def test_profile_measures_the_engines_and_twin_run_compares_policies(prepared, u
     scenario_file = tmp_path / "scenario.yaml"
     scenario_file.write_text(
         f"name: small\ntrace: {umi_trace}\nprofile: {out}\nusers: 4\nedges: [{{id: 0}}, {{id: 1}}, {{id: 2}}]\n"
-        "duration_slots: 60\narrivals: {kind: poisson, rate_per_user_s: 0.5}\n"
+        # Long enough that requests complete even on a profile measured while the machine was busy.
+        "duration_slots: 600\narrivals: {kind: poisson, rate_per_user_s: 0.05}\n"
         "prompt_tokens: {kind: fixed, value: 32}\nanswer_tokens: {kind: fixed, value: 24}\n")
     compared = run_tandem("twin", "run", "--scenario", str(scenario_file), "--policy", "max-sinr-equal", "--policy",
                           "tma-opt", "--json")
