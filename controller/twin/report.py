@@ -11,6 +11,14 @@ def _cells(rows: list[dict], mode: str, weight: float) -> list[dict]:
     return [row for row in rows if row["mode"] == mode and row["energy_weight"] == weight]
 
 
+def _latency_lines(axis, rows: list[dict], x: str, policies: list[str]) -> None:
+    """One line per policy: mean latency ± its 95% interval against ``x`` (users or edges) of the rows."""
+    for policy in policies:
+        stats = [row["policies"][policy]["mean_latency_s"] for row in rows]
+        axis.errorbar([row[x] for row in rows], [s["mean"] for s in stats], yerr=[s["ci95"] for s in stats],
+                      label=policy, capsize=3, marker="o", markersize=3)
+
+
 def plots(rows: list[dict], out: Path) -> list[Path]:
     """latency vs users (per edge count), latency vs edges (most users), the energy-latency trade-off."""
     import matplotlib
@@ -26,10 +34,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     figure, axes = plt.subplots(1, len(edge_counts), figsize=(5 * len(edge_counts), 4), squeeze=False)
     for axis, edges in zip(axes[0], edge_counts):
         chosen = sorted((row for row in cells if row["edges"] == edges), key=lambda row: row["users"])
-        for policy in policies:
-            stats = [row["policies"][policy]["mean_latency_s"] for row in chosen]
-            axis.errorbar([row["users"] for row in chosen], [s["mean"] for s in stats],
-                          yerr=[s["ci95"] for s in stats], label=policy, capsize=3, marker="o", markersize=3)
+        _latency_lines(axis, chosen, "users", policies)
         axis.set(title=f"{edges} edges (PSD)", xlabel="users", ylabel="mean end-to-end latency (s)")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -41,10 +46,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     most = max(row["users"] for row in cells)
     chosen = sorted((row for row in cells if row["users"] == most), key=lambda row: row["edges"])
     figure, axis = plt.subplots(figsize=(6, 4))
-    for policy in policies:
-        stats = [row["policies"][policy]["mean_latency_s"] for row in chosen]
-        axis.errorbar([row["edges"] for row in chosen], [s["mean"] for s in stats], yerr=[s["ci95"] for s in stats],
-                      label=policy, capsize=3, marker="o", markersize=3)
+    _latency_lines(axis, chosen, "edges", policies)
     axis.set(title=f"{most} users (PSD)", xlabel="edges", ylabel="mean end-to-end latency (s)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
