@@ -42,7 +42,7 @@ from device_client.link import EdgeConnection  # noqa: E402
 from edge_server.engines.base import ScoreRequest  # noqa: E402
 from tandem.llamacpp import LlamaContext  # noqa: E402
 from tandem.models import default_data_dir, prepare_models  # noqa: E402
-from tandem.processes import EdgeProcess, vllm_cores  # noqa: E402
+from testbed.processes import EdgeProcess, vllm_cores  # noqa: E402
 from tandem.sampling import Candidates, SamplingConfig  # noqa: E402
 from tandem.verification_log import first_divergence, logprob_difference, read_log  # noqa: E402
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from device_client.edge_handle import SessionSpec  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402
-from tandem.processes import EdgeProcess  # noqa: E402
+from testbed.processes import EdgeProcess  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
 from tandem.wire.v1 import control_pb2 as cpb  # noqa: E402
 from tandem.wire.v1 import control_pb2_grpc  # noqa: E402

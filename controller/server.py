@@ -17,6 +17,7 @@ from controller.loop import ControlLoop
 from controller.metrics import ControllerMetrics
 from controller.service import ControllerAdminServicer, ControllerServicer
 from controller.state import ControllerState
+from tandem.readiness import announce_ready
 from tandem.wire.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,12 @@ async def serve(config: ControllerConfig, state: ControllerState) -> None:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as error:
         raise StartError(f"cannot listen on {config.listen}: {error}") from None
-    metrics_note = ""
+    metrics_note, metrics_port = "", None
     if config.metrics_port is not None:
         host = config.listen.rpartition(":")[0].strip("[]")
         http_server, _ = start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
-        metrics_note = f", metrics on http://{host}:{http_server.server_port}/metrics"
+        metrics_port = http_server.server_port
+        metrics_note = f", metrics on http://{host}:{metrics_port}/metrics"
     await server.start()
     for name in (*SERVICES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -62,6 +64,7 @@ async def serve(config: ControllerConfig, state: ControllerState) -> None:
     log.info("%s; state in %s; policy %s", token_note, state.path, policy.name)
     host = config.listen.rpartition(":")[0]
     print(f"controller ready on {host}:{port} (policy {policy.name}{metrics_note})", flush=True)
+    announce_ready("controller", address=f"{host}:{port}", metrics_port=metrics_port)
     await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if running.done() and running.exception():
         log.error("control loop failed", exc_info=running.exception())

@@ -21,6 +21,7 @@ from edge_server.scheduler import ShareScheduler
 from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
+from tandem.readiness import announce_ready
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,11 @@ async def serve(config: EdgeConfig) -> None:
     reflection.enable_server_reflection(
         (SERVICE_NAME, CONTROL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
-    metrics_note = ""
+    metrics_note, metrics_port = "", None
     if config.metrics_port is not None:
         http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-        metrics_note = f", metrics on http://{config.host}:{http_server.server_port}/metrics"
+        metrics_port = http_server.server_port
+        metrics_note = f", metrics on http://{config.host}:{metrics_port}/metrics"
     await server.start()
     for name in (SERVICE_NAME, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -66,6 +68,7 @@ async def serve(config: EdgeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     print(f"edge ready on {config.host}:{port} (engine {config.engine}{metrics_note})", flush=True)
+    announce_ready("edge", address=f"{config.host}:{port}", metrics_port=metrics_port)
     await stop.wait()
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.readiness import announce_ready
 
 
 def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
@@ -92,17 +93,20 @@ async def _serve(emulator) -> None:
     from linkemu.control import start_control
 
     listening = await emulator.start()
-    control_server = None
+    control_server, control_address = None, None
     if emulator.config.control_listen is not None:
         host, port = split_address(emulator.config.control_listen)
         control_server, port = await start_control(emulator, host, port)
-        print(f"linkemu control on {host}:{port}", flush=True)
-    metrics_note = ""
+        control_address = f"{host}:{port}"
+        print(f"linkemu control on {control_address}", flush=True)
+    metrics_note, metrics_port = "", None
     http_server = None
     if emulator.config.metrics_port is not None:
-        http_server, _ = start_http_server(emulator.config.metrics_port, addr="127.0.0.1",
+        metrics_host = emulator.config.metrics_host
+        http_server, _ = start_http_server(emulator.config.metrics_port, addr=metrics_host,
                                            registry=emulator.metrics.registry)
-        metrics_note = f" (metrics on http://127.0.0.1:{http_server.server_port}/metrics)"
+        metrics_port = http_server.server_port
+        metrics_note = f" (metrics on http://{metrics_host}:{metrics_port}/metrics)"
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -111,6 +115,8 @@ async def _serve(emulator) -> None:
         host, port = emulator.addresses[assignment.edge]
         print(f"linkemu ready: user {user} on {address} -> edge {assignment.edge} at {host}:{port}, share "
               f"{assignment.share:g}{metrics_note}", flush=True)
+    announce_ready("linkemu", control=control_address, metrics_port=metrics_port,
+                   users={str(user): address for user, address in listening.items()})
     await stop.wait()
     if control_server is not None:
         await control_server.stop(grace=1.0)

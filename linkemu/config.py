@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tandem.addresses import ADDRESS_PATTERN, split_address
+from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN, split_address
 from tandem.shares import check_shares
 
 __all__ = ["ADDRESS_PATTERN", "EdgeTarget", "LinkEmuConfig", "UserLink", "split_address"]
@@ -46,6 +46,8 @@ class LinkEmuConfig(BaseModel):
     loop: bool = Field(default=True, description="replay the trace from the start when it ends (else hold the "
                                                  "last slot)")
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", pattern=HOST_PATTERN, description="where the metrics endpoint "
+                              "binds (0.0.0.0 in a container, for a Prometheus on another host)")
     control_listen: str | None = Field(default=None, pattern=ADDRESS_PATTERN, description="where the controller "
                                        "reaches the LinkControl gRPC service (port 0: any free port; default off)")
 

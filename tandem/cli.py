@@ -47,7 +47,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tandem.demo import run_demo
+    from testbed.demo import run_demo
 
     return run_demo(args)
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
     from device_client.cli import add_generate_arguments
     from edge_server.cli import add_serve_arguments
-    from tandem.demo import add_demo_arguments
+    from testbed.demo import add_demo_arguments
     from linkemu.cli import add_linkemu_commands
     from tandem.traces.cli import add_trace_commands
 

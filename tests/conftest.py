@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tandem.models import default_data_dir, prepare_models
-from tandem.processes import EdgeProcess, LinkEmuProcess, vllm_cores
+from testbed.processes import EdgeProcess, LinkEmuProcess, vllm_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

@@ -23,7 +23,7 @@ from controller.state import ControllerState
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from device_client.routing import ControllerRoute
-from tandem.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
+from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from tandem.sampling import SamplingConfig
 from tandem.traces.format import load_trace
 from tandem.wire.v1 import control_pb2 as cpb
@@ -76,7 +76,7 @@ class Daemons:
             "trace": str(self.trace), "base_delay_ms": 2, "outage_limit_s": 60, "control_listen": "127.0.0.1:0",
             "edges": [{"index": i, "address": self.address(i)} for i in range(NUM_EDGES)],
             "users": [{"user": u, "edge": 0, "share": 1 / NUM_USERS} for u in range(NUM_USERS)]}))
-        self.linkemu = LinkEmuProcess(["--config", str(config)], num_users=NUM_USERS,
+        self.linkemu = LinkEmuProcess(["--config", str(config)],
                                       log_path=self.root / "linkemu.log")
         self.linkemu.start()
 

@@ -18,7 +18,7 @@ from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import Direction, FixedShaper
 from linkemu.config import split_address
 from linkemu.emulator import LinkEmulator
-from tandem.processes import LinkEmuProcess
+from testbed.processes import LinkEmuProcess
 from tandem.sampling import SamplingConfig
 from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from linkemu.config import split_address
-from tandem.processes import LinkEmuProcess
+from testbed.processes import LinkEmuProcess
 from tandem.traces.format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
@@ -32,7 +32,7 @@ def controlled(umi_trace, tmp_path_factory):
         f"trace: {umi_trace}\nspeedup: 10\nmetrics_port: 0\ncontrol_listen: '127.0.0.1:0'\n"
         f"edges: [{{index: 0, address: '{sinks[0].address}'}}, {{index: 1, address: '{sinks[1].address}'}}]\n"
         "users: [{user: 0, edge: 0, share: 0.5}, {user: 1, edge: 0, share: 0.5}]\n")
-    with LinkEmuProcess(["--config", str(config)], num_users=2) as emulator, \
+    with LinkEmuProcess(["--config", str(config)]) as emulator, \
             grpc.insecure_channel(emulator.control_address) as channel:
         yield emulator, linkemu_pb2_grpc.LinkControlStub(channel), sinks
 

@@ -43,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from linkemu.proxy import ProxyThread, ShapingProxy
     from linkemu.shaper import FixedShaper
     from tandem.models import default_data_dir, prepare_models
-    from tandem.processes import EdgeProcess
+    from testbed.processes import EdgeProcess
     from tandem.sampling import SamplingConfig
 
     data_dir = args.data_dir or default_data_dir()
