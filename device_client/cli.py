@@ -185,3 +185,66 @@ def _summary_line(s: dict) -> str:
         parts.append(f"{s['migrations']} migrations over {len(set(s['edges']))} edges")
     parts.append(f"{s['bytes_up']} B up / {s['bytes_down']} B down")
     return f"[{s['mode']}] " + ", ".join(parts)
+
+
+def add_fleet_commands(commands) -> None:
+    devices = commands.add_parser("devices", help="emulated devices running a workload (the testbed's users)")
+    actions = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
+    run = actions.add_parser(
+        "run", help="run many emulated devices in one process, each a user with its own draft model, route and link",
+        description="Every device follows the controller's allocation of its user, reaches the edges through its "
+        "link (`via`, its port on the link emulator), drafts with its own llama.cpp context (paced like the "
+        "profile's phone with pacing.dilation > 0) and sends the workload's requests (Poisson arrivals over the "
+        "prompt set, seeded per user). Prints a TANDEM-READY line once every device has its allocation; with "
+        "workload.until_s set it exits when the last request finished, printing a summary. Config: "
+        "device_client/fleet.py (FleetConfig).")
+    run.add_argument("--config", type=Path, required=True, help="fleet YAML (controller, users, workload, pacing)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
+    run.add_argument("--results", type=Path, help="append one JSON line per finished request here")
+    run.set_defaults(handler=run_fleet)
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from device_client.fleet import Fleet, FleetConfig
+    from device_client.workload import WorkloadError
+    from tandem.cli_support import UsageError, build_config
+    from tandem.profiles import ProfileError, load_profile
+    from tandem.readiness import announce_ready
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = build_config(FleetConfig, args.config, {"metrics_port": args.metrics_port, "results": args.results})
+        profile = load_profile(config.pacing.profile) if config.pacing.profile else None
+        config.workload.load_prompts()
+        draft_path = config.draft or load_prepared(
+            (config.data_dir or default_data_dir()) / "models" / DEFAULT_MODEL_NAME).draft_gguf
+        if not draft_path.is_file():
+            raise ModelError(f"draft model not found: {draft_path}")
+    except (UsageError, ProfileError, WorkloadError, ModelError) as error:
+        return fail(str(error), EXIT_USAGE)
+    try:
+        fleet = Fleet(config, draft_path, profile)
+    except ControllerUnreachable as error:
+        return fail(str(error), EXIT_UNREACHABLE)
+    except ControllerRefused as error:
+        return fail(str(error), EXIT_USAGE)
+    metrics_port = None
+    if config.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        http_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host,
+                                           registry=fleet.metrics.registry)
+        metrics_port = http_server.server_port
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: fleet.stop())
+    fleet.start()
+    print(f"devices ready: {len(config.users)} users", flush=True)
+    announce_ready("devices", users=[user.id for user in config.users], metrics_port=metrics_port)
+    fleet.join()
+    fleet.close()
+    print(json.dumps({"completed": fleet.completed, "failed": fleet.failed, "pacing": fleet.pacing_summary()}),
+          flush=True)
+    return EXIT_OK

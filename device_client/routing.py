@@ -86,9 +86,12 @@ class ControllerRoute(Route):
 
     may_change = True
 
-    def __init__(self, controller: str, user: int, via: str | None = None, connect_timeout: float = 10.0) -> None:
+    def __init__(self, controller: str, user: int, via: str | None = None, connect_timeout: float = 10.0,
+                 dilation: float = 0.0) -> None:
         self.user = user
         self._via = via
+        # Under hardware pacing every duration the device measures is D times the emulated one: report the latter.
+        self._time_scale = 1 / dilation if dilation > 0 else 1.0
         self._channel = grpc.insecure_channel(controller, options=[
             (f"grpc.{bound}_reconnect_backoff_ms", ms) for bound, ms in RECONNECT_BACKOFF_MS.items()])
         self._stub = control_pb2_grpc.ControllerStub(self._channel)
@@ -142,8 +145,9 @@ class ControllerRoute(Route):
         self._last_report = now
         try:
             self._stub.Report(cpb.UserReport(
-                user=self.user, draft_seconds_per_token=stats.draft_seconds_per_token, acceptance=stats.acceptance,
-                pending_tokens=stats.pending_tokens, round_seconds=stats.round_seconds), timeout=REPORT_TIMEOUT_S)
+                user=self.user, draft_seconds_per_token=stats.draft_seconds_per_token * self._time_scale,
+                acceptance=stats.acceptance, pending_tokens=stats.pending_tokens,
+                round_seconds=stats.round_seconds * self._time_scale), timeout=REPORT_TIMEOUT_S)
         except grpc.RpcError as error:  # telemetry is best-effort: the controller keeps the previous figures
             log.debug("report to the controller failed: %s", error.code())
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
 from tandem.models import ModelError
+from tandem.profiles import ProfileError, load_profile
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     llama = parser.add_argument_group("llamacpp engine")
     llama.add_argument("--threads", type=int, help="llama.cpp threads (default 1)")
     llama.add_argument("--slots", type=int, help="warm contexts, one per concurrent session (default 4)")
+    pacing = parser.add_argument_group("hardware pacing", "emulate a faster edge with time dilation: each engine "
+                                       "step is held until the profile's time x D has passed (docs/testbed.md)")
+    pacing.add_argument("--profile", type=Path, help="hardware profile YAML whose edge to emulate")
+    pacing.add_argument("--dilation", type=float, help="time dilation factor D (0 = off, the default; else >= 1)")
+    pacing.add_argument("--compute-scale", type=float, help="this edge's compute relative to the profiled edge "
+                        "(default 1)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -59,13 +66,16 @@ def run_serve(args: argparse.Namespace) -> int:
             "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,
             "vllm.enforce_eager": None if args.compile is None else not args.compile,
             "vllm.kv_cache_gib": args.kv_cache_gib, "llamacpp.threads": args.threads,
-            "llamacpp.slots": args.slots,
+            "llamacpp.slots": args.slots, "pacing.profile": args.profile, "pacing.dilation": args.dilation,
+            "pacing.compute_scale": args.compute_scale,
         })
         if config.model is not None and not config.model.exists():
             raise UsageError(f"model not found: {config.model}")
+        if config.pacing.profile is not None:
+            load_profile(config.pacing.profile)  # a bad profile is refused now, not after the engine started
         from edge_server.server import serve
 
         asyncio.run(serve(config))
-    except (UsageError, ModelError) as error:
+    except (UsageError, ModelError, ProfileError) as error:
         return fail(str(error), EXIT_USAGE)
     return EXIT_OK

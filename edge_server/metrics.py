@@ -47,4 +47,13 @@ class EdgeMetrics:
         self.compute_share = Gauge("tandem_edge_compute_share", "Compute share in force by user", ["user"], registry=r)
         self.shares_version = Gauge("tandem_edge_shares_version", "Version of the compute shares in force",
                                     registry=r)
+        self.pacing_steps = Counter("tandem_edge_pacing_steps_total", "Engine steps held for the emulated edge's "
+                                    "time (hardware pacing)", registry=r)
+        self.pacing_overruns = Counter("tandem_edge_pacing_overruns_total", "Paced steps whose real compute took "
+                                       "longer than their dilated budget", registry=r)
         self.errors = Counter("tandem_edge_rejected_total", "Requests ended with an error status", ["code"], registry=r)
+
+    def count_paced_step(self, overran: bool) -> None:
+        self.pacing_steps.inc()
+        if overran:
+            self.pacing_overruns.inc()

@@ -28,6 +28,7 @@ from typing import Any
 from edge_server.compute_shares import ComputeShares
 from edge_server.engines.base import ScoredBlock, ScoreRequest, TargetEngine
 from edge_server.metrics import EdgeMetrics
+from edge_server.pacing import EdgePacing
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ class _Job:
 
 class ShareScheduler:
     def __init__(self, engine: TargetEngine, shares: ComputeShares, metrics: EdgeMetrics, step_tokens: int = 64,
-                 window: float = 0.002) -> None:
+                 window: float = 0.002, pacing: EdgePacing | None = None) -> None:
         self._engine = engine
+        self._pacing = pacing  # hold each step for the emulated edge's time (hardware pacing)
         self.shares = shares
         self._metrics = metrics
         self._step_tokens = step_tokens
@@ -155,10 +157,15 @@ class ShareScheduler:
         try:
             if step[0].block is None:
                 results = [await step[0].work()]
+                paced = self._pacing and self._pacing.exclusive_seconds(step[0].cost)
             else:
                 self._metrics.batch_size.observe(len(step))
                 scored = await self._engine.score_blocks([job.block for job in step])
                 results = [ScoreResult(s, started - job.queued_at, len(step)) for s, job in zip(scored, step)]
+                paced = self._pacing and self._pacing.block_step_seconds(
+                    [(job.flow.session, len(job.block.prefix), len(job.block.block)) for job in step])
+            if self._pacing:
+                await self._pacing.hold(started, paced)
         except Exception as error:  # the engine failed this step: every job in it gets the error
             for job in step:
                 if not job.future.done():

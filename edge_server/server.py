@@ -13,20 +13,32 @@ from prometheus_client import start_http_server
 
 from edge_server.audit import VerificationLogWriter
 from edge_server.compute_shares import ComputeShares
-from edge_server.config import EdgeConfig
+from edge_server.config import EdgeConfig, PacingOptions
 from edge_server.control import EdgeControlServicer
 from edge_server.engines import make_engine
 from edge_server.metrics import EdgeMetrics
+from edge_server.pacing import EdgePacing
 from edge_server.scheduler import ShareScheduler
 from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
+from tandem.pacing import Pacer
+from tandem.profiles import load_profile
 from tandem.readiness import announce_ready
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 CONTROL_SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EdgeControl"].full_name
+
+
+def _pacing(options: PacingOptions, metrics: EdgeMetrics) -> EdgePacing | None:
+    if options.dilation == 0:
+        return None
+    profile = load_profile(options.profile)
+    log.info("pacing the edge of profile %s (compute scale %g) at dilation %g", profile.name, options.compute_scale,
+             options.dilation)
+    return EdgePacing(profile.edge, options.compute_scale, Pacer(options.dilation, metrics.count_paced_step))
 
 
 async def serve(config: EdgeConfig) -> None:
@@ -36,7 +48,8 @@ async def serve(config: EdgeConfig) -> None:
     metrics = EdgeMetrics()
     registry = SessionRegistry(config.max_sessions, config.idle_timeout_s)
     shares = ComputeShares(config.edge_id or 0)
-    scheduler = ShareScheduler(engine, shares, metrics, config.engine_step_tokens, config.batch_window_s)
+    scheduler = ShareScheduler(engine, shares, metrics, config.engine_step_tokens, config.batch_window_s,
+                               _pacing(config.pacing, metrics))
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     verifier = Verifier(engine, scheduler, metrics, audit)
     server = grpc.aio.server(

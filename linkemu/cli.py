@@ -35,6 +35,8 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--outage-limit", type=float, help="seconds of outage before a connection breaks "
                                                           "(default 10)")
     serve.add_argument("--speedup", type=float, help="play the trace this many times faster (default 1)")
+    serve.add_argument("--dilation", type=float, help="time dilation D for hardware pacing: rates / D, delays and "
+                       "slot lengths x D (0 = off, the default; docs/testbed.md)")
     serve.add_argument("--start-slot", type=int, help="trace slot to start at (default 0)")
     serve.add_argument("--no-loop", action="store_true", help="hold the last slot instead of replaying the trace")
     serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = any; default off)")
@@ -50,7 +52,7 @@ def _config_from(args: argparse.Namespace):
     single = {name: getattr(args, name) for name in ("user", "edge", "upstream", "listen", "share")}
     overrides = {"trace": args.trace, "base_delay_ms": args.base_delay_ms, "outage_limit_s": args.outage_limit,
                  "speedup": args.speedup, "start_slot": args.start_slot, "metrics_port": args.metrics_port,
-                 "control_listen": args.control_listen,
+                 "control_listen": args.control_listen, "dilation": args.dilation,
                  "loop": False if args.no_loop else None}
     if args.config is None:
         if args.upstream is None:

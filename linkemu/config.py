@@ -42,6 +42,9 @@ class LinkEmuConfig(BaseModel):
                                   description="an outage longer than this while bytes wait breaks the connection")
     speedup: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False,
                            description="trace slots advance this many times faster than real time")
+    dilation: float = Field(default=0.0, ge=0, le=10_000, allow_inf_nan=False, description="time dilation D "
+                            "(hardware pacing, tandem/pacing.py): rates / D, delays, outage limit and slot lengths x "
+                            "D; 0 = off")
     start_slot: int = Field(default=0, ge=0)
     loop: bool = Field(default=True, description="replay the trace from the start when it ends (else hold the "
                                                  "last slot)")
@@ -51,8 +54,15 @@ class LinkEmuConfig(BaseModel):
     control_listen: str | None = Field(default=None, pattern=ADDRESS_PATTERN, description="where the controller "
                                        "reaches the LinkControl gRPC service (port 0: any free port; default off)")
 
+    @property
+    def time_stretch(self) -> float:
+        """How many real seconds one emulated second lasts (D, or 1 without dilation)."""
+        return self.dilation if self.dilation > 0 else 1.0
+
     @model_validator(mode="after")
     def _consistent(self) -> "LinkEmuConfig":
+        if 0 < self.dilation < 1:
+            raise ValueError("dilation must be 0 (off) or >= 1")
         edge_indices = Counter(edge.index for edge in self.edges)
         if duplicated := [i for i, n in edge_indices.items() if n > 1]:
             raise ValueError(f"edge index listed twice: {duplicated}")

@@ -35,7 +35,7 @@ class LinkEmulator:
         self.addresses = {edge.index: split_address(edge.address) for edge in config.edges}
         self.assignments = AssignmentTable(
             self.addresses, {link.user: Assignment(link.edge, link.share) for link in config.users})
-        self.clock = SlotClock(self._origin(), trace.slot_s, meta.num_slots, config.speedup, config.loop)
+        self.clock = SlotClock(self._origin(), trace.slot_s, meta.num_slots, self._speedup, config.loop)
         self.metrics = LinkEmuMetrics()
         self.shapers = {link.user: self._shaper(link.user) for link in config.users}
         self.proxies = {
@@ -63,16 +63,24 @@ class LinkEmulator:
             raise ValueError(f"invalid link: {validation_reasons(error)}") from None
         return cls(config, trace)
 
+    @property
+    def _speedup(self) -> float:
+        """Trace slots per real slot length: the configured speedup, slowed down D times under time dilation."""
+        return self.config.speedup / self.config.time_stretch
+
     def _origin(self) -> float:
         """When slot 0 would have started for slot ``start_slot`` to play from now on."""
-        return time.monotonic() - self.config.start_slot * self.trace.slot_s / self.config.speedup
+        return time.monotonic() - self.config.start_slot * self.trace.slot_s / self._speedup
 
     def _shaper(self, user: int) -> TraceShaper:
+        stretch = self.config.time_stretch  # under time dilation D: D times less rate, D times more delay
+
         def rate_of(direction: Direction, slot: int) -> float:
             assignment = self.assignments.get(user)
-            return float(self.trace.rate_bps(direction.value, user, assignment.edge, assignment.share, slot))
+            return float(self.trace.rate_bps(direction.value, user, assignment.edge, assignment.share, slot)) / stretch
 
-        return TraceShaper(self.clock, rate_of, self.config.base_delay_ms / 1000, self.config.outage_limit_s)
+        return TraceShaper(self.clock, rate_of, stretch * self.config.base_delay_ms / 1000,
+                           stretch * self.config.outage_limit_s)
 
     def _upstream(self, user: int):
         return lambda: self.addresses[self.assignments.get(user).edge]

@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from controller.cli import add_controller_commands, add_policy_commands
     from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
-    from device_client.cli import add_generate_arguments
+    from device_client.cli import add_fleet_commands, add_generate_arguments
     from edge_server.cli import add_serve_arguments
     from testbed.demo import add_demo_arguments
     from linkemu.cli import add_linkemu_commands
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(generate)
     generate.set_defaults(handler=_generate)
 
+    add_fleet_commands(commands)
     add_trace_commands(commands)
     add_linkemu_commands(commands)
     add_controller_commands(commands)
