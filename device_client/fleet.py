@@ -99,7 +99,8 @@ class EmulatedDevice(threading.Thread):
         fleet, workload = self.fleet, self.fleet.config.workload
         started = fleet.now()
         request = GenerationRequest(fleet.prompts[prompt_index], workload.mode, workload.max_tokens,
-                                    SamplingConfig(), draft_length=workload.draft_length)
+                                    SamplingConfig(), draft_length=workload.draft_length,
+                                    ignore_eos=workload.ignore_eos)
         record = {"user": self.user.id, "seq": seq, "prompt": prompt_index, "arrival_s": arrival,
                   "start_s": started}
         try:
@@ -143,6 +144,7 @@ class Fleet:
         self.dilation = config.pacing.dilation
         self.time_scale = 1 / self.dilation if self.dilation > 0 else 1.0  # real seconds -> emulated seconds
         self.stopping = threading.Event()
+        self._stopped_at = 0.0
         self._lock = threading.Lock()
         self._results = open(config.results, "a") if config.results else None
         self.completed = self.failed = 0
@@ -181,12 +183,16 @@ class Fleet:
         for device in self.devices:
             device.start()
 
-    def join(self) -> None:
+    def join(self, grace_s: float = 2.0) -> None:
+        """Until every device is done, or ``grace_s`` after a stop (requests in flight are then abandoned)."""
         for device in self.devices:
             while device.is_alive():
-                device.join(0.5)
+                if self.stopping.is_set() and time.monotonic() > self._stopped_at + grace_s:
+                    return
+                device.join(0.2)
 
     def stop(self) -> None:
+        self._stopped_at = time.monotonic()
         self.stopping.set()
 
     def pacing_summary(self) -> dict:

@@ -29,6 +29,7 @@ class Workload(BaseModel):
     until_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="no arrivals after this emulated "
                                   "time (the fleet exits once the last request finished); None: run until stopped")
     max_tokens: int = Field(48, ge=1, le=4096, description="tokens per answer at most")
+    ignore_eos: bool = Field(False, description="answers of exactly max_tokens (the twin's fixed lengths)")
     mode: Literal["psd", "sd", "edge-only"] = "psd"
     draft_length: int = Field(4, ge=1, le=64)
     seed: int = Field(0, ge=0, lt=1 << 32)

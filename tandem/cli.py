@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
     from device_client.cli import add_fleet_commands, add_generate_arguments
     from edge_server.cli import add_serve_arguments
+    from testbed.cli import add_testbed_commands
     from testbed.demo import add_demo_arguments
     from linkemu.cli import add_linkemu_commands
     from tandem.traces.cli import add_trace_commands
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_command(commands)
     add_train_command(commands)
     add_evaluate_command(commands)
+    add_testbed_commands(commands)
 
     demo = commands.add_parser(
         "demo",

@@ -45,6 +45,7 @@ class DaemonProcess:
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
         self.detached = detached
+        self.label = self.module  # how the testbed names it (edge 0, controller, ...)
         self.announced: dict = {}
         self.process: subprocess.Popen | None = None
 
@@ -54,10 +55,6 @@ class DaemonProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    @property
-    def name(self) -> str:
-        return self.module
 
     @property
     def metrics_port(self) -> int | None:
@@ -95,7 +92,7 @@ class DaemonProcess:
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         why = "exited" if self.process.poll() is not None else "timed out"
                         self.stop()
-                        raise DaemonFailed(f"{self.name} did not start ({why}; log {self.log_path}; "
+                        raise DaemonFailed(f"{self.label} did not start ({why}; log {self.log_path}; "
                                            f"{' '.join(self.args)}):\n{self.tail()}")
                     time.sleep(0.1)
 

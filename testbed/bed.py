@@ -1,0 +1,256 @@
+"""Bring a testbed up as local processes, follow it, take it down.
+
+The daemons start in dependency order — edges, the link emulator, the controller, the device fleets — each with a
+log file in the run folder, each detached (it outlives `tandem testbed up`); their pids and announced endpoints go
+to ``state.json`` there, which `status` and `down` read.  Everything runs paced at the config's dilation D
+(tandem/pacing.py): edges and devices hold each step for the profile's time x D, the link emulator stretches its
+trace and delays D times.  If a daemon fails to start, the error names it and everything already started is
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from controller.twin.scenario import Scenario, load_scenario
+from tandem.cli_support import UsageError
+from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
+from tandem.profiles import HardwareProfile, load_profile
+from tandem.traces.format import ChannelTrace, load_trace
+from testbed.config import TestbedConfig
+from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess, vllm_cores
+
+STATE_FILE = "state.json"
+STOP_TIMEOUT_S = 15.0
+
+
+class DevicesProcess(DaemonProcess):
+    """`python -m tandem devices run ARGS`: a device fleet."""
+
+    module = "tandem"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, "devices", "run", *self.args]
+
+
+@dataclass
+class Testbed:
+    config: TestbedConfig
+    scenario: Scenario = field(init=False)
+    profile: HardwareProfile = field(init=False)
+    trace: ChannelTrace = field(init=False)
+    daemons: list[DaemonProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:
+            self.scenario = load_scenario(self.config.scenario)
+            self.profile = load_profile(self.scenario.profile)
+        except ValueError as error:  # ScenarioError, ProfileError
+            raise UsageError(str(error)) from None
+        self.run_dir = self.config.run_dir
+        self.trace = self._trace()
+        meta = self.trace.metadata
+        self.scenario.check_against(meta.num_users, meta.num_edges)
+        try:
+            self.draft_gguf = load_prepared(default_data_dir() / "models" / DEFAULT_MODEL_NAME).draft_gguf
+        except ModelError as error:
+            raise UsageError(f"{error} (run `tandem models prepare` first)") from None
+
+    @property
+    def dilation(self) -> float:
+        return self.config.dilation
+
+    def _trace(self) -> ChannelTrace:
+        path = self.scenario.trace
+        if not path.exists():
+            from tandem.traces.format import save_trace
+            from tandem.traces.generate import TraceRequest, generate_trace
+            from tandem.traces.scenario import load_scenario as load_radio_scenario
+
+            edges = max(edge.id for edge in self.scenario.edges) + 1
+            users = max(self.scenario.user_ids()) + 1
+            print(f"generating the Sionna UMi trace {path.name} ({edges} edges x {users} users x "
+                  f"{self.scenario.duration_slots} slots)...", flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_trace(generate_trace(TraceRequest(load_radio_scenario(None, "umi"), edges, users,
+                                                   self.scenario.duration_slots, 100.0, 0), quiet=True), path)
+        return load_trace(path)
+
+    # -- bring-up ------------------------------------------------------------------------------------------------
+
+    def up(self, devices: bool = True) -> None:
+        """Start every daemon (the device fleets only with ``devices``); raises DaemonFailed naming the one that
+        did not start, after stopping the others."""
+        if (self.run_dir / STATE_FILE).exists() and any(_alive(d["pid"]) for d in read_state(self.run_dir)["daemons"]):
+            raise UsageError(f"a testbed is already up in {self.run_dir}: `tandem testbed down` first")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("controller.sqlite", "controller.sqlite-wal", "controller.sqlite-shm"):
+            (self.run_dir / stale).unlink(missing_ok=True)  # a fresh testbed starts from a fresh decision history
+        try:
+            edges = [self._start(self._edge(spec.id, spec.compute_scale, spec.capacity), f"edge {spec.id}")
+                     for spec in self.scenario.edges]
+            linkemu = self._start(self._linkemu(edges), "link emulator")
+            self._start(self._controller(edges, linkemu), "controller")
+            self.write_state()
+            if devices:
+                self.start_devices("devices", self.config.until_s or self.scenario.arrivals.until_s)
+        except DaemonFailed:
+            self.down()
+            raise
+
+    def _start(self, daemon: DaemonProcess, name: str) -> DaemonProcess:
+        daemon.label = name
+        print(f"  starting {name}...", end="", flush=True)
+        started = time.monotonic()
+        try:
+            daemon.start()
+        except DaemonFailed as error:
+            print(" failed")
+            raise DaemonFailed(f"{name} failed to start: {error}") from None
+        print(f" ready in {time.monotonic() - started:.1f} s", flush=True)
+        self.daemons.append(daemon)
+        return daemon
+
+    def _edge(self, edge_id: int, compute_scale: float, capacity: int) -> EdgeProcess:
+        env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(1), "OMP_NUM_THREADS": "1"} if self.config.engine == "vllm" \
+            else {}
+        return EdgeProcess(
+            ["--engine", self.config.engine, "--edge-id", str(edge_id), "--host", self.config.host,
+             "--metrics-port", "0", "--max-sessions", str(2 * capacity + 4), "--idle-timeout", "120",
+             "--profile", str(self.scenario.profile), "--dilation", str(self.dilation),
+             "--compute-scale", str(compute_scale), *(["--slots", str(min(capacity, 8))]
+                                                      if self.config.engine == "llamacpp" else [])],
+            log_path=self.run_dir / f"edge-{edge_id}.log", env=env, detached=True)
+
+    def _linkemu(self, edges: list[EdgeProcess]) -> LinkEmuProcess:
+        users = self.scenario.user_ids()
+        first = self.scenario.edges[0].id
+        path = self.run_dir / "linkemu.yaml"
+        path.write_text(yaml.safe_dump({
+            "trace": str(self.scenario.trace), "base_delay_ms": 1000 * self.scenario.rtt_s / 2,
+            "outage_limit_s": 60, "control_listen": f"{self.config.host}:0", "metrics_port": 0,
+            "metrics_host": self.config.host, "dilation": self.dilation,
+            "edges": [{"index": spec.id, "address": edge.address} for spec, edge in zip(self.scenario.edges, edges)],
+            "users": [{"user": u, "edge": first, "share": 1 / len(users), "listen": f"{self.config.host}:0"}
+                      for u in users]}))
+        return LinkEmuProcess(["--config", str(path)], log_path=self.run_dir / "linkemu.log", detached=True)
+
+    def _controller(self, edges: list[EdgeProcess], linkemu: LinkEmuProcess) -> ControllerProcess:
+        k = self.scenario.draft_length
+        block = self.profile.edge.block_seconds(k)
+        slot = (self.config.controller_slot_s or self.trace.slot_s) * self.dilation
+        token_file = self.run_dir / "admin-token"
+        token_file.write_text(self.config.admin_token)
+        token_file.chmod(0o600)
+        meta = self.trace.metadata
+        path = self.run_dir / "controller.yaml"
+        path.write_text(yaml.safe_dump({
+            # C_e in block tokens per second: k + 1 tokens per block time of the profile's edge at this scale.
+            "edges": [{"id": spec.id, "address": edge.address, "bandwidth_hz": float(meta.edge_bandwidth_hz[spec.id]),
+                       "compute": spec.compute_scale * (k + 1) / block, "capacity": spec.capacity}
+                      for spec, edge in zip(self.scenario.edges, edges)],
+            "users": [{"id": u, "draft_length": k, "rtt_s": self.scenario.rtt_s} for u in self.scenario.user_ids()],
+            "linkemu": linkemu.control_address, "slot_s": slot, "failover_after_s": 5 * slot,
+            "policy": {"name": self.config.policy},
+            "assume": {"draft_seconds_per_token": self.profile.device.draft_seconds_per_token,
+                       "acceptance": self.profile.acceptance.per_token, "pending_tokens": self.config.max_tokens},
+            "listen": f"{self.config.host}:0", "metrics_port": 0, "admin_token_file": str(token_file),
+            "state": str(self.run_dir / "controller.sqlite")}))
+        return ControllerProcess(["--config", str(path)], log_path=self.run_dir / "controller.log", detached=True)
+
+    def start_devices(self, phase: str, until_s: float | None, seed: int = 0) -> list[DevicesProcess]:
+        """Start the device fleets of a workload phase; with ``until_s`` they exit once its last request ended.
+        Their results go to <run_dir>/<phase>-<i>.jsonl (emptied first)."""
+        controller = self.find("controller")
+        linkemu = self.find("link emulator")
+        users = self.scenario.user_ids()
+        chunks = [users[i:i + self.config.users_per_process] for i in range(0, len(users),
+                                                                             self.config.users_per_process)]
+        fleets = []
+        for index, chunk in enumerate(chunks):
+            results = self.run_dir / f"{phase}-{index}.jsonl"
+            results.unlink(missing_ok=True)
+            path = self.run_dir / f"{phase}-{index}.yaml"
+            path.write_text(yaml.safe_dump({
+                "controller": controller.address,
+                "users": [{"id": u, "via": linkemu.addresses[u]} for u in chunk],
+                "workload": {"rate_per_user_s": self.scenario.arrivals.rate_per_user_s, "until_s": until_s,
+                             "max_tokens": self.config.max_tokens, "ignore_eos": True, "mode": self.scenario.mode,
+                             "draft_length": self.scenario.draft_length, "seed": seed},
+                "pacing": {"profile": str(self.scenario.profile), "dilation": self.dilation},
+                "metrics_port": 0, "metrics_host": self.config.host, "results": str(results),
+                "draft": str(self.draft_gguf)}))
+            fleets.append(self._start(DevicesProcess(["--config", str(path)],
+                                                     log_path=self.run_dir / f"{phase}-{index}.log", detached=True),
+                                      f"{phase} {index} (users {chunk[0]}-{chunk[-1]})"))
+        self.write_state()
+        return fleets
+
+    def find(self, label: str) -> DaemonProcess:
+        return next(d for d in self.daemons if d.label == label)
+
+    # -- state -----------------------------------------------------------------------------------------------------
+
+    def write_state(self) -> None:
+        (self.run_dir / STATE_FILE).write_text(json.dumps({
+            "dilation": self.dilation, "admin_token_file": str(self.run_dir / "admin-token"),
+            "daemons": [{"name": d.label, "pid": d.pid, "log": str(d.log_path), "announced": d.announced}
+                        for d in self.daemons]}, indent=2))
+
+    def down(self) -> None:
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+        self.daemons.clear()
+        stop_recorded(self.run_dir)
+
+
+def read_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        raise UsageError(f"no testbed in {run_dir} (no {STATE_FILE}): `tandem testbed up` first")
+    return json.loads(path.read_text())
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def stop_recorded(run_dir: Path) -> list[str]:
+    """SIGTERM every daemon recorded in the run folder (devices first), SIGKILL what is left after a while;
+    returns the names of those that had to be killed."""
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return []
+    daemons = list(reversed(json.loads(path.read_text())["daemons"]))
+    for daemon in daemons:
+        if _alive(daemon["pid"]):
+            os.kill(daemon["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(_alive(d["pid"]) for d in daemons):
+        time.sleep(0.2)
+    killed = []
+    for daemon in daemons:
+        if _alive(daemon["pid"]):
+            os.kill(daemon["pid"], signal.SIGKILL)
+            killed.append(daemon["name"])
+    path.unlink()
+    return killed
