@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from linkemu.assignments import Assignment
 from linkemu.emulator import LinkEmulator
@@ -57,6 +58,8 @@ async def start_control(emulator: LinkEmulator, host: str, port: int) -> tuple[g
     """Serve the control service on host:port (0 = a free port); returns the server and its port."""
     server = grpc.aio.server()
     linkemu_pb2_grpc.add_LinkControlServicer_to_server(LinkControlService(emulator), server)
+    health_servicer = health.aio.HealthServicer()  # readiness for orchestrators (docker compose health checks)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:
@@ -64,4 +67,5 @@ async def start_control(emulator: LinkEmulator, host: str, port: int) -> tuple[g
     if bound == 0:
         raise OSError(f"control service cannot listen on {host}:{port}")
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, bound

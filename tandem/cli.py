@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed.cli import add_testbed_commands
     from testbed.demo import add_demo_arguments
     from linkemu.cli import add_linkemu_commands
+    from tandem.health import add_health_command
     from tandem.traces.cli import add_trace_commands
 
     parser = argparse.ArgumentParser(
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     add_fleet_commands(commands)
+    add_health_command(commands)
     add_trace_commands(commands)
     add_linkemu_commands(commands)
     add_controller_commands(commands)

@@ -37,6 +37,10 @@ class DevicesProcess(DaemonProcess):
 
     module = "tandem"
 
+    def __init__(self, args: list[str], results: Path, **kwargs) -> None:
+        super().__init__(args, **kwargs)
+        self.results = results  # where its devices append one JSON line per finished request
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, "devices", "run", *self.args]
 
@@ -166,7 +170,8 @@ class Testbed:
             "state": str(self.run_dir / "controller.sqlite")}))
         return ControllerProcess(["--config", str(path)], log_path=self.run_dir / "controller.log", detached=True)
 
-    def start_devices(self, phase: str, until_s: float | None, seed: int = 0) -> list[DevicesProcess]:
+    def start_devices(self, phase: str, until_s: float | None, seed: int = 0, mode: str | None = None,
+                      rate_per_user_s: float | None = None) -> list[DevicesProcess]:
         """Start the device fleets of a workload phase; with ``until_s`` they exit once its last request ended.
         Their results go to <run_dir>/<phase>-<i>.jsonl (emptied first)."""
         controller = self.find("controller")
@@ -182,15 +187,17 @@ class Testbed:
             path.write_text(yaml.safe_dump({
                 "controller": controller.address,
                 "users": [{"id": u, "via": linkemu.addresses[u]} for u in chunk],
-                "workload": {"rate_per_user_s": self.scenario.arrivals.rate_per_user_s, "until_s": until_s,
-                             "max_tokens": self.config.max_tokens, "ignore_eos": True, "mode": self.scenario.mode,
+                "workload": {"rate_per_user_s": rate_per_user_s or self.scenario.arrivals.rate_per_user_s,
+                             "until_s": until_s,
+                             "max_tokens": self.config.max_tokens, "ignore_eos": True,
+                             "mode": mode or self.scenario.mode,
                              "draft_length": self.scenario.draft_length, "seed": seed},
                 "pacing": {"profile": str(self.scenario.profile), "dilation": self.dilation},
                 "metrics_port": 0, "metrics_host": self.config.host, "results": str(results),
                 "draft": str(self.draft_gguf)}))
-            fleets.append(self._start(DevicesProcess(["--config", str(path)],
-                                                     log_path=self.run_dir / f"{phase}-{index}.log", detached=True),
-                                      f"{phase} {index} (users {chunk[0]}-{chunk[-1]})"))
+            fleet = DevicesProcess(["--config", str(path)], results, log_path=self.run_dir / f"{phase}-{index}.log",
+                                   detached=True)
+            fleets.append(self._start(fleet, f"{phase} {index} (users {chunk[0]}-{chunk[-1]})"))
         self.write_state()
         return fleets
 

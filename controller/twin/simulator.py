@@ -91,9 +91,13 @@ class TwinSummary:
 
 
 class DigitalTwin:
-    def __init__(self, scenario: Scenario, trace: ChannelTrace, profile: HardwareProfile, seed: int = 0) -> None:
+    def __init__(self, scenario: Scenario, trace: ChannelTrace, profile: HardwareProfile, seed: int = 0,
+                 arrivals: dict[int, list[float]] | None = None, trace_offset: int = 0) -> None:
+        """``arrivals``: each user's request times (s), replacing the scenario's arrival process, and
+        ``trace_offset``: the trace slot playing at time 0 — to replay what a testbed ran (bench/testbed.py)."""
         scenario.check_against(trace.metadata.num_users, trace.metadata.num_edges)
         self.scenario, self.trace, self.profile = scenario, trace, profile
+        self.given_arrivals, self.trace_offset = arrivals, trace_offset
         self.slot_s = trace.slot_s
         self.parallel = scenario.mode == "psd"
         self.edges = scenario.edges
@@ -117,14 +121,16 @@ class DigitalTwin:
         return self.slot >= self.scenario.duration_slots
 
     def _trace_slot(self) -> int:
-        return self.slot % self.trace.metadata.num_slots
+        return (self.slot + self.trace_offset) % self.trace.metadata.num_slots
 
     def _arrivals(self) -> None:
         """Requests arriving during the current slot."""
         arrivals = self.scenario.arrivals
         begin, end = self.now, self.now + self.slot_s
         for user in self.users:
-            if arrivals.kind == "once":
+            if self.given_arrivals is not None:
+                times = [at for at in self.given_arrivals.get(user.index, ()) if begin <= at < end]
+            elif arrivals.kind == "once":
                 times = [arrivals.at_s] if begin <= arrivals.at_s < end else []
             else:
                 count = self.rng.poisson(arrivals.rate_per_user_s * self.slot_s)

@@ -1,0 +1,38 @@
+"""`tandem health HOST:PORT`: is a daemon serving? (grpc.health.v1, which every Tandem gRPC daemon serves.)
+
+Exit 0 when the service reports SERVING, 1 otherwise: what a container health check or a script waits on.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tandem.addresses import ADDRESS_PATTERN
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+
+
+def add_health_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("health", help="check that a daemon serves (gRPC health); exit 0 if it does")
+    parser.add_argument("address", help="the daemon's gRPC address HOST:PORT")
+    parser.add_argument("--service", default="", help="a service name (default: the server as a whole)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
+    parser.set_defaults(handler=run_health)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    import re
+
+    if not re.match(ADDRESS_PATTERN, args.address):
+        return fail(f"address {args.address!r} is not HOST:PORT", EXIT_USAGE)
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                              timeout=args.timeout)
+        except grpc.RpcError as error:
+            return fail(f"{args.address}: {error.code().name}", EXIT_FAILED)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return EXIT_OK if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILED

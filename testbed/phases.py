@@ -1,0 +1,104 @@
+"""A workload phase on a running testbed: swap the policy in through the admin CLI, run the seeded workload from
+fresh device fleets until its last request ended, and summarise what the devices measured (emulated time) with
+the pacing overruns of edges and devices.  Used by `tandem demo` and bench/testbed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tandem.cli_support import UsageError
+from tandem.pacing import MAX_VALID_OVERRUN_FRACTION
+from testbed.metrics import scrape, total
+
+
+@dataclass
+class Phase:
+    summary: dict
+    records: list[dict]  # one per request, as the devices wrote them
+    trace_slot: int  # the trace slot playing when the devices started (to replay the phase in the twin)
+
+
+def set_policy(bed, policy: str) -> None:
+    """`tandem policy set`, as an operator swaps it (admin token from the testbed's token file)."""
+    controller = bed.find("controller").address
+    done = subprocess.run([sys.executable, "-m", "tandem", "policy", "set", policy, "--controller", controller],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "TANDEM_ADMIN_TOKEN": bed.config.admin_token})
+    if done.returncode != 0:
+        raise UsageError(f"`tandem policy set {policy}` failed: {done.stderr.strip()}")
+
+
+def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: str | None = None) -> Phase:
+    """``mode``: psd or sd (default: the scenario's); ``name``: the phase's files (default: the policy)."""
+    name = name or policy
+    print(f"\n[{name}] swapping the policy {policy} in through the admin CLI...", flush=True)
+    set_policy(bed, policy)
+    time.sleep(2 * bed.trace.slot_s * bed.dilation)  # a decision or two under the new policy before arrivals
+    edges = [d for d in bed.daemons if d.label.startswith("edge")]
+    before = [scrape(bed.config.host, e.metrics_port) for e in edges]
+    fleets = bed.start_devices(name, phase_s, mode=mode)
+    linkemu = bed.find("link emulator")
+    trace_slot = int(total(scrape(bed.config.host, linkemu.metrics_port), "tandem_linkemu_trace_slot"))
+    started = time.monotonic()
+    while any(f.process.poll() is None for f in fleets):
+        done = sum(_count_lines(f.results) for f in fleets)
+        print(f"\r[{name}] {time.monotonic() - started:5.0f} s, {done} requests done", end="", flush=True)
+        time.sleep(1.0)
+    print()
+    records = [json.loads(line) for f in fleets for line in f.results.read_text().splitlines()]
+    device_summary = [json.loads(f.tail(1)) for f in fleets]
+    after = [scrape(bed.config.host, e.metrics_port) for e in edges]
+    edge_steps = sum(total(a, "tandem_edge_pacing_steps_total") - total(b, "tandem_edge_pacing_steps_total")
+                     for a, b in zip(after, before))
+    edge_overruns = sum(total(a, "tandem_edge_pacing_overruns_total") - total(b, "tandem_edge_pacing_overruns_total")
+                        for a, b in zip(after, before))
+    bed.daemons = [d for d in bed.daemons if d not in fleets]
+    return Phase(summarize(name, records, device_summary, edge_steps, edge_overruns), records, trace_slot)
+
+
+def summarize(policy: str, records: list[dict], device_summary: list[dict], edge_steps: float,
+              edge_overruns: float) -> dict:
+    ok = [r for r in records if "error" not in r]
+    latency = np.array([r["latency_s"] for r in ok]) if ok else np.array([np.nan])
+    steps = edge_steps + sum(s["pacing"]["steps"] for s in device_summary)
+    overruns = edge_overruns + sum(s["pacing"]["overruns"] for s in device_summary)
+    fraction = overruns / steps if steps else 0.0
+    return {"policy": policy, "requests": len(ok), "errors": len(records) - len(ok),
+            "mean_latency_s": float(np.mean(latency)), "p95_latency_s": float(np.percentile(latency, 95)),
+            "mean_ttft_s": float(np.mean([r["ttft_s"] for r in ok])) if ok else None,
+            "mean_tokens_per_s": float(np.mean([r["tokens_per_s"] for r in ok])) if ok else None,
+            "migrations": sum(r["migrations"] or 0 for r in ok), "pacing_steps": steps, "pacing_overruns": overruns,
+            "overrun_fraction": fraction, "valid": fraction <= MAX_VALID_OVERRUN_FRACTION}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'policy':<16} {'requests':>8} {'errors':>6} {'mean s':>7} {'p95 s':>7} {'ttft s':>7} {'tok/s':>6} "
+          f"{'moves':>5} {'overruns':>9}")
+    for r in rows:
+        print(f"{r['policy']:<16} {r['requests']:>8} {r['errors']:>6} {r['mean_latency_s']:>7.2f} "
+              f"{r['p95_latency_s']:>7.2f} {r['mean_ttft_s'] or float('nan'):>7.2f} "
+              f"{r['mean_tokens_per_s'] or float('nan'):>6.1f} {r['migrations']:>5} "
+              f"{r['overrun_fraction']:>8.1%}{'' if r['valid'] else '!'}")
+    base = rows[0]
+    for r in rows[1:]:
+        if base["mean_latency_s"] > 0:
+            print(f"{r['policy']} vs {base['policy']}: mean latency "
+                  f"{1 - r['mean_latency_s'] / base['mean_latency_s']:+.1%} reduction")
+    print("(emulated time: the profile's phones and GPU edges; a run with over 1% pacing overruns is marked '!' "
+          "and is not valid)")
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return sum(1 for _ in path.open())
+    except OSError:
+        return 0
