@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, build_config, fail
 
 DEFAULT_CONTROLLER = "127.0.0.1:50070"
@@ -75,6 +77,17 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
                         help=f"controller address HOST:PORT (default {DEFAULT_CONTROLLER})")
 
 
+def _state_of(config_file: Path | None) -> Path | None:
+    """The `state` a config file names (None without one; an unreadable file is reported by build_config)."""
+    if config_file is None:
+        return None
+    try:
+        data = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return Path(data["state"]) if isinstance(data, dict) and isinstance(data.get("state"), str) else None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from controller.auth import TokenError
     from controller.config import ControllerConfig, PolicySpec
@@ -84,8 +97,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from tandem.models import default_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    state_path = args.state or (args.data_dir or default_data_dir()) / "controller.sqlite"
     try:
+        state_path = args.state or _state_of(args.config) or (args.data_dir or default_data_dir()) / "controller.sqlite"
         state = ControllerState(state_path)
         stored = state.load_topology()
         if args.config is None and stored is None:
@@ -94,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = build_config(ControllerConfig, args.config, {
             **(base or {}), "listen": args.listen, "metrics_port": args.metrics_port, "linkemu": args.linkemu,
             "slot_s": args.slot, "state": state_path, "admin_token_file": args.admin_token_file})
+        make_policy(config.policy.name, config.policy.seed, **config.policy.params)  # refuse an unknown one now
         if args.policy:
             spec = PolicySpec(name=args.policy, seed=config.policy.seed)
             make_policy(spec.name, spec.seed)  # refuse an unknown name now, not in the loop
