@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  `make demo` (the main job, end to end)  and  `make test`.
-.PHONY: setup demo test bench policy evaluate
+.PHONY: setup demo test bench policy evaluate images
 
 .venv/.setup-done: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -10,8 +10,12 @@ setup: .venv/.setup-done
 demo: setup
 	.venv/bin/tandem demo
 
-test: setup
+test: setup images
 	.venv/bin/python -m pytest -q
+
+images: setup  # the compose testbed: Docker (installed and started if needed) and the images built from deploy/
+	bash scripts/setup-docker.sh
+	bash deploy/build-images.sh
 
 bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py
@@ -19,6 +23,8 @@ bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/reproducibility.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/controller.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/scheduler.py
+	OMP_NUM_THREADS=1 .venv/bin/python bench/testbed.py
+	OMP_NUM_THREADS=1 .venv/bin/python bench/load.py
 
 policy: setup  # train the shipped tma-masac policy (docs/twin.md; ~40 min here)
 	bash scripts/train-policy.sh
