@@ -38,6 +38,16 @@ def docker_ready() -> str | None:
     return None
 
 
+def exited_services() -> dict[str, str]:
+    """Long-running services of the project that stopped, with their last log lines (the one-shot `models` may)."""
+    names = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                            "--filter", "status=exited", "--format", '{{.Label "com.docker.compose.service"}}'],
+                           capture_output=True, text=True).stdout.split()
+    return {name: subprocess.run(["docker", "logs", "--tail", "5", f"{PROJECT}_{name}_1"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True).stdout[-1000:]
+            for name in names if name != "models"}
+
+
 def compose(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["docker-compose", "-p", PROJECT, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -65,6 +75,8 @@ class Prometheus:
     def wait_for(self, expr: str, timeout: float) -> list[dict]:
         deadline = time.monotonic() + timeout
         while True:
+            if exited := exited_services():
+                raise AssertionError(f"services exited: {exited}")
             try:
                 if result := self.query(expr):
                     return result
