@@ -131,6 +131,10 @@ class _Placement:
 
     def __init__(self, route: Route, spec: SessionSpec, result: DecodeResult) -> None:
         self.route, self.spec, self.result = route, spec, result
+        # Patience in real seconds: under time dilation (route.time_stretch = D) the link and the edges are D times
+        # slower, and so must be the device's timeouts, or an outage the emulated system rides out would fail here.
+        self.resume_within = RESUME_WITHIN_S * route.time_stretch
+        self.attempt = (ATTEMPT_S if route.may_change else RESUME_WITHIN_S) * route.time_stretch
         self.edge: EdgeHandle = route.current()
         self.session = self.reopen(spec, moving=False)
         self.base = len(spec.prompt)  # committed length when the current session was opened
@@ -139,18 +143,17 @@ class _Placement:
         """A new session opened with ``spec`` on the route's current edge, following the route while attempts fail
         with a broken link; a request being moved also waits out an edge that is full for the moment (a move
         must not lose the request; a new request is refused at once, as without a controller)."""
-        deadline = time.monotonic() + RESUME_WITHIN_S
+        deadline = time.monotonic() + self.resume_within
         retry = RETRY_MOVE if moving else RETRY_OPEN
         while True:
             self.edge = self.route.current()
-            attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
-                session = self.edge.open(spec, within_s=_left(attempt, deadline))
+                session = self.edge.open(spec, within_s=_left(self.attempt, deadline))
             except EdgeError as error:
                 if error.code not in retry or time.monotonic() >= deadline:
                     raise
                 if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    time.sleep(ATTEMPT_S / 4)
+                    time.sleep(ATTEMPT_S * self.route.time_stretch / 4)
                 continue
             if not self.result.edges or self.result.edges[-1] != self.edge.name:
                 self.result.edges.append(self.edge.name)
@@ -168,10 +171,10 @@ class _Placement:
         waited = 0.0
         while True:
             try:
-                return self.session.receive_verdict(ATTEMPT_S if self.route.may_change else None)
+                return self.session.receive_verdict(self.attempt if self.route.may_change else None)
             except TimeoutError:
-                waited += ATTEMPT_S
-                if waited >= SILENT_EDGE_S and self.moved():
+                waited += self.attempt
+                if waited >= SILENT_EDGE_S * self.route.time_stretch and self.moved():
                     raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} is silent and the route moved "
                                                                  f"on") from None
 
@@ -183,7 +186,7 @@ class _Placement:
     def move(self, committed: list[int], spec: SessionSpec) -> None:
         """Close the session here (best effort: the old edge may be gone) and continue on the route's edge."""
         try:
-            self.session.close(timeout=CLOSE_TIMEOUT_S)
+            self.session.close(timeout=CLOSE_TIMEOUT_S * self.route.time_stretch)
         except EdgeError:
             self.session.cancel()
         self.result.count_bytes(self.session)
@@ -195,15 +198,14 @@ class _Placement:
         self.result.count_bytes(self.session)
         self.session.cancel()
         self.result.resumes += 1
-        deadline = time.monotonic() + RESUME_WITHIN_S
+        deadline = time.monotonic() + self.resume_within
         while True:
             if self.moved():
                 self._continue_at(committed, spec)
                 self.result.migrations += 1
                 return []
-            attempt = ATTEMPT_S if self.route.may_change else RESUME_WITHIN_S
             try:
-                self.session = self.edge.attach(self.session.id, within_s=_left(attempt, deadline))
+                self.session = self.edge.attach(self.session.id, within_s=_left(self.attempt, deadline))
             except EdgeError as error:
                 if error.code == grpc.StatusCode.NOT_FOUND:  # the edge lost the session (it restarted)
                     self._continue_at(committed, spec)
@@ -356,7 +358,7 @@ def decode_speculative(
         # Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
         # its idle timeout), so a dead or silent edge must not fail or hold a finished request.
         try:
-            place.session.close(timeout=CLOSE_TIMEOUT_S)
+            place.session.close(timeout=CLOSE_TIMEOUT_S * route.time_stretch)
         except EdgeError:
             place.session.cancel()
     except BaseException:

@@ -116,7 +116,8 @@ class EmulatedDevice(threading.Thread):
         record |= {
             "finish_s": finished, "latency_s": finished - arrival,
             "ttft_s": (started - arrival) + summary["ttft_s"] * scale if summary["ttft_s"] is not None else None,
-            "prompt_tokens": summary["prompt_tokens"], "tokens": tokens, "tokens_per_s": tokens / (finished - started) if finished > started else None,
+            "prompt_tokens": summary["prompt_tokens"], "tokens": tokens,
+            "tokens_per_s": tokens / (finished - started) if finished > started else None,
             "acceptance": summary["acceptance_rate"], "edges": summary["edges"], "migrations": summary["migrations"],
             "draft_s": draft_s, "energy_j": energy, "token_ids": summary["token_ids"], "mode": workload.mode}
         m, user = fleet.metrics, str(self.user.id)

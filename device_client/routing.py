@@ -47,6 +47,7 @@ class DeviceStats:
 
 class Route(ABC):
     may_change: bool = False  # False: a broken link is waited out on the same edge
+    time_stretch: float = 1.0  # real seconds per emulated second (the dilation D under hardware pacing)
 
     @abstractmethod
     def current(self) -> EdgeHandle: ...
@@ -91,7 +92,7 @@ class ControllerRoute(Route):
         self.user = user
         self._via = via
         # Under hardware pacing every duration the device measures is D times the emulated one: report the latter.
-        self._time_scale = 1 / dilation if dilation > 0 else 1.0
+        self.time_stretch = dilation if dilation > 0 else 1.0
         self._channel = grpc.insecure_channel(controller, options=[
             (f"grpc.{bound}_reconnect_backoff_ms", ms) for bound, ms in RECONNECT_BACKOFF_MS.items()])
         self._stub = control_pb2_grpc.ControllerStub(self._channel)
@@ -145,9 +146,9 @@ class ControllerRoute(Route):
         self._last_report = now
         try:
             self._stub.Report(cpb.UserReport(
-                user=self.user, draft_seconds_per_token=stats.draft_seconds_per_token * self._time_scale,
+                user=self.user, draft_seconds_per_token=stats.draft_seconds_per_token / self.time_stretch,
                 acceptance=stats.acceptance, pending_tokens=stats.pending_tokens,
-                round_seconds=stats.round_seconds * self._time_scale), timeout=REPORT_TIMEOUT_S)
+                round_seconds=stats.round_seconds / self.time_stretch), timeout=REPORT_TIMEOUT_S)
         except grpc.RpcError as error:  # telemetry is best-effort: the controller keeps the previous figures
             log.debug("report to the controller failed: %s", error.code())
 
