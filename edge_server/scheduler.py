@@ -157,15 +157,12 @@ class ShareScheduler:
         try:
             if step[0].block is None:
                 results = [await step[0].work()]
-                paced = self._pacing and self._pacing.exclusive_seconds(step[0].cost)
             else:
                 self._metrics.batch_size.observe(len(step))
                 scored = await self._engine.score_blocks([job.block for job in step])
                 results = [ScoreResult(s, started - job.queued_at, len(step)) for s, job in zip(scored, step)]
-                paced = self._pacing and self._pacing.block_step_seconds(
-                    [(job.flow.session, len(job.block.prefix), len(job.block.block)) for job in step])
-            if self._pacing:
-                await self._pacing.hold(started, paced)
+            if self._pacing is not None:
+                await self._pacing.hold(started, self._paced_seconds(step))
         except Exception as error:  # the engine failed this step: every job in it gets the error
             for job in step:
                 if not job.future.done():
@@ -174,6 +171,13 @@ class ShareScheduler:
         for job, result in zip(step, results):
             if not job.future.done():
                 job.future.set_result(result)
+
+    def _paced_seconds(self, step: list[_Job]) -> float:
+        """The emulated edge's time for this step (hardware pacing)."""
+        if step[0].block is None:
+            return self._pacing.exclusive_seconds(step[0].cost)
+        return self._pacing.block_step_seconds(
+            [(job.flow.session, len(job.block.prefix), len(job.block.block)) for job in step])
 
 
 def _label(user: int | None) -> str:
