@@ -30,6 +30,7 @@ from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, Ed
 
 STATE_FILE = "state.json"
 STOP_TIMEOUT_S = 15.0
+OUTAGE_LIMIT_S = 2.0  # emulated seconds of outage before the link emulator breaks a connection
 
 
 class DevicesProcess(DaemonProcess):
@@ -130,8 +131,11 @@ class Testbed:
             ["--engine", self.config.engine, "--edge-id", str(edge_id), "--host", self.config.host,
              "--metrics-port", "0", "--max-sessions", str(2 * capacity + 4), "--idle-timeout", "120",
              "--profile", str(self.scenario.profile), "--dilation", str(self.dilation),
-             "--compute-scale", str(compute_scale), *(["--slots", str(min(capacity, 8))]
-                                                      if self.config.engine == "llamacpp" else [])],
+             "--compute-scale", str(compute_scale),
+             # A step may verify a block of every user, as the emulated GPU batches them (the profile's
+             # batch_scaling paces it); llama.cpp scores them one by one inside the step's dilated budget.
+             "--step-tokens", str(capacity * (self.scenario.draft_length + 1)),
+             *(["--slots", str(min(capacity, 8))] if self.config.engine == "llamacpp" else [])],
             log_path=self.run_dir / f"edge-{edge_id}.log", env=env, detached=True)
 
     def _linkemu(self, edges: list[EdgeProcess]) -> LinkEmuProcess:
@@ -140,7 +144,10 @@ class Testbed:
         path = self.run_dir / "linkemu.yaml"
         path.write_text(yaml.safe_dump({
             "trace": str(self.scenario.trace), "base_delay_ms": 1000 * self.scenario.rtt_s / 2,
-            "outage_limit_s": 60, "control_listen": f"{self.config.host}:0", "metrics_port": 0,
+            # A radio link failure after 2 s without service (NR's T310 is 1-2 s; the emulator stretches it D
+            # times). Bytes already queued into a fade keep the rates they were scheduled at, so a longer limit
+            # holds a request that the controller moved away for as long as the fade lasts (docs/testbed.md).
+            "outage_limit_s": OUTAGE_LIMIT_S, "control_listen": f"{self.config.host}:0", "metrics_port": 0,
             "metrics_host": self.config.host, "dilation": self.dilation,
             "edges": [{"index": spec.id, "address": edge.address} for spec, edge in zip(self.scenario.edges, edges)],
             "users": [{"user": u, "edge": first, "share": 1 / len(users), "listen": f"{self.config.host}:0"}
