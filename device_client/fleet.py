@@ -26,7 +26,7 @@ from device_client.pacing import PacedDraftEngine
 from device_client.routing import ControllerRoute
 from device_client.workload import Workload
 from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN
-from tandem.pacing import MAX_VALID_OVERRUN_FRACTION, Pacer
+from tandem.pacing import MAX_VALID_OVERRUN_FRACTION, Pacer, PacingSettings
 from tandem.profiles import HardwareProfile
 from tandem.sampling import SamplingConfig
 
@@ -40,20 +40,6 @@ class FleetUser(BaseModel):
                             "emulator (without: the device dials the edges directly)")
 
 
-class FleetPacing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    profile: Path | None = None
-    dilation: float = Field(0.0, ge=0, le=10_000, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _complete(self) -> "FleetPacing":
-        if 0 < self.dilation < 1:
-            raise ValueError("dilation must be 0 (off) or >= 1")
-        if self.dilation > 0 and self.profile is None:
-            raise ValueError("pacing (dilation > 0) needs a hardware profile")
-        return self
-
-
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     controller: str = Field(pattern=ADDRESS_PATTERN)
@@ -62,7 +48,7 @@ class FleetConfig(BaseModel):
     draft: Path | None = Field(None, description="draft GGUF (default: the prepared one)")
     data_dir: Path | None = None
     draft_context: int = Field(1024, ge=128, le=1 << 16, description="each device's draft context (tokens)")
-    pacing: FleetPacing = FleetPacing()
+    pacing: PacingSettings = PacingSettings()
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", pattern=HOST_PATTERN)
     results: Path | None = Field(None, description="append one JSON line per finished request")

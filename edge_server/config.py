@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from tandem.pacing import PacingSettings
 
 
 class VllmOptions(BaseModel):
@@ -22,22 +24,9 @@ class LlamaCppOptions(BaseModel):
     slots: int = Field(4, ge=1, le=64, description="contexts kept warm, one per concurrent session")
 
 
-class PacingOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    profile: Path | None = Field(None, description="hardware profile (tandem/profiles.py) whose edge this one "
-                                 "emulates")
-    dilation: float = Field(0.0, ge=0, le=10_000, allow_inf_nan=False, description="hold each engine step for its "
-                            "profile time x this factor (0 = no pacing; else >= 1)")
+class PacingOptions(PacingSettings):
     compute_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="this edge's compute "
                                  "relative to the profiled one (the twin scenario's compute_scale)")
-
-    @model_validator(mode="after")
-    def _complete(self) -> "PacingOptions":
-        if 0 < self.dilation < 1:
-            raise ValueError("dilation must be 0 (off) or >= 1")
-        if self.dilation > 0 and self.profile is None:
-            raise ValueError("pacing (dilation > 0) needs a hardware profile")
-        return self
 
 
 class EdgeConfig(BaseModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN, split_address
+from tandem.pacing import check_dilation
 from tandem.shares import check_shares
 
 __all__ = ["ADDRESS_PATTERN", "EdgeTarget", "LinkEmuConfig", "UserLink", "split_address"]
@@ -61,8 +62,7 @@ class LinkEmuConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "LinkEmuConfig":
-        if 0 < self.dilation < 1:
-            raise ValueError("dilation must be 0 (off) or >= 1")
+        check_dilation(self.dilation)
         edge_indices = Counter(edge.index for edge in self.edges)
         if duplicated := [i for i, n in edge_indices.items() if n > 1]:
             raise ValueError(f"edge index listed twice: {duplicated}")

@@ -16,8 +16,34 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_VALID_OVERRUN_FRACTION = 0.01
+
+
+def check_dilation(dilation: float) -> float:
+    """The one rule for D everywhere (daemons, configs, the pacer): 0 (off) or at least 1."""
+    if not (dilation == 0 or dilation >= 1):
+        raise ValueError(f"dilation must be 0 (off) or >= 1, got {dilation}")
+    return dilation
+
+
+class PacingSettings(BaseModel):
+    """A daemon's pacing in its config: which profile it emulates, at which dilation."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile: Path | None = Field(None, description="hardware profile (tandem/profiles.py) to emulate")
+    dilation: float = Field(0.0, ge=0, le=10_000, allow_inf_nan=False, description="hold each step for its "
+                            "profile time x this factor (0 = no pacing; else >= 1)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "PacingSettings":
+        check_dilation(self.dilation)
+        if self.dilation > 0 and self.profile is None:
+            raise ValueError("pacing (dilation > 0) needs a hardware profile")
+        return self
 
 
 @dataclass
@@ -28,8 +54,7 @@ class Pacer:
     overruns: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.dilation == 0 or self.dilation >= 1):
-            raise ValueError(f"dilation must be 0 (off) or >= 1, got {self.dilation}")
+        check_dilation(self.dilation)
 
     @property
     def enabled(self) -> bool:
