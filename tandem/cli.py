@@ -53,6 +53,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _init_certs(args: argparse.Namespace) -> int:
+    from tandem.certs import run_init
+
+    return run_init(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from controller.cli import add_controller_commands, add_policy_commands
     from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
@@ -116,6 +122,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_generate_arguments(generate)
     generate.set_defaults(handler=_generate)
+
+    certs = commands.add_parser("certs", help="make certificates for mutual TLS").add_subparsers(
+        dest="certs_command", metavar="ACTION", required=True
+    )
+    certs_init = certs.add_parser(
+        "init",
+        help="make a development CA and a certificate for every daemon and device",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make a development certificate authority in DIR and sign one certificate (ECDSA P-256) per\n"
+        "identity: edge-0..edge-N-1, linkemu, controller, admin and device-0..device-M-1. A certificate's\n"
+        "common name is its identity; edge, linkemu and controller certificates also carry the role's\n"
+        "server name (edge.tandem, linkemu.tandem, controller.tandem), which clients verify.\n\n"
+        "Files in DIR:\n"
+        "  ca.pem                  the CA certificate: every daemon and device trusts it\n"
+        "  ca.key                  the CA key: keep it to issue more certificates\n"
+        "  <name>.pem, <name>.key  each identity's certificate and key, e.g. edge-0.pem + edge-0.key\n"
+        "Each daemon or device needs ca.pem and its own pair (edge-0 reads ca.pem, edge-0.pem, edge-0.key).\n"
+        "Keys are unencrypted PEM with mode 0600 (readable by their owner only); certificates are 0644.\n\n"
+        "This is a development CA, for testbeds: its key is not protected. Refuses to replace an existing\n"
+        "CA unless --force (certificates signed by the old one would stop being trusted).",
+    )
+    certs_init.add_argument("dir", metavar="DIR", help="folder for the CA and certificates (made if missing)")
+    certs_init.add_argument("--edges", type=int, default=2, metavar="N", help="edge servers, 0-256 (default 2)")
+    certs_init.add_argument("--devices", type=int, default=8, metavar="N", help="devices, 0-10000 (default 8)")
+    certs_init.add_argument(
+        "--host",
+        dest="hosts",
+        action="append",
+        metavar="NAME_OR_IP",
+        help="another DNS name or IP address every certificate is valid for (repeatable); localhost, 127.0.0.1 "
+        "and ::1 are always included",
+    )
+    certs_init.add_argument("--days", type=int, default=365, metavar="N", help="validity, 1-36500 (default 365)")
+    certs_init.add_argument("--force", action="store_true", help="replace an existing CA and certificates")
+    certs_init.set_defaults(handler=_init_certs)
 
     add_fleet_commands(commands)
     add_health_command(commands)
