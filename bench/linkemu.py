@@ -13,6 +13,7 @@ import argparse
 import json
 import socket
 import statistics
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
+os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.proxy import ProxyThread  # noqa: E402

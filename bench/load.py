@@ -37,7 +37,8 @@ def teacher_force(bed: Testbed, records: list[dict], sample: int) -> dict:
     """Score a sample of answers through edge 0: tokens that are not the target's argmax beyond a near-tie."""
     prompts = Workload().load_prompts()
     draft = LlamaCppDraftEngine(bed.draft_gguf, n_ctx=1024)
-    connection = EdgeConnection(bed.find(f"edge {bed.scenario.edges[0].id}").address)
+    connection = EdgeConnection(bed.find(f"edge {bed.scenario.edges[0].id}").address,
+                                transport=bed.client_transport("device-0"))
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(records), size=min(sample, len(records)), replace=False)
     checked = wrong = near_ties = 0

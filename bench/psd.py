@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
+os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402

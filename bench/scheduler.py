@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import statistics
+import os
 import sys
 import tempfile
 import threading
@@ -27,6 +28,8 @@ import grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
+os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from device_client.edge_handle import SessionSpec  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402

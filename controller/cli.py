@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, build_config, fail
+from tandem.tls import add_tls_arguments, tls_overrides
 
 DEFAULT_CONTROLLER = "127.0.0.1:50070"
 PARAM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
@@ -45,11 +46,13 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
                        "else tma-equal)")
     serve.add_argument("--admin-token-file", type=Path, help="file holding the admin token (else "
                        "$TANDEM_ADMIN_TOKEN, else one is made beside the state file)")
+    add_tls_arguments(serve, "controller")
     serve.set_defaults(handler=run_serve)
 
     status = actions.add_parser("status", help="association table, shares, policy, last decision")
     _add_address(status)
     status.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    add_tls_arguments(status, "admin")
     status.set_defaults(handler=run_status)
 
 
@@ -68,7 +71,8 @@ def add_policy_commands(commands: argparse._SubParsersAction) -> None:
     for parser, handler in ((listing, run_policy_list), (show, run_policy_show), (swap, run_policy_set)):
         _add_address(parser)
         parser.add_argument("--admin-token-file", type=Path, help="file holding the admin token "
-                            "(default $TANDEM_ADMIN_TOKEN)")
+                            "(default $TANDEM_ADMIN_TOKEN; not needed with an admin certificate over TLS)")
+        add_tls_arguments(parser, "admin")
         parser.set_defaults(handler=handler)
 
 
@@ -89,12 +93,13 @@ def _state_of(config_file: Path | None) -> Path | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from controller.auth import TokenError
     from controller.config import ControllerConfig, PolicySpec
     from controller.policies import make_policy
     from controller.server import StartError, serve
     from controller.state import ControllerState, StateError
+    from tandem.auth import TokenError
     from tandem.models import default_data_dir
+    from tandem.tls import TlsError, load_transport
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -106,14 +111,16 @@ def run_serve(args: argparse.Namespace) -> int:
         base = None if args.config else stored
         config = build_config(ControllerConfig, args.config, {
             **(base or {}), "listen": args.listen, "metrics_port": args.metrics_port, "linkemu": args.linkemu,
-            "slot_s": args.slot, "state": state_path, "admin_token_file": args.admin_token_file})
+            "slot_s": args.slot, "state": state_path, "admin_token_file": args.admin_token_file,
+            **tls_overrides(args)})
+        transport = load_transport(config.tls, "controller")
         make_policy(config.policy.name, config.policy.seed, **config.policy.params)  # refuse an unknown one now
         if args.policy:
             spec = PolicySpec(name=args.policy, seed=config.policy.seed)
             make_policy(spec.name, spec.seed)  # refuse an unknown name now, not in the loop
             state.save_policy(spec)
-        asyncio.run(serve(config, state))
-    except (UsageError, StateError, TokenError, StartError, ValueError) as error:
+        asyncio.run(serve(config, state, transport))
+    except (UsageError, StateError, TokenError, StartError, TlsError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     except OSError as error:  # a port in use, a state directory that cannot be made
         return fail(f"cannot start the controller: {error}", EXIT_USAGE)
@@ -122,21 +129,23 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _call(args: argparse.Namespace, method: str, request, admin: bool = False):
     """One unary call to the controller; (reply, None) or (None, exit code after printing the reason)."""
-    import grpc
+    import grpc  # noqa: F401  (its errors below)
 
-    from controller.auth import TokenError, client_token
+    from tandem.auth import TokenError, client_token
+    from tandem.rpc import bearer_metadata
+    from tandem.tls import TlsError, transport_from_args
     from tandem.wire.v1 import control_pb2_grpc
 
-    metadata = None
-    if admin:
-        try:
-            token = client_token(args.admin_token_file)
-        except TokenError as error:
-            return None, fail(str(error), EXIT_USAGE)
-        if token is None:
-            return None, fail("no admin token: give --admin-token-file or set $TANDEM_ADMIN_TOKEN", EXIT_USAGE)
-        metadata = (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(args.controller) as channel:
+    try:
+        transport = transport_from_args(args, "admin")
+        token = client_token(getattr(args, "admin_token_file", None)) if admin else None
+    except (TlsError, TokenError) as error:
+        return None, fail(str(error), EXIT_USAGE)
+    if admin and token is None and not transport.secure:
+        return None, fail("no admin token: give --admin-token-file or set $TANDEM_ADMIN_TOKEN (or use an admin "
+                          "certificate over TLS)", EXIT_USAGE)
+    metadata = bearer_metadata(token)
+    with transport.channel(args.controller, "controller") as channel:
         stub = (control_pb2_grpc.ControllerAdminStub if admin else control_pb2_grpc.ControllerStub)(channel)
         try:
             timeout = SET_POLICY_TIMEOUT_S if method == "SetPolicy" else CALL_TIMEOUT_S

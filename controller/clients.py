@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from controller.policies.base import Allocation
 from controller.telemetry import EdgeLoadSample
+from tandem.rpc import bearer_metadata
+from tandem.tls import Transport
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 
@@ -19,28 +22,47 @@ log = logging.getLogger(__name__)
 RETRY_S = 1.0
 
 
+@dataclass(frozen=True)
+class Dialer:
+    """How the controller reaches the components it controls: its transport, and the admin token (if any) its
+    control calls carry."""
+
+    transport: Transport
+    admin_token: str | None = None
+
+    def channel(self, address: str, role: str) -> grpc.aio.Channel:
+        return self.transport.aio_channel(address, role)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return bearer_metadata(self.admin_token)
+
+
 class PushRefused(Exception):
     """A component answered a push with an error status (the message says which and why)."""
 
 
 class EdgeClient:
-    def __init__(self, edge: int, address: str) -> None:
+    def __init__(self, edge: int, address: str, dial: Dialer) -> None:
         self.edge, self.address = edge, address
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = dial.channel(address, "edge")
+        self._metadata = dial.metadata
         self._stub = control_pb2_grpc.EdgeControlStub(self._channel)
 
     async def load(self, timeout: float) -> EdgeLoadSample | None:
         """The edge's load, or None when it does not answer in time."""
         try:
-            reply = await self._stub.GetLoad(cpb.GetLoadRequest(), timeout=timeout)
+            reply = await self._stub.GetLoad(cpb.GetLoadRequest(), timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError:
             return None
-        return EdgeLoadSample(reply.sessions, reply.queue_depth, reply.verify_seconds_mean, reply.version)
+        return EdgeLoadSample(reply.sessions, reply.queue_depth, reply.verify_seconds_mean, reply.version,
+                              reply.draining)
 
     async def set_shares(self, version: int, shares: dict[int, float], timeout: float) -> None:
         try:
             await self._stub.SetShares(cpb.SetSharesRequest(version=version, shares=[
-                cpb.ComputeShare(user=user, share=share) for user, share in sorted(shares.items())]), timeout=timeout)
+                cpb.ComputeShare(user=user, share=share) for user, share in sorted(shares.items())]), timeout=timeout,
+                metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise PushRefused(f"edge {self.edge} ({self.address}): {error.code().name}: {error.details()}") from None
 
@@ -49,9 +71,10 @@ class EdgeClient:
 
 
 class LinkEmuClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, dial: Dialer) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = dial.channel(address, "linkemu")
+        self._metadata = dial.metadata
         self._stub = linkemu_pb2_grpc.LinkControlStub(self._channel)
 
     async def watch(self, on_report: Callable[[int, list[tuple[int, int, float, float]]], None]) -> None:
@@ -59,7 +82,8 @@ class LinkEmuClient:
         while the emulator is unreachable, until cancelled."""
         while True:
             try:
-                async for report in self._stub.WatchMeasurements(linkemu_pb2.WatchMeasurementsRequest()):
+                async for report in self._stub.WatchMeasurements(linkemu_pb2.WatchMeasurementsRequest(),
+                                                                 metadata=self._metadata):
                     on_report(report.slot, [(p.user, p.edge, p.se_up, p.se_down) for p in report.pairs])
             except grpc.aio.AioRpcError as error:
                 log.warning("link emulator at %s: %s; retrying", self.address, error.code().name)
@@ -69,7 +93,7 @@ class LinkEmuClient:
         try:
             await self._stub.Assign(linkemu_pb2.AssignRequest(assignments=[
                 linkemu_pb2.UserAssignment(user=a.user, edge=a.edge, share=a.bandwidth_share) for a in allocations]),
-                timeout=timeout)
+                timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise PushRefused(f"link emulator ({self.address}): {error.code().name}: {error.details()}") from None
 

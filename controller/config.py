@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tandem.addresses import ADDRESS_PATTERN
-
-ADMIN_TOKEN_ENV = "TANDEM_ADMIN_TOKEN"
+from tandem.auth import ADMIN_TOKEN_ENV
+from tandem.tls import TlsSettings
 
 
 class EdgeSpec(BaseModel):
@@ -70,6 +70,7 @@ class ControllerConfig(BaseModel):
                                "(default <data-dir>/controller.sqlite)")
     admin_token_file: Path | None = Field(None, description=f"file holding the admin token (else ${ADMIN_TOKEN_ENV};"
                                           f" else one is made beside the state file)")
+    tls: TlsSettings = TlsSettings()
 
     @model_validator(mode="after")
     def _unique(self) -> "ControllerConfig":

@@ -17,13 +17,14 @@ import time
 import numpy as np
 
 from controller.board import AllocationBoard
-from controller.clients import EdgeClient, LinkEmuClient, PushRefused
+from controller.clients import Dialer, EdgeClient, LinkEmuClient, PushRefused
 from controller.config import ControllerConfig, PolicySpec
 from controller.metrics import ControllerMetrics
 from controller.policies import make_policy
 from controller.policies.base import Decision, Observation, Policy
 from controller.state import ControllerState, VersionedDecision
 from controller.telemetry import Telemetry
+from tandem.tls import Transport
 
 log = logging.getLogger(__name__)
 DECISION_BUDGET_S = 30.0  # the least a policy is given before the slot goes without a new decision
@@ -31,14 +32,18 @@ DECISION_BUDGET_S = 30.0  # the least a policy is given before the slot goes wit
 
 class ControlLoop:
     def __init__(self, config: ControllerConfig, state: ControllerState, policy: PolicySpec,
-                 metrics: ControllerMetrics) -> None:
+                 metrics: ControllerMetrics, transport: Transport | None = None,
+                 admin_token: str | None = None) -> None:
+        """``transport``: how the controller reaches edges and the link emulator (plaintext when None);
+        ``admin_token``: sent on its control calls (their servers accept it in place of a controller certificate)."""
         self.config = config
         self.state = state
         self.metrics = metrics
         self.telemetry = Telemetry(config)
         self.board = AllocationBoard()
-        self.edges = {edge.id: EdgeClient(edge.id, edge.address) for edge in config.edges}
-        self.linkemu = LinkEmuClient(config.linkemu) if config.linkemu else None
+        dial = Dialer(transport or Transport(), admin_token)
+        self.edges = {edge.id: EdgeClient(edge.id, edge.address, dial) for edge in config.edges}
+        self.linkemu = LinkEmuClient(config.linkemu, dial) if config.linkemu else None
         self.policy_spec = policy
         self.policy = self.make(policy)
         stored = state.load_decision()

@@ -6,48 +6,54 @@ import asyncio
 import logging
 import signal
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from controller.auth import load_or_create_token
 from controller.config import ControllerConfig
 from controller.loop import ControlLoop
 from controller.metrics import ControllerMetrics
 from controller.service import ControllerAdminServicer, ControllerServicer
 from controller.state import ControllerState
+from tandem.auth import load_or_create_token
 from tandem.readiness import announce_ready
+from tandem.rpc import ADMINS, DEVICES, Access, make_server
+from tandem.tls import Transport, warn_if_plaintext
 from tandem.wire.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICES = [control_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Controller", "ControllerAdmin")]
+# Devices follow their allocation and report; admins (the admin certificate or token) swap policies.
+ACCESS = Access({SERVICES[0]: DEVICES | ADMINS, SERVICES[1]: ADMINS})
 
 
 class StartError(Exception):
     pass
 
 
-async def serve(config: ControllerConfig, state: ControllerState) -> None:
+async def serve(config: ControllerConfig, state: ControllerState, transport: Transport) -> None:
     token, token_note = load_or_create_token(config.admin_token_file, state.path)
     policy = state.load_policy() or config.policy  # a policy swapped at run time survives a restart
     state.save_topology(config.topology_json())
     state.save_policy(policy)
     metrics = ControllerMetrics()
     try:
-        loop = ControlLoop(config, state, policy, metrics)
+        # Over TLS the controller's certificate is its credential with edges and the link emulator; in plaintext
+        # it sends the admin token, which they check when they were given it.
+        loop = ControlLoop(config, state, policy, metrics, transport, None if transport.secure else token)
     except ValueError as error:
         raise StartError(str(error)) from None
-    server = grpc.aio.server()
+    server = make_server(transport, ACCESS, token)
     control_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(loop), server)
-    control_pb2_grpc.add_ControllerAdminServicer_to_server(ControllerAdminServicer(loop, token), server)
+    control_pb2_grpc.add_ControllerAdminServicer_to_server(ControllerAdminServicer(loop), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as error:
-        raise StartError(f"cannot listen on {config.listen}: {error}") from None
+        port = transport.add_port(server, config.listen)
+    except OSError as error:
+        raise StartError(str(error)) from None
+    warn_if_plaintext(transport, "the controller")
     metrics_note, metrics_port = "", None
     if config.metrics_port is not None:
         host = config.listen.rpartition(":")[0].strip("[]")

@@ -30,6 +30,7 @@ class EdgeLoadSample:
     queue_depth: int
     verify_seconds: float
     shares_version: int
+    draining: bool = False  # the edge is shutting down: it leaves the topology now, before it goes
 
 
 @dataclass
@@ -75,8 +76,10 @@ class Telemetry:
         now = time.monotonic() if now is None else now
         health = self.edges[edge]
         was = health.healthy
-        if load is not None:
+        if load is not None and not load.draining:
             health.load, health.failing_since, health.healthy = load, None, True
+        elif load is not None:
+            health.load, health.failing_since, health.healthy = load, health.failing_since or now, False
         else:
             health.failing_since = health.failing_since if health.failing_since is not None else now
             health.healthy = now - health.failing_since < self.config.failover_after_s

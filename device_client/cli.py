@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +18,7 @@ from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.sampling import SamplingConfig
+from tandem.tls import TlsError, add_tls_arguments, tls_overrides, transport_from_args
 
 
 class GenerateArgs(BaseModel):
@@ -78,6 +80,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     link.add_argument("--share", type=float, default=1.0, help="share of the edge's bandwidth (default 1)")
     link.add_argument("--base-delay-ms", type=float, default=5.0, help="one-way base delay (default 5)")
     link.add_argument("--speedup", type=float, default=1.0, help="play the trace faster (default 1)")
+    add_tls_arguments(parser, "device-<user>, else device-0")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -116,18 +119,20 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     try:
         link = _trace_link(args, checked.edge)
-    except ValueError as error:
+        transport = transport_from_args(args, f"device-{checked.user or 0}")
+    except (ValueError, TlsError) as error:
         return fail(str(error), EXIT_USAGE)
     try:
         if checked.controller is not None:
             from device_client.routing import ControllerRoute
 
-            route = ControllerRoute(checked.controller, checked.user, checked.via, args.connect_timeout)
+            route = ControllerRoute(checked.controller, checked.user, checked.via, args.connect_timeout,
+                                    transport=transport)
             return _run(args, request, draft_path, checked.threads, route, checked.user)
-        if link is None:
-            return _run(args, request, draft_path, checked.threads, EdgeConnection(checked.edge, args.connect_timeout))
-        with link:
-            return _run(args, request, draft_path, checked.threads, EdgeConnection(link.address, args.connect_timeout))
+        address = checked.edge if link is None else link.address
+        with link or nullcontext():
+            return _run(args, request, draft_path, checked.threads,
+                        EdgeConnection(address, args.connect_timeout, transport=transport))
     except ControllerUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
     except ControllerRefused as error:
@@ -201,6 +206,7 @@ def add_fleet_commands(commands) -> None:
     run.add_argument("--config", type=Path, required=True, help="fleet YAML (controller, users, workload, pacing)")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     run.add_argument("--results", type=Path, help="append one JSON line per finished request here")
+    add_tls_arguments(run, "device-<user> for each user")
     run.set_defaults(handler=run_fleet)
 
 
@@ -216,7 +222,8 @@ def run_fleet(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = build_config(FleetConfig, args.config, {"metrics_port": args.metrics_port, "results": args.results})
+        config = build_config(FleetConfig, args.config, {"metrics_port": args.metrics_port, "results": args.results,
+                                                         **tls_overrides(args)})
         profile = load_profile(config.pacing.profile) if config.pacing.profile else None
         config.workload.load_prompts()
         draft_path = config.draft or load_prepared(
@@ -227,6 +234,8 @@ def run_fleet(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     try:
         fleet = Fleet(config, draft_path, profile)
+    except TlsError as error:
+        return fail(str(error), EXIT_USAGE)
     except ControllerUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
     except ControllerRefused as error:

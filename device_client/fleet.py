@@ -29,6 +29,7 @@ from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN
 from tandem.pacing import MAX_VALID_OVERRUN_FRACTION, Pacer, PacingSettings
 from tandem.profiles import HardwareProfile
 from tandem.sampling import SamplingConfig
+from tandem.tls import TlsSettings, load_transport
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class FleetConfig(BaseModel):
     metrics_host: str = Field("127.0.0.1", pattern=HOST_PATTERN)
     results: Path | None = Field(None, description="append one JSON line per finished request")
     connect_timeout_s: float = Field(30.0, gt=0, le=3600)
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="credentials; from a TLS folder each device "
+                             "presents its own user's certificate (device-<user>)")
 
     @model_validator(mode="after")
     def _distinct(self) -> "FleetConfig":
@@ -142,7 +145,8 @@ class Fleet:
             draft: DraftEngine = LlamaCppDraftEngine(draft_gguf, n_ctx=config.draft_context)
             if profile is not None and self.dilation > 0:
                 draft = PacedDraftEngine(draft, profile.device, pacer)
-            route = ControllerRoute(config.controller, user.id, user.via, config.connect_timeout_s, self.dilation)
+            route = ControllerRoute(config.controller, user.id, user.via, config.connect_timeout_s, self.dilation,
+                                    load_transport(config.tls, f"device-{user.id}"))
             self.pacers.append(pacer)
             self.devices.append(EmulatedDevice(self, user, draft, route))
         self._origin = time.monotonic()

@@ -16,6 +16,7 @@ import grpc
 
 from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
 from tandem.sampling import SparseDist
+from tandem.tls import Transport, default_transport
 from tandem.wire.v1 import edge_pb2 as pb
 from tandem.wire.v1 import edge_pb2_grpc
 
@@ -36,12 +37,16 @@ class EdgeUnreachable(Exception):
 
 
 class EdgeConnection(EdgeHandle):
-    def __init__(self, address: str, connect_timeout: float = 10.0, name: str | None = None) -> None:
+    def __init__(self, address: str, connect_timeout: float = 10.0, name: str | None = None,
+                 transport: Transport | None = None) -> None:
+        """``transport``: the device's credentials (default: from $TANDEM_TLS_DIR as device-0, or plaintext with
+        $TANDEM_INSECURE=1; TlsError otherwise)."""
         self.address = address
         self.name = name or address
         self.connect_timeout = connect_timeout
-        self.channel = grpc.insecure_channel(
-            address,
+        self.transport = transport or default_transport("device-0")
+        self.channel = self.transport.channel(
+            address, "edge",
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -18,6 +18,7 @@ import grpc
 
 from device_client.edge_handle import EdgeHandle
 from device_client.link import RECONNECT_BACKOFF_MS, EdgeConnection
+from tandem.tls import Transport, default_transport
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
 
@@ -88,12 +89,13 @@ class ControllerRoute(Route):
     may_change = True
 
     def __init__(self, controller: str, user: int, via: str | None = None, connect_timeout: float = 10.0,
-                 dilation: float = 0.0) -> None:
+                 dilation: float = 0.0, transport: Transport | None = None) -> None:
         self.user = user
         self._via = via
+        self._transport = transport or default_transport(f"device-{user}")
         # Under hardware pacing every duration the device measures is D times the emulated one: report the latter.
         self.time_stretch = dilation if dilation > 0 else 1.0
-        self._channel = grpc.insecure_channel(controller, options=[
+        self._channel = self._transport.channel(controller, "controller", options=[
             (f"grpc.{bound}_reconnect_backoff_ms", ms) for bound, ms in RECONNECT_BACKOFF_MS.items()])
         self._stub = control_pb2_grpc.ControllerStub(self._channel)
         self._allocation: _Allocation | None = None
@@ -129,7 +131,8 @@ class ControllerRoute(Route):
             handle = self._edges.get(allocation.edge)
             if handle is None:
                 handle = self._edges[allocation.edge] = EdgeConnection(
-                    self._via or allocation.address, name=f"edge {allocation.edge} ({allocation.address})")
+                    self._via or allocation.address, name=f"edge {allocation.edge} ({allocation.address})",
+                    transport=self._transport)
             return handle
 
     def draft_length(self, longest: int) -> int:

@@ -1,7 +1,10 @@
 """Validation of device messages against the edge's limits, translated into domain values.
 
 Everything here runs before any state changes, so a bad message ends only its own stream (with a status that says
-what was wrong) and never alters a session's committed tokens.
+what was wrong) and never alters a session's committed tokens.  Cheap checks (sizes, counts) come before those that
+pass over every token, so a request that will be refused costs little.  ``max_request_tokens`` bounds the target
+work one request brings at once (a prompt's prefill, a Score), the longest step the engine runs without serving
+anyone else.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tandem.wire.v1 import edge_pb2 as pb
 
 PROBABILITY_TOLERANCE = 1e-3  # how far a draft distribution's mass may stray from 1 (float32 on the wire)
 MAX_SCORE_TOP_N = 64
+MAX_STOP_IDS = 256
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,22 @@ def check_tokens(tokens: list[int], what: str, info: EngineInfo) -> None:
         raise invalid(f"{what}: token id {bad[0]} is outside the vocabulary of {info.vocab_size}")
 
 
-def check_open(request: pb.Open, info: EngineInfo, max_draft_length: int) -> SessionRequest:
-    prompt = list(request.prompt_token_ids)
-    if not prompt:
+def check_size(count: int, what: str, limit: int) -> None:
+    if count > limit:
+        raise invalid(f"{what} holds {count} tokens; this edge takes at most {limit} per request")
+
+
+def check_open(request: pb.Open, info: EngineInfo, max_draft_length: int, max_request_tokens: int) -> SessionRequest:
+    size = len(request.prompt_token_ids)
+    if not size:
         raise invalid("prompt_token_ids is empty")
+    if size >= info.max_context:
+        raise invalid(f"prompt of {size} tokens leaves no room in the edge's context of {info.max_context} tokens")
+    check_size(size, "prompt_token_ids", max_request_tokens)
+    if len(request.stop_token_ids) > MAX_STOP_IDS:
+        raise invalid(f"at most {MAX_STOP_IDS} stop_token_ids, got {len(request.stop_token_ids)}")
+    prompt = list(request.prompt_token_ids)
     check_tokens(prompt, "prompt_token_ids", info)
-    if len(prompt) >= info.max_context:
-        raise invalid(f"prompt of {len(prompt)} tokens leaves no room in the edge's context of {info.max_context} "
-                      f"tokens")
     if request.tokenizer_fingerprint and request.tokenizer_fingerprint != info.tokenizer_fingerprint:
         raise SessionError("FAILED_PRECONDITION",
                            "the device's tokenizer differs from the edge's target model; drafts would be meaningless")
@@ -90,34 +102,38 @@ def check_open(request: pb.Open, info: EngineInfo, max_draft_length: int) -> Ses
 
 
 def check_block(session: Session, block: pb.DraftBlock, info: EngineInfo) -> Block:
-    draft = list(block.token_ids)
     if block.position != len(session.tokens):
         raise SessionError("FAILED_PRECONDITION",
                            f"block extends position {block.position} but the session has {len(session.tokens)} "
                            f"committed tokens (blocks must follow the last verdict)")
-    if not draft:
+    size = len(block.token_ids)
+    if not size:
         raise invalid("empty draft block")
-    if len(draft) > session.draft_length:
-        raise invalid(f"block of {len(draft)} tokens exceeds the session's draft_length {session.draft_length}")
+    if size > session.draft_length:
+        raise invalid(f"block of {size} tokens exceeds the session's draft_length {session.draft_length}")
+    if not session.sampling.greedy and len(block.draft_distributions) != size:
+        raise invalid(f"sampling needs one draft distribution per drafted token: got "
+                      f"{len(block.draft_distributions)} for {size} tokens")
+    draft = list(block.token_ids)
     check_tokens(draft, "token_ids", info)
     if len(session.tokens) + len(draft) + 1 > info.max_context:
         raise SessionError("OUT_OF_RANGE",
                            f"block would take the session past the edge's context of {info.max_context} tokens")
     if session.sampling.greedy:
         return Block(block.position, draft, [])
-    if len(block.draft_distributions) != len(draft):
-        raise invalid(f"sampling needs one draft distribution per drafted token: got "
-                      f"{len(block.draft_distributions)} for {len(draft)} tokens")
     support_limit = session.sampling.top_k or info.vocab_size
+    for i, dist in enumerate(block.draft_distributions):
+        where = f"draft distribution {i}"
+        if len(dist.token_ids) == 0 or len(dist.token_ids) != len(dist.probs):
+            raise invalid(f"{where}: needs as many probs as token_ids (got {len(dist.probs)} and "
+                          f"{len(dist.token_ids)})")
+        if len(dist.token_ids) > support_limit:
+            raise invalid(f"{where}: support of {len(dist.token_ids)} tokens exceeds top_k {support_limit}")
     dists = []
     for i, (token, dist) in enumerate(zip(draft, block.draft_distributions)):
         ids = np.asarray(dist.token_ids, dtype=np.int64)
         probs = np.asarray(dist.probs, dtype=np.float64)
         where = f"draft distribution {i}"
-        if ids.size == 0 or ids.size != probs.size:
-            raise invalid(f"{where}: needs as many probs as token_ids (got {probs.size} and {ids.size})")
-        if ids.size > support_limit:
-            raise invalid(f"{where}: support of {ids.size} tokens exceeds top_k {support_limit}")
         check_tokens(ids.tolist(), where, info)
         if np.unique(ids).size != ids.size:
             raise invalid(f"{where}: repeated token ids")
@@ -132,14 +148,16 @@ def check_block(session: Session, block: pb.DraftBlock, info: EngineInfo) -> Blo
     return Block(block.position, draft, dists)
 
 
-def check_score(request: pb.ScoreRequest, info: EngineInfo) -> ScoreJob:
-    tokens = list(request.token_ids)
-    check_tokens(tokens, "token_ids", info)
-    if len(tokens) < 2 or len(tokens) > info.max_context:
-        raise invalid(f"token_ids must hold 2..{info.max_context} tokens, got {len(tokens)}")
-    if not 1 <= request.start < len(tokens):
-        raise invalid(f"start must lie in [1, {len(tokens) - 1}], got {request.start}")
+def check_score(request: pb.ScoreRequest, info: EngineInfo, max_request_tokens: int) -> ScoreJob:
+    size = len(request.token_ids)
+    if size < 2 or size > info.max_context:
+        raise invalid(f"token_ids must hold 2..{info.max_context} tokens, got {size}")
+    check_size(size, "token_ids", max_request_tokens)
+    if not 1 <= request.start < size:
+        raise invalid(f"start must lie in [1, {size - 1}], got {request.start}")
     top_n_limit = min(MAX_SCORE_TOP_N, info.max_top_n)
     if not 2 <= request.top_n <= top_n_limit:
         raise invalid(f"top_n must lie in [2, {top_n_limit}], got {request.top_n}")
+    tokens = list(request.token_ids)
+    check_tokens(tokens, "token_ids", info)
     return ScoreJob(tokens, request.start, request.top_n, request.user if request.HasField("user") else None)

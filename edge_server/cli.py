@@ -7,9 +7,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
 from tandem.models import ModelError
 from tandem.profiles import ProfileError, load_profile
+from tandem.tls import TlsError, add_tls_arguments, load_transport, tls_overrides
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the target prepared by `tandem models prepare`")
     parser.add_argument("--data-dir", type=Path, help="where prepared models live (default ~/.cache/tandem)")
     parser.add_argument("--max-sessions", type=int, help="concurrent sessions (default 8)")
+    parser.add_argument("--max-sessions-per-identity", type=int, help="sessions and Score calls one client "
+                        "certificate may hold at once (default 4)")
+    parser.add_argument("--open-rate", type=float, help="sessions one identity may open per second (default 2)")
+    parser.add_argument("--max-request-tokens", type=int, help="longest prompt or Score accepted (default 1024)")
+    parser.add_argument("--drain", type=float, help="on SIGTERM, seconds blocks in flight may take (default 10)")
     parser.add_argument("--max-context", type=int, help="tokens per session, prompt included (default 2048)")
     parser.add_argument("--max-draft-length", type=int, help="longest draft block accepted (default 16)")
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session ends (default 60)")
@@ -49,6 +55,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     pacing.add_argument("--dilation", type=float, help="time dilation factor D (0 = off, the default; else >= 1)")
     pacing.add_argument("--compute-scale", type=float, help="this edge's compute relative to the profiled edge "
                         "(default 1)")
+    add_tls_arguments(parser, "edge-<edge-id>")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -67,15 +74,20 @@ def run_serve(args: argparse.Namespace) -> int:
             "vllm.enforce_eager": None if args.compile is None else not args.compile,
             "vllm.kv_cache_gib": args.kv_cache_gib, "llamacpp.threads": args.threads,
             "llamacpp.slots": args.slots, "pacing.profile": args.profile, "pacing.dilation": args.dilation,
-            "pacing.compute_scale": args.compute_scale,
+            "pacing.compute_scale": args.compute_scale, "max_sessions_per_identity": args.max_sessions_per_identity,
+            "open_rate_per_s": args.open_rate, "max_request_tokens": args.max_request_tokens,
+            "drain_s": args.drain, **tls_overrides(args),
         })
         if config.model is not None and not config.model.exists():
             raise UsageError(f"model not found: {config.model}")
         if config.pacing.profile is not None:
             load_profile(config.pacing.profile)  # a bad profile is refused now, not after the engine started
+        transport = load_transport(config.tls, f"edge-{config.edge_id or 0}")
         from edge_server.server import serve
 
-        asyncio.run(serve(config))
-    except (UsageError, ModelError, ProfileError) as error:
+        asyncio.run(serve(config, transport))
+    except (UsageError, ModelError, ProfileError, TlsError) as error:
         return fail(str(error), EXIT_USAGE)
+    except OSError as error:  # the port is taken, ...
+        return fail(str(error), EXIT_FAILED)
     return EXIT_OK

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tandem.pacing import PacingSettings
+from tandem.tls import TlsSettings
 
 
 class VllmOptions(BaseModel):
@@ -38,6 +39,14 @@ class EdgeConfig(BaseModel):
     model: Path | None = Field(None, description="HF dir (vllm) or GGUF (llamacpp); default: prepared target")
     data_dir: Path | None = None
     max_sessions: int = Field(8, ge=1, le=4096)
+    max_sessions_per_identity: int = Field(4, ge=1, le=4096, description="sessions (open or detached) and Score "
+                                           "calls one client identity may hold at once (mutual TLS)")
+    open_rate_per_s: float = Field(2.0, gt=0, le=10_000, allow_inf_nan=False, description="sessions an identity "
+                                   "may open per second (after a burst of 8)")
+    max_request_tokens: int = Field(1024, ge=2, le=1 << 20, description="longest prompt or Score one request may "
+                                    "bring: the longest step the engine runs without serving anyone else")
+    drain_s: float = Field(10.0, ge=0, le=3600, allow_inf_nan=False, description="on SIGTERM, how long blocks in "
+                           "flight may take to finish before the server stops")
     max_context: int = Field(2048, ge=64, le=1 << 20)
     max_draft_length: int = Field(16, ge=1, le=256)
     idle_timeout_s: float = Field(60.0, gt=0)
@@ -58,3 +67,4 @@ class EdgeConfig(BaseModel):
     vllm: VllmOptions = VllmOptions()
     llamacpp: LlamaCppOptions = LlamaCppOptions()
     pacing: PacingOptions = PacingOptions()
+    tls: TlsSettings = TlsSettings()

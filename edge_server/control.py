@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from edge_server.compute_shares import ComputeShares, StaleVersion
+from edge_server.drain import Drain
 from edge_server.metrics import EdgeMetrics
 from edge_server.scheduler import ShareScheduler
 from edge_server.sessions import SessionRegistry
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
     def __init__(self, shares: ComputeShares, scheduler: ShareScheduler, registry: SessionRegistry,
-                 verifier: Verifier, metrics: EdgeMetrics) -> None:
+                 verifier: Verifier, metrics: EdgeMetrics, drain: Drain | None = None) -> None:
+        self._drain = drain or Drain()
         self._shares = shares
         self._scheduler = scheduler
         self._registry = registry
@@ -61,5 +63,6 @@ class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
             queue_depth=len(self._scheduler),
             verify_seconds_mean=self._verifier.recent_verify_seconds,
             best_effort_jobs=self._scheduler.best_effort_jobs,
+            draining=self._drain.active,
             users=[pb.UserLoad(user=u, share=shares.get(u, 0.0), sessions=sessions.get(u, 0),
                                served_tokens=self._scheduler.served_tokens.get(u, 0)) for u in users])

@@ -9,9 +9,8 @@ session opened without a user; the server is the target engine, one step at a ti
 
 One step is either a batch of verification blocks, taken in tag order while their cost fits ``step_tokens``
 (engines batch them in one call), or one exclusive job run alone (a teacher-forcing ``Score``, an edge-only
-token).  Cost is in tokens of target work: a block costs its length + 1 (the positions it scores), a Score its
-sequence length, an edge-only token 1.  Prefill of a session's prompt is paid by the engine's prefix cache and
-not charged separately.
+token).  Cost is in tokens of target work: a block costs its length + 1 (the positions it scores) — the first
+block of a session also its prompt, whose prefill it brings —, a Score its sequence length, an edge-only token 1.
 """
 
 from __future__ import annotations
@@ -84,9 +83,10 @@ class ShareScheduler:
     def __len__(self) -> int:
         return len(self._heap)
 
-    async def score(self, flow: Flow, request: ScoreRequest) -> ScoreResult:
-        """Verify one block in the flow's turn (possibly batched with other flows' blocks)."""
-        return await self._submit(flow, len(request.block) + 1, block=request)
+    async def score(self, flow: Flow, request: ScoreRequest, prefill_tokens: int = 0) -> ScoreResult:
+        """Verify one block in the flow's turn (possibly batched with other flows' blocks); ``prefill_tokens``:
+        prompt tokens the engine must first process, charged to the flow too."""
+        return await self._submit(flow, len(request.block) + 1 + prefill_tokens, block=request)
 
     async def exclusive(self, flow: Flow, cost: float, work: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``work()`` alone on the engine in the flow's turn; returns its result."""

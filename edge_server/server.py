@@ -1,4 +1,8 @@
-"""Runs an edge server: target engine, gRPC EdgeService (+ health, reflection), Prometheus metrics."""
+"""Runs an edge server: target engine, gRPC EdgeService (+ health, reflection), Prometheus metrics.
+
+Devices (device certificates) may call EdgeService, the controller and admins EdgeControl; health and reflection
+are open to anyone the transport admits.  SIGTERM drains the edge (drain.py) before it stops.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import asyncio
 import logging
 import signal
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -15,6 +18,7 @@ from edge_server.audit import VerificationLogWriter
 from edge_server.compute_shares import ComputeShares
 from edge_server.config import EdgeConfig, PacingOptions
 from edge_server.control import EdgeControlServicer
+from edge_server.drain import Drain
 from edge_server.engines import make_engine
 from edge_server.metrics import EdgeMetrics
 from edge_server.pacing import EdgePacing
@@ -22,14 +26,18 @@ from edge_server.scheduler import ShareScheduler
 from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
+from tandem.auth import client_token
 from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.readiness import announce_ready
+from tandem.rpc import ADMINS, DEVICES, Access, make_server
+from tandem.tls import Transport, warn_if_plaintext
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 CONTROL_SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EdgeControl"].full_name
+ACCESS = Access({SERVICE_NAME: DEVICES, CONTROL_SERVICE_NAME: ADMINS})
 
 
 def _pacing(options: PacingOptions, metrics: EdgeMetrics) -> EdgePacing | None:
@@ -41,33 +49,34 @@ def _pacing(options: PacingOptions, metrics: EdgeMetrics) -> EdgePacing | None:
     return EdgePacing(profile.edge, options.compute_scale, Pacer(options.dilation, metrics.count_paced_step))
 
 
-async def serve(config: EdgeConfig) -> None:
+async def serve(config: EdgeConfig, transport: Transport) -> None:
+    admin_token = client_token(None)  # optional here: over TLS the controller's certificate suffices
     engine = make_engine(config)
     log.info("starting %s target engine", config.engine)
     await engine.start()
     metrics = EdgeMetrics()
-    registry = SessionRegistry(config.max_sessions, config.idle_timeout_s)
+    registry = SessionRegistry(config.max_sessions, config.idle_timeout_s,
+                               per_identity=config.max_sessions_per_identity, open_rate=config.open_rate_per_s)
+    metrics.sessions_active.set_function(lambda: len(registry))  # read at scrape time: never stale
+    drain = Drain()
     shares = ComputeShares(config.edge_id or 0)
     scheduler = ShareScheduler(engine, shares, metrics, config.engine_step_tokens, config.batch_window_s,
                                _pacing(config.pacing, metrics))
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     verifier = Verifier(engine, scheduler, metrics, audit)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ]
-    )
+    server = make_server(transport, ACCESS, admin_token, config.max_message_bytes)
     reply = info_reply(verifier, config.max_draft_length, config.max_sessions, config.edge_id)
     edge_pb2_grpc.add_EdgeServiceServicer_to_server(
-        EdgeServicer(verifier, registry, metrics, reply, config.max_draft_length), server)
+        EdgeServicer(verifier, registry, metrics, reply, config.max_draft_length, config.max_request_tokens, drain),
+        server)
     control_pb2_grpc.add_EdgeControlServicer_to_server(
-        EdgeControlServicer(shares, scheduler, registry, verifier, metrics), server)
+        EdgeControlServicer(shares, scheduler, registry, verifier, metrics, drain), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, CONTROL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = transport.add_port(server, f"{config.host}:{config.port}")
+    warn_if_plaintext(transport, "the edge")
     metrics_note, metrics_port = "", None
     if config.metrics_port is not None:
         http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
@@ -80,12 +89,17 @@ async def serve(config: EdgeConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    print(f"edge ready on {config.host}:{port} (engine {config.engine}{metrics_note})", flush=True)
+    print(f"edge ready on {config.host}:{port} (engine {config.engine}, {transport.describe()}{metrics_note})",
+          flush=True)
     announce_ready("edge", address=f"{config.host}:{port}", metrics_port=metrics_port)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: draining (new work refused, blocks in flight finish)")
+    drain.begin()
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=2.0)
+    in_flight = drain.in_flight
+    took = await drain.wait(config.drain_s)
+    log.info("drained in %.3f s (%d requests were in flight, %d left unfinished)", took, in_flight, drain.in_flight)
+    await server.stop(grace=1.0)
     for task in tasks:
         task.cancel()
     await engine.stop()

@@ -1,7 +1,13 @@
 """Decoding sessions held by an edge: committed tokens, sampling state, limits.
 
 A session outlives the gRPC stream that drives it, so that a device whose radio link dropped can attach again
-without losing a committed token; it ends on close, or after ``idle_timeout`` seconds without a message.
+without losing a committed token; it ends on close, or once it has made no progress (no block verified) for
+``idle_timeout`` seconds while detached.  Attaching and detaching are not progress: a client cannot keep a session
+alive by re-attaching.
+
+A session belongs to the identity that opened it (its client certificate; None in plaintext): only that identity
+may attach to it.  Each identity holds at most ``per_identity`` sessions and opens at most ``OPEN_BURST`` at once
+and ``open_rate`` per second after that, so one client cannot take every slot of the edge.
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ import asyncio
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tandem.rpc import echo
 from tandem.sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -36,27 +45,63 @@ class Session:
     speculative: bool
     draft_length: int
     user: int | None = None  # whose compute share pays for its verifications
-    last_active: float = field(default_factory=time.monotonic)
+    owner: str | None = None  # the identity that opened it (None: plaintext, nobody's)
+    last_active: float = field(default_factory=time.monotonic)  # last progress: open, or a verified block
     attached: bool = True
+    verified_blocks: int = 0
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
 
+OPEN_BURST = 8
+
+
+class OpenRate:
+    """A token bucket per identity: ``burst`` opens at once, then ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int = OPEN_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, when)
+
+    def take(self, identity: str) -> bool:
+        now = time.monotonic()
+        tokens, when = self._buckets.get(identity, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
+        if tokens < 1:
+            self._buckets[identity] = (tokens, now)
+            return False
+        self._buckets[identity] = (tokens - 1, now)
+        if len(self._buckets) > 4096:  # forget identities whose bucket is full again
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.burst}
+        return True
+
+
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_timeout: float, remember_closed: int = 4096) -> None:
+    def __init__(self, max_sessions: int, idle_timeout: float, remember_closed: int = 4096,
+                 per_identity: int | None = None, open_rate: float = 2.0) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self.per_identity = per_identity or max_sessions
+        self._open_rate = OpenRate(open_rate)
+        self._scoring: Counter[str | None] = Counter()  # Score calls in flight, by identity
         self._sessions: dict[str, Session] = {}
-        self._closed: OrderedDict[str, None] = OrderedDict()  # recently ended ids, to say "closed" not "unknown"
+        # Recently ended ids and their owners, to tell an owner "closed" rather than "unknown".
+        self._closed: OrderedDict[str, str | None] = OrderedDict()
         self._remember_closed = remember_closed
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, request: "SessionRequest") -> Session:
+    def open(self, request: "SessionRequest", owner: str | None = None) -> Session:
         self.reap()
-        if len(self._sessions) >= self.max_sessions:
+        if owner is not None:
+            if self.held_by(owner) >= self.per_identity:
+                raise SessionError("RESOURCE_EXHAUSTED", f"this identity holds its maximum of {self.per_identity} "
+                                   f"sessions; close one or retry after {self.idle_timeout:g} s")
+            if not self._open_rate.take(owner):
+                raise SessionError("RESOURCE_EXHAUSTED", "this identity opens sessions too fast; retry shortly")
+        if len(self._sessions) + sum(self._scoring.values()) >= self.max_sessions:
             raise SessionError(
                 "RESOURCE_EXHAUSTED", f"the edge holds its maximum of {self.max_sessions} sessions; retry later"
             )
@@ -68,6 +113,7 @@ class SessionRegistry:
             speculative=request.speculative,
             draft_length=request.draft_length,
             user=request.user,
+            owner=owner,
         )
         self._sessions[session.id] = session
         return session
@@ -75,27 +121,46 @@ class SessionRegistry:
     def sessions_by_user(self) -> Counter[int | None]:
         return Counter(session.user for session in self._sessions.values())
 
-    def attach(self, session_id: str) -> Session:
+    def held_by(self, owner: str) -> int:
+        return sum(1 for session in self._sessions.values() if session.owner == owner) + self._scoring[owner]
+
+    @contextmanager
+    def score_lease(self, owner: str | None) -> Iterator[None]:
+        """A Score call holds a session's slot while it runs: counted against the same limits."""
+        if owner is not None and self.held_by(owner) >= self.per_identity:
+            raise SessionError("RESOURCE_EXHAUSTED", f"this identity holds its maximum of {self.per_identity} "
+                               "sessions and Score calls")
+        if len(self._sessions) + sum(self._scoring.values()) >= self.max_sessions:
+            raise SessionError("RESOURCE_EXHAUSTED", f"the edge holds its maximum of {self.max_sessions} sessions "
+                               "and Score calls; retry later")
+        self._scoring[owner] += 1
+        try:
+            yield
+        finally:
+            self._scoring[owner] -= 1
+
+    def attach(self, session_id: str, owner: str | None = None) -> Session:
         self.reap()
         session = self._sessions.get(session_id)
+        quoted = echo(session_id)
+        if session is not None and session.owner != owner:
+            session = None  # another identity's session: answered as if unknown, so ids cannot be probed
         if session is None:
-            if session_id in self._closed:
-                raise SessionError("FAILED_PRECONDITION", f"session {session_id} is closed")
-            raise SessionError("NOT_FOUND", f"unknown session {session_id!r}")
+            if session_id in self._closed and self._closed[session_id] == owner:
+                raise SessionError("FAILED_PRECONDITION", f"session {quoted} is closed")
+            raise SessionError("NOT_FOUND", f"no session {quoted} of this identity")
         if session.attached:
             # ABORTED (a conflict worth retrying): the old stream may be dead but not yet noticed by the server.
-            raise SessionError("ABORTED", f"session {session_id} is attached to another stream")
-        session.attached = True
-        session.touch()
+            raise SessionError("ABORTED", f"session {quoted} is attached to another stream")
+        session.attached = True  # not progress: the idle clock keeps running
         return session
 
     def detach(self, session: Session) -> None:
         session.attached = False
-        session.touch()
 
     def close(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
-            self._closed[session.id] = None
+            self._closed[session.id] = session.owner
             while len(self._closed) > self._remember_closed:
                 self._closed.popitem(last=False)
 

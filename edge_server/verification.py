@@ -57,7 +57,9 @@ class Verifier:
     async def verify(self, session: Session, block: Block) -> CommittedVerdict:
         arrived = time.perf_counter()
         top_n = session.sampling.candidates_needed(self._engine.info.vocab_size)
-        result = await self._scheduler.score(flow_of(session), ScoreRequest(session.tokens, block.tokens, top_n))
+        prefill = session.prompt_length if session.verified_blocks == 0 else 0
+        result = await self._scheduler.score(flow_of(session), ScoreRequest(session.tokens, block.tokens, top_n),
+                                             prefill)
         candidates = result.scored.candidates
         verdict = verify_block(block.tokens, block.dists, candidates, session.sampling, len(session.tokens))
         if self._audit is not None:
@@ -66,6 +68,8 @@ class Verifier:
                                              result.scored.cached_tokens))
         session.tokens.extend(block.tokens[: verdict.accepted])
         session.tokens.append(verdict.next_token)
+        session.verified_blocks += 1
+        session.touch()  # progress: what keeps a session from being reaped
         elapsed = time.perf_counter() - arrived
         self._recent.append(elapsed)
         self._metrics.verify_seconds.observe(elapsed)

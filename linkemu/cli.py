@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
 from tandem.readiness import announce_ready
+from tandem.tls import TlsError, add_tls_arguments, load_transport, tls_overrides
 
 
 def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
@@ -43,6 +44,10 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--control-listen", metavar="HOST:PORT",
                        help="serve the LinkControl gRPC service here (measurement reports every slot, assignments "
                             "from the controller; port 0 = any free port; default off)")
+    serve.add_argument("--admin-token-file", type=Path, help="the admin token, which lets a caller without an "
+                       "admin certificate call Assign (else $TANDEM_ADMIN_TOKEN; in plaintext without one, the "
+                       "control service is open)")
+    add_tls_arguments(serve, "linkemu")
     serve.set_defaults(handler=run_serve)
 
 
@@ -53,7 +58,7 @@ def _config_from(args: argparse.Namespace):
     overrides = {"trace": args.trace, "base_delay_ms": args.base_delay_ms, "outage_limit_s": args.outage_limit,
                  "speedup": args.speedup, "start_slot": args.start_slot, "metrics_port": args.metrics_port,
                  "control_listen": args.control_listen, "dilation": args.dilation,
-                 "loop": False if args.no_loop else None}
+                 "loop": False if args.no_loop else None, **tls_overrides(args)}
     if args.config is None:
         if args.upstream is None:
             raise UsageError("give --config FILE, or --trace and --upstream (plus --user/--edge/--share) for "
@@ -70,25 +75,29 @@ def _config_from(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from tandem.auth import TokenError, client_token
     from tandem.traces.format import TraceError, load_trace
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = _config_from(args)
+        # Credentials are needed only by the control service: the proxies carry TLS bytes without reading them.
+        transport = load_transport(config.tls, "linkemu") if config.control_listen is not None else None
+        admin_token = client_token(args.admin_token_file)
         trace = load_trace(config.trace)
         from linkemu.emulator import LinkEmulator
 
         emulator = LinkEmulator(config, trace)
-    except (UsageError, TraceError, ValueError) as error:
+    except (UsageError, TraceError, ValueError, TlsError, TokenError) as error:
         return fail(str(error), EXIT_USAGE)
     try:
-        asyncio.run(_serve(emulator))
+        asyncio.run(_serve(emulator, transport, admin_token))
     except OSError as error:  # e.g. the listen address is taken
         return fail(f"cannot listen: {error}", EXIT_USAGE)
     return EXIT_OK
 
 
-async def _serve(emulator) -> None:
+async def _serve(emulator, transport, admin_token: str | None) -> None:
     from prometheus_client import start_http_server
 
     from linkemu.config import split_address
@@ -98,7 +107,7 @@ async def _serve(emulator) -> None:
     control_server, control_address = None, None
     if emulator.config.control_listen is not None:
         host, port = split_address(emulator.config.control_listen)
-        control_server, port = await start_control(emulator, host, port)
+        control_server, port = await start_control(emulator, host, port, transport, admin_token)
         control_address = f"{host}:{port}"
         print(f"linkemu control on {control_address}", flush=True)
     metrics_note, metrics_port = "", None

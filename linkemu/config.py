@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN, split_address
 from tandem.pacing import check_dilation
 from tandem.shares import check_shares
+from tandem.tls import TlsSettings
 
 __all__ = ["ADDRESS_PATTERN", "EdgeTarget", "LinkEmuConfig", "UserLink", "split_address"]
 
@@ -54,6 +55,8 @@ class LinkEmuConfig(BaseModel):
                               "binds (0.0.0.0 in a container, for a Prometheus on another host)")
     control_listen: str | None = Field(default=None, pattern=ADDRESS_PATTERN, description="where the controller "
                                        "reaches the LinkControl gRPC service (port 0: any free port; default off)")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="credentials of the control service (the "
+                             "shaping proxies carry the devices' TLS bytes unchanged)")
 
     @property
     def time_stretch(self) -> float:

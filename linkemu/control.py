@@ -2,7 +2,8 @@
 
 This is the controller's handle on the radio side: it watches the per-pair SINR every slot and sets each user's
 association and bandwidth share. Requests are validated as a whole; a bad one is refused with INVALID_ARGUMENT
-and leaves the table as it was.
+and leaves the table as it was.  Only the controller or an admin may call it (a controller/admin certificate, or
+the admin token; tandem/rpc.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from linkemu.assignments import Assignment
 from linkemu.emulator import LinkEmulator
+from tandem.rpc import ADMINS, Access, make_server
+from tandem.tls import Transport, warn_if_plaintext
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 
 log = logging.getLogger(__name__)
+ACCESS = Access({pb.DESCRIPTOR.services_by_name["LinkControl"].full_name: ADMINS})
 
 
 def _table(assignments: dict[int, Assignment]) -> pb.Assignments:
@@ -54,18 +58,15 @@ class LinkControlService(linkemu_pb2_grpc.LinkControlServicer):
         return _table(self.emulator.assignments.snapshot())
 
 
-async def start_control(emulator: LinkEmulator, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_control(emulator: LinkEmulator, host: str, port: int, transport: Transport,
+                        admin_token: str | None = None) -> tuple[grpc.aio.Server, int]:
     """Serve the control service on host:port (0 = a free port); returns the server and its port."""
-    server = grpc.aio.server()
+    server = make_server(transport, ACCESS, admin_token)
     linkemu_pb2_grpc.add_LinkControlServicer_to_server(LinkControlService(emulator), server)
     health_servicer = health.aio.HealthServicer()  # readiness for orchestrators (docker compose health checks)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as error:
-        raise OSError(f"control service cannot listen on {host}:{port}: {error}") from None
-    if bound == 0:
-        raise OSError(f"control service cannot listen on {host}:{port}")
+    bound = transport.add_port(server, f"{host}:{port}")
+    warn_if_plaintext(transport, "the link emulator's control service")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return server, bound

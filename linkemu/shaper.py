@@ -102,7 +102,13 @@ class TraceShaper(LinkShaper):
     Bytes are serialised at the rate of the slot they are in, carrying over slot boundaries. A slot of rate 0 is
     an outage: bytes wait, and if one outage keeps them waiting longer than ``outage_limit_s`` the link goes
     down (LinkDown at the moment the limit is reached), as a radio link failure would.
+
+    The work per chunk is bounded: after ``MAX_SLOTS_PER_CHUNK`` slots the rest of the chunk is carried at the
+    mean rate of the slots walked so far.  A tiny share is then a very slow link (its chunk arrives in hours),
+    never an event loop stuck walking millions of slots while every other link and the control service wait.
     """
+
+    MAX_SLOTS_PER_CHUNK = 4096
 
     def __init__(self, clock: SlotClock, rate_of: Callable[[Direction, int], float], one_way_delay_s: float,
                  outage_limit_s: float) -> None:
@@ -122,7 +128,8 @@ class TraceShaper(LinkShaper):
         now = start
         tick = self.clock.tick(now)
         outage_since: float | None = None
-        while True:
+        carried = 0.0
+        for _ in range(self.MAX_SLOTS_PER_CHUNK):
             slot_end = self.clock.tick_end(tick)
             rate = self.rate_of(direction, self.clock.slot(tick))
             if rate <= 0:
@@ -134,4 +141,8 @@ class TraceShaper(LinkShaper):
                 if bits <= rate * (slot_end - now):
                     return now + bits / rate
                 bits -= rate * (slot_end - now)
+                carried += rate * (slot_end - now)
             now, tick = slot_end, tick + 1
+        if carried == 0:  # every slot walked was outage: as good as down
+            raise LinkDown(outage_since + self.outage_limit_s, self.outage_limit_s)
+        return now + bits / (carried / (now - start))

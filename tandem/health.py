@@ -11,7 +11,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.addresses import ADDRESS_PATTERN
+from tandem.certs import SERVER_NAMES
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from tandem.tls import TlsError, add_tls_arguments, transport_from_args
 
 
 def add_health_command(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +21,9 @@ def add_health_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("address", help="the daemon's gRPC address HOST:PORT")
     parser.add_argument("--service", default="", help="a service name (default: the server as a whole)")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
+    parser.add_argument("--role", choices=sorted(SERVER_NAMES), default="edge",
+                        help="what the daemon is, for TLS: the server name its certificate must carry (default edge)")
+    add_tls_arguments(parser, "admin")
     parser.set_defaults(handler=run_health)
 
 
@@ -27,7 +32,11 @@ def run_health(args: argparse.Namespace) -> int:
 
     if not re.match(ADDRESS_PATTERN, args.address):
         return fail(f"address {args.address!r} is not HOST:PORT", EXIT_USAGE)
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        transport = transport_from_args(args, "admin")
+    except TlsError as error:
+        return fail(str(error), EXIT_USAGE)
+    with transport.channel(args.address, args.role) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
                                                               timeout=args.timeout)

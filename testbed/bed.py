@@ -21,9 +21,11 @@ from pathlib import Path
 import yaml
 
 from controller.twin.scenario import Scenario, load_scenario
+from tandem.certs import init_certs
 from tandem.cli_support import UsageError
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.profiles import HardwareProfile, load_profile
+from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
 from tandem.traces.format import ChannelTrace, load_trace
 from testbed.config import TestbedConfig
 from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess, vllm_cores
@@ -61,6 +63,7 @@ class Testbed:
         except ValueError as error:  # ScenarioError, ProfileError
             raise UsageError(str(error)) from None
         self.run_dir = self.config.run_dir
+        self.tls_dir = self.run_dir / "tls"
         self.trace = self._trace()
         meta = self.trace.metadata
         self.scenario.check_against(meta.num_users, meta.num_edges)
@@ -72,6 +75,15 @@ class Testbed:
     @property
     def dilation(self) -> float:
         return self.config.dilation
+
+    def client_env(self) -> dict[str, str]:
+        """The environment that gives a daemon or a client command of this testbed its credentials: each takes
+        its own identity's certificate from the TLS folder (edge-<id>, linkemu, controller, device-<user>, admin)."""
+        return {TLS_DIR_ENV: str(self.tls_dir)} if self.config.tls else {INSECURE_ENV: "1"}
+
+    def client_transport(self, name: str) -> Transport:
+        """Credentials of an in-process client of this testbed (a bench's device, ...)."""
+        return load_transport(TlsSettings(dir=self.tls_dir) if self.config.tls else TlsSettings(insecure=True), name)
 
     def _trace(self) -> ChannelTrace:
         path = self.scenario.trace
@@ -99,6 +111,9 @@ class Testbed:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("controller.sqlite", "controller.sqlite-wal", "controller.sqlite-shm"):
             (self.run_dir / stale).unlink(missing_ok=True)  # a fresh testbed starts from a fresh decision history
+        if self.config.tls:
+            init_certs(self.tls_dir, edges=max(spec.id for spec in self.scenario.edges) + 1,
+                       devices=max(self.scenario.user_ids()) + 1, hosts=[self.config.host], force=True)
         try:
             edges = [self._start(self._edge(spec.id, spec.compute_scale, spec.capacity), f"edge {spec.id}")
                      for spec in self.scenario.edges]
@@ -113,6 +128,7 @@ class Testbed:
 
     def _start(self, daemon: DaemonProcess, name: str) -> DaemonProcess:
         daemon.label = name
+        daemon.env.update(self.client_env())
         print(f"  starting {name}...", end="", flush=True)
         started = time.monotonic()
         try:
@@ -216,6 +232,7 @@ class Testbed:
     def write_state(self) -> None:
         (self.run_dir / STATE_FILE).write_text(json.dumps({
             "dilation": self.dilation, "admin_token_file": str(self.run_dir / "admin-token"),
+            "client_env": self.client_env(),
             "daemons": [{"name": d.label, "pid": d.pid, "log": str(d.log_path), "announced": d.announced}
                         for d in self.daemons]}, indent=2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def run_status(args: argparse.Namespace) -> int:
             fleets.append(announced)
     if controller:
         print()
-        subprocess.run([sys.executable, "-m", "tandem", "controller", "status", "--controller", controller])
+        subprocess.run([sys.executable, "-m", "tandem", "controller", "status", "--controller", controller],
+                       env={**os.environ, **state.get("client_env", {})})
     latency, rate, done = {}, {}, 0.0
     for fleet in fleets:
         samples = scrape(config.host, fleet["metrics_port"])

@@ -32,7 +32,7 @@ def set_policy(bed, policy: str) -> None:
     controller = bed.find("controller").address
     done = subprocess.run([sys.executable, "-m", "tandem", "policy", "set", policy, "--controller", controller],
                           capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "TANDEM_ADMIN_TOKEN": bed.config.admin_token})
+                          env={**os.environ, **bed.client_env(), "TANDEM_ADMIN_TOKEN": bed.config.admin_token})
     if done.returncode != 0:
         raise UsageError(f"`tandem policy set {policy}` failed: {done.stderr.strip()}")
 

@@ -15,6 +15,9 @@ from tandem.models import default_data_dir, prepare_models
 from testbed.processes import EdgeProcess, LinkEmuProcess, vllm_cores
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shared daemons and clients of the tests talk plaintext over loopback, asked for explicitly (each daemon logs it
+# as a warning); tests/test_security.py starts its own daemons with mutual TLS, and the testbed runs TLS throughout.
+os.environ["TANDEM_INSECURE"] = "1"
 RESULTS = ROOT / "results"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 REPORT: dict[str, dict] = {}  # figures the tests measured (near-ties, ...), printed at the end and saved

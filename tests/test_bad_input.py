@@ -112,7 +112,7 @@ def _cases(vocab: int, prompt_ids: list[int], max_context: int, max_top_k: int):
         ("block before open", [block(n, [5])], "FAILED_PRECONDITION", "must start with open or attach"),
         ("block at the wrong position", [ok_open, block(n + 3, [5])], "FAILED_PRECONDITION", "blocks must follow the last verdict"),
         ("second open", [ok_open, ok_open], "FAILED_PRECONDITION", "already open"),
-        ("unknown session", [pb.DeviceMessage(attach=pb.Attach(session_id="no-such-session"))], "NOT_FOUND", "unknown session"),
+        ("unknown session", [pb.DeviceMessage(attach=pb.Attach(session_id="no-such-session"))], "NOT_FOUND", "no session"),
         ("prompt over the context", [open_message([5] * max_context)], "INVALID_ARGUMENT", "leaves no room"),
         ("empty prompt", [open_message([])], "INVALID_ARGUMENT", "prompt_token_ids is empty"),
         ("oversized message", [open_message([40000] * (2 << 20))], "RESOURCE_EXHAUSTED", ""),

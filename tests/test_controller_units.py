@@ -8,7 +8,6 @@ import math
 
 import pytest
 
-from controller.auth import check_bearer
 from controller.board import AllocationBoard
 from controller.config import ControllerConfig, PolicySpec
 from controller.loop import ControlLoop
@@ -102,11 +101,41 @@ def test_state_round_trip_and_refusal_of_a_damaged_file(tmp_path):
         ControllerState(tmp_path / "junk.sqlite")
 
 
-def test_bearer_check():
-    assert check_bearer([("authorization", "Bearer secret-token")], "secret-token") is None
-    assert check_bearer([], "secret-token") == "UNAUTHENTICATED"
-    assert check_bearer([("authorization", "Bearer wrong")], "secret-token") == "PERMISSION_DENIED"
-    assert check_bearer([("authorization", "secret-token")], "secret-token") == "PERMISSION_DENIED"
+class _Context:
+    """What tandem.rpc reads of a call: its metadata and (over TLS) the peer certificate's common name."""
+
+    def __init__(self, metadata=(), identity: str | None = None) -> None:
+        self.metadata, self.identity = metadata, identity
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def auth_context(self):
+        return {"x509_common_name": [self.identity.encode()]} if self.identity else {}
+
+
+def test_access_rules_for_admin_calls():
+    from grpc import StatusCode
+
+    from tandem.rpc import ADMINS, Access, Guard
+
+    access = Access({"pkg.Admin": ADMINS})
+    plaintext, tls = Guard(access, secure=False, admin_token="secret-token-0123"), Guard(access, secure=True)
+    admin = ADMINS
+
+    def refused(guard, context):
+        refusal = guard._refusal(admin, context)
+        return refusal and refusal[0]
+    assert access.required("/pkg.Admin/Set") == admin and access.required("/pkg.Other/Get") is None
+    assert refused(plaintext, _Context([("authorization", "Bearer secret-token-0123")])) is None
+    assert refused(plaintext, _Context()) == StatusCode.UNAUTHENTICATED
+    assert refused(plaintext, _Context([("authorization", "Bearer wrong")])) == StatusCode.PERMISSION_DENIED
+    assert refused(plaintext, _Context([("authorization", "secret-token-0123")])) == StatusCode.PERMISSION_DENIED
+    assert refused(Guard(access, secure=False), _Context()) is None  # plaintext without a token: open, as asked
+    assert refused(tls, _Context(identity="controller")) is None
+    assert refused(tls, _Context(identity="admin")) is None
+    assert refused(tls, _Context(identity="device-3")) == StatusCode.PERMISSION_DENIED
+    assert refused(tls, _Context()) == StatusCode.UNAUTHENTICATED
 
 
 def test_parameters_parse_to_numbers_and_refuse_non_finite():

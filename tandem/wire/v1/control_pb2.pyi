@@ -39,20 +39,22 @@ class UserLoad(_message.Message):
     def __init__(self, user: _Optional[int] = ..., share: _Optional[float] = ..., sessions: _Optional[int] = ..., served_tokens: _Optional[int] = ...) -> None: ...
 
 class EdgeLoad(_message.Message):
-    __slots__ = ("version", "sessions", "queue_depth", "verify_seconds_mean", "best_effort_jobs", "users")
+    __slots__ = ("version", "sessions", "queue_depth", "verify_seconds_mean", "best_effort_jobs", "users", "draining")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SECONDS_MEAN_FIELD_NUMBER: _ClassVar[int]
     BEST_EFFORT_JOBS_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     version: int
     sessions: int
     queue_depth: int
     verify_seconds_mean: float
     best_effort_jobs: int
     users: _containers.RepeatedCompositeFieldContainer[UserLoad]
-    def __init__(self, version: _Optional[int] = ..., sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., verify_seconds_mean: _Optional[float] = ..., best_effort_jobs: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserLoad, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, version: _Optional[int] = ..., sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., verify_seconds_mean: _Optional[float] = ..., best_effort_jobs: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserLoad, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class WatchAllocationRequest(_message.Message):
     __slots__ = ("user",)

@@ -1,0 +1,56 @@
+"""The admin token: the credential of admin and control RPCs when no admin certificate is used.
+
+The token is read from a file (``--admin-token-file``) or the environment (``TANDEM_ADMIN_TOKEN``); without either,
+the controller makes one and writes it, readable only by its owner, beside its state file (the edges and the link
+emulator then take none: over TLS their control RPCs need an admin or controller certificate).  It is never logged
+or exported; callers send it as ``authorization: Bearer TOKEN`` metadata and tandem/rpc.py checks it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ADMIN_TOKEN_ENV = "TANDEM_ADMIN_TOKEN"
+MIN_TOKEN_LENGTH = 16
+
+
+class TokenError(Exception):
+    pass
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise TokenError(f"cannot read the admin token file {path}: {error.strerror}") from None
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"the admin token in {path} is shorter than {MIN_TOKEN_LENGTH} characters")
+    return token
+
+
+def load_or_create_token(token_file: Path | None, state_path: Path) -> tuple[str, str]:
+    """The admin token and a note on where it came from (for the start-up log; never the token itself)."""
+    if (token := client_token(token_file)) is not None:
+        return token, f"admin token from {token_file or '$' + ADMIN_TOKEN_ENV}"
+    made = state_path.with_name(state_path.name + ".admin-token")
+    if made.exists():
+        return read_token_file(made), f"admin token from {made}"
+    made.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(32) + "\n")
+    return read_token_file(made), f"admin token made in {made}"
+
+
+def client_token(token_file: Path | None) -> str | None:
+    """The token an admin command (or a daemon's control RPCs) uses: from ``--admin-token-file``, else the
+    environment, else None."""
+    if token_file is not None:
+        return read_token_file(token_file)
+    if token := os.environ.get(ADMIN_TOKEN_ENV):
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenError(f"${ADMIN_TOKEN_ENV} is shorter than {MIN_TOKEN_LENGTH} characters")
+        return token
+    return None

@@ -1,0 +1,189 @@
+"""Transport security of every gRPC server and client: TLS with mutual authentication, plaintext only when asked.
+
+A daemon (or a client command) is given its credentials as files — ``--tls-dir DIR`` (what `tandem certs init`
+made: ``ca.pem``, ``NAME.pem``, ``NAME.key``, NAME being its identity), or ``--tls-cert/--tls-key/--tls-ca`` — or
+the same through a config file's ``tls`` section or ``$TANDEM_TLS_DIR``.  With a CA, servers require a client
+certificate signed by it (mutual TLS: the certificate's common name is the caller's identity, tandem/rpc.py).
+Clients verify the server against the CA and against the name of its role (``edge.tandem``, ...), not against the
+address they dialled: a device reaches its edge through the link emulator's TCP proxy, which carries the TLS bytes
+unchanged.  Plaintext needs ``--insecure`` (or ``$TANDEM_INSECURE=1``) and is logged as a warning; with neither
+credentials nor that flag a daemon refuses to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from tandem.certs import SERVER_NAMES, identity_files
+
+log = logging.getLogger(__name__)
+TLS_DIR_ENV = "TANDEM_TLS_DIR"
+INSECURE_ENV = "TANDEM_INSECURE"
+
+# Keepalives: a peer that vanished (kill -9, a cable pulled) is noticed within ~30 s rather than at the next write,
+# so its streams and sessions are released.  Servers accept pings as often as clients send them.
+CLIENT_KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+SERVER_KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
+
+
+class TlsError(Exception):
+    """Credentials missing, unreadable or inconsistent (the CLI exits with code 2)."""
+
+
+class TlsSettings(BaseModel):
+    """Where a process's credentials are (a config file's ``tls`` section; flags override it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dir: Path | None = None  # from `tandem certs init`: ca.pem, NAME.pem, NAME.key
+    name: str | None = None  # the identity whose files to take from ``dir`` (each process has a default)
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TlsSettings":
+        if self.insecure and (self.dir or self.cert or self.key or self.ca):
+            raise ValueError("insecure (plaintext) excludes TLS credentials")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a certificate and its key go together (tls cert and key)")
+        return self
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Loaded credentials (PEM bytes), or plaintext."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    identity: str | None = None  # whose certificate this process presents (for logs)
+
+    @property
+    def secure(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+    def describe(self) -> str:
+        if not self.secure:
+            return "plaintext (insecure)"
+        return f"mutual TLS as {self.identity}" if self.ca and self.cert else "TLS"
+
+    def add_port(self, server: grpc.aio.Server, address: str) -> int:
+        """Listen on ``address`` (port 0: any free port); returns the port.  OSError when it cannot."""
+        try:
+            if self.secure:
+                if self.cert is None:
+                    raise OSError("a TLS server needs a certificate and key")
+                port = server.add_secure_port(address, grpc.ssl_server_credentials(
+                    [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=self.ca is not None))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: {error}") from None
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    def _client_args(self, role: str, options) -> tuple[grpc.ChannelCredentials | None, list]:
+        options = [*CLIENT_KEEPALIVE, *(options or ())]
+        if not self.secure:
+            return None, options
+        credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        return credentials, [*options, ("grpc.ssl_target_name_override", SERVER_NAMES[role])]
+
+    def channel(self, address: str, role: str, options=None) -> grpc.Channel:
+        """A blocking channel to a server of ``role`` ("edge", "linkemu", "controller")."""
+        credentials, options = self._client_args(role, options)
+        if credentials is None:
+            return grpc.insecure_channel(address, options=options)
+        return grpc.secure_channel(address, credentials, options=options)
+
+    def aio_channel(self, address: str, role: str, options=None) -> grpc.aio.Channel:
+        credentials, options = self._client_args(role, options)
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TlsError(f"cannot read the TLS {what} {path}: {error.strerror}") from None
+
+
+def load_transport(settings: TlsSettings, default_name: str) -> Transport:
+    """The credentials ``settings`` point at; when they point nowhere, ``$TANDEM_TLS_DIR``, else plaintext if
+    ``$TANDEM_INSECURE`` is set, else TlsError (a process never falls back to plaintext on its own).
+
+    ``default_name``: the identity this process uses from a TLS folder unless ``settings.name`` says otherwise.
+    """
+    if settings.insecure:
+        return Transport()
+    ca, cert, key, folder = settings.ca, settings.cert, settings.key, settings.dir
+    if not any((ca, cert, key, folder)):
+        if os.environ.get(TLS_DIR_ENV):
+            folder = Path(os.environ[TLS_DIR_ENV])
+        elif os.environ.get(INSECURE_ENV, "") not in ("", "0"):
+            return Transport()
+    name = settings.name or default_name
+    if folder is not None:
+        default_ca, default_cert, default_key = identity_files(folder, name)
+        ca, cert, key = ca or default_ca, cert or default_cert, key or default_key
+    if ca is None and cert is None:
+        raise TlsError("no TLS credentials: give --tls-dir DIR (made by `tandem certs init DIR`) or --tls-cert, "
+                       f"--tls-key and --tls-ca (or ${TLS_DIR_ENV}); --insecure (or ${INSECURE_ENV}=1) for plaintext")
+    return Transport(ca=_read(ca, "CA certificate") if ca else None,
+                     cert=_read(cert, "certificate") if cert else None,
+                     key=_read(key, "key") if key else None, identity=name)
+
+
+def default_transport(name: str) -> Transport:
+    """The credentials the environment gives a client library user ($TANDEM_TLS_DIR or $TANDEM_INSECURE)."""
+    return load_transport(TlsSettings(), name)
+
+
+def warn_if_plaintext(transport: Transport, who: str) -> None:
+    if not transport.secure:
+        log.warning("%s runs in plaintext (--insecure): anyone who reaches it can call it and read its traffic", who)
+
+
+def add_tls_arguments(parser, default_name: str) -> None:
+    """The transport flags every daemon and client command takes."""
+    group = parser.add_argument_group(
+        "transport security", f"TLS credentials (default: ${TLS_DIR_ENV}); plaintext only with --insecure")
+    group.add_argument("--tls-dir", type=Path, help="folder made by `tandem certs init`: ca.pem, NAME.pem, NAME.key")
+    group.add_argument("--tls-name", help=f"identity to take from --tls-dir (default {default_name})")
+    group.add_argument("--tls-cert", type=Path, help="this process's certificate (PEM)")
+    group.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    group.add_argument("--tls-ca", type=Path, help="the CA certificate peers must be signed by (PEM); servers then "
+                       "require client certificates (mutual TLS)")
+    group.add_argument("--insecure", action="store_true", default=None,
+                       help=f"plaintext, no authentication (logged as a warning; also ${INSECURE_ENV}=1)")
+
+
+def tls_overrides(args) -> dict[str, object]:
+    """The flags of add_tls_arguments as ``build_config`` overrides of a ``tls`` section."""
+    return {"tls.dir": args.tls_dir, "tls.name": args.tls_name, "tls.cert": args.tls_cert, "tls.key": args.tls_key,
+            "tls.ca": args.tls_ca, "tls.insecure": args.insecure}
+
+
+def transport_from_args(args, default_name: str) -> Transport:
+    """For client commands without a config file: TlsError when the flags are inconsistent or unreadable."""
+    from pydantic import ValidationError
+
+    values = {key.partition(".")[2]: value for key, value in tls_overrides(args).items() if value is not None}
+    try:
+        settings = TlsSettings(**values)
+    except ValidationError as error:
+        raise TlsError("; ".join(e["msg"] for e in error.errors())) from None
+    return load_transport(settings, default_name)
