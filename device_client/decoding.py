@@ -133,8 +133,8 @@ class _Placement:
         self.route, self.spec, self.result = route, spec, result
         # Patience in real seconds: under time dilation (route.time_stretch = D) the link and the edges are D times
         # slower, and so must be the device's timeouts, or an outage the emulated system rides out would fail here.
-        self.resume_within = RESUME_WITHIN_S * route.time_stretch
-        self.attempt = (ATTEMPT_S if route.may_change else RESUME_WITHIN_S) * route.time_stretch
+        self.resume_within = route.resume_within_s * route.time_stretch
+        self.attempt = (ATTEMPT_S if route.may_change else route.resume_within_s) * route.time_stretch
         self.edge: EdgeHandle = route.current()
         self.session = self.reopen(spec, moving=False)
         self.base = len(spec.prompt)  # committed length when the current session was opened
@@ -167,16 +167,19 @@ class _Placement:
         request: when the route has moved on and no verdict came for ``SILENT_EDGE_S``, the block is given up
         (UNAVAILABLE, handled by ``recover``, which moves the request; the device emits only verdicts it received,
         so nothing is lost).  A merely slow edge answers within that time and the move happens between rounds,
-        closing the session there."""
+        closing the session there.  On a fixed route a verdict that does not come within the resume window (a
+        link held in an outage, an edge that hangs) is handled the same way: the stream is replaced, and if that
+        fails too the request ends with an error rather than waiting for ever."""
         waited = 0.0
         while True:
+            timeout = self.attempt if self.route.may_change else self.resume_within
             try:
-                return self.session.receive_verdict(self.attempt if self.route.may_change else None)
+                return self.session.receive_verdict(timeout)
             except TimeoutError:
-                waited += self.attempt
-                if waited >= SILENT_EDGE_S * self.route.time_stretch and self.moved():
-                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} is silent and the route moved "
-                                                                 f"on") from None
+                waited += timeout
+                if not self.route.may_change or (waited >= SILENT_EDGE_S * self.route.time_stretch and self.moved()):
+                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} sent no verdict for "
+                                                                 f"{waited:g} s") from None
 
     def _continue_at(self, committed: list[int], spec: SessionSpec) -> None:
         """A new session holding everything committed so far as its prompt (positions do not change)."""

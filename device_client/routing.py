@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from device_client.edge_handle import EdgeHandle
+from device_client.edge_handle import RESUME_WITHIN_S, EdgeHandle
 from device_client.link import RECONNECT_BACKOFF_MS, EdgeConnection
 from tandem.tls import Transport, default_transport
 from tandem.wire.v1 import control_pb2 as cpb
@@ -49,6 +49,7 @@ class DeviceStats:
 class Route(ABC):
     may_change: bool = False  # False: a broken link is waited out on the same edge
     time_stretch: float = 1.0  # real seconds per emulated second (the dilation D under hardware pacing)
+    resume_within_s: float = RESUME_WITHIN_S  # a request whose link stays broken this long ends with an error
 
     @abstractmethod
     def current(self) -> EdgeHandle: ...
@@ -64,8 +65,9 @@ class Route(ABC):
 
 
 class FixedRoute(Route):
-    def __init__(self, edge: EdgeHandle) -> None:
+    def __init__(self, edge: EdgeHandle, resume_within_s: float = RESUME_WITHIN_S) -> None:
         self._edge = edge
+        self.resume_within_s = resume_within_s
 
     def current(self) -> EdgeHandle:
         return self._edge
