@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from device_client.draft import DraftEngine, DraftToken, draft_token
-from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
+from device_client.edge_handle import EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
 from device_client.routing import DeviceStats, Route
 from tandem.sampling import PositionRandom, SamplingConfig
 
