@@ -29,7 +29,9 @@ RETRY_ATTACH_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 # gRPC waits 1 s after a broken connection and then backs off up to 120 s before it dials again, failing calls
 # fast meanwhile. A radio link comes back within seconds, and the edge drops a session nobody attached to within
 # its idle timeout (30 s in the tests), so the device redials quickly and never waits more than a second.
-RECONNECT_BACKOFF_MS = {"initial": 100, "min": 100, "max": 1000}
+# "min" is gRPC's minimum *connect timeout* (how long one dial may take), not a delay: a TLS handshake (~7 kB with
+# the post-quantum key shares) over a thin radio share takes seconds, and a dial cut off after 100 ms never finishes.
+RECONNECT_BACKOFF_MS = {"initial": 100, "min": 30_000, "max": 1000}
 
 
 class EdgeUnreachable(Exception):

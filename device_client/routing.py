@@ -95,6 +95,7 @@ class ControllerRoute(Route):
         self.user = user
         self._via = via
         self._transport = transport or default_transport(f"device-{user}")
+        self._connect_timeout = connect_timeout
         # Under hardware pacing every duration the device measures is D times the emulated one: report the latter.
         self.time_stretch = dilation if dilation > 0 else 1.0
         self._channel = self._transport.channel(controller, "controller", options=[
@@ -133,8 +134,8 @@ class ControllerRoute(Route):
             handle = self._edges.get(allocation.edge)
             if handle is None:
                 handle = self._edges[allocation.edge] = EdgeConnection(
-                    self._via or allocation.address, name=f"edge {allocation.edge} ({allocation.address})",
-                    transport=self._transport)
+                    self._via or allocation.address, self._connect_timeout,
+                    name=f"edge {allocation.edge} ({allocation.address})", transport=self._transport)
             return handle
 
     def draft_length(self, longest: int) -> int:

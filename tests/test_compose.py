@@ -38,14 +38,18 @@ def docker_ready() -> str | None:
     return None
 
 
+ONE_SHOT = {"models", "certs"}
+
+
 def exited_services() -> dict[str, str]:
-    """Long-running services of the project that stopped, with their last log lines (the one-shot `models` may)."""
+    """Long-running services of the project that stopped, with their last log lines (the one-shot `models` and
+    `certs` may)."""
     names = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}",
                             "--filter", "status=exited", "--format", '{{.Label "com.docker.compose.service"}}'],
                            capture_output=True, text=True).stdout.split()
     return {name: subprocess.run(["docker", "logs", "--tail", "5", f"{PROJECT}_{name}_1"], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True).stdout[-1000:]
-            for name in names if name != "models"}
+            for name in names if name not in ONE_SHOT}
 
 
 def compose(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -118,12 +122,24 @@ def test_prompts_through_the_client_cli_are_lossless(testbed):
     answers = {}
     for mode in ("psd", "edge-only"):
         done = compose("exec", "-T", "devices", "tandem", "generate", "--controller", "controller:50070", "--user",
-                       "3", "--via", "linkemu:6003", "--mode", mode, "--max-tokens", "16", "--json", PROMPT, env=env)
+                       "3", "--via", "linkemu:6003", "--mode", mode, "--max-tokens", "16", "--connect-timeout", "60", "--json",
+                       PROMPT, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         answers[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["psd"]["token_ids"]) == 16 and answers["psd"]["text"].strip()
     # Greedy PSD emits exactly the target's own tokens: what the edge decodes alone.
     assert answers["psd"]["token_ids"] == answers["edge-only"]["token_ids"]
+
+
+def test_the_deployment_speaks_mutual_tls_only(testbed):
+    """Every daemon took its certificate from the `certs` service's CA: a plaintext client is refused, the
+    deployment's admin certificate is served."""
+    env, _ = testbed
+    for address, role in (("edge0:50051", "edge"), ("linkemu:9201", "linkemu"), ("controller:50070", "controller")):
+        plain = compose("exec", "-T", "devices", "tandem", "health", address, "--role", role, "--insecure", env=env)
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr, (address, plain.stderr[-500:])
+        secure = compose("exec", "-T", "devices", "tandem", "health", address, "--role", role, env=env)
+        assert secure.returncode == 0 and "SERVING" in secure.stdout, (address, secure.stderr[-500:])
 
 
 def test_prometheus_scrapes_tandem_series_from_every_daemon(testbed):
