@@ -202,9 +202,11 @@ def rpc_named(name: str) -> Rpc:
 
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60)
-ADMIN_METADATA = st.just(AUTH) | st.one_of(  # the token in half of the cases, so that they reach the servicers
-    st.just(()), st.just((("authorization", TOKEN),)), HEADER_TEXT.map(lambda value: (("authorization", value),)),
-    HEADER_TEXT.map(lambda value: (("authorization", f"Bearer {value}"),)))
+WITHOUT_TOKEN = st.one_of(st.just(()), st.just((("authorization", TOKEN),)),
+                          HEADER_TEXT.map(lambda value: (("authorization", value),)),
+                          HEADER_TEXT.map(lambda value: (("authorization", f"Bearer {value}"),)))
+# The token in half of the cases, so that they reach the servicers.
+ADMIN_METADATA = st.sampled_from([True, False]).flatmap(lambda token: st.just(AUTH) if token else WITHOUT_TOKEN)
 
 
 def call(channel: grpc.Channel, rpc: Rpc, requests: list, metadata=(), raw: bool = False):
