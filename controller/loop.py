@@ -24,6 +24,7 @@ from controller.policies import make_policy
 from controller.policies.base import Decision, Observation, Policy
 from controller.state import ControllerState, VersionedDecision
 from controller.telemetry import Telemetry
+from tandem.shares import MAX_VERSION
 from tandem.tls import Transport
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class ControlLoop:
         self.metrics.decision_seconds.observe(self.decision_seconds)
         self._count_moves(decision)
         # Past whatever an edge holds too (a controller that lost its state must not be refused by the edges).
-        held = max((h.load.shares_version for h in self.telemetry.edges.values() if h.load), default=0)
+        held = max((h.load.shares_version for h in self.telemetry.edges.values()
+                    if h.load and h.load.shares_version < MAX_VERSION), default=0)
         self.version = max(self.version, held) + 1
         self.latest = VersionedDecision(self.version, time.time(), decision)
         self.state.save_decision(self.latest)

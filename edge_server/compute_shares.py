@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tandem.shares import check_shares
+from tandem.shares import MAX_VERSION, check_shares
 
 BEST_EFFORT_WEIGHT = 1e-3
 DEFAULT_WEIGHT = 1.0
@@ -31,8 +31,8 @@ class ComputeShares:
     def set(self, version: int, shares: Mapping[int, float]) -> bool:
         """Replace the shares with those of decision ``version``; False (nothing changed) for the version in force.
         ValueError naming the first problem: an old or zero version, a share out of range, a sum over 1."""
-        if version < 1:
-            raise ValueError(f"version must be at least 1, got {version}")
+        if not 1 <= version <= MAX_VERSION:
+            raise ValueError(f"version must lie in [1, {MAX_VERSION}], got {version}")
         if version < self.version:
             raise StaleVersion(f"version {version} is older than the shares in force (version {self.version})")
         if version == self.version:

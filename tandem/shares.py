@@ -13,6 +13,9 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 
 SHARE_SLACK = 1e-9
+# Decision versions stay far below the wire's uint64 limit: one a slot for ten thousand years is under 2**42, and a
+# version near the limit (a forged SetShares) must not make the controller count past it.
+MAX_VERSION = 2**53
 
 
 def check_shares(held: Iterable[tuple[int, int, float]], edges: Collection[int], where: str = "") -> None:

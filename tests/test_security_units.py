@@ -128,6 +128,30 @@ def test_echoed_text_is_bounded_and_device_certificates_act_for_their_user():
     assert Caller(None, frozenset()).may_act_for(4)  # plaintext: no identity to bind
 
 
+def test_plaintext_leaves_device_calls_open_when_an_admin_token_exists():
+    from tandem.rpc import ADMINS, DEVICES, Access, Guard
+
+    guard = Guard(Access({}), secure=False, admin_token="secret-token-0123")
+
+    class Anonymous:
+        def invocation_metadata(self):
+            return ()
+
+        def auth_context(self):
+            return {}
+    assert guard._refusal(DEVICES | ADMINS, Anonymous()) is None
+    assert guard._refusal(ADMINS, Anonymous()) is not None
+
+
+def test_share_versions_are_bounded():
+    from edge_server.compute_shares import ComputeShares
+    from tandem.shares import MAX_VERSION
+
+    with pytest.raises(ValueError, match="version must lie"):
+        ComputeShares(0).set(2**64 - 1, {0: 0.5})
+    assert ComputeShares(0).set(MAX_VERSION, {0: 0.5})
+
+
 def test_a_draining_edge_leaves_the_topology_at_once():
     telemetry = Telemetry(ControllerConfig.model_validate({
         "edges": [{"id": 0, "address": "127.0.0.1:9"}, {"id": 1, "address": "127.0.0.1:9"}],
