@@ -21,6 +21,27 @@ class UsageError(Exception):
     """Bad user input: the CLI prints the message and exits with code 2."""
 
 
+class YamlFileError(ValueError):
+    """A YAML file that cannot be read or parsed, with the reason (each config reader names the file)."""
+
+
+def read_yaml(path: Path) -> Any:
+    """The document in a YAML file, for every config reader, so that a bad file is refused with the reader's error
+    and not a traceback: reading raises OSError and UnicodeDecodeError (not UTF-8), and PyYAML's safe loader more
+    than YAMLError: ValueError (2001-02-30, an integer of over 4300 digits), KeyError (``!!bool x``),
+    AttributeError (``!!timestamp x``), IndexError (``!!int`` without a value), RecursionError (deep nesting)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise YamlFileError(str(error)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise YamlFileError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - the loader's other failures, listed above
+        raise YamlFileError(f"not valid YAML ({type(error).__name__}: {error})") from None
+
+
 def validation_reasons(error: ValidationError) -> str:
     """One line naming each invalid field and why, e.g. "users.0.share: Input should be <= 1"."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
@@ -36,8 +57,8 @@ def build_config(model: type[Model], config_file: Path | None, overrides: dict[s
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(config_file.read_text())
-        except (OSError, yaml.YAMLError) as error:
+            loaded = read_yaml(config_file)
+        except YamlFileError as error:
             raise UsageError(f"cannot read config file {config_file}: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):  # an empty file is an empty mapping
             raise UsageError(f"config file {config_file} must hold a mapping")

@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tandem.cli_support import validation_reasons
+from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
 
 SCHEMA_VERSION = 1
 
@@ -117,8 +117,8 @@ class HardwareProfile(BaseModel):
 def load_profile(path: Path) -> HardwareProfile:
     """Read and validate a profile; ProfileError naming the file and the first problems."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        data = read_yaml(path)
+    except YamlFileError as error:
         raise ProfileError(f"cannot read profile {path}: {error}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"profile {path} must hold a mapping")

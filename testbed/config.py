@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tandem.cli_support import UsageError, validation_reasons
+from tandem.cli_support import UsageError, YamlFileError, read_yaml, validation_reasons
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "testbed.yaml"
 
@@ -43,8 +42,8 @@ class TestbedConfig(BaseModel):
 def load_testbed_config(path: Path) -> TestbedConfig:
     """Read and validate; relative paths are taken from the file's folder. UsageError with the reason."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        data = read_yaml(path)
+    except YamlFileError as error:
         raise UsageError(f"cannot read testbed config {path}: {error}") from None
     if not isinstance(data, dict):
         raise UsageError(f"testbed config {path} must hold a mapping")
@@ -53,5 +52,8 @@ def load_testbed_config(path: Path) -> TestbedConfig:
     except ValidationError as error:
         raise UsageError(f"invalid testbed config {path}: {validation_reasons(error)}") from None
     base = Path(path).resolve().parent
-    return config.model_copy(update={"scenario": (base / config.scenario).resolve(),
-                                     "run_dir": (base / config.run_dir).resolve()})
+    try:
+        return config.model_copy(update={"scenario": (base / config.scenario).resolve(),
+                                         "run_dir": (base / config.run_dir).resolve()})
+    except ValueError as error:  # a path with a NUL byte ("\0" in a YAML string)
+        raise UsageError(f"invalid testbed config {path}: {error}") from None

@@ -44,17 +44,25 @@ def read_metadata(folder: Path) -> AgentSpec:
     except OSError as error:
         raise CheckpointError(f"{folder} is not a tma-masac policy folder: cannot read {METADATA} "
                               f"({error.strerror})") from None
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested too deeply
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or data.get("format") != "tandem-policy":
         raise CheckpointError(f"{path} is not a tandem policy description")
-    if data.get("encoding_version") != ENCODING_VERSION:
-        raise CheckpointError(f"{path} was trained with observation encoding {data.get('encoding_version')!r}; "
+    version, max_users = data.get("encoding_version"), data.get("max_users")
+    if not _is_int(version) or version != ENCODING_VERSION:
+        raise CheckpointError(f"{path} was trained with observation encoding {version!r}; "
                               f"this version reads encoding {ENCODING_VERSION}: train again (tandem train)")
+    if not _is_int(max_users):
+        raise CheckpointError(f"{path}: max_users must be an integer, got {max_users!r}")
     try:
-        return AgentSpec(int(data["max_users"]))
-    except (KeyError, TypeError, ValueError) as error:
+        return AgentSpec(max_users)
+    except ValueError as error:
         raise CheckpointError(f"{path}: bad max_users ({error})") from None
+
+
+def _is_int(value: object) -> bool:
+    """An integer as write_metadata writes it: not a float (24.9, Infinity), a string or a bool (true == 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class LearnedShares:

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tandem.cli_support import validation_reasons
+from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
 
 
 class ScenarioError(ValueError):
@@ -110,8 +109,8 @@ def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario; relative trace and profile paths are taken from the file's folder."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        data = read_yaml(path)
+    except YamlFileError as error:
         raise ScenarioError(f"cannot read scenario {path}: {error}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"scenario {path} must hold a mapping")

@@ -11,7 +11,7 @@ Axes: ``D`` directions (0 = downlink edge->device, 1 = uplink device->edge), ``T
 from __future__ import annotations
 
 import json
-import zipfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ class TraceMetadata(BaseModel):
     mobility_epoch_slots: int = Field(ge=1)
     sionna_version: str
     generator: str
-    generation_seconds: float = Field(ge=0)
+    generation_seconds: float = Field(ge=0, allow_inf_nan=False)
     units: dict[str, str]
     directions: list[str]
 
@@ -117,8 +117,8 @@ class ChannelTrace:
                              f"version {FORMAT_VERSION}); regenerate it with `tandem traces generate`")
         if list(meta.directions) != list(DIRECTIONS):
             raise TraceError(f"directions must be {list(DIRECTIONS)}, got {meta.directions}")
-        if len(meta.edge_bandwidth_hz) != meta.num_edges or not all(b > 0 for b in meta.edge_bandwidth_hz):
-            raise TraceError(f"edge_bandwidth_hz must hold {meta.num_edges} positive values")
+        if len(meta.edge_bandwidth_hz) != meta.num_edges or not all(0 < b < math.inf for b in meta.edge_bandwidth_hz):
+            raise TraceError(f"edge_bandwidth_hz must hold {meta.num_edges} positive finite values")
         for name, (kind, axes, _) in ARRAYS.items():
             array = getattr(self, name)
             if array.dtype.kind != kind:
@@ -146,15 +146,26 @@ def load_trace(path: Path) -> ChannelTrace:
     if not path.is_file():
         raise TraceError(f"trace file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        raise TraceError(f"{path} is not a readable trace file (truncated or not a .npz archive: {error})") from None
+        archive = np.load(path, allow_pickle=False)
+        if isinstance(archive, np.lib.npyio.NpzFile):
+            with archive:
+                contents = {name: archive[name] for name in archive.files}
+    except Exception as error:  # noqa: BLE001 - see below
+        # zipfile and numpy's .npy reader raise an open set of types for a damaged file, not only BadZipFile and
+        # ValueError: zlib.error (a corrupt member), NotImplementedError (an unknown compression method),
+        # RuntimeError (a member flagged as encrypted), tokenize.TokenError and TypeError (a garbled .npy header),
+        # MemoryError (a header claiming a huge array).  Whatever it is, the file is not a usable trace.
+        kind = type(error).__qualname__ if type(error).__module__ == "builtins" else (
+            f"{type(error).__module__}.{type(error).__qualname__}")  # zlib.error, not just "error"
+        raise TraceError(f"{path} is not a readable trace file (truncated or not a .npz archive: {kind}: {error})"
+                         ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load reads a lone .npy array too
+        raise TraceError(f"{path} holds a single NumPy array, not a trace (a .npz archive of arrays and metadata)")
     if "metadata" not in contents:
         raise TraceError(f"{path} has no metadata; it is not a Tandem channel trace")
     try:
         raw = json.loads(str(contents.pop("metadata")))
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # not JSON, an integer of over 4300 digits, nested too deeply
         raise TraceError(f"{path}: metadata is not JSON ({error})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise TraceError(f"{path} is not a Tandem channel trace (format is not {FORMAT_NAME!r})")
