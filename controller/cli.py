@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, build_config, fail
+from tandem.cli_support import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, YamlFileError,
+                                build_config, fail, read_yaml)
 from tandem.tls import add_tls_arguments, tls_overrides
 
 DEFAULT_CONTROLLER = "127.0.0.1:50070"
@@ -86,8 +85,8 @@ def _state_of(config_file: Path | None) -> Path | None:
     if config_file is None:
         return None
     try:
-        data = yaml.safe_load(config_file.read_text())
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(config_file)
+    except YamlFileError:
         return None
     return Path(data["state"]) if isinstance(data, dict) and isinstance(data.get("state"), str) else None
 

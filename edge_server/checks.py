@@ -132,7 +132,8 @@ def check_block(session: Session, block: pb.DraftBlock, info: EngineInfo) -> Blo
     dists = []
     for i, (token, dist) in enumerate(zip(draft, block.draft_distributions)):
         ids = np.asarray(dist.token_ids, dtype=np.int64)
-        probs = np.asarray(dist.probs, dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN is refused below, without a warning in the log
+            probs = np.asarray(dist.probs, dtype=np.float64)
         where = f"draft distribution {i}"
         check_tokens(ids.tolist(), where, info)
         if np.unique(ids).size != ids.size:

@@ -65,7 +65,10 @@ async def start_control(emulator: LinkEmulator, host: str, port: int, transport:
     linkemu_pb2_grpc.add_LinkControlServicer_to_server(LinkControlService(emulator), server)
     health_servicer = health.aio.HealthServicer()  # readiness for orchestrators (docker compose health checks)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = transport.add_port(server, f"{host}:{port}")
+    try:
+        bound = transport.add_port(server, f"{host}:{port}")
+    except OSError as error:
+        raise OSError(f"control service {error}") from None
     warn_if_plaintext(transport, "the link emulator's control service")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
