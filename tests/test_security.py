@@ -183,6 +183,42 @@ def test_link_emulator_assign_needs_the_admin_credential(pki, umi_trace, tmp_pat
         assert "security-test-admin-token" not in link.tail(200)  # never logged
 
 
+def test_the_controller_over_tls_checks_roles(tls_edge, pki, tmp_path):
+    """Another CA is refused at the handshake; a device certificate may follow its own user only and may not
+    administer; the admin certificate may, with no token (the CLI too)."""
+    from tests.conftest import run_tandem
+    from testbed.processes import ControllerProcess
+
+    config = tmp_path / "controller.yaml"
+    config.write_text(f"""edges: [{{id: 0, address: "{tls_edge.address}"}}]
+users: [{{id: 0}}, {{id: 1}}]
+slot_s: 0.5
+listen: 127.0.0.1:0
+state: {tmp_path / "controller.sqlite"}
+policy: {{name: max-sinr-equal}}
+""")
+    with ControllerProcess(["--config", str(config), "--tls-dir", str(pki["ours"])],
+                           log_path=tmp_path / "controller.log") as controller:
+        address = controller.address
+        with creds(pki, "device-0", "theirs").channel(address, "controller") as channel:
+            code = refused_code(lambda: control_pb2_grpc.ControllerStub(channel).GetStatus(
+                control_pb2.StatusRequest(), timeout=5))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        with creds(pki, "device-0").channel(address, "controller") as channel:
+            device = control_pb2_grpc.ControllerStub(channel)
+            assert device.GetStatus(control_pb2.StatusRequest(), timeout=5).policy == "max-sinr-equal"
+            stream = device.WatchAllocation(control_pb2.WatchAllocationRequest(user=1), timeout=5)
+            assert refused_code(lambda: next(stream)) == grpc.StatusCode.PERMISSION_DENIED
+            admin = control_pb2_grpc.ControllerAdminStub(channel)
+            assert refused_code(lambda: admin.ListPolicies(control_pb2.ListPoliciesRequest(), timeout=5)) \
+                == grpc.StatusCode.PERMISSION_DENIED
+        done = run_tandem("policy", "list", "--controller", address, "--tls-dir", str(pki["ours"]))
+        assert done.returncode == 0 and "max-sinr-equal" in done.stdout, done.stderr
+        done = run_tandem("policy", "list", "--controller", address, "--tls-dir", str(pki["ours"]), "--tls-name",
+                          "device-0")
+        assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr
+
+
 # -- bounded work, fair sharing ------------------------------------------------------------------------------------
 
 
