@@ -129,8 +129,8 @@ def run_generate(args: argparse.Namespace) -> int:
             route = ControllerRoute(checked.controller, checked.user, checked.via, args.connect_timeout,
                                     transport=transport)
             return _run(args, request, draft_path, checked.threads, route, checked.user)
-        address = checked.edge if link is None else link.address
-        with link or nullcontext():
+        with link or nullcontext():  # the emulated link's port is known once it started
+            address = checked.edge if link is None else link.address
             return _run(args, request, draft_path, checked.threads,
                         EdgeConnection(address, args.connect_timeout, transport=transport))
     except ControllerUnreachable as error:
