@@ -82,7 +82,9 @@ class Telemetry:
             health.load, health.failing_since, health.healthy = load, health.failing_since or now, False
         else:
             health.failing_since = health.failing_since if health.failing_since is not None else now
-            health.healthy = now - health.failing_since < self.config.failover_after_s
+            # An edge that said it was draining and now fails its probe is gone: it does not come back meanwhile.
+            drained = health.load is not None and health.load.draining
+            health.healthy = not drained and now - health.failing_since < self.config.failover_after_s
         return was != health.healthy
 
     def healthy_edges(self) -> list[int]:

@@ -210,7 +210,9 @@ class _Placement:
             try:
                 self.session = self.edge.attach(self.session.id, within_s=_left(self.attempt, deadline))
             except EdgeError as error:
-                if error.code == grpc.StatusCode.NOT_FOUND:  # the edge lost the session (it restarted)
+                # The edge lost the session (it restarted: NOT_FOUND) or ended it (FAILED_PRECONDITION: closed after
+                # its idle timeout, a link down for longer): a new session continues from the committed tokens.
+                if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                     self._continue_at(committed, spec)
                     return []
                 if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:

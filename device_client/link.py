@@ -78,9 +78,9 @@ class EdgeConnection(EdgeHandle):
                     ) from None
                 raise EdgeError(code, error.details()) from None
 
-    def score(self, token_ids: list[int], start: int, top_n: int) -> pb.ScoreReply:
+    def score(self, token_ids: list[int], start: int, top_n: int, timeout: float = 600.0) -> pb.ScoreReply:
         try:
-            return self.stub.Score(pb.ScoreRequest(token_ids=token_ids, start=start, top_n=top_n))
+            return self.stub.Score(pb.ScoreRequest(token_ids=token_ids, start=start, top_n=top_n), timeout=timeout)
         except grpc.RpcError as error:
             raise EdgeError(error.code(), error.details()) from None
 

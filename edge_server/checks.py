@@ -2,9 +2,9 @@
 
 Everything here runs before any state changes, so a bad message ends only its own stream (with a status that says
 what was wrong) and never alters a session's committed tokens.  Cheap checks (sizes, counts) come before those that
-pass over every token, so a request that will be refused costs little.  ``max_request_tokens`` bounds the target
-work one request brings at once (a prompt's prefill, a Score), the longest step the engine runs without serving
-anyone else.
+pass over every token, so a request that will be refused costs little.  ``max_request_tokens`` bounds a Score (one
+exclusive engine step).  A prompt is bounded by the context only: a request moved from another edge arrives with
+every token committed so far as its prompt; its prefill is charged to its flow instead (scheduler.py).
 """
 
 from __future__ import annotations
@@ -64,13 +64,12 @@ def check_size(count: int, what: str, limit: int) -> None:
         raise invalid(f"{what} holds {count} tokens; this edge takes at most {limit} per request")
 
 
-def check_open(request: pb.Open, info: EngineInfo, max_draft_length: int, max_request_tokens: int) -> SessionRequest:
+def check_open(request: pb.Open, info: EngineInfo, max_draft_length: int) -> SessionRequest:
     size = len(request.prompt_token_ids)
     if not size:
         raise invalid("prompt_token_ids is empty")
     if size >= info.max_context:
         raise invalid(f"prompt of {size} tokens leaves no room in the edge's context of {info.max_context} tokens")
-    check_size(size, "prompt_token_ids", max_request_tokens)
     if len(request.stop_token_ids) > MAX_STOP_IDS:
         raise invalid(f"at most {MAX_STOP_IDS} stop_token_ids, got {len(request.stop_token_ids)}")
     prompt = list(request.prompt_token_ids)

@@ -26,7 +26,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions-per-identity", type=int, help="sessions and Score calls one client "
                         "certificate may hold at once (default 4)")
     parser.add_argument("--open-rate", type=float, help="sessions one identity may open per second (default 2)")
-    parser.add_argument("--max-request-tokens", type=int, help="longest prompt or Score accepted (default 1024)")
+    parser.add_argument("--max-request-tokens", type=int, help="longest Score accepted, in tokens (default 1024)")
     parser.add_argument("--drain", type=float, help="on SIGTERM, seconds blocks in flight may take (default 10)")
     parser.add_argument("--max-context", type=int, help="tokens per session, prompt included (default 2048)")
     parser.add_argument("--max-draft-length", type=int, help="longest draft block accepted (default 16)")

@@ -43,8 +43,8 @@ class EdgeConfig(BaseModel):
                                            "calls one client identity may hold at once (mutual TLS)")
     open_rate_per_s: float = Field(2.0, gt=0, le=10_000, allow_inf_nan=False, description="sessions an identity "
                                    "may open per second (after a burst of 8)")
-    max_request_tokens: int = Field(1024, ge=2, le=1 << 20, description="longest prompt or Score one request may "
-                                    "bring: the longest step the engine runs without serving anyone else")
+    max_request_tokens: int = Field(1024, ge=2, le=1 << 20, description="longest Score (teacher forcing) accepted: "
+                                    "one exclusive engine step")
     drain_s: float = Field(10.0, ge=0, le=3600, allow_inf_nan=False, description="on SIGTERM, how long blocks in "
                            "flight may take to finish before the server stops")
     max_context: int = Field(2048, ge=64, le=1 << 20)

@@ -86,8 +86,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 if session is None:
                     if kind == "open":
                         self._drain.refuse_new_work()
-                        request = check_open(message.open, self._info, self._max_draft_length,
-                                             self._max_request_tokens)
+                        request = check_open(message.open, self._info, self._max_draft_length)
                         _check_user(caller, request.user)
                         session = self._registry.open(request, caller.identity)
                         mode = "speculative" if session.speculative else "edge-only"

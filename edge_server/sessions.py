@@ -1,13 +1,15 @@
 """Decoding sessions held by an edge: committed tokens, sampling state, limits.
 
 A session outlives the gRPC stream that drives it, so that a device whose radio link dropped can attach again
-without losing a committed token; it ends on close, or once it has made no progress (no block verified) for
-``idle_timeout`` seconds while detached.  Attaching and detaching are not progress: a client cannot keep a session
-alive by re-attaching.
+without losing a committed token; it ends on close, or once it has been detached for ``idle_timeout`` seconds
+without progress.  The idle clock restarts when a session that made progress (a verified block) since it was last
+attached is detached — a device whose link broke gets the whole timeout to come back — but attaching, and detaching
+without progress, do not restart it: a client cannot keep a session alive by re-attaching.
 
 A session belongs to the identity that opened it (its client certificate; None in plaintext): only that identity
 may attach to it.  Each identity holds at most ``per_identity`` sessions and opens at most ``OPEN_BURST`` at once
-and ``open_rate`` per second after that, so one client cannot take every slot of the edge.
+and ``open_rate`` per second after that, so one client cannot take every slot of the edge; an identity at its limit
+that opens another session gives up its own oldest detached one (a request it abandoned) rather than being refused.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ class Session:
     last_active: float = field(default_factory=time.monotonic)  # last progress: open, or a verified block
     attached: bool = True
     verified_blocks: int = 0
+    progressed: bool = False  # a block was verified since the session was last attached
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
+        self.progressed = True
 
 
 OPEN_BURST = 8
@@ -97,8 +101,10 @@ class SessionRegistry:
         self.reap()
         if owner is not None:
             if self.held_by(owner) >= self.per_identity:
+                self._reclaim_detached(owner)
+            if self.held_by(owner) >= self.per_identity:
                 raise SessionError("RESOURCE_EXHAUSTED", f"this identity holds its maximum of {self.per_identity} "
-                                   f"sessions; close one or retry after {self.idle_timeout:g} s")
+                                   "sessions, all attached; close one first")
             if not self._open_rate.take(owner):
                 raise SessionError("RESOURCE_EXHAUSTED", "this identity opens sessions too fast; retry shortly")
         if len(self._sessions) + sum(self._scoring.values()) >= self.max_sessions:
@@ -120,6 +126,11 @@ class SessionRegistry:
 
     def sessions_by_user(self) -> Counter[int | None]:
         return Counter(session.user for session in self._sessions.values())
+
+    def _reclaim_detached(self, owner: str) -> None:
+        detached = [session for session in self._sessions.values() if session.owner == owner and not session.attached]
+        if detached:
+            self.close(min(detached, key=lambda session: session.last_active))
 
     def held_by(self, owner: str) -> int:
         return sum(1 for session in self._sessions.values() if session.owner == owner) + self._scoring[owner]
@@ -153,10 +164,14 @@ class SessionRegistry:
             # ABORTED (a conflict worth retrying): the old stream may be dead but not yet noticed by the server.
             raise SessionError("ABORTED", f"session {quoted} is attached to another stream")
         session.attached = True  # not progress: the idle clock keeps running
+        session.progressed = False
         return session
 
     def detach(self, session: Session) -> None:
         session.attached = False
+        if session.progressed:  # its device may be behind a broken link: the timeout counts from now
+            session.touch()
+        session.progressed = False
 
     def close(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:

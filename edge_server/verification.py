@@ -81,7 +81,8 @@ class Verifier:
         return CommittedVerdict(block.position, verdict.accepted, verdict.next_token, elapsed, result.queue_seconds)
 
     async def decode_on_edge(self, session: Session, request: SessionRequest) -> AsyncIterator[list[int]]:
-        """The target decodes alone; each token is one exclusive step in the session's turn."""
+        """The target decodes alone; each token is one exclusive step in the session's turn (the first one charged
+        the prompt's prefill)."""
         tokens = self._engine.generate(session.tokens, session.sampling, request.max_new_tokens, request.stop_ids)
         iterator = tokens.__aiter__()
         # The scheduler may be advancing the generator when the stream is cancelled: closing it then would fail
@@ -95,8 +96,10 @@ class Verifier:
                 except StopAsyncIteration:
                     return None
 
+        cost = len(session.tokens)  # the first step prefills the prompt; each later one decodes a token
         try:
-            while (new := await self._scheduler.exclusive(flow_of(session), 1, next_tokens)) is not None:
+            while (new := await self._scheduler.exclusive(flow_of(session), cost, next_tokens)) is not None:
+                cost = 1
                 session.tokens.extend(new)
                 self._metrics.emitted_tokens.labels("edge-only").inc(len(new))
                 yield new

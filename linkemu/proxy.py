@@ -18,6 +18,7 @@ from linkemu.shaper import Direction, LinkDown, LinkShaper
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 16 * 1024
+MAX_QUEUED_CHUNKS = 256  # 4 MiB per direction and connection
 
 
 class LinkObserver:
@@ -95,7 +96,9 @@ class ShapingProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction) -> None:
         """Read as fast as the sender sends; deliver each chunk at its shaped arrival time, in order."""
-        in_flight: asyncio.Queue[tuple[float, float, bytes | LinkDown]] = asyncio.Queue()
+        # A bounded buffer, like a radio bearer's: once it holds MAX_QUEUED_CHUNKS the pump stops reading, TCP
+        # pushes back on the sender, and a flood into a slow link costs neither memory nor shaper work.
+        in_flight: asyncio.Queue[tuple[float, float, bytes | LinkDown]] = asyncio.Queue(MAX_QUEUED_CHUNKS)
         base_delay = self.shaper.one_way_delay_s
 
         async def deliver() -> None:

@@ -143,6 +143,7 @@ class TraceShaper(LinkShaper):
                 bits -= rate * (slot_end - now)
                 carried += rate * (slot_end - now)
             now, tick = slot_end, tick + 1
-        if carried == 0:  # every slot walked was outage: as good as down
-            raise LinkDown(outage_since + self.outage_limit_s, self.outage_limit_s)
+        if carried == 0:  # every slot walked was outage (or too short to count): as good as down
+            raise LinkDown((start if outage_since is None else outage_since) + self.outage_limit_s,
+                           self.outage_limit_s)
         return now + bits / (carried / (now - start))

@@ -34,6 +34,7 @@ DEVICES: Roles = frozenset({"device"})
 ADMINS: Roles = frozenset(ADMIN_ROLES)
 ANYONE = None  # health checks, reflection: any caller the transport let in
 MAX_ECHO = 64  # longest caller-supplied text echoed back in an error message
+MAX_STREAMS_PER_CONNECTION = 256  # calls one connection may have open at once
 
 
 def echo(text: str) -> str:
@@ -53,9 +54,11 @@ class Caller:
         return None
 
     def may_act_for(self, user: int | None) -> bool:
-        """A numbered device certificate ("device-3") acts only for its own user (its share, its allocation)."""
-        own = self.user_index()
-        return own is None or user is None or user == own
+        """A device certificate acts only for its own user ("device-3": user 3; a device name without a number:
+        no user at all); other identities (plaintext: none) are not bound to a user."""
+        if "device" not in self.roles:
+            return True
+        return user is None or user == self.user_index()
 
 
 def _bearer(context) -> str | None:
@@ -212,7 +215,8 @@ def make_server(transport: Transport, access: Access, admin_token: str | None = 
     return grpc.aio.server(
         interceptors=[Guard(access, transport.secure, admin_token, quiet)],
         options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes), *SERVER_KEEPALIVE])
+                 ("grpc.max_send_message_length", max_message_bytes),
+                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION), *SERVER_KEEPALIVE])
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -62,6 +62,28 @@ def test_each_identity_holds_at_most_its_share_of_sessions():
             registry.open(_request(), "device-2")  # the Score counts against the same limit
 
 
+def test_an_identity_at_its_limit_gives_up_its_oldest_detached_session():
+    registry = SessionRegistry(max_sessions=8, idle_timeout=30, per_identity=2)
+    first, second = registry.open(_request(), "device-1"), registry.open(_request(), "device-1")
+    registry.detach(first)
+    third = registry.open(_request(), "device-1")  # an abandoned request does not lock its device out
+    assert {s.id for s in registry._sessions.values()} == {second.id, third.id}
+    with pytest.raises(SessionError):
+        registry.open(_request(), "device-1")  # both attached: refused
+
+
+def test_a_session_that_progressed_gets_the_whole_timeout_after_its_link_broke():
+    registry = SessionRegistry(max_sessions=4, idle_timeout=0.05)
+    session = registry.open(_request(), "device-1")
+    time.sleep(0.04)
+    session.touch()  # a verified block
+    time.sleep(0.04)
+    registry.detach(session)  # the link broke 40 ms after the last block: the clock restarts here
+    time.sleep(0.03)
+    registry.reap()
+    assert len(registry) == 1
+
+
 def test_attaching_does_not_keep_an_idle_session_alive():
     registry = SessionRegistry(max_sessions=4, idle_timeout=0.05)
     session = registry.open(_request(), "device-1")
@@ -102,15 +124,16 @@ INFO = EngineInfo(engine="test", model="m", vocab_size=100, tokenizer_fingerprin
 
 
 def test_sizes_are_checked_before_tokens():
-    """A prompt both too long and full of bad ids is refused for its size (the cheap check), before any pass over
-    its tokens."""
-    huge = pb.Open(prompt_token_ids=[10_000] * 600, mode=pb.MODE_SPECULATIVE, draft_length=4)
-    with pytest.raises(SessionError, match="at most 512"):
-        check_open(huge, INFO, 16, 512)
+    """A Score both too long and full of bad ids is refused for its size (the cheap check), before any pass over
+    its tokens; a prompt is bounded by the context (a moved request brings its committed tokens)."""
     with pytest.raises(SessionError, match="at most 512"):
         check_score(pb.ScoreRequest(token_ids=[10_000] * 600, start=1, top_n=2), INFO, 512)
+    with pytest.raises(SessionError, match="no room"):
+        check_open(pb.Open(prompt_token_ids=[10_000] * 2048, mode=pb.MODE_SPECULATIVE, draft_length=4), INFO, 16)
     with pytest.raises(SessionError, match="outside the vocabulary"):
-        check_open(pb.Open(prompt_token_ids=[10_000] * 5, mode=pb.MODE_SPECULATIVE, draft_length=4), INFO, 16, 512)
+        check_open(pb.Open(prompt_token_ids=[10_000] * 5, mode=pb.MODE_SPECULATIVE, draft_length=4), INFO, 16)
+    assert len(check_open(pb.Open(prompt_token_ids=[5] * 1500, mode=pb.MODE_SPECULATIVE, draft_length=4), INFO,
+                          16).prompt) == 1500
 
 
 def test_quiet_log_reports_once_per_interval(caplog):
@@ -126,6 +149,7 @@ def test_echoed_text_is_bounded_and_device_certificates_act_for_their_user():
     assert Caller("device-3", frozenset({"device"})).may_act_for(3)
     assert not Caller("device-3", frozenset({"device"})).may_act_for(4)
     assert Caller(None, frozenset()).may_act_for(4)  # plaintext: no identity to bind
+    assert not Caller("device-alice", frozenset({"device"})).may_act_for(0)  # no number: nobody's share
 
 
 def test_plaintext_leaves_device_calls_open_when_an_admin_token_exists():
