@@ -102,6 +102,18 @@ def scratch_file(name: str, content: bytes) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def dispatch(data: bytes, raw_modes: Sequence[Callable[[bytes], None]],
+             built_modes: Sequence[Callable[[atheris.FuzzedDataProvider], None]]) -> None:
+    """The first byte picks a mode: raw ones get the rest as bytes, built ones a FuzzedDataProvider over it."""
+    if not data:
+        return
+    mode, payload = data[0] % (len(raw_modes) + len(built_modes)), data[1:]
+    if mode < len(raw_modes):
+        raw_modes[mode](payload)
+    else:
+        built_modes[mode - len(raw_modes)](atheris.FuzzedDataProvider(payload))
+
+
 def main(test_one_input: Callable[[bytes], None], seeds: Callable[[], dict[str, bytes]]) -> None:
     """Fuzz ``test_one_input`` with libFuzzer's arguments from the command line; or, given ``--write-seeds DIR``,
     write the harness's seed inputs there (how fuzz/corpus/<target>/ was made)."""

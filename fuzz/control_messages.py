@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import atheris
 from google.protobuf.message import DecodeError
 
-from common import edgy_float, edgy_uint, main, rejected
+from common import dispatch, edgy_float, edgy_uint, main, rejected
 
 with atheris.instrument_imports(include=["tandem.shares", "linkemu.assignments", "edge_server.compute_shares"]):
     from edge_server.compute_shares import ComputeShares
@@ -119,13 +119,7 @@ BUILT_MODES = (built_check, built_assign, built_set)
 
 
 def test_one_input(data: bytes) -> None:
-    if not data:
-        return
-    mode, payload = data[0] % (len(RAW_MODES) + len(BUILT_MODES)), data[1:]
-    if mode < len(RAW_MODES):
-        RAW_MODES[mode](payload)
-    else:
-        BUILT_MODES[mode - len(RAW_MODES)](atheris.FuzzedDataProvider(payload))
+    dispatch(data, RAW_MODES, BUILT_MODES)
 
 
 def seeds() -> dict[str, bytes]:

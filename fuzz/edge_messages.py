@@ -17,7 +17,7 @@ from collections.abc import Callable
 import atheris
 from google.protobuf.message import DecodeError
 
-from common import edgy_float, edgy_uint, main, rejected
+from common import dispatch, edgy_float, edgy_uint, main, rejected
 
 with atheris.instrument_imports(include=["edge_server.checks", "edge_server.sessions", "tandem.sampling"]):
     from edge_server.checks import PROBABILITY_TOLERANCE, check_block, check_open, check_score
@@ -147,13 +147,7 @@ BUILT_MODES = (built_open, built_block, built_score)
 
 
 def test_one_input(data: bytes) -> None:
-    if not data:
-        return
-    mode, payload = data[0] % (len(RAW_MODES) + len(BUILT_MODES)), data[1:]
-    if mode < len(RAW_MODES):
-        RAW_MODES[mode](payload)
-    else:
-        BUILT_MODES[mode - len(RAW_MODES)](atheris.FuzzedDataProvider(payload))
+    dispatch(data, RAW_MODES, BUILT_MODES)
 
 
 def seeds() -> dict[str, bytes]:
