@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import secrets
 import statistics
 import os
 import sys
@@ -30,10 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
 os.environ.setdefault("TANDEM_INSECURE", "1")
+# In plaintext the edge's EdgeControl answers only calls carrying its admin token: one for this run.
+ADMIN_TOKEN = secrets.token_urlsafe(24)
 
 from device_client.edge_handle import SessionSpec  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402
 from testbed.processes import EdgeProcess  # noqa: E402
+from tandem.rpc import bearer_metadata  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
 from tandem.wire.v1 import control_pb2 as cpb  # noqa: E402
 from tandem.wire.v1 import control_pb2_grpc  # noqa: E402
@@ -66,7 +70,7 @@ def client(address: str, user: int, stop: threading.Event, vocab: int, seed: int
 
 
 def served(control) -> dict[int, int]:
-    load = control.GetLoad(cpb.GetLoadRequest(), timeout=10)
+    load = control.GetLoad(cpb.GetLoadRequest(), timeout=10, metadata=bearer_metadata(ADMIN_TOKEN))
     return {u.user: u.served_tokens for u in load.users}
 
 
@@ -74,7 +78,8 @@ def measure(address: str, vocab: int, split: tuple[float, float], version: int, 
             window: float) -> dict:
     control = control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(address))
     control.SetShares(cpb.SetSharesRequest(version=version, shares=[
-        cpb.ComputeShare(user=user, share=share) for user, share in enumerate(split)]), timeout=10)
+        cpb.ComputeShare(user=user, share=share) for user, share in enumerate(split)]), timeout=10,
+        metadata=bearer_metadata(ADMIN_TOKEN))
     stop = threading.Event()
     threads = [threading.Thread(target=client, args=(address, user, stop, vocab, 100 * user + i), daemon=True)
                for user in range(len(split)) for i in range(sessions)]
@@ -107,7 +112,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         for budget, sessions in SETTINGS:
             with EdgeProcess(["--engine", "llamacpp", "--step-tokens", str(budget), "--slots", "16",
-                              "--max-sessions", "32"], log_path=Path(logs) / f"edge-{budget}.log") as edge:
+                              "--max-sessions", "32"], log_path=Path(logs) / f"edge-{budget}.log",
+                             env={"TANDEM_ADMIN_TOKEN": ADMIN_TOKEN}) as edge:
                 vocab = EdgeConnection(edge.address).info().vocab_size
                 for version, split in enumerate(SPLITS, start=1):
                     row = {"step_tokens": budget, "sessions_per_user": sessions,

@@ -64,7 +64,8 @@ def add_policy_commands(commands: argparse._SubParsersAction) -> None:
                               description="Swap the controller's policy at run time; sessions keep running. "
                               "The token comes from --admin-token-file or $TANDEM_ADMIN_TOKEN.")
     swap.add_argument("name", help="policy name (see `tandem policy list`)")
-    swap.add_argument("--checkpoint", help="checkpoint directory of a learned policy")
+    swap.add_argument("--checkpoint", metavar="NAME", help="a learned policy's checkpoint: the name of its folder "
+                      "in the controller's policy directory (its config's policy_dir), never a path")
     swap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="a parameter of the policy (repeatable; numbers and true/false are parsed)")
     for parser, handler in ((listing, run_policy_list), (show, run_policy_show), (swap, run_policy_set)):

@@ -13,6 +13,7 @@ import grpc
 
 from controller.policies.base import Allocation
 from controller.telemetry import EdgeLoadSample
+from controller.trust import ObservedUser
 from tandem.rpc import bearer_metadata
 from tandem.tls import Transport
 from tandem.wire.v1 import control_pb2 as cpb
@@ -30,8 +31,8 @@ class Dialer:
     transport: Transport
     admin_token: str | None = None
 
-    def channel(self, address: str, role: str) -> grpc.aio.Channel:
-        return self.transport.aio_channel(address, role)
+    def channel(self, address: str, role: str, edge_id: int | None = None) -> grpc.aio.Channel:
+        return self.transport.aio_channel(address, role, edge_id=edge_id)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -45,7 +46,7 @@ class PushRefused(Exception):
 class EdgeClient:
     def __init__(self, edge: int, address: str, dial: Dialer) -> None:
         self.edge, self.address = edge, address
-        self._channel = dial.channel(address, "edge")
+        self._channel = dial.channel(address, "edge", edge_id=edge)  # that edge's certificate, no other
         self._metadata = dial.metadata
         self._stub = control_pb2_grpc.EdgeControlStub(self._channel)
 
@@ -56,7 +57,9 @@ class EdgeClient:
         except grpc.aio.AioRpcError:
             return None
         return EdgeLoadSample(reply.sessions, reply.queue_depth, reply.verify_seconds_mean, reply.version,
-                              reply.draining)
+                              reply.draining, {u.user: ObservedUser(u.remaining_tokens, u.sessions,
+                                                                    u.recent_drafted_tokens, u.recent_accepted_tokens)
+                                               for u in reply.users})
 
     async def set_shares(self, version: int, shares: dict[int, float], timeout: float) -> None:
         try:

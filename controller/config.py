@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller.policies.checkpoints import SHIPPED_POLICY_DIR
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.auth import ADMIN_TOKEN_ENV
 from tandem.tls import TlsSettings
@@ -35,12 +36,19 @@ class UserSpec(BaseModel):
 
 
 class Assumptions(BaseModel):
-    """What the controller assumes of a user until the device reports its own figures."""
+    """What the controller assumes of a user until the device reports its own figures, and the bounds of what
+    it believes of a report (controller/trust.py)."""
 
     model_config = ConfigDict(extra="forbid")
     draft_seconds_per_token: float = Field(0.02, gt=0, le=10, allow_inf_nan=False)
     acceptance: float = Field(0.7, ge=0, le=1, allow_inf_nan=False)
-    pending_tokens: int = Field(128, ge=0)
+    pending_tokens: int = Field(128, ge=0, le=1 << 20, description="also the most a user with no open session on "
+                                "any edge may claim to have pending")
+    min_draft_seconds_per_token: float = Field(0.005, gt=0, le=10, allow_inf_nan=False, description="the fastest "
+                                               "drafting any device of the deployment is believed to do (its "
+                                               "hardware profile's fastest device)")
+    min_acceptance: float = Field(0.2, ge=0, le=1, allow_inf_nan=False, description="the lowest acceptance a report "
+                                  "is believed before the edges have observed the user's drafts")
     spectral_efficiency: float = Field(4.0, ge=0, le=20, allow_inf_nan=False, description="bit/s/Hz of every "
                                        "pair when no link emulator reports measurements")
 
@@ -63,7 +71,17 @@ class ControllerConfig(BaseModel):
     failover_after_s: float = Field(3.0, gt=0, le=3600, allow_inf_nan=False, description="an edge that fails its "
                                     "load probes this long is taken out of the topology; its users move")
     policy: PolicySpec = PolicySpec()
+    policy_dir: Path = Field(SHIPPED_POLICY_DIR, description="the only folder learned-policy checkpoints are loaded "
+                             "from, each a sub-folder named by the `checkpoint` parameter (default: the shipped "
+                             "policies)")
     assume: Assumptions = Assumptions()
+    share_floor: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="every member of an edge keeps "
+                               "at least share_floor / (its members) of the edge's bandwidth and compute, whatever "
+                               "the policy decided: what bounds how far one user's reports can move the others")
+    watches_per_identity: int = Field(4, ge=1, le=1024, description="allocation watches one client identity may "
+                                      "hold open at once")
+    report_rate_per_s: float = Field(10.0, gt=0, le=10_000, allow_inf_nan=False, description="reports one client "
+                                     "identity may send per second (after a burst of twice that)")
     listen: str = Field("127.0.0.1:50070", pattern=ADDRESS_PATTERN)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     state: Path | None = Field(None, description="SQLite file of topology, policy and the latest decision "

@@ -2,10 +2,11 @@
 
 Every slot: probe each edge's load (an edge failing its probes for ``failover_after_s`` leaves the topology, so
 the policy moves its users: a failover), build the observation from the newest telemetry, run the active policy,
-check the decision against the share rules, give it the next version, persist it, and push it — association and
-bandwidth share to the link emulator, compute shares to each edge, allocations to the devices' watches.  A
-policy that fails or decides something invalid leaves the last decision in force (and is counted); a component
-that misses a push gets the full state again with the next slot's version.
+check the decision against the share rules, raise every member of an edge to the share floor
+(controller/share_floor.py: what bounds how far one user's reports can move the others), give it the next version,
+persist it, and push it — association and bandwidth share to the link emulator, compute shares to each edge,
+allocations to the devices' watches.  A policy that fails or decides something invalid leaves the last decision in
+force (and is counted); a component that misses a push gets the full state again with the next slot's version.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from controller.config import ControllerConfig, PolicySpec
 from controller.metrics import ControllerMetrics
 from controller.policies import make_policy
 from controller.policies.base import Decision, Observation, Policy
+from controller.share_floor import with_share_floor
 from controller.state import ControllerState, VersionedDecision
 from controller.telemetry import Telemetry
 from tandem.shares import MAX_VERSION
@@ -69,11 +71,11 @@ class ControlLoop:
         allocations = stored.decision.allocations
         return sorted(a.user for a in allocations) == users and all(a.edge in edges for a in allocations)
 
-    @staticmethod
-    def make(spec: PolicySpec) -> Policy:
-        """The policy ``spec`` names (ValueError when it cannot be made).  Loading a learned one can take seconds:
-        the admin service calls this off the event loop."""
-        return make_policy(spec.name, spec.seed, **spec.params)
+    def make(self, spec: PolicySpec) -> Policy:
+        """The policy ``spec`` names (ValueError when it cannot be made); a learned one's checkpoint is looked up
+        by name in the configured policy directory only.  Loading can take a moment: the admin service calls this
+        off the event loop."""
+        return make_policy(spec.name, spec.seed, self.config.policy_dir, **spec.params)
 
     def set_policy(self, spec: PolicySpec, policy: Policy | None = None) -> Policy:
         """Swap the active policy (it decides the next slot) for ``policy``, made from ``spec`` when not given;
@@ -118,7 +120,8 @@ class ControlLoop:
         self._deciding.add_done_callback(lambda done: done.cancelled() or done.exception())  # late ones: read
         try:
             decision = await asyncio.wait_for(asyncio.shield(self._deciding), self._decision_budget)
-            decision.check(observation)
+            decision.check(observation)  # the policy's own decision must be valid: the floor only redistributes
+            decision = with_share_floor(decision, self.config.share_floor)
         except asyncio.TimeoutError:
             log.error("slot %d: policy %s took over %.1f s; the last decision stays in force", self.slot,
                       self.policy_spec.name, self._decision_budget)

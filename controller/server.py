@@ -17,14 +17,15 @@ from controller.service import ControllerAdminServicer, ControllerServicer
 from controller.state import ControllerState
 from tandem.auth import load_or_create_token
 from tandem.readiness import announce_ready
-from tandem.rpc import ADMINS, DEVICES, Access, make_server
-from tandem.tls import Transport, warn_if_plaintext
+from tandem.rpc import ADMINS, DEVICES, OPERATORS, Access, make_server
+from tandem.tls import Transport, reload_certificates_on_sighup, warn_if_plaintext
 from tandem.wire.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICES = [control_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Controller", "ControllerAdmin")]
-# Devices follow their allocation and report; admins (the admin certificate or token) swap policies.
-ACCESS = Access({SERVICES[0]: DEVICES | ADMINS, SERVICES[1]: ADMINS})
+# Devices follow their allocation and report; the operator (the admin certificate; in plaintext the admin token)
+# swaps policies.
+ACCESS = Access({SERVICES[0]: DEVICES | ADMINS, SERVICES[1]: OPERATORS})
 
 
 class StartError(Exception):
@@ -33,16 +34,26 @@ class StartError(Exception):
 
 async def serve(config: ControllerConfig, state: ControllerState, transport: Transport) -> None:
     token, token_note = load_or_create_token(config.admin_token_file, state.path)
-    policy = state.load_policy() or config.policy  # a policy swapped at run time survives a restart
+    stored = state.load_policy()  # a policy swapped at run time survives a restart...
     state.save_topology(config.topology_json())
-    state.save_policy(policy)
     metrics = ControllerMetrics()
+    # Over TLS the controller's certificate is its credential with edges and the link emulator; in plaintext it
+    # sends the admin token, which they check when they were given it.
+    client_token = None if transport.secure else token
     try:
-        # Over TLS the controller's certificate is its credential with edges and the link emulator; in plaintext
-        # it sends the admin token, which they check when they were given it.
-        loop = ControlLoop(config, state, policy, metrics, transport, None if transport.secure else token)
+        loop = ControlLoop(config, state, stored or config.policy, metrics, transport, client_token)
     except ValueError as error:
-        raise StartError(str(error)) from None
+        if stored is None or stored == config.policy:
+            raise StartError(str(error)) from None
+        # ...unless it can no longer be made (its checkpoint gone or refused): the configured one then.
+        log.warning("the stored policy %s cannot be used (%s); starting with the configured %s", stored.name, error,
+                    config.policy.name)
+        try:
+            loop = ControlLoop(config, state, config.policy, metrics, transport, client_token)
+        except ValueError as error:
+            raise StartError(str(error)) from None
+    policy = loop.policy_spec
+    state.save_policy(policy)
     server = make_server(transport, ACCESS, token)
     control_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(loop), server)
     control_pb2_grpc.add_ControllerAdminServicer_to_server(ControllerAdminServicer(loop), server)
@@ -67,6 +78,7 @@ async def serve(config: ControllerConfig, state: ControllerState, transport: Tra
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    reload_certificates_on_sighup()
     log.info("%s; state in %s; policy %s", token_note, state.path, policy.name)
     host = config.listen.rpartition(":")[0]
     print(f"controller ready on {host}:{port} (policy {policy.name}{metrics_note})", flush=True)

@@ -1,13 +1,16 @@
 """The controller's gRPC servicers: devices (allocation watch, reports), status, and administration.
 
 They parse and validate requests, delegate to the control loop and its telemetry, and map errors to statuses;
-nothing here decides anything.
+nothing here decides anything.  Each identity (device certificate) may hold ``watches_per_identity`` allocation
+watches and report at ``report_rate_per_s`` (the config): one device cannot tie up the controller's streams or
+flood its telemetry.  Plaintext callers have no identity and no such limits (development only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from contextlib import nullcontext
 
 import grpc
 
@@ -16,7 +19,8 @@ from controller.config import PolicySpec
 from controller.loop import ControlLoop
 from controller.policies import available
 from controller.telemetry import DeviceReport
-from tandem.rpc import caller_of
+from tandem.limits import LimitExceeded, RateLimit, StreamLimit
+from tandem.rpc import Caller, caller_of
 from tandem.wire.v1 import control_pb2 as pb
 from tandem.wire.v1 import control_pb2_grpc
 
@@ -34,16 +38,27 @@ class ControllerServicer(control_pb2_grpc.ControllerServicer):
     def __init__(self, loop: ControlLoop) -> None:
         self._loop = loop
         self._users = {user.id for user in loop.config.users}
+        self._watches = StreamLimit(loop.config.watches_per_identity)
+        rate = loop.config.report_rate_per_s
+        self._reports = RateLimit(rate, burst=max(1, round(2 * rate)))
 
     async def WatchAllocation(self, request: pb.WatchAllocationRequest, context):
-        await _check_user(self._loop, context, request.user)
+        caller = await _check_user(self._loop, context, request.user)
         if request.user not in self._users:
             await _refuse(self._loop, context, "NOT_FOUND", f"user {request.user} is not in the topology")
-        async for item in self._loop.board.watch(request.user):
-            yield allocation_message(item, self._loop.config.edge(item.allocation.edge).address)
+        try:
+            with self._watches.hold(caller.identity, "allocation watches") if caller.identity else nullcontext():
+                async for item in self._loop.board.watch(request.user):
+                    yield allocation_message(item, self._loop.config.edge(item.allocation.edge).address)
+        except LimitExceeded as error:
+            await _refuse(self._loop, context, "RESOURCE_EXHAUSTED", str(error))
 
     async def Report(self, request: pb.UserReport, context) -> pb.ReportAck:
-        await _check_user(self._loop, context, request.user)
+        caller = await _check_user(self._loop, context, request.user)
+        if caller.identity and not self._reports.take(caller.identity):
+            await _refuse(self._loop, context, "RESOURCE_EXHAUSTED", "this identity reports faster than "
+                          f"{self._loop.config.report_rate_per_s:g} per second; the newest report within the rate "
+                          "is the one used")
         try:
             self._loop.telemetry.record_report(request.user, DeviceReport(
                 request.draft_seconds_per_token, request.acceptance, request.pending_tokens, request.round_seconds))
@@ -141,10 +156,11 @@ def _summary(doc: str | None) -> str:
     return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
-async def _check_user(loop: ControlLoop, context, user: int) -> None:
+async def _check_user(loop: ControlLoop, context, user: int) -> Caller:
     caller = caller_of(context)
     if not caller.may_act_for(user):
         await _refuse(loop, context, "PERMISSION_DENIED", f"{caller.identity} may not act for user {user}")
+    return caller
 
 
 async def _refuse(loop: ControlLoop, context, code: str, message: str) -> None:

@@ -2,7 +2,8 @@
 
 Telemetry arrives from three sides (the link emulator's measurement stream, the devices' reports, the edges' load
 probes); every slot ``observation`` turns the newest of each into the policy's input.  Device reports are
-validated here: a report that is not finite, out of range or from an unknown user is refused and changes nothing.
+validated here: a report that is not finite, out of range or from an unknown user is refused and changes nothing;
+an accepted one is believed only as far as the edges' own observations allow (controller/trust.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,9 @@ from dataclasses import dataclass, field
 from controller.config import ControllerConfig
 from controller.estimator import EdgeState, UserState
 from controller.policies.base import Observation
+from controller.trust import Believed, DeviceReport, ObservedUser, believe
 
-
-@dataclass(frozen=True)
-class DeviceReport:
-    draft_seconds_per_token: float
-    acceptance: float
-    pending_tokens: int
-    round_seconds: float = 0.0  # observed mean round (0 = none yet)
+__all__ = ["DeviceReport", "EdgeHealth", "EdgeLoadSample", "Telemetry"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +27,7 @@ class EdgeLoadSample:
     verify_seconds: float
     shares_version: int
     draining: bool = False  # the edge is shutting down: it leaves the topology now, before it goes
+    users: dict[int, ObservedUser] = field(default_factory=dict)  # what the edge observed of each user
 
 
 @dataclass
@@ -90,26 +87,28 @@ class Telemetry:
     def healthy_edges(self) -> list[int]:
         return [edge.id for edge in self.config.edges if self.edges[edge.id].healthy]
 
+    def believed(self, user: int) -> Believed:
+        """The user's newest report, bounded by what the edges that answered their last probe observed of it."""
+        observed = [health.load.users[user] for health in self.edges.values()
+                    if health.load is not None and user in health.load.users]
+        return believe(self.reports.get(user), observed, self.config.assume)
+
     def observation(self, slot: int) -> Observation:
         """Every user over the healthy edges (ValueError when no edge is healthy)."""
         edges = [self.config.edge(e) for e in self.healthy_edges()]
         if not edges:
             raise ValueError("no edge is healthy")
-        assume = self.config.assume
-        static = (assume.spectral_efficiency, assume.spectral_efficiency)
+        static = (self.config.assume.spectral_efficiency,) * 2
         users = []
         for spec in self.config.users:
-            report = self.reports.get(spec.id)
+            figures = self.believed(spec.id)
             se = [self.spectral_efficiency.get((spec.id, e.id), static) for e in edges]
             users.append(UserState(
                 user=spec.id, se_up=tuple(s[0] for s in se), se_down=tuple(s[1] for s in se),
-                draft_s_per_token=report.draft_seconds_per_token if report and report.draft_seconds_per_token > 0
-                else assume.draft_seconds_per_token,
-                acceptance=report.acceptance if report else assume.acceptance,
+                draft_s_per_token=figures.draft_seconds_per_token, acceptance=figures.acceptance,
                 draft_length=spec.draft_length,
                 # An idle user still needs a sensible edge: it counts as one pending token (0 would zero its cost).
-                pending_tokens=max(1, report.pending_tokens if report else assume.pending_tokens),
-                rtt_s=spec.rtt_s))
+                pending_tokens=max(1, figures.pending_tokens), rtt_s=spec.rtt_s))
         return Observation(slot, tuple(EdgeState(e.id, e.bandwidth_hz, e.compute, e.capacity) for e in edges),
                            tuple(users))
 

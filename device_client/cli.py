@@ -26,6 +26,7 @@ class GenerateArgs(BaseModel):
     edge: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
     controller: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
     via: str | None = Field(default=None, pattern=ADDRESS_PATTERN)
+    edge_id: int | None = Field(default=None, ge=0, lt=1 << 32)
     user: int | None = Field(default=None, ge=0, lt=1 << 32)
     mode: str
     max_tokens: int = Field(ge=1, le=1 << 20)
@@ -44,6 +45,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                                        "associates this user with (--controller and --user): the request moves "
                                        "between edges losslessly when the association changes or an edge fails")
     target.add_argument("--edge", help="edge server address HOST:PORT")
+    target.add_argument("--edge-id", type=int, help="with --edge: the edge expected there; over TLS only the "
+                        "certificate of that edge (edge-N) is accepted (default: any edge of the deployment)")
     target.add_argument("--controller", help="controller address HOST:PORT")
     target.add_argument("--user", type=int, help="this device's user id in the controller's topology")
     target.add_argument("--via", help="with --controller: reach every edge through this address (the device's "
@@ -87,7 +90,8 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
         checked = GenerateArgs(
-            edge=args.edge, controller=args.controller, via=args.via, user=args.user, mode=args.mode,
+            edge=args.edge, edge_id=args.edge_id, controller=args.controller, via=args.via, user=args.user,
+            mode=args.mode,
             max_tokens=args.max_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, draft_length=args.draft_length,
             threads=args.threads, prompt=prompt,
@@ -100,6 +104,8 @@ def run_generate(args: argparse.Namespace) -> int:
         return fail("--controller needs --user (this device's id in the topology)", EXIT_USAGE)
     if checked.controller is None and (checked.user is not None or checked.via is not None):
         return fail("--user and --via go with --controller", EXIT_USAGE)
+    if checked.edge is None and checked.edge_id is not None:
+        return fail("--edge-id goes with --edge (the controller names the edge itself)", EXIT_USAGE)
     if checked.controller is not None and args.trace is not None:
         return fail("--trace emulates one fixed link; with --controller use `tandem linkemu serve` and --via",
                     EXIT_USAGE)
@@ -132,7 +138,8 @@ def run_generate(args: argparse.Namespace) -> int:
         with link or nullcontext():  # the emulated link's port is known once it started
             address = checked.edge if link is None else link.address
             return _run(args, request, draft_path, checked.threads,
-                        EdgeConnection(address, args.connect_timeout, transport=transport))
+                        EdgeConnection(address, args.connect_timeout, transport=transport,
+                                       edge_id=checked.edge_id))
     except ControllerUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
     except ControllerRefused as error:

@@ -40,15 +40,16 @@ class EdgeUnreachable(Exception):
 
 class EdgeConnection(EdgeHandle):
     def __init__(self, address: str, connect_timeout: float = 10.0, name: str | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, edge_id: int | None = None) -> None:
         """``transport``: the device's credentials (default: from $TANDEM_TLS_DIR as device-0, or plaintext with
-        $TANDEM_INSECURE=1; TlsError otherwise)."""
+        $TANDEM_INSECURE=1; TlsError otherwise).  ``edge_id``: the edge the device was sent to; over TLS a server
+        without that edge's certificate is refused at the handshake (None: any edge of the deployment)."""
         self.address = address
         self.name = name or address
         self.connect_timeout = connect_timeout
         self.transport = transport or default_transport("device-0")
         self.channel = self.transport.channel(
-            address, "edge",
+            address, "edge", edge_id=edge_id,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

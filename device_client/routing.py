@@ -133,9 +133,12 @@ class ControllerRoute(Route):
         with self._edges_lock:
             handle = self._edges.get(allocation.edge)
             if handle is None:
+                # Checked by its own name: through the radio link (--via) the emulator decides which edge answers,
+                # and only the edge the controller named is accepted.
                 handle = self._edges[allocation.edge] = EdgeConnection(
                     self._via or allocation.address, self._connect_timeout,
-                    name=f"edge {allocation.edge} ({allocation.address})", transport=self._transport)
+                    name=f"edge {allocation.edge} ({allocation.address})", transport=self._transport,
+                    edge_id=allocation.edge)
             return handle
 
     def draft_length(self, longest: int) -> int:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tandem.verification_log import BlockRecord
+from tandem.verification_log import BlockRecord, open_for_append
 
 
 class VerificationLogWriter:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", buffering=1, encoding="utf-8")
+        self._file = open_for_append(path)  # 0600: every user's prompts and answers
 
     def write(self, record: BlockRecord) -> None:
         self._file.write(record.model_dump_json() + "\n")

@@ -29,7 +29,7 @@ class SessionRequest:
     sampling: SamplingConfig
     speculative: bool
     draft_length: int  # speculative: the longest block
-    max_new_tokens: int  # edge-only
+    max_new_tokens: int  # edge-only: tokens to generate; speculative: the declared budget (0: up to the context)
     stop_ids: list[int]  # edge-only
     user: int | None
 

@@ -30,7 +30,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain", type=float, help="on SIGTERM, seconds blocks in flight may take (default 10)")
     parser.add_argument("--max-context", type=int, help="tokens per session, prompt included (default 2048)")
     parser.add_argument("--max-draft-length", type=int, help="longest draft block accepted (default 16)")
-    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle session ends (default 60)")
+    parser.add_argument("--idle-timeout", type=float, help="seconds a detached session waits for its device to "
+                        "attach again (default 60)")
+    parser.add_argument("--commit-idle", type=float, help="seconds an attached session may commit nothing before it "
+                        "is closed, freeing its slot (default 30)")
     parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted (default 4 MiB)")
     parser.add_argument("--batch-window", type=float, help="seconds to wait for other sessions' blocks (0.002)")
     parser.add_argument("--step-tokens", type=int, help="target work in tokens one engine step may batch; "
@@ -67,7 +70,8 @@ def run_serve(args: argparse.Namespace) -> int:
             "engine": args.engine, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
             "model": args.model, "data_dir": args.data_dir, "max_sessions": args.max_sessions,
             "max_context": args.max_context, "max_draft_length": args.max_draft_length,
-            "idle_timeout_s": args.idle_timeout, "max_message_bytes": args.max_message_bytes,
+            "idle_timeout_s": args.idle_timeout, "commit_idle_s": args.commit_idle,
+            "max_message_bytes": args.max_message_bytes,
             "batch_window_s": args.batch_window, "step_tokens": args.step_tokens, "edge_id": args.edge_id,
             "verification_log": args.verification_log,
             "vllm.top_n": args.top_n, "vllm.block_size": args.block_size,

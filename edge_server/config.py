@@ -49,7 +49,11 @@ class EdgeConfig(BaseModel):
                            "flight may take to finish before the server stops")
     max_context: int = Field(2048, ge=64, le=1 << 20)
     max_draft_length: int = Field(16, ge=1, le=256)
-    idle_timeout_s: float = Field(60.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False, description="how long a detached "
+                                  "session waits for its device to attach again")
+    commit_idle_s: float = Field(30.0, gt=0, le=86_400, allow_inf_nan=False, description="an attached session "
+                                 "that commits nothing this long is closed: holding a slot costs a verified block "
+                                 "at least this often")
     max_message_bytes: int = Field(4 << 20, ge=1024)
     batch_window_s: float = Field(0.002, ge=0, le=1)
     step_tokens: int | None = Field(None, ge=1, le=1 << 16, description="target work (tokens) one engine step may "

@@ -9,6 +9,7 @@ import grpc
 from edge_server.compute_shares import ComputeShares, StaleVersion
 from edge_server.drain import Drain
 from edge_server.metrics import EdgeMetrics
+from edge_server.observations import DraftCounts
 from edge_server.scheduler import ShareScheduler
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
@@ -43,8 +44,8 @@ class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if changed and shares != previous:
             self._metrics.compute_share.clear()  # a user who left this edge leaves no stale series
-            for user, share in shares.items():
-                self._metrics.compute_share.labels(str(user)).set(share)
+            for label, share in self._metrics.user_label.totals(shares).items():
+                self._metrics.compute_share.labels(label).set(share)
             log.info("compute shares version %d: %s", request.version,
                      ", ".join(f"user {u} {s:.3f}" for u, s in sorted(shares.items())) or "none")
         self._metrics.shares_version.set(self._shares.version)
@@ -56,6 +57,8 @@ class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
     def _load(self) -> pb.EdgeLoad:
         shares = self._shares.snapshot()
         sessions = self._registry.sessions_by_user()
+        remaining = self._registry.remaining_by_user(self._verifier.engine_info.max_context)
+        observed = self._verifier.observations
         users = sorted((set(shares) | set(sessions) | set(self._scheduler.served_tokens)) - {None})
         return pb.EdgeLoad(
             version=self._shares.version,
@@ -64,5 +67,11 @@ class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
             verify_seconds_mean=self._verifier.recent_verify_seconds,
             best_effort_jobs=self._scheduler.best_effort_jobs,
             draining=self._drain.active,
-            users=[pb.UserLoad(user=u, share=shares.get(u, 0.0), sessions=sessions.get(u, 0),
-                               served_tokens=self._scheduler.served_tokens.get(u, 0)) for u in users])
+            users=[_user_load(u, shares.get(u, 0.0), sessions.get(u, 0), self._scheduler.served_tokens.get(u, 0),
+                              remaining.get(u, 0), observed.counts(u)) for u in users])
+
+
+def _user_load(user: int, share: float, sessions: int, served: int, remaining: int,
+               observed: DraftCounts) -> pb.UserLoad:
+    return pb.UserLoad(user=user, share=share, sessions=sessions, served_tokens=served, remaining_tokens=remaining,
+                       recent_drafted_tokens=observed.drafted, recent_accepted_tokens=observed.accepted)

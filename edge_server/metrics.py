@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tandem.labels import UserLabels
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -11,6 +13,7 @@ class EdgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.user_label = UserLabels()  # users come from requests: at most 256 labels, then "other"
         self.sessions_active = Gauge("tandem_edge_sessions_active", "Sessions held by the edge", registry=r)
         self.sessions_opened = Counter(
             "tandem_edge_sessions_opened_total", "Sessions opened", ["mode"], registry=r
@@ -42,6 +45,9 @@ class EdgeMetrics:
         self.served_tokens = Counter(
             "tandem_edge_served_tokens_total", "Target work done, in tokens, by the user who paid for it", ["user"],
             registry=r)
+        self.reread_tokens = Counter(
+            "tandem_edge_reread_tokens_total", "Prefix tokens the engine re-read beyond what blocks paid for (a "
+            "context evicted from its cache), charged to the flows that caused them", registry=r)
         self.best_effort_jobs = Counter(
             "tandem_edge_best_effort_jobs_total", "Jobs of users without a compute share on this edge", registry=r)
         self.compute_share = Gauge("tandem_edge_compute_share", "Compute share in force by user", ["user"], registry=r)

@@ -11,6 +11,10 @@ One step is either a batch of verification blocks, taken in tag order while thei
 (engines batch them in one call), or one exclusive job run alone (a teacher-forcing ``Score``, an edge-only
 token).  Cost is in tokens of target work: a block costs its length + 1 (the positions it scores) — the first
 block of a session also its prompt, whose prefill it brings —, a Score its sequence length, an edge-only token 1.
+What an engine had to re-read beyond that (its cache no longer held the session's prefix: evicted by other
+sessions, or a slot given to another identity) is learnt only once the step ran: it is then charged to the flow
+whose block needed it (``_charge_rereads``), which pushes that flow's next jobs back by the work it caused.  Sessions
+that take turns evicting each other near the context limit thus pay for the prefills they cause.
 """
 
 from __future__ import annotations
@@ -153,7 +157,7 @@ class ShareScheduler:
         started = time.perf_counter()
         for job in step:
             self.served_tokens[job.flow.user] += int(job.cost)
-            self._metrics.served_tokens.labels(_label(job.flow.user)).inc(job.cost)
+            self._metrics.served_tokens.labels(self._metrics.user_label(job.flow.user)).inc(job.cost)
         try:
             if step[0].block is None:
                 results = [await step[0].work()]
@@ -161,6 +165,7 @@ class ShareScheduler:
                 self._metrics.batch_size.observe(len(step))
                 scored = await self._engine.score_blocks([job.block for job in step])
                 results = [ScoreResult(s, started - job.queued_at, len(step)) for s, job in zip(scored, step)]
+                self._charge_rereads(step, scored)
             if self._pacing is not None:
                 await self._pacing.hold(started, self._paced_seconds(step))
         except Exception as error:  # the engine failed this step: every job in it gets the error
@@ -172,6 +177,22 @@ class ShareScheduler:
             if not job.future.done():
                 job.future.set_result(result)
 
+    def _charge_rereads(self, step: list[_Job], scored: list[ScoredBlock]) -> None:
+        """Charge each flow the prefix tokens the engine re-read for its block beyond what its job paid for."""
+        for job, block in zip(step, scored):
+            if block.cached_tokens is None:  # the engine cannot tell: charged as submitted
+                continue
+            reread = len(job.block.prefix) - block.cached_tokens
+            # The job paid len(block) + 1 (+ its prompt's prefill): its last prefix token plus the block's positions.
+            extra = reread + len(job.block.block) - job.cost
+            if extra <= 0:
+                continue
+            key = job.flow.key
+            self._finish_tags[key] = max(self._virtual_time, self._finish_tags.get(key, 0.0)) + extra / job.weight
+            self.served_tokens[job.flow.user] += int(extra)
+            self._metrics.served_tokens.labels(self._metrics.user_label(job.flow.user)).inc(extra)
+            self._metrics.reread_tokens.inc(extra)
+
     def _paced_seconds(self, step: list[_Job]) -> float:
         """The emulated edge's time for this step (hardware pacing)."""
         if step[0].block is None:
@@ -179,6 +200,3 @@ class ShareScheduler:
         return self._pacing.block_step_seconds(
             [(job.flow.session, len(job.block.prefix), len(job.block.block)) for job in step])
 
-
-def _label(user: int | None) -> str:
-    return "none" if user is None else str(user)

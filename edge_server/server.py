@@ -31,7 +31,7 @@ from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.readiness import announce_ready
 from tandem.rpc import ADMINS, DEVICES, Access, make_server
-from tandem.tls import Transport, warn_if_plaintext
+from tandem.tls import Transport, reload_certificates_on_sighup, warn_if_plaintext
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ async def serve(config: EdgeConfig, transport: Transport) -> None:
     await engine.start()
     metrics = EdgeMetrics()
     registry = SessionRegistry(config.max_sessions, config.idle_timeout_s,
-                               per_identity=config.max_sessions_per_identity, open_rate=config.open_rate_per_s)
+                               per_identity=config.max_sessions_per_identity, open_rate=config.open_rate_per_s,
+                               commit_idle=config.commit_idle_s)
     metrics.sessions_active.set_function(lambda: len(registry))  # read at scrape time: never stale
     drain = Drain()
     shares = ComputeShares(config.edge_id or 0)
@@ -89,6 +90,7 @@ async def serve(config: EdgeConfig, transport: Transport) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    reload_certificates_on_sighup()
     print(f"edge ready on {config.host}:{port} (engine {config.engine}, {transport.describe()}{metrics_note})",
           flush=True)
     announce_ready("edge", address=f"{config.host}:{port}", metrics_port=metrics_port)

@@ -53,7 +53,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             _check_user(caller, job.user)
             with self._registry.score_lease(caller.identity):
                 async with self._drain.work():
-                    scored = await self._verifier.score(job)
+                    scored = await self._verifier.score(job, caller.identity)
         except SessionError as error:
             await self._abort(context, error)
         except Exception:
@@ -71,16 +71,17 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(messages.__anext__(), timeout=self._registry.idle_timeout)
+                    message = await asyncio.wait_for(messages.__anext__(), timeout=self._registry.wait_limit(session))
                 except StopAsyncIteration:
                     return
                 except asyncio.TimeoutError:
-                    if session is not None:
-                        self._registry.close(session)
-                        session = None
-                    raise SessionError(
-                        "DEADLINE_EXCEEDED", f"no message for {self._registry.idle_timeout:g} s; session closed"
-                    ) from None
+                    if session is None:
+                        raise SessionError("DEADLINE_EXCEEDED",
+                                           f"no message for {self._registry.idle_timeout:g} s") from None
+                    self._registry.close(session)
+                    session = None
+                    raise SessionError("DEADLINE_EXCEEDED", f"nothing committed for {self._registry.commit_idle:g} "
+                                       "s; session closed (its committed tokens are the prompt of a new one)") from None
                 self._metrics.bytes_received.inc(message.ByteSize())
                 kind = message.WhichOneof("kind")
                 if session is None:

@@ -1,8 +1,9 @@
 """Decoding sessions held by an edge: committed tokens, sampling state, limits.
 
 A session outlives the gRPC stream that drives it, so that a device whose radio link dropped can attach again
-without losing a committed token; it ends on close, or once it has been detached for ``idle_timeout`` seconds
-without progress.  The idle clock restarts when a session that made progress (a verified block) since it was last
+without losing a committed token; it ends on close, once it has been detached for ``idle_timeout`` seconds
+without progress, or once it has committed nothing for ``commit_idle`` seconds while attached (a stream that only
+holds a slot, sending nothing, is closed; service.py waits for its next message no longer than that).  The idle clock restarts when a session that made progress (a verified block) since it was last
 attached is detached — a device whose link broke gets the whole timeout to come back — but attaching, and detaching
 without progress, do not restart it: a client cannot keep a session alive by re-attaching.
 
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tandem.limits import RateLimit
 from tandem.rpc import echo
 from tandem.sampling import SamplingConfig
 
@@ -46,6 +48,7 @@ class Session:
     sampling: SamplingConfig
     speculative: bool
     draft_length: int
+    max_new_tokens: int = 0  # the request's declared budget (0: up to the context)
     user: int | None = None  # whose compute share pays for its verifications
     owner: str | None = None  # the identity that opened it (None: plaintext, nobody's)
     last_active: float = field(default_factory=time.monotonic)  # last progress: open, or a verified block
@@ -57,37 +60,26 @@ class Session:
         self.last_active = time.monotonic()
         self.progressed = True
 
+    def remaining_tokens(self, max_context: int) -> int:
+        """Tokens this session may still commit: its declared budget left, bounded by the context left (what the
+        edge reports as the user's pending work; a device's own report is never believed beyond it)."""
+        room = max(0, max_context - len(self.tokens))
+        if self.max_new_tokens:
+            room = min(room, max(0, self.max_new_tokens - (len(self.tokens) - self.prompt_length)))
+        return room
+
 
 OPEN_BURST = 8
 
 
-class OpenRate:
-    """A token bucket per identity: ``burst`` opens at once, then ``rate`` per second."""
-
-    def __init__(self, rate: float, burst: int = OPEN_BURST) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, when)
-
-    def take(self, identity: str) -> bool:
-        now = time.monotonic()
-        tokens, when = self._buckets.get(identity, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - when) * self.rate)
-        if tokens < 1:
-            self._buckets[identity] = (tokens, now)
-            return False
-        self._buckets[identity] = (tokens - 1, now)
-        if len(self._buckets) > 4096:  # forget identities whose bucket is full again
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.burst}
-        return True
-
-
 class SessionRegistry:
     def __init__(self, max_sessions: int, idle_timeout: float, remember_closed: int = 4096,
-                 per_identity: int | None = None, open_rate: float = 2.0) -> None:
+                 per_identity: int | None = None, open_rate: float = 2.0, commit_idle: float | None = None) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self.commit_idle = commit_idle or idle_timeout
         self.per_identity = per_identity or max_sessions
-        self._open_rate = OpenRate(open_rate)
+        self._open_rate = RateLimit(open_rate, OPEN_BURST)
         self._scoring: Counter[str | None] = Counter()  # Score calls in flight, by identity
         self._sessions: dict[str, Session] = {}
         # Recently ended ids and their owners, to tell an owner "closed" rather than "unknown".
@@ -118,6 +110,7 @@ class SessionRegistry:
             sampling=request.sampling,
             speculative=request.speculative,
             draft_length=request.draft_length,
+            max_new_tokens=request.max_new_tokens,
             user=request.user,
             owner=owner,
         )
@@ -126,6 +119,20 @@ class SessionRegistry:
 
     def sessions_by_user(self) -> Counter[int | None]:
         return Counter(session.user for session in self._sessions.values())
+
+    def remaining_by_user(self, max_context: int) -> Counter[int | None]:
+        """Per user, the tokens its open sessions may still commit."""
+        remaining: Counter[int | None] = Counter()
+        for session in self._sessions.values():
+            remaining[session.user] += session.remaining_tokens(max_context)
+        return remaining
+
+    def wait_limit(self, session: Session | None) -> float:
+        """How long a stream may wait for its next message: ``idle_timeout`` before it opens or attaches, then
+        until its session has committed nothing for ``commit_idle`` seconds."""
+        if session is None:
+            return self.idle_timeout
+        return max(0.0, session.last_active + self.commit_idle - time.monotonic())
 
     def _reclaim_detached(self, owner: str) -> None:
         detached = [session for session in self._sessions.values() if session.owner == owner and not session.attached]

@@ -16,6 +16,7 @@ from edge_server.audit import VerificationLogWriter
 from edge_server.checks import Block, ScoreJob, SessionRequest
 from edge_server.engines.base import ScoredPosition, ScoreRequest, TargetEngine
 from edge_server.metrics import EdgeMetrics
+from edge_server.observations import DraftObservations
 from edge_server.scheduler import Flow, ShareScheduler
 from edge_server.sessions import Session
 from tandem.sampling import verify_block
@@ -45,6 +46,7 @@ class Verifier:
         self._metrics = metrics
         self._audit = audit
         self._recent: deque[float] = deque(maxlen=RECENT_VERIFICATIONS)
+        self.observations = DraftObservations()  # each user's acceptance as verified here (EdgeLoad)
 
     @property
     def engine_info(self):
@@ -58,8 +60,8 @@ class Verifier:
         arrived = time.perf_counter()
         top_n = session.sampling.candidates_needed(self._engine.info.vocab_size)
         prefill = session.prompt_length if session.verified_blocks == 0 else 0
-        result = await self._scheduler.score(flow_of(session), ScoreRequest(session.tokens, block.tokens, top_n),
-                                             prefill)
+        request = ScoreRequest(session.tokens, block.tokens, top_n, cache_owner=session.owner)
+        result = await self._scheduler.score(flow_of(session), request, prefill)
         candidates = result.scored.candidates
         verdict = verify_block(block.tokens, block.dists, candidates, session.sampling, len(session.tokens))
         if self._audit is not None:
@@ -70,6 +72,7 @@ class Verifier:
         session.tokens.append(verdict.next_token)
         session.verified_blocks += 1
         session.touch()  # progress: what keeps a session from being reaped
+        self.observations.record(session.user, len(block.tokens), verdict.accepted)
         elapsed = time.perf_counter() - arrived
         self._recent.append(elapsed)
         self._metrics.verify_seconds.observe(elapsed)
@@ -83,7 +86,8 @@ class Verifier:
     async def decode_on_edge(self, session: Session, request: SessionRequest) -> AsyncIterator[list[int]]:
         """The target decodes alone; each token is one exclusive step in the session's turn (the first one charged
         the prompt's prefill)."""
-        tokens = self._engine.generate(session.tokens, session.sampling, request.max_new_tokens, request.stop_ids)
+        tokens = self._engine.generate(session.tokens, session.sampling, request.max_new_tokens, request.stop_ids,
+                                       cache_owner=session.owner)
         iterator = tokens.__aiter__()
         # The scheduler may be advancing the generator when the stream is cancelled: closing it then would fail
         # ("already running"), so advancing and closing take turns.
@@ -101,14 +105,16 @@ class Verifier:
             while (new := await self._scheduler.exclusive(flow_of(session), cost, next_tokens)) is not None:
                 cost = 1
                 session.tokens.extend(new)
+                session.touch()
                 self._metrics.emitted_tokens.labels("edge-only").inc(len(new))
                 yield new
         finally:
             async with turn:
                 await iterator.aclose()
 
-    async def score(self, job: ScoreJob) -> list[ScoredPosition]:
-        """Teacher forcing of a whole sequence, as one exclusive step paid by the job's user."""
+    async def score(self, job: ScoreJob, owner: str | None) -> list[ScoredPosition]:
+        """Teacher forcing of a whole sequence, as one exclusive step paid by the job's user (``owner``: the
+        identity asking, whose cache alone it may reuse)."""
         return await self._scheduler.exclusive(
             Flow(job.user, "score"), len(job.tokens),
-            lambda: self._engine.teacher_force(job.tokens, job.start, job.top_n))
+            lambda: self._engine.teacher_force(job.tokens, job.start, job.top_n, cache_owner=owner))

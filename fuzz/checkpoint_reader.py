@@ -17,23 +17,27 @@ import atheris
 
 from common import edited_json, main, rejected, scratch_file
 
-with atheris.instrument_imports(include=["controller.policies.masac", "controller.policies.edge_agent", "json"]):
+with atheris.instrument_imports(include=["controller.policies.checkpoints", "controller.policies.edge_agent",
+                                         "json"]):
+    from controller.policies.checkpoints import (FORMAT_VERSION, METADATA, SHIPPED_POLICY_DIR, CheckpointError,
+                                                 read_metadata)
     from controller.policies.edge_agent import ENCODING_VERSION
-    from controller.policies.masac import DEFAULT_CHECKPOINT, METADATA, CheckpointError, read_metadata
+    from controller.policies.masac import DEFAULT_CHECKPOINT
 
-SHIPPED = (DEFAULT_CHECKPOINT / METADATA).read_bytes()
+SHIPPED = (SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT / METADATA).read_bytes()
 SHIPPED_FIELDS = json.loads(SHIPPED)
-KEYS_TO_EDIT = ["max_users", "encoding_version", "training", "module_id", "format"]  # a short payload picks the first
+KEYS_TO_EDIT = ["max_users", "encoding_version", "hidden_layers", "format_version", "training", "format"]  # a short payload picks the first
 WORDS = ("tandem-policy", "edge")
 
 
 def checked(content: bytes) -> None:
     with rejected(CheckpointError), scratch_file(f"policy/{METADATA}", content) as path:
-        spec = read_metadata(path.parent)
+        spec, network = read_metadata(path.parent)
         data = json.loads(content)
-        assert data["format"] == "tandem-policy", data
+        assert data["format"] == "tandem-policy" and data["format_version"] == FORMAT_VERSION, data
         assert type(data["encoding_version"]) is int and data["encoding_version"] == ENCODING_VERSION, data
         assert type(data["max_users"]) is int and data["max_users"] == spec.max_users, (data, spec)
+        assert list(network.hidden) == data["hidden_layers"] and all(type(w) is int for w in network.hidden), data
 
 
 def test_one_input(data: bytes) -> None:

@@ -5,7 +5,7 @@ Raw modes parse the payload as the request the handler gets (linkemu AssignReque
 SetSharesRequest) and apply it as the servicer does; structured modes hand the validators users, edges, versions
 and shares made field by field, with NaN, infinite, denormal and just-over-1 floats.  A bad decision must be
 refused with ``ValueError`` (``StaleVersion`` is one) and leave the state as it was; an accepted one must obey the
-rule: every share in (0, 1], on a known edge, at most 1 (plus slack) per edge.
+rule: every share in [MIN_SHARE, 1], on a known edge, at most 1 (plus slack) per edge.
 
     python fuzz/control_messages.py [libFuzzer args]     python fuzz/control_messages.py --write-seeds DIR
 """
@@ -24,7 +24,7 @@ from common import dispatch, edgy_float, edgy_uint, main, rejected
 with atheris.instrument_imports(include=["tandem.shares", "linkemu.assignments", "edge_server.compute_shares"]):
     from edge_server.compute_shares import ComputeShares
     from linkemu.assignments import Assignment, AssignmentTable
-    from tandem.shares import SHARE_SLACK, check_shares
+    from tandem.shares import MIN_SHARE, SHARE_SLACK, check_shares
     from tandem.wire.v1 import control_pb2, linkemu_pb2
 
 EDGES = (0, 1, 2)
@@ -38,7 +38,7 @@ def obeys_rule(held: Iterable[tuple[int, int, float]], edges: Iterable[int]) -> 
     totals: dict[int, float] = defaultdict(float)
     known = set(edges)
     for _user, edge, share in sorted(held):  # the order check_shares sums in, so totals round alike
-        assert edge in known and math.isfinite(share) and 0 < share <= 1, (edge, share)
+        assert edge in known and math.isfinite(share) and MIN_SHARE <= share <= 1, (edge, share)
         totals[edge] += share
     assert all(total <= 1 + SHARE_SLACK for total in totals.values()), totals
 

@@ -2,13 +2,14 @@
 
 The static config fills it at start; the controller changes it at run time through the control service
 (linkemu/control.py). A change is checked as a whole and applied all at once, so readers (the shapers, new
-connections) always see one consistent table in which the shares on each edge sum to at most 1.
+connections) always see one consistent table in which the shares on each edge sum to at most 1.  Listeners hear
+which users a change moved or re-shared (the emulator re-times the bytes waiting in their links).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tandem.shares import check_shares
@@ -26,6 +27,12 @@ class AssignmentTable:
         self.edges = frozenset(edges)
         self._lock = threading.Lock()
         self._assignments = self._checked(dict(initial))
+        self._listeners: list[Callable[[frozenset[int]], None]] = []
+
+    def subscribe(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """After each change, ``listener(users)`` is called (in the caller's thread) with the users whose edge or
+        share it changed."""
+        self._listeners.append(listener)
 
     def assign(self, changes: Mapping[int, Assignment]) -> dict[int, Assignment]:
         """Apply every change or, raising ValueError with the first problem, none; returns the new table."""
@@ -33,8 +40,13 @@ class AssignmentTable:
             if unknown := sorted(set(changes) - set(self._assignments)):
                 raise ValueError(f"user {unknown[0]} is not carried by this emulator "
                                  f"(users: {', '.join(map(str, sorted(self._assignments)))})")
-            self._assignments = self._checked({**self._assignments, **changes})
-            return dict(self._assignments)
+            before = self._assignments
+            self._assignments = self._checked({**before, **changes})
+            table = dict(self._assignments)
+        if changed := frozenset(user for user, assignment in changes.items() if before[user] != assignment):
+            for listener in self._listeners:
+                listener(changed)
+        return table
 
     def get(self, user: int) -> Assignment:
         with self._lock:

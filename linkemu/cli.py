@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
 from tandem.readiness import announce_ready
-from tandem.tls import TlsError, add_tls_arguments, load_transport, tls_overrides
+from tandem.tls import TlsError, add_tls_arguments, load_transport, reload_certificates_on_sighup, tls_overrides
 
 
 def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
@@ -31,7 +31,8 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--edge", type=int, help="single link: the edge's index in the trace (default 0)")
     serve.add_argument("--upstream", help="single link: the edge server's address HOST:PORT")
     serve.add_argument("--listen", help="single link: where devices connect (default 127.0.0.1:0 = free port)")
-    serve.add_argument("--share", type=float, help="single link: share of the edge's bandwidth (default 1)")
+    serve.add_argument("--share", type=float, help="single link: share of the edge's bandwidth, at least 1e-4 "
+                                                   "(default 1)")
     serve.add_argument("--base-delay-ms", type=float, help="one-way base delay (default 5)")
     serve.add_argument("--outage-limit", type=float, help="seconds of outage before a connection breaks "
                                                           "(default 10)")
@@ -40,6 +41,8 @@ def add_linkemu_commands(commands: argparse._SubParsersAction) -> None:
                        "slot lengths x D (0 = off, the default; docs/testbed.md)")
     serve.add_argument("--start-slot", type=int, help="trace slot to start at (default 0)")
     serve.add_argument("--no-loop", action="store_true", help="hold the last slot instead of replaying the trace")
+    serve.add_argument("--max-connections", type=int, help="concurrent TCP connections per user port, each "
+                       "buffering up to 1 MiB per direction; more are closed at once (default 8)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = any; default off)")
     serve.add_argument("--control-listen", metavar="HOST:PORT",
                        help="serve the LinkControl gRPC service here (measurement reports every slot, assignments "
@@ -58,6 +61,7 @@ def _config_from(args: argparse.Namespace):
     overrides = {"trace": args.trace, "base_delay_ms": args.base_delay_ms, "outage_limit_s": args.outage_limit,
                  "speedup": args.speedup, "start_slot": args.start_slot, "metrics_port": args.metrics_port,
                  "control_listen": args.control_listen, "dilation": args.dilation,
+                 "max_connections": args.max_connections,
                  "loop": False if args.no_loop else None, **tls_overrides(args)}
     if args.config is None:
         if args.upstream is None:
@@ -121,6 +125,7 @@ async def _serve(emulator, transport, admin_token: str | None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    reload_certificates_on_sighup()
     for user, address in listening.items():
         assignment = emulator.assignments.get(user)
         host, port = emulator.addresses[assignment.edge]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from linkemu.proxy import MAX_CONNECTIONS
 from tandem.addresses import ADDRESS_PATTERN, HOST_PATTERN, split_address
 from tandem.pacing import check_dilation
 from tandem.shares import check_shares
@@ -48,6 +49,8 @@ class LinkEmuConfig(BaseModel):
                             "(hardware pacing, tandem/pacing.py): rates / D, delays, outage limit and slot lengths x "
                             "D; 0 = off")
     start_slot: int = Field(default=0, ge=0)
+    max_connections: int = Field(default=MAX_CONNECTIONS, ge=1, le=1024, description="concurrent TCP connections "
+                                 "per user port (each buffers up to 1 MiB per direction); more are closed at once")
     loop: bool = Field(default=True, description="replay the trace from the start when it ends (else hold the "
                                                  "last slot)")
     metrics_port: int | None = Field(default=None, ge=0, le=65535)

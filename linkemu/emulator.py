@@ -2,7 +2,8 @@
 
 rate(t) = share of user u x bandwidth of its edge e x spectral efficiency of (u, e) in the slot playing at t,
 separately up and down; plus a base one-way delay. Every slot it refreshes the gauges, including the per-pair
-SINR that makes up the measurement report the controller reads through the control service (control.py).
+SINR that makes up the measurement report the controller reads through the control service (control.py).  When the
+controller changes a user's share or edge, what waits in that user's link is re-timed at the new rate at once.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ class LinkEmulator:
         self.shapers = {link.user: self._shaper(link.user) for link in config.users}
         self.proxies = {
             link.user: ShapingProxy(*split_address(link.listen), self._upstream(link.user), self.shapers[link.user],
-                                    self.metrics.observer(link.user))
+                                    self.metrics.observer(link.user), config.max_connections)
             for link in config.users
         }
+        self.assignments.subscribe(self._reassigned)
         self._ticker: asyncio.Task | None = None
         # The newest measurement report and its number, for the control service's watchers.
         self._published = asyncio.Condition()
@@ -84,6 +86,12 @@ class LinkEmulator:
 
     def _upstream(self, user: int):
         return lambda: self.addresses[self.assignments.get(user).edge]
+
+    def _reassigned(self, users: frozenset[int]) -> None:
+        """These users' share or edge changed: the bytes waiting in their links go again at the new rate (their
+        open connections stay with the edge they were opened to; new ones go to the new edge)."""
+        for user in users:
+            self.proxies[user].reschedule()
 
     def measurements(self, now: float) -> pb.MeasurementReport:
         """Per-pair SINR of the slot playing at ``now``: what the devices would measure and report."""

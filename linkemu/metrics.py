@@ -24,6 +24,8 @@ class LinkEmuMetrics:
             ["user", "direction"], buckets=DELAY_BUCKETS, registry=self.registry)
         self.link_down = Counter("tandem_linkemu_link_down", "Connections broken by an outage over the limit",
                                  ["user"], registry=self.registry)
+        self.connections_refused = Counter("tandem_linkemu_connections_refused", "Connections closed at once: the "
+                                           "user's port already carried its maximum", ["user"], registry=self.registry)
         self.sinr = Gauge("tandem_linkemu_sinr_db", "Current SINR of each user-edge pair (measurement report)",
                           ["user", "edge", "direction"], registry=self.registry)
         self.slot = Gauge("tandem_linkemu_trace_slot", "Trace slot being played", registry=self.registry)
@@ -44,3 +46,6 @@ class _UserObserver(LinkObserver):
 
     def link_down(self) -> None:
         self.metrics.link_down.labels(self.user).inc()
+
+    def connection_refused(self) -> None:
+        self.metrics.connections_refused.labels(self.user).inc()

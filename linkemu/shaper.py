@@ -3,13 +3,18 @@
 A shaper models each direction as a FIFO bottleneck (serialisation at the current rate) followed by a fixed
 propagation delay, like Mahimahi's link shells.  The proxy asks it per chunk; nothing here touches sockets or
 reads the clock, so the arithmetic is testable on a virtual clock.
+
+When the link's rate changes by decision (a new share, another edge) the timetable made at the old rate is void:
+``reschedule`` forgets where the bottleneck would have been busy until and sends what still waits in it again from
+the moment of the change, as a handover forwards buffered data.  A chunk queued under a share of 1e-300 had an
+arrival time of ~1e298 s, and every later chunk queued behind it, even after the share was restored.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,6 +32,16 @@ class LinkDown(Exception):
         self.at = at
 
 
+@dataclass(eq=False)
+class Transfer:
+    """Bytes handed to the link and not yet delivered: when they arrive, or the LinkDown that breaks their
+    connection instead (``arrival`` is then the moment it breaks)."""
+
+    nbytes: int
+    arrival: float
+    down: LinkDown | None = None
+
+
 class LinkShaper(ABC):
     """FIFO serialisation per direction, then ``one_way_delay_s`` of propagation."""
 
@@ -42,6 +57,31 @@ class LinkShaper(ABC):
         done = self.transmission_end(direction, start, nbytes)
         self._busy_until[direction] = done
         return done + self.one_way_delay_s
+
+    def send(self, direction: Direction, nbytes: int, now: float) -> Transfer:
+        """``nbytes`` handed to the link at ``now``, behind everything sent before them."""
+        try:
+            return Transfer(nbytes, self.delivery_time(direction, nbytes, now))
+        except LinkDown as down:
+            return Transfer(nbytes, down.at, down)
+
+    def reschedule(self, direction: Direction, undelivered: Iterable[Transfer], now: float) -> None:
+        """The rate changed at ``now`` (a new share or edge): re-time ``undelivered`` (oldest first, in place).
+
+        What is still in the bottleneck goes again from ``now``, in order, at the current rates -- whole: a chunk
+        half serialised at the old rate is charged again, at most one chunk's time.  So does a transfer whose link
+        was to break later than ``now``: at a higher share it may get through before the outage (or be found down
+        again).  Transfers already through the bottleneck (only propagating) keep their arrival.
+        """
+        self._busy_until[direction] = -math.inf
+        for transfer in undelivered:
+            # a down transfer's arrival is the moment its link breaks: until then it waits in the bottleneck
+            leaves_bottleneck = transfer.arrival if transfer.down else transfer.arrival - self.one_way_delay_s
+            if leaves_bottleneck > now:
+                try:
+                    transfer.arrival, transfer.down = self.delivery_time(direction, transfer.nbytes, now), None
+                except LinkDown as down:
+                    transfer.arrival, transfer.down = down.at, down
 
     @abstractmethod
     def transmission_end(self, direction: Direction, start: float, nbytes: int) -> float:

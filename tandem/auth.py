@@ -3,7 +3,8 @@
 The token is read from a file (``--admin-token-file``) or the environment (``TANDEM_ADMIN_TOKEN``); without either,
 the controller makes one and writes it, readable only by its owner, beside its state file (the edges and the link
 emulator then take none: over TLS their control RPCs need an admin or controller certificate).  It is never logged
-or exported; callers send it as ``authorization: Bearer TOKEN`` metadata and tandem/rpc.py checks it.
+or exported; callers send it as ``authorization: Bearer TOKEN`` metadata and tandem/rpc.py checks it.  A token file
+that other users can read is refused (tandem/private_files.py): the token would no longer be a secret.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+
+from tandem.private_files import PrivateFileError, read_private
 
 ADMIN_TOKEN_ENV = "TANDEM_ADMIN_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -22,9 +25,11 @@ class TokenError(Exception):
 
 def read_token_file(path: Path) -> str:
     try:
-        token = path.read_text().strip()
-    except OSError as error:
-        raise TokenError(f"cannot read the admin token file {path}: {error.strerror}") from None
+        token = read_private(path, "admin token file").decode().strip()
+    except PrivateFileError as error:
+        raise TokenError(str(error)) from None
+    except UnicodeDecodeError:
+        raise TokenError(f"the admin token file {path} is not UTF-8 text") from None
     if len(token) < MIN_TOKEN_LENGTH:
         raise TokenError(f"the admin token in {path} is shorter than {MIN_TOKEN_LENGTH} characters")
     return token

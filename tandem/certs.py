@@ -5,10 +5,19 @@ TLS, so each side proves who it is with a certificate signed by one deployment-w
 certificate's subject common name (CN), e.g. "edge-0" or "device-3"; `role_of` turns it into a role, which servers
 use for authorisation (only `ADMIN_ROLES` may call control/admin RPCs).
 
-A client checks the server's certificate against a role-wide DNS name (`SERVER_NAMES`, via grpc's
-`ssl_target_name_override`) rather than the address it dialled: a device reaches an edge through the link emulator's
-TCP proxy, so the address says nothing about the peer, but the name "edge.tandem" in a certificate signed by this
-deployment's CA does.
+A client checks the server's certificate against a DNS name (via grpc's `ssl_target_name_override`) rather than the
+address it dialled: a device reaches an edge through the link emulator's TCP proxy, so the address says nothing about
+the peer, but a name in a certificate signed by this deployment's CA does.  Each edge's certificate names that edge
+(`edge_server_name`: "edge-3.tandem"), so a device sent to edge 3 accepts edge 3 only; it also carries the role-wide
+"edge.tandem" (`SERVER_NAMES`) for clients that do not know which edge they dial (`tandem generate --edge ADDR`
+without `--edge-id`): those accept any edge of the deployment.
+
+Key usages are kept apart (`_USAGES`): servers (edges, the link emulator) may only serve TLS, devices and admins may
+only be TLS clients, and the controller is both (it serves devices and admins, and calls the edges and the link
+emulator). A device's key on a rogue server, or an edge's key used to call another daemon, fails the handshake.
+
+Identity names are canonical: "device-03" is refused (`role_of`), so that one user has exactly one identity name and
+the per-identity limits count one identity per user.
 
 `tandem certs init DIR` makes the CA and one certificate per daemon and device. It is a *development* CA: the CA key
 sits unencrypted next to the certificates, which is fine for a testbed and not for production.
@@ -21,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,10 +38,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
+from tandem.private_files import PrivateFileError, read_private, write_private
 
 __all__ = [
     "ADMIN_ROLES",
@@ -43,6 +51,9 @@ __all__ = [
     "CA_NAME",
     "CertError",
     "SERVER_NAMES",
+    "check_key_pair",
+    "device_user",
+    "edge_server_name",
     "identity_files",
     "init_certs",
     "issue_certificate",
@@ -51,7 +62,8 @@ __all__ = [
 ]
 
 # The DNS name every server certificate of a role carries and clients verify (grpc's ssl_target_name_override), so
-# a client checks it reached *an edge of this deployment* whatever address or proxy it went through.
+# a client checks it reached *an edge of this deployment* whatever address or proxy it went through.  A client that
+# knows which edge it dials checks that edge's own name instead (edge_server_name).
 SERVER_NAMES: dict[str, str] = {"edge": "edge.tandem", "linkemu": "linkemu.tandem", "controller": "controller.tandem"}
 # Identities allowed to call control/admin RPCs.
 ADMIN_ROLES = frozenset({"admin", "controller"})
@@ -65,18 +77,31 @@ MAX_DEVICES = 10_000
 MAX_DAYS = 36_500
 
 # A name is also a file name and a DNS label (it goes into the certificate's SANs), hence the character set and
-# the 63-character limit of a DNS label. "edge-01" is refused so that each edge number has exactly one name.
+# the 63-character limit of a DNS label. "edge-01" and "device-03" are refused so that each edge and each user has
+# exactly one name (the per-identity limits count names). A device name that is not a number ("device-pixel-7a")
+# is an identity that acts for no user.
+_NUMBER = r"(0|[1-9][0-9]*)"
+_DEVICE_USER = re.compile(rf"device-{_NUMBER}")
 _NAME_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("edge", re.compile(r"edge-(0|[1-9][0-9]*)")),
-    ("device", re.compile(r"device-[a-z0-9-]+")),
+    ("edge", re.compile(rf"edge-{_NUMBER}")),
+    ("device", re.compile(rf"{_DEVICE_USER.pattern}|device-(?![0-9]+$)[a-z0-9-]+")),
     ("linkemu", re.compile(r"linkemu")),
     ("controller", re.compile(r"controller")),
     ("admin", re.compile(r"admin")),
+    ("health", re.compile(r"health")),  # container health checks: a client granted only Health/Check (and reflection)
 )
 _MAX_NAME_LENGTH = 63
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Certificates start a little in the past: another machine's clock may run behind ours.
 _CLOCK_SKEW = timedelta(minutes=5)
+_SERVER, _CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+# What each role's key may do in TLS.  Edges and the link emulator only serve (neither dials anything over TLS: the
+# emulator's proxy forwards bytes); devices and admins (operator commands, health checks) only call; the controller
+# serves devices and admins and calls the edges and the link emulator, so it needs both.
+_USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
+    "edge": (_SERVER,), "linkemu": (_SERVER,), "controller": (_SERVER, _CLIENT), "device": (_CLIENT,),
+    "admin": (_CLIENT,), "health": (_CLIENT,),
+}
 
 
 class CertError(Exception):
@@ -85,16 +110,45 @@ class CertError(Exception):
 
 
 def role_of(name: str) -> str:
-    """The role of an identity name: "edge" (edge-<int>), "device" (device-<[a-z0-9-]+>), "linkemu", "controller" or
-    "admin". ValueError for any other name."""
+    """The role of an identity name: "edge" (edge-<int>), "device" (device-<int> or device-<[a-z0-9-]+> that is not
+    a number), "linkemu", "controller" or "admin". Numbers are written without leading zeros. ValueError for any other
+    name."""
     if len(name) <= _MAX_NAME_LENGTH:
         for role, pattern in _NAME_PATTERNS:
             if pattern.fullmatch(name):
                 return role
     raise ValueError(
-        f"{name!r} is not an identity name: expected edge-<number>, device-<[a-z0-9-]+>, linkemu, controller or "
-        f"admin (at most {_MAX_NAME_LENGTH} characters)"
+        f"{name!r} is not an identity name: expected edge-<number>, device-<number> (numbers without leading zeros), "
+        f"device-<[a-z0-9-]+>, linkemu, controller, admin or health (at most {_MAX_NAME_LENGTH} characters)"
     )
+
+
+def device_user(name: str | None) -> int | None:
+    """The user a device identity speaks for ("device-3" -> 3); None for any other name, "device-03" included."""
+    if name is None or len(name) > _MAX_NAME_LENGTH or not _DEVICE_USER.fullmatch(name):
+        return None
+    return int(name[len("device-"):])
+
+
+def edge_server_name(edge: int) -> str:
+    """The DNS name only edge `edge`'s certificate carries: what a device sent to that edge checks."""
+    if isinstance(edge, bool) or not isinstance(edge, int) or edge < 0:
+        raise ValueError(f"an edge id is a non-negative integer, not {edge!r}")
+    return f"edge-{edge}.tandem"
+
+
+def check_key_pair(cert_pem: bytes, key_pem: bytes) -> tuple[x509.Certificate, PrivateKeyTypes]:
+    """The certificate and key of `cert_pem` and `key_pem`, after checking that the key is the certificate's
+    (CertError otherwise): a server given mismatched files would fail every handshake with an obscure error, and a CA
+    key from another CA would sign certificates that verify against nothing."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as error:
+        raise CertError(f"not a PEM certificate and its unencrypted key: {error}") from None
+    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        raise CertError("the key is not the certificate's")
+    return cert, key
 
 
 def identity_files(folder: Path, name: str) -> tuple[Path, Path, Path]:
@@ -135,7 +189,7 @@ def init_certs(
         )
     names = (
         [f"edge-{i}" for i in range(edges)]
-        + ["linkemu", "controller", "admin"]
+        + ["linkemu", "controller", "admin", "health"]
         + [f"device-{i}" for i in range(devices)]
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,8 +198,8 @@ def init_certs(
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _ca_certificate(ca_key, not_before, not_after)
     # The key first: a ca.pem without its key would make the folder look initialised while nothing can be issued.
-    _write_file(folder / CA_KEY, _key_pem(ca_key), 0o600)
-    _write_file(folder / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(folder / CA_KEY, _key_pem(ca_key), 0o600)
+    write_private(folder / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     progress(f"CA: {folder / CA_CERT} {folder / CA_KEY}")
     for name in names:
         cert_path, key_path = _issue(folder, ca_cert, ca_key, name, host_names, not_before, not_after)
@@ -295,8 +349,8 @@ def _issue(
     _, cert_path, key_path = identity_files(folder, name)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf_certificate(ca_cert, ca_key, name, key.public_key(), hosts, not_before, not_after)
-    _write_file(key_path, _key_pem(key), 0o600)
-    _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(key_path, _key_pem(key), 0o600)
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
 
 
@@ -320,10 +374,7 @@ def _leaf_certificate(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
-        # Both: the controller and the edges serve RPCs and also call other daemons.
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage(_USAGES[role_of(name)]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_subject_alt_names(name, hosts)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
@@ -333,16 +384,18 @@ def _leaf_certificate(
 
 def _subject_alt_names(name: str, hosts: list[x509.GeneralName]) -> list[x509.GeneralName]:
     """The identity's own name, loopback (for clients that verify the address they dialled on one machine), the
-    role's server name, and the extra hosts; without duplicates."""
+    server's own name (edges: "edge-3.tandem") and its role's, and the extra hosts; without duplicates."""
     entries: list[x509.GeneralName] = [
         x509.DNSName(name),
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    server_name = SERVER_NAMES.get(role_of(name))
-    if server_name is not None:
-        entries.append(x509.DNSName(server_name))
+    role = role_of(name)
+    if role == "edge":
+        entries.append(x509.DNSName(f"{name}.tandem"))
+    if role in SERVER_NAMES:
+        entries.append(x509.DNSName(SERVER_NAMES[role]))
     entries.extend(hosts)
     return list(dict.fromkeys(entries))  # general names compare by value; a SAN listing one twice is just noise
 
@@ -366,18 +419,17 @@ def _key_usage(digital_signature: bool = False, key_cert_sign: bool = False, crl
 
 def _load_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = folder / CA_CERT, folder / CA_KEY
+    if not cert_path.exists() or not key_path.exists():
+        missing = cert_path if not cert_path.exists() else key_path
+        raise CertError(f"no CA in {folder} ({missing} missing); run `tandem certs init {folder}`")
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except FileNotFoundError as error:
-        raise CertError(f"no CA in {folder} ({error.filename} missing); run `tandem certs init {folder}`") from None
-    except (OSError, ValueError, TypeError) as error:
-        raise CertError(f"cannot read the CA in {folder}: {error}") from None
+        cert, key = check_key_pair(cert_path.read_bytes(), read_private(key_path, "CA key"))
+    except PrivateFileError as error:
+        raise CertError(str(error)) from None
+    except (OSError, CertError) as error:
+        raise CertError(f"cannot use the CA in {folder}: {error}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertError(f"{key_path} is not an ECDSA key")
-    # A key from another CA would sign certificates that verify against nothing.
-    if _public_der(key.public_key()) != _public_der(cert.public_key()):
-        raise CertError(f"{key_path} is not the key of {cert_path}")
     return cert, key
 
 
@@ -388,22 +440,3 @@ def _public_der(public_key: CertificatePublicKeyTypes) -> bytes:
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     encoding, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     return key.private_bytes(encoding, pkcs8, serialization.NoEncryption())
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` with exactly `mode`, replacing any old file atomically.
-
-    The bytes go to a fresh temporary file created with O_EXCL and the final mode, so a key is never readable by
-    others, not even for a moment, and never written into a file someone else created; a rename then puts it in
-    place, so a reader sees the old file or the new one, never half of one.
-    """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            os.fchmod(file.fileno(), mode)  # the umask may have removed bits we want (0644 for certificates)
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

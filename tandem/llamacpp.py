@@ -40,6 +40,11 @@ class LlamaContext:
     def cached_tokens(self) -> np.ndarray:
         return self.llama.input_ids[: self.llama.n_tokens]
 
+    def forget(self) -> None:
+        """Drop the cached tokens: the next call evaluates everything."""
+        self.llama.n_tokens = 0
+        self._last_logits = None
+
     def shared_prefix(self, tokens: Sequence[int]) -> int:
         cached = self.cached_tokens
         n = min(len(cached), len(tokens))

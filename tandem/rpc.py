@@ -5,12 +5,14 @@ One interceptor (``Guard``) wraps every method of a server:
 * **Malformed bytes** — a request that does not parse as its message type — are refused with INVALID_ARGUMENT
   and one log line per method and minute (``QuietLog``), instead of gRPC's INTERNAL/UNKNOWN and a traceback per
   message.  Servicers therefore only ever see parsed messages.
-* **Access** — each service (or method) names the roles that may call it (``Access``); a caller's roles come from
-  its client certificate (mutual TLS: the common name is the identity, tandem/certs.py ``role_of``) and from the
-  admin bearer token (``authorization: Bearer TOKEN``), which grants "admin".  Over TLS a call without a role the
-  method needs is refused (UNAUTHENTICATED without any identity, PERMISSION_DENIED with the wrong one).  In
-  plaintext (``--insecure``) nobody has an identity: calls are open, except that a configured admin token is still
-  required for admin methods.
+* **Access** — each service (or method) names the roles that may call it (``Access``).  Over TLS a caller's roles
+  come from its client certificate only (mutual TLS: the common name is the identity, tandem/certs.py
+  ``role_of``): a call without a role the method needs is refused (UNAUTHENTICATED without a certificate,
+  PERMISSION_DENIED with the wrong one), and the admin bearer token grants nothing — admin is a role, held by the
+  ``admin`` certificate, not a secret any certificate could add.  In plaintext (``--insecure``, development only)
+  nobody has an identity: calls a device may make are open, and admin-only calls (every role they allow is an
+  admin role: EdgeControl, LinkControl, ControllerAdmin) need the daemon's configured admin token
+  (``authorization: Bearer TOKEN``); a plaintext daemon without one refuses them all rather than leave them open.
 
 Servicers read the caller's identity with ``caller_of(context)`` (the edge binds sessions to it).
 """
@@ -25,13 +27,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from tandem.certs import ADMIN_ROLES, role_of
+from tandem.certs import ADMIN_ROLES, device_user, role_of
 from tandem.tls import SERVER_KEEPALIVE, Transport
 
 log = logging.getLogger(__name__)
 Roles = frozenset[str]
 DEVICES: Roles = frozenset({"device"})
-ADMINS: Roles = frozenset(ADMIN_ROLES)
+ADMINS: Roles = frozenset(ADMIN_ROLES)  # the operator and the controller: the control services (EdgeControl, ...)
+OPERATORS: Roles = frozenset({"admin"})  # the operator alone: ControllerAdmin (policies)
 ANYONE = None  # health checks, reflection: any caller the transport let in
 MAX_ECHO = 64  # longest caller-supplied text echoed back in an error message
 MAX_STREAMS_PER_CONNECTION = 256  # calls one connection may have open at once
@@ -48,10 +51,9 @@ class Caller:
     roles: Roles
 
     def user_index(self) -> int | None:
-        """The user a device certificate speaks for ("device-3" -> 3), else None."""
-        if self.identity and self.identity.startswith("device-") and self.identity[7:].isdigit():
-            return int(self.identity[7:])
-        return None
+        """The user a device certificate speaks for ("device-3" -> 3), else None ("device-03" too: one user, one
+        identity name, so the per-identity limits cannot be multiplied by spelling a number differently)."""
+        return device_user(self.identity)
 
     def may_act_for(self, user: int | None) -> bool:
         """A device certificate acts only for its own user ("device-3": user 3; a device name without a number:
@@ -69,20 +71,16 @@ def _bearer(context) -> str | None:
     return None
 
 
-def caller_of(context, admin_token: str | None = None) -> Caller:
-    identity = None
+def caller_of(context) -> Caller:
+    """Who calls, from the client certificate alone (plaintext: nobody); a bearer token is never an identity."""
     names = (context.auth_context() or {}).get("x509_common_name")
-    roles: set[str] = set()
-    if names:
-        identity = names[0].decode(errors="replace")
-        try:
-            roles.add(role_of(identity))
-        except ValueError:
-            pass  # a certificate of this CA with a name outside the convention grants nothing
-    token = _bearer(context)
-    if admin_token and token and hmac.compare_digest(token.encode(), admin_token.encode()):
-        roles.add("admin")
-    return Caller(identity, frozenset(roles))
+    if not names:
+        return Caller(None, frozenset())
+    identity = names[0].decode(errors="replace")
+    try:
+        return Caller(identity, frozenset({role_of(identity)}))
+    except ValueError:  # a certificate of this CA with a name outside the convention grants nothing
+        return Caller(identity, frozenset())
 
 
 class QuietLog:
@@ -125,8 +123,13 @@ class Access:
 class Guard(grpc.aio.ServerInterceptor):
     def __init__(self, access: Access, secure: bool, admin_token: str | None = None,
                  quiet: QuietLog | None = None) -> None:
+        """``admin_token``: what opens admin-only calls in plaintext (over TLS it is not used)."""
         self.access, self.secure, self.admin_token = access, secure, admin_token
         self.quiet = quiet or QuietLog()
+        closed = sorted(name for name, roles in access.rules.items() if _admin_only(roles))
+        if not secure and not admin_token and closed:
+            log.warning("plaintext without an admin token: %s refuse every call (give this daemon an admin token, "
+                        "$TANDEM_ADMIN_TOKEN, to use them)", ", ".join(closed))
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -189,24 +192,38 @@ class Guard(grpc.aio.ServerInterceptor):
     def _refusal(self, required: Roles | None, context) -> tuple[grpc.StatusCode, str] | None:
         if required is None:
             return None
-        caller = caller_of(context, self.admin_token)
+        if not self.secure:
+            return self._plaintext_refusal(required, context)
+        caller = caller_of(context)
         if caller.roles & required:
             return None
-        if not self.secure:
-            if not required <= ADMINS or not self.admin_token:
-                return None  # plaintext: nobody has an identity; a configured admin token guards admin-only calls
-            if _bearer(context) is None:
-                return grpc.StatusCode.UNAUTHENTICATED, "this call needs the admin token (authorization: Bearer)"
+        if caller.identity is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "this call needs a client certificate"
+        return grpc.StatusCode.PERMISSION_DENIED, (f"{echo(caller.identity)} may not call this (needs "
+                                                   f"{' or '.join(sorted(required))})")
+
+    def _plaintext_refusal(self, required: Roles, context) -> tuple[grpc.StatusCode, str] | None:
+        """Plaintext: nobody has an identity, so only admin-only calls are guarded, by the configured token."""
+        if not _admin_only(required):
+            return None
+        if not self.admin_token:
+            return grpc.StatusCode.PERMISSION_DENIED, ("this daemon runs in plaintext without an admin token: its "
+                                                       "admin-only calls are refused (give it $TANDEM_ADMIN_TOKEN)")
+        given = _bearer(context)
+        if given is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "this call needs the admin token (authorization: Bearer)"
+        if not hmac.compare_digest(given.encode(), self.admin_token.encode()):
             return grpc.StatusCode.PERMISSION_DENIED, "the admin token is wrong"
-        if caller.identity is None and _bearer(context) is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "this call needs a client certificate or the admin token"
-        who = echo(caller.identity) if caller.identity else "this caller"
-        return grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call this (needs {' or '.join(sorted(required))})"
+        return None
 
     async def _malformed(self, method: str, context) -> None:
         self.quiet.warning(f"malformed:{method}", f"refused a malformed request to {method} (not a valid message)")
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message of "
                             "this method's type")
+
+
+def _admin_only(roles: Roles | None) -> bool:
+    return roles is not None and roles <= ADMINS
 
 
 def make_server(transport: Transport, access: Access, admin_token: str | None = None,

@@ -1,18 +1,23 @@
 """The one rule for shares of an edge's resources (bandwidth, compute): who may hold which.
 
-A share is a finite number in (0, 1]; the shares on one edge sum to at most 1 (plus ``SHARE_SLACK``: shares
+A share is a number in [``MIN_SHARE``, 1]; the shares on one edge sum to at most 1 (plus ``SHARE_SLACK``: shares
 computed by a solver may sum to 1 plus rounding); a share is held on an edge that exists.  The link emulator
-(bandwidth shares, from its config and from the controller) and the controller's policy decisions (bandwidth and
-compute) check them here, so that no two components disagree on what a valid decision is.
+(bandwidth shares, from its config and from the controller), the edges (compute shares, ``EdgeControl.SetShares``)
+and the controller's policy decisions (bandwidth and compute) check them here, so that no two components disagree
+on what a valid decision is.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 
 SHARE_SLACK = 1e-9
+# The smallest share: the slowest link the emulator and the edges must model.  A ten-thousandth of an edge is a
+# user all but starved (at 20 MHz and 1 bit/s/Hz, 2 kbit/s: a 16 KiB chunk in a minute), yet a rate the shaper's
+# arithmetic and the edges' fair-queueing tags carry exactly.  Below it nothing is gained, and a tiny or denormal
+# share (1e-300, 5e-324) made arrival times of ~1e298 s or inf: a link stuck for good, OverflowError per chunk.
+MIN_SHARE = 1e-4
 # Decision versions stay far below the wire's uint64 limit: one a slot for ten thousand years is under 2**42, and a
 # version near the limit (a forged SetShares) must not make the controller count past it.
 MAX_VERSION = 2**53
@@ -25,8 +30,9 @@ def check_shares(held: Iterable[tuple[int, int, float]], edges: Collection[int],
         if edge not in edges:
             known = ", ".join(map(str, sorted(edges)))
             raise ValueError(f"user {user}: edge {edge} is not one {where or 'that is known'} (edges: {known})")
-        if not (math.isfinite(share) and 0 < share <= 1):
-            raise ValueError(f"user {user}: share must be within (0, 1], got {share}")
+        if not MIN_SHARE <= share <= 1:  # NaN compares false: refused too
+            raise ValueError(f"user {user}: share must be within [{MIN_SHARE:g}, 1] (MIN_SHARE: the slowest link "
+                             f"modelled), got {share:g}")
         totals[edge] += share
     for edge, total in sorted(totals.items()):
         if total > 1 + SHARE_SLACK:

@@ -4,23 +4,34 @@ A daemon (or a client command) is given its credentials as files — ``--tls-dir
 made: ``ca.pem``, ``NAME.pem``, ``NAME.key``, NAME being its identity), or ``--tls-cert/--tls-key/--tls-ca`` — or
 the same through a config file's ``tls`` section or ``$TANDEM_TLS_DIR``.  With a CA, servers require a client
 certificate signed by it (mutual TLS: the certificate's common name is the caller's identity, tandem/rpc.py).
-Clients verify the server against the CA and against the name of its role (``edge.tandem``, ...), not against the
-address they dialled: a device reaches its edge through the link emulator's TCP proxy, which carries the TLS bytes
-unchanged.  Plaintext needs ``--insecure`` (or ``$TANDEM_INSECURE=1``) and is logged as a warning; with neither
-credentials nor that flag a daemon refuses to start.
+Clients verify the server against the CA and against a name, not against the address they dialled: a device
+reaches its edge through the link emulator's TCP proxy, which carries the TLS bytes unchanged.  The name is the
+server's own when the client knows which one it dials (a device sent to edge 3 checks ``edge-3.tandem``), else its
+role's (``edge.tandem``, ``linkemu.tandem``, ``controller.tandem``).  Plaintext needs ``--insecure`` (or
+``$TANDEM_INSECURE=1``) and is logged as a warning; with neither credentials nor that flag a daemon refuses to start.
+
+Keys are refused when other users can read them (tandem/private_files.py).  Servers take their certificate, key and
+CA through a fetcher: after SIGHUP (``reload_certificates_on_sighup``) every TLS server of the process re-reads its
+files and new connections get the new certificate, while connections already open, and the sessions on them, go on
+with the one they were made with.  Client credentials are read once, when the process starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tandem.certs import SERVER_NAMES, identity_files
+from tandem.certs import SERVER_NAMES, CertError, check_key_pair, edge_server_name, identity_files
+from tandem.private_files import PrivateFileError, read_private
 
 log = logging.getLogger(__name__)
 TLS_DIR_ENV = "TANDEM_TLS_DIR"
@@ -60,6 +71,33 @@ class TlsSettings(BaseModel):
 
 
 @dataclass(frozen=True)
+class CredentialFiles:
+    """Where a process's credentials are, so that a server can read them again after a rotation."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(CA, certificate, key) as PEM bytes; TlsError when a file is unreadable, the key is readable by other
+        users, or the key is not the certificate's."""
+        ca = _read(self.ca, "CA certificate") if self.ca else None
+        cert = _read(self.cert, "certificate") if self.cert else None
+        key = None
+        if self.key:
+            try:
+                key = read_private(self.key, "TLS key")
+            except PrivateFileError as error:
+                raise TlsError(str(error)) from None
+        if cert is not None and key is not None:
+            try:
+                check_key_pair(cert, key)
+            except CertError as error:
+                raise TlsError(f"{self.cert} and {self.key}: {error}") from None
+        return ca, cert, key
+
+
+@dataclass(frozen=True)
 class Transport:
     """Loaded credentials (PEM bytes), or plaintext."""
 
@@ -67,6 +105,7 @@ class Transport:
     cert: bytes | None = None
     key: bytes | None = None
     identity: str | None = None  # whose certificate this process presents (for logs)
+    files: CredentialFiles | None = None  # where they were read from: servers re-read them on SIGHUP
 
     @property
     def secure(self) -> bool:
@@ -83,8 +122,9 @@ class Transport:
             if self.secure:
                 if self.cert is None:
                     raise OSError("a TLS server needs a certificate and key")
-                port = server.add_secure_port(address, grpc.ssl_server_credentials(
-                    [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=self.ca is not None))
+                certificate = _ServerCertificate(self)
+                port = server.add_secure_port(address, grpc.dynamic_ssl_server_credentials(
+                    certificate.initial, certificate.fetch, require_client_authentication=self.ca is not None))
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as error:
@@ -93,25 +133,83 @@ class Transport:
             raise OSError(f"cannot listen on {address}")
         return port
 
-    def _client_args(self, role: str, options) -> tuple[grpc.ChannelCredentials | None, list]:
+    def _client_args(self, role: str, options, edge_id: int | None) -> tuple[grpc.ChannelCredentials | None, list]:
+        if edge_id is not None and role != "edge":
+            raise ValueError(f"an edge id names an edge, not a {role} server")
         options = [*CLIENT_KEEPALIVE, *(options or ())]
         if not self.secure:
             return None, options
         credentials = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
-        return credentials, [*options, ("grpc.ssl_target_name_override", SERVER_NAMES[role])]
+        server_name = SERVER_NAMES[role] if edge_id is None else edge_server_name(edge_id)
+        return credentials, [*options, ("grpc.ssl_target_name_override", server_name)]
 
-    def channel(self, address: str, role: str, options=None) -> grpc.Channel:
-        """A blocking channel to a server of ``role`` ("edge", "linkemu", "controller")."""
-        credentials, options = self._client_args(role, options)
+    def channel(self, address: str, role: str, options=None, edge_id: int | None = None) -> grpc.Channel:
+        """A blocking channel to a server of ``role`` ("edge", "linkemu", "controller").  ``edge_id``: the one edge
+        the client means to reach (its own name is checked, so another edge of the deployment is refused at the
+        handshake); without it any edge will do."""
+        credentials, options = self._client_args(role, options, edge_id)
         if credentials is None:
             return grpc.insecure_channel(address, options=options)
         return grpc.secure_channel(address, credentials, options=options)
 
-    def aio_channel(self, address: str, role: str, options=None) -> grpc.aio.Channel:
-        credentials, options = self._client_args(role, options)
+    def aio_channel(self, address: str, role: str, options=None, edge_id: int | None = None) -> grpc.aio.Channel:
+        credentials, options = self._client_args(role, options, edge_id)
         if credentials is None:
             return grpc.aio.insecure_channel(address, options=options)
         return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+# Every TLS server certificate this process serves, for the SIGHUP handler (weak: a stopped server's goes away).
+_SERVER_CERTIFICATES: "weakref.WeakSet[_ServerCertificate]" = weakref.WeakSet()
+
+
+class _ServerCertificate:
+    """One server port's certificate configuration, which gRPC asks for (``fetch``) before each new connection's
+    handshake: None keeps the one in force, a configuration replaces it.  ``reload`` reads the files again and
+    leaves the new configuration for the next fetch; files that fail the checks change nothing."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._files, self._identity = transport.files, transport.identity
+        self._lock = threading.Lock()  # reload runs in the event loop, fetch in gRPC's threads
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.initial = _certificate_configuration(transport.ca, transport.cert, transport.key)
+        if self._files is not None:
+            _SERVER_CERTIFICATES.add(self)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def reload(self) -> None:
+        try:
+            ca, cert, key = self._files.read()
+            if cert is None or key is None:
+                raise TlsError("no certificate and key to serve with")
+        except TlsError as error:
+            log.error("SIGHUP: kept the certificate in force (%s): %s", self._identity, error)
+            return
+        with self._lock:
+            self._pending = _certificate_configuration(ca, cert, key)
+        certificate, _ = check_key_pair(cert, key)
+        log.info("SIGHUP: new connections get %s's certificate serial %x, valid until %s", self._identity,
+                 certificate.serial_number, certificate.not_valid_after_utc.isoformat())
+
+
+def _certificate_configuration(ca: bytes | None, cert: bytes, key: bytes) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+
+def reload_server_certificates() -> None:
+    """Every TLS server of this process re-reads its certificate, key and CA (for new connections)."""
+    for certificate in list(_SERVER_CERTIFICATES):
+        certificate.reload()
+
+
+def reload_certificates_on_sighup() -> None:
+    """Make SIGHUP reload this process's server certificates (``reload_server_certificates``): a daemon calls it once
+    from its event loop.  A rotated certificate, key or CA then needs no restart, and no session is lost."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_server_certificates)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -142,9 +240,9 @@ def load_transport(settings: TlsSettings, default_name: str) -> Transport:
     if ca is None and cert is None:
         raise TlsError("no TLS credentials: give --tls-dir DIR (made by `tandem certs init DIR`) or --tls-cert, "
                        f"--tls-key and --tls-ca (or ${TLS_DIR_ENV}); --insecure (or ${INSECURE_ENV}=1) for plaintext")
-    return Transport(ca=_read(ca, "CA certificate") if ca else None,
-                     cert=_read(cert, "certificate") if cert else None,
-                     key=_read(key, "key") if key else None, identity=name)
+    files = CredentialFiles(ca, cert, key)
+    ca_pem, cert_pem, key_pem = files.read()
+    return Transport(ca=ca_pem, cert=cert_pem, key=key_pem, identity=name, files=files)
 
 
 def default_transport(name: str) -> Transport:

@@ -11,14 +11,19 @@ size, prefix tokens served from its cache).  Nothing else decides an emitted tok
   position, so the same in both runs), and how far apart the two runs' numbers were.  If the inputs were equal and
   the decisions differ, that is a logic error; if the inputs differ, the divergence is numerical and its size is
   measured, so a test can assert that it stays within the engine's numerical noise.
+
+The log holds every prompt and answer token of every user, so ``open_for_append`` makes it readable by its owner
+only (0600), whatever the umask.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Sequence, TextIO
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -100,6 +105,21 @@ class BlockRecord(_Record):
             accepted=verdict.accepted, next_token=verdict.next_token, batch_size=batch_size,
             cached_tokens=cached_tokens,
         )
+
+
+def open_for_append(path: Path) -> TextIO:
+    """``path`` opened to append lines (line-buffered), created with mode 0600 and its folder if missing.  An
+    existing regular file is narrowed to 0600 too: a log first written under a loose umask stops being readable
+    by others from now on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):  # not a pipe or /dev/stdout someone pointed it at
+            os.fchmod(descriptor, 0o600)
+        return os.fdopen(descriptor, "a", buffering=1, encoding="utf-8")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def read_log(path: Path) -> dict[str, list[BlockRecord]]:

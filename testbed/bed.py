@@ -2,7 +2,10 @@
 
 The daemons start in dependency order — edges, the link emulator, the controller, the device fleets — each with a
 log file in the run folder, each detached (it outlives `tandem testbed up`); their pids and announced endpoints go
-to ``state.json`` there, which `status` and `down` read.  Everything runs paced at the config's dilation D
+to ``state.json`` there, which `status` and `down` read.  Over TLS (the default) every part presents its own
+certificate from a CA made at each `up`, and admin commands the admin certificate; in plaintext the admin-only
+services (EdgeControl, LinkControl, ControllerAdmin) take a random token made at each `up` (<run_dir>/admin-token,
+0600) and refuse calls without it.  Everything runs paced at the config's dilation D
 (tandem/pacing.py): edges and devices hold each step for the profile's time x D, the link emulator stretches its
 trace and delays D times.  If a daemon fails to start, the error names it and everything already started is
 stopped.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -21,9 +25,11 @@ from pathlib import Path
 import yaml
 
 from controller.twin.scenario import Scenario, load_scenario
+from tandem.auth import ADMIN_TOKEN_ENV, read_token_file
 from tandem.certs import init_certs
 from tandem.cli_support import UsageError
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
+from tandem.private_files import write_private
 from tandem.profiles import HardwareProfile, load_profile
 from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
 from tandem.traces.format import ChannelTrace, load_trace
@@ -31,6 +37,7 @@ from testbed.config import TestbedConfig
 from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess, vllm_cores
 
 STATE_FILE = "state.json"
+ADMIN_TOKEN_FILE = "admin-token"
 STOP_TIMEOUT_S = 15.0
 OUTAGE_LIMIT_S = 2.0  # emulated seconds of outage before the link emulator breaks a connection
 
@@ -64,6 +71,7 @@ class Testbed:
             raise UsageError(str(error)) from None
         self.run_dir = self.config.run_dir
         self.tls_dir = self.run_dir / "tls"
+        self.admin_token_file = self.run_dir / ADMIN_TOKEN_FILE
         self.trace = self._trace()
         meta = self.trace.metadata
         self.scenario.check_against(meta.num_users, meta.num_edges)
@@ -80,6 +88,12 @@ class Testbed:
         """The environment that gives a daemon or a client command of this testbed its credentials: each takes
         its own identity's certificate from the TLS folder (edge-<id>, linkemu, controller, device-<user>, admin)."""
         return {TLS_DIR_ENV: str(self.tls_dir)} if self.config.tls else {INSECURE_ENV: "1"}
+
+    def admin_env(self) -> dict[str, str]:
+        """What admin-only calls need besides ``client_env``: in plaintext this run's admin token (the edges and the
+        link emulator check the controller's pushes with it, `tandem policy` sends it); over TLS nothing, the admin
+        (or controller) certificate is the credential and a token would grant nothing."""
+        return {} if self.config.tls else {ADMIN_TOKEN_ENV: read_token_file(self.admin_token_file)}
 
     def client_transport(self, name: str) -> Transport:
         """Credentials of an in-process client of this testbed (a bench's device, ...)."""
@@ -111,9 +125,12 @@ class Testbed:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("controller.sqlite", "controller.sqlite-wal", "controller.sqlite-shm"):
             (self.run_dir / stale).unlink(missing_ok=True)  # a fresh testbed starts from a fresh decision history
+        self.admin_token_file.unlink(missing_ok=True)  # never a token of an earlier run
         if self.config.tls:
             init_certs(self.tls_dir, edges=max(spec.id for spec in self.scenario.edges) + 1,
                        devices=max(self.scenario.user_ids()) + 1, hosts=[self.config.host], force=True)
+        else:
+            write_private(self.admin_token_file, f"{secrets.token_urlsafe(32)}\n".encode())
         try:
             edges = [self._start(self._edge(spec.id, spec.compute_scale, spec.capacity), f"edge {spec.id}")
                      for spec in self.scenario.edges]
@@ -143,6 +160,7 @@ class Testbed:
     def _edge(self, edge_id: int, compute_scale: float, capacity: int) -> EdgeProcess:
         env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(1), "OMP_NUM_THREADS": "1"} if self.config.engine == "vllm" \
             else {}
+        env.update(self.admin_env())
         return EdgeProcess(
             ["--engine", self.config.engine, "--edge-id", str(edge_id), "--host", self.config.host,
              "--metrics-port", "0", "--max-sessions", str(2 * capacity + 4), "--idle-timeout", "120",
@@ -168,15 +186,13 @@ class Testbed:
             "edges": [{"index": spec.id, "address": edge.address} for spec, edge in zip(self.scenario.edges, edges)],
             "users": [{"user": u, "edge": first, "share": 1 / len(users), "listen": f"{self.config.host}:0"}
                       for u in users]}))
-        return LinkEmuProcess(["--config", str(path)], log_path=self.run_dir / "linkemu.log", detached=True)
+        return LinkEmuProcess(["--config", str(path)], log_path=self.run_dir / "linkemu.log", env=self.admin_env(),
+                              detached=True)
 
     def _controller(self, edges: list[EdgeProcess], linkemu: LinkEmuProcess) -> ControllerProcess:
         k = self.scenario.draft_length
         block = self.profile.edge.block_seconds(k)
         slot = (self.config.controller_slot_s or self.trace.slot_s) * self.dilation
-        token_file = self.run_dir / "admin-token"
-        token_file.write_text(self.config.admin_token)
-        token_file.chmod(0o600)
         meta = self.trace.metadata
         path = self.run_dir / "controller.yaml"
         path.write_text(yaml.safe_dump({
@@ -189,7 +205,8 @@ class Testbed:
             "policy": {"name": self.config.policy},
             "assume": {"draft_seconds_per_token": self.profile.device.draft_seconds_per_token,
                        "acceptance": self.profile.acceptance.per_token, "pending_tokens": self.config.max_tokens},
-            "listen": f"{self.config.host}:0", "metrics_port": 0, "admin_token_file": str(token_file),
+            "listen": f"{self.config.host}:0", "metrics_port": 0,
+            **({} if self.config.tls else {"admin_token_file": str(self.admin_token_file)}),
             "state": str(self.run_dir / "controller.sqlite")}))
         return ControllerProcess(["--config", str(path)], log_path=self.run_dir / "controller.log", detached=True)
 
@@ -231,7 +248,7 @@ class Testbed:
 
     def write_state(self) -> None:
         (self.run_dir / STATE_FILE).write_text(json.dumps({
-            "dilation": self.dilation, "admin_token_file": str(self.run_dir / "admin-token"),
+            "dilation": self.dilation, "admin_token_file": None if self.config.tls else str(self.admin_token_file),
             "client_env": self.client_env(),
             "daemons": [{"name": d.label, "pid": d.pid, "log": str(d.log_path), "announced": d.announced}
                         for d in self.daemons]}, indent=2))

@@ -47,8 +47,9 @@ def run_up(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     except DaemonFailed as error:
         return fail(str(error), EXIT_FAILED)
-    print(f"up. `tandem testbed status` follows it, `tandem testbed down` stops it; admin token in "
-          f"{bed.run_dir / 'admin-token'}")
+    admin = (f"admin commands: TANDEM_TLS_DIR={bed.tls_dir} tandem policy ... (the admin certificate)"
+             if bed.config.tls else f"admin token (plaintext) in {bed.admin_token_file}")
+    print(f"up. `tandem testbed status` follows it, `tandem testbed down` stops it; {admin}")
     return EXIT_OK
 
 

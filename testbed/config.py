@@ -34,9 +34,9 @@ class TestbedConfig(BaseModel):
     run_dir: Path = Field(Path("runs/testbed"), description="logs, generated configs, results and state")
     host: str = Field("127.0.0.1", description="where every daemon listens")
     tls: bool = Field(True, description="mutual TLS between every part, with a development CA and certificates made "
-                      "in <run_dir>/tls at each `up` (False: plaintext, logged as a warning by every daemon)")
-    admin_token: str = Field("testbed-admin-token", min_length=16, description="the controller's admin token "
-                             "(a local testbed's; give your own for anything shared)")
+                      "in <run_dir>/tls at each `up`; admin commands use its admin certificate (False: plaintext, "
+                      "logged as a warning by every daemon, admin calls need the random token made in "
+                      "<run_dir>/admin-token at each `up`)")
 
 
 def load_testbed_config(path: Path) -> TestbedConfig:

@@ -28,11 +28,11 @@ class Phase:
 
 
 def set_policy(bed, policy: str) -> None:
-    """`tandem policy set`, as an operator swaps it (admin token from the testbed's token file)."""
+    """`tandem policy set`, as an operator swaps it (the admin certificate; in plaintext the run's admin token)."""
     controller = bed.find("controller").address
     done = subprocess.run([sys.executable, "-m", "tandem", "policy", "set", policy, "--controller", controller],
                           capture_output=True, text=True, timeout=180,
-                          env={**os.environ, **bed.client_env(), "TANDEM_ADMIN_TOKEN": bed.config.admin_token})
+                          env={**os.environ, **bed.client_env(), **bed.admin_env()})
     if done.returncode != 0:
         raise UsageError(f"`tandem policy set {policy}` failed: {done.stderr.strip()}")
 

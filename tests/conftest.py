@@ -9,15 +9,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tandem.models import default_data_dir, prepare_models
+from tandem.rpc import bearer_metadata
 from testbed.processes import EdgeProcess, LinkEmuProcess, vllm_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared daemons and clients of the tests talk plaintext over loopback, asked for explicitly (each daemon logs it
 # as a warning); tests/test_security.py starts its own daemons with mutual TLS, and the testbed runs TLS throughout.
 os.environ["TANDEM_INSECURE"] = "1"
+# In plaintext, admin-only services (EdgeControl, LinkControl, ControllerAdmin) answer only the daemon's admin token
+# (without one they refuse every call): every daemon a test starts takes this one from the environment, and tests
+# calling those services send it (ADMIN_AUTH, with_admin_token).
+ADMIN_TOKEN = "tests-plaintext-admin-token"
+os.environ["TANDEM_ADMIN_TOKEN"] = ADMIN_TOKEN
+ADMIN_AUTH = bearer_metadata(ADMIN_TOKEN)
 RESULTS = ROOT / "results"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 REPORT: dict[str, dict] = {}  # figures the tests measured (near-ties, ...), printed at the end and saved
@@ -86,6 +94,21 @@ def connection(edge):
     conn = EdgeConnection(edge.address)
     yield conn
     conn.close()
+
+
+class _AdminToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds the tests' admin token to every call (one method: the four kinds share its signature)."""
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(details._replace(metadata=(*(details.metadata or ()), *ADMIN_AUTH)), request)
+
+    intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = intercept_unary_unary
+
+
+def with_admin_token(channel: grpc.Channel) -> grpc.Channel:
+    """``channel``, its calls carrying the tests' admin token (for plaintext EdgeControl and LinkControl stubs)."""
+    return grpc.intercept_channel(channel, _AdminToken())
 
 
 def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600,

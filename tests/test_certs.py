@@ -27,7 +27,7 @@ from tandem.certs import (
 )
 
 EDGES, DEVICES = 2, 3
-NAMES = ["edge-0", "edge-1", "linkemu", "controller", "admin", "device-0", "device-1", "device-2"]
+NAMES = ["edge-0", "edge-1", "linkemu", "controller", "admin", "health", "device-0", "device-1", "device-2"]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@ shares are refused and change nothing; a controller killed with SIGKILL comes ba
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 import shutil
 import socket
 import threading
@@ -24,17 +27,18 @@ from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from device_client.routing import ControllerRoute
 from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
+from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
 from tandem.traces.format import load_trace
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
-from tests.conftest import run_tandem
+from tests.conftest import ADMIN_TOKEN, run_tandem, with_admin_token
 from tests.teacher_forcing import near_tie_gaps
 
 NUM_EDGES = 3
 NUM_USERS = 4
 SLOT_S = 0.5
-TOKEN = "test-admin-token-0123456789"
+TOKEN = ADMIN_TOKEN  # the controller's, which the edges and the emulator take from the environment
 PROMPT = "Name three uses of a bicycle, with a sentence on each."
 GREEDY = SamplingConfig()
 SAMPLED = SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, seed=11)
@@ -56,7 +60,9 @@ class Daemons:
         self.controller_port = free_port()
         self.state = root / "controller.sqlite"
         self.token_file = root / "admin-token"
-        self.token_file.write_text(TOKEN)
+        write_private(self.token_file, TOKEN.encode())  # 0600: a token others can read is refused
+        self.policy_dir = root / "policies"  # the controller's checkpoints, by folder name
+        self.policy_dir.mkdir()
 
     def _edge(self, index: int) -> EdgeProcess:
         return EdgeProcess(["--engine", "llamacpp", "--data-dir", str(self.data_dir), "--edge-id", str(index),
@@ -88,7 +94,8 @@ class Daemons:
                        "compute": 300.0, "capacity": 4} for i in range(NUM_EDGES)],
             "users": [{"id": u, "draft_length": 4} for u in range(NUM_USERS)],
             "linkemu": self.linkemu.control_address, "slot_s": SLOT_S, "failover_after_s": 1.5,
-            "policy": {"name": "tma-equal"}, "listen": f"127.0.0.1:{self.controller_port}", "metrics_port": 0,
+            "policy": {"name": "tma-equal"}, "policy_dir": str(self.policy_dir),
+            "listen": f"127.0.0.1:{self.controller_port}", "metrics_port": 0,
             "admin_token_file": str(self.token_file)}))
         return config
 
@@ -125,7 +132,7 @@ def admin_stub(bed: Daemons):
 
 
 def edge_control_at(address: str):
-    return control_pb2_grpc.EdgeControlStub(grpc.insecure_channel(address))
+    return control_pb2_grpc.EdgeControlStub(with_admin_token(grpc.insecure_channel(address)))
 
 
 def edge_control(bed: Daemons, index: int):
@@ -178,7 +185,8 @@ def consistent_view(bed: Daemons, routes: dict[int, ControllerRoute]):
     """Status, emulator assignments, edge shares and device routes read within one decision version."""
     for _ in range(200):
         before = controller_stub(bed).GetStatus(cpb.StatusRequest(), timeout=5)
-        emulator = linkemu_pb2_grpc.LinkControlStub(grpc.insecure_channel(bed.linkemu.control_address))
+        emulator = linkemu_pb2_grpc.LinkControlStub(
+            with_admin_token(grpc.insecure_channel(bed.linkemu.control_address)))
         assigned = {a.user: a for a in emulator.GetAssignments(linkemu_pb2.GetAssignmentsRequest(), timeout=5)
                     .assignments}
         loads = {i: edge_control(bed, i).GetLoad(cpb.GetLoadRequest(), timeout=5) for i in range(NUM_EDGES)}
@@ -372,11 +380,13 @@ def test_the_cli_follows_the_controller_and_reports_its_status(testbed):
 
 
 def test_a_trained_masac_policy_is_swapped_in_and_decides_valid_slots(testbed, trained_policy, tmp_path):
-    """`tandem policy set tma-masac --checkpoint DIR` loads the actor `tandem train` kept (without Ray) in the
-    running controller; its decisions hold the share rule; a corrupted checkpoint is refused and changes nothing."""
+    """`tandem policy set tma-masac --checkpoint NAME` loads the actor `tandem train` kept (without Ray), put in
+    the controller's policy directory, in the running controller; its decisions hold the share rule; a corrupted
+    checkpoint is refused and changes nothing."""
     set_policy(testbed, "tma-equal")
     admin = ("--controller", testbed.controller.address, "--admin-token-file", str(testbed.token_file))
-    done = run_tandem("policy", "set", "tma-masac", "--checkpoint", str(trained_policy), *admin, timeout=120)
+    shutil.copytree(trained_policy, testbed.policy_dir / "trained", dirs_exist_ok=True)
+    done = run_tandem("policy", "set", "tma-masac", "--checkpoint", "trained", *admin, timeout=120)
     assert done.returncode == 0, done.stderr
     start = wait_version(testbed, 0).version
     for _ in range(3):
@@ -390,13 +400,67 @@ def test_a_trained_masac_policy_is_swapped_in_and_decides_valid_slots(testbed, t
                 assert 0 <= share <= 1, allocation
                 per_edge[allocation.edge] = per_edge.get(allocation.edge, 0.0) + share
             assert all(total <= 1 + 1e-9 for total in per_edge.values()), (resource, per_edge)
-    corrupted = tmp_path / "corrupted"
-    shutil.copytree(trained_policy, corrupted)
-    (corrupted / "module" / "module_state.pkl").write_bytes(b"\x80\x04garbage")
-    refused = run_tandem("policy", "set", "tma-masac", "--checkpoint", str(corrupted), *admin, timeout=120)
-    assert refused.returncode == 2 and "cannot load the actor" in refused.stderr, refused.stderr
+    corrupted = testbed.policy_dir / "corrupted"
+    shutil.copytree(trained_policy, corrupted, dirs_exist_ok=True)
+    (corrupted / "actor.safetensors").write_bytes(b"\x80\x04garbage")
+    refused = run_tandem("policy", "set", "tma-masac", "--checkpoint", "corrupted", *admin, timeout=120)
+    assert refused.returncode == 2 and "not a safetensors file" in refused.stderr, refused.stderr
     assert wait_version(testbed, start).policy == "tma-masac"
     set_policy(testbed, "tma-equal")
+
+
+class _RunsCode:
+    """A pickle that, when loaded, creates the marker file: what a crafted RLlib checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"echo $$ > {self.marker}",))
+
+
+def _crafted_checkpoint(folder: Path, marker: Path) -> None:
+    """A folder laid out as RLlib's RLModule checkpoint (and our old format), with a pickle that runs code."""
+    (folder / "module").mkdir(parents=True)
+    for name in ("class_and_ctor_args.pkl", "module_state.pkl"):
+        (folder / "module" / name).write_bytes(pickle.dumps(_RunsCode(marker)))
+    (folder / "module" / "metadata.json").write_text("{}")
+    (folder / "tandem-policy.json").write_text(json.dumps({"format": "tandem-policy", "encoding_version": 1,
+                                                           "module_id": "edge", "max_users": 4}))
+
+
+def test_a_checkpoint_is_a_name_in_the_policy_directory_and_runs_no_code(testbed, tmp_path):
+    """Finding 1 of the second security pass: SetPolicy's checkpoint was a path handed to RLlib, which unpickled
+    it. Now it is the name of a folder in the controller's policy directory, read as JSON and safetensors: a
+    crafted pickle there, or anywhere else, runs nothing; every refusal changes nothing and says nothing of paths."""
+    set_policy(testbed, "tma-equal")
+    admin = ("--controller", testbed.controller.address, "--admin-token-file", str(testbed.token_file))
+    marker = tmp_path / "ran"
+    _crafted_checkpoint(testbed.policy_dir / "crafted", marker)
+    _crafted_checkpoint(tmp_path / "outside", marker)
+    (testbed.policy_dir / "escape").symlink_to(tmp_path / "outside")
+    attempts = {
+        "crafted in the policy directory": ["--checkpoint", "crafted"],
+        "an absolute path": ["--checkpoint", str(tmp_path / "outside")],
+        "a path that does not exist": ["--checkpoint", str(tmp_path / "nowhere")],
+        "a relative path out": ["--checkpoint", "../outside"],
+        "a symlink out": ["--checkpoint", "escape"],
+        "a path as a parameter": ["--param", f"checkpoint={tmp_path / 'outside'}"],
+        "the directory as a parameter": ["--param", f"policy_dir={tmp_path}", "--checkpoint", "outside"],
+    }
+    for what, args in attempts.items():
+        refused = run_tandem("policy", "set", "tma-masac", *args, *admin, timeout=120)
+        assert refused.returncode == 2, (what, refused.stderr)
+        assert "No such file" not in refused.stderr and "exist" not in refused.stderr, (what, refused.stderr)
+        if what != "crafted in the policy directory":  # that one exists in the directory: its format is named
+            assert "no usable policy checkpoint named" in refused.stderr or "cannot be set" in refused.stderr, (
+                what, refused.stderr)
+    assert "checkpoint format" in run_tandem("policy", "set", "tma-masac", "--checkpoint", "crafted", *admin,
+                                             timeout=120).stderr
+    time.sleep(1.0)
+    assert not marker.exists(), "a pickle in a checkpoint ran inside the controller"
+    status = controller_stub(testbed).GetStatus(cpb.StatusRequest(), timeout=5)
+    assert status.policy == "tma-equal"  # nothing changed
 
 
 def test_malformed_topology_is_refused_with_exit_2(tmp_path):
@@ -509,7 +573,7 @@ def test_a_vllm_edge_follows_the_controller(vllm_edge, draft, tmp_path):
         "edges": [{"id": 0, "address": vllm_edge.address}], "users": [{"id": 0}, {"id": 1}], "slot_s": SLOT_S,
         "policy": {"name": "tma-opt"}, "listen": "127.0.0.1:0"}))
     token = tmp_path / "token"
-    token.write_text(TOKEN)
+    write_private(token, TOKEN.encode())
     with ControllerProcess(["--config", str(config), "--state", str(tmp_path / "c.sqlite"), "--admin-token-file",
                             str(token)], log_path=tmp_path / "controller.log") as controller:
         route = ControllerRoute(controller.address, 0)

@@ -131,7 +131,8 @@ def test_access_rules_for_admin_calls():
     assert refused(plaintext, _Context()) == StatusCode.UNAUTHENTICATED
     assert refused(plaintext, _Context([("authorization", "Bearer wrong")])) == StatusCode.PERMISSION_DENIED
     assert refused(plaintext, _Context([("authorization", "secret-token-0123")])) == StatusCode.PERMISSION_DENIED
-    assert refused(Guard(access, secure=False), _Context()) is None  # plaintext without a token: open, as asked
+    # plaintext without a token: admin-only calls closed, not open
+    assert refused(Guard(access, secure=False), _Context()) == StatusCode.PERMISSION_DENIED
     assert refused(tls, _Context(identity="controller")) is None
     assert refused(tls, _Context(identity="admin")) is None
     assert refused(tls, _Context(identity="device-3")) == StatusCode.PERMISSION_DENIED

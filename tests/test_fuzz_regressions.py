@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.policies.masac import CheckpointError, read_metadata
+from controller.policies.checkpoints import CheckpointError, read_metadata
 from controller.twin.scenario import ScenarioError, load_scenario
 from edge_server.config import EdgeConfig
 from tandem.cli_support import UsageError, build_config
@@ -138,7 +138,8 @@ def test_a_testbed_config_naming_a_path_with_a_nul_byte_is_refused(tmp_path: Pat
         load_testbed_config(path)
 
 
-POLICY = {"format": "tandem-policy", "encoding_version": 1, "module_id": "edge", "max_users": 24}
+POLICY = {"format": "tandem-policy", "format_version": 2, "encoding_version": 1, "max_users": 24,
+          "hidden_layers": [256, 256]}
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -151,6 +152,9 @@ POLICY = {"format": "tandem-policy", "encoding_version": 1, "module_id": "edge",
     (json.dumps({**POLICY, "max_users": True}), "max_users must be an integer"),
     (json.dumps({**POLICY, "encoding_version": True}), "encoding True"),
     (json.dumps({**POLICY, "max_users": 0}), "max_users must lie in"),
+    (json.dumps({**POLICY, "format_version": 1}), "checkpoint format 1"),  # RLlib's pickles: never read
+    (json.dumps({**POLICY, "hidden_layers": [10**9]}), "hidden_layers must list"),
+    (json.dumps({**POLICY, "hidden_layers": [256.0]}), "hidden_layers must list"),
     ("[" * 5000, "not valid JSON"),  # was RecursionError
 ])
 def test_a_bad_policy_description_is_refused_with_a_checkpoint_error(text: str, reason: str, tmp_path: Path) -> None:
@@ -161,4 +165,4 @@ def test_a_bad_policy_description_is_refused_with_a_checkpoint_error(text: str, 
 
 def test_the_shipped_policy_description_is_still_read(tmp_path: Path) -> None:
     (tmp_path / "tandem-policy.json").write_text(json.dumps(POLICY))
-    assert read_metadata(tmp_path).max_users == 24
+    assert read_metadata(tmp_path)[0].max_users == 24

@@ -11,7 +11,7 @@ Health/Check on each daemon. For each RPC, hypothesis sends
   close in wrong orders) and valid sequences, mutated, in their order or shuffled; and
 - garbage bytes through a channel without serializers (in a stream, among the messages of a valid call);
 
-the controller's calls with and without the admin bearer token (or a wrong one).
+the controller's calls and those of admin-only services with and without the admin bearer token (or a wrong one).
 
 Each call must end with a status within DEADLINE: a reply, or an error whose code is precise -- not UNKNOWN or
 INTERNAL (an unhandled exception), not DEADLINE_EXCEEDED (the server blocked), not UNAVAILABLE (it is gone) --
@@ -36,9 +36,11 @@ from hypothesis import strategies as st
 
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
+from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2, edge_pb2, linkemu_pb2
 from testbed.processes import ControllerProcess, LinkEmuProcess
+from tests.conftest import ADMIN_TOKEN as TOKEN
 from tests.conftest import REPORT, _edge
 from tests.fuzz_messages import garbage, messages
 
@@ -46,7 +48,6 @@ DEADLINE = 20.0
 EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "40"))  # per RPC, for messages and for garbage each
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.large_base_example])
-TOKEN = "fuzz-admin-token-0123456789"
 LIVE_REQUEST = GenerationRequest("Say something nice about trees.", "psd", 24, SamplingConfig(), draft_length=4,
                                  ignore_eos=True)
 PRECISE_ENOUGH = "a precise status: not UNKNOWN/INTERNAL (unhandled), DEADLINE_EXCEEDED (blocked), UNAVAILABLE (gone)"
@@ -174,7 +175,7 @@ def daemons(live, umi_trace, tmp_path_factory) -> Daemons:
         "trace": str(umi_trace), "speedup": 10, "control_listen": "127.0.0.1:0",
         "edges": [{"index": 0, "address": live.edge.address}],
         "users": [{"user": user, "edge": 0, "share": 0.5} for user in (0, 1)]}))
-    (root / "admin-token").write_text(TOKEN)
+    write_private(root / "admin-token", TOKEN.encode())  # 0600: a token others can read is refused
     with LinkEmuProcess(["--config", str(root / "linkemu.yaml")], log_path=root / "linkemu.log") as linkemu:
         (root / "controller.yaml").write_text(yaml.safe_dump({
             "edges": [{"id": 0, "address": live.edge.address}], "users": [{"id": 0}, {"id": 1}],
@@ -245,8 +246,10 @@ def check_status(daemons: Daemons, rpc: Rpc, requests: list, metadata, raw: bool
 
 
 def metadata_for(rpc: Rpc):
-    """The controller's calls with and without the admin token (a device may hold one), the others without."""
-    return ADMIN_METADATA if rpc.daemon == "controller" else st.just(())
+    """Calls of the controller and of admin-only services with and without the admin token (a device may hold
+    one), the others without."""
+    admin_only = rpc.name.partition("/")[0] in ("EdgeControl", "LinkControl", "ControllerAdmin")
+    return ADMIN_METADATA if rpc.daemon == "controller" or admin_only else st.just(())
 
 
 def known_strings(daemons: Daemons):

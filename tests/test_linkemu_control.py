@@ -14,7 +14,7 @@ from testbed.processes import LinkEmuProcess
 from tandem.traces.format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
-from tests.conftest import run_tandem
+from tests.conftest import run_tandem, with_admin_token
 from tests.test_linkemu import Sink, _scrape
 
 
@@ -34,7 +34,7 @@ def controlled(umi_trace, tmp_path_factory):
         "users: [{user: 0, edge: 0, share: 0.5}, {user: 1, edge: 0, share: 0.5}]\n")
     with LinkEmuProcess(["--config", str(config)]) as emulator, \
             grpc.insecure_channel(emulator.control_address) as channel:
-        yield emulator, linkemu_pb2_grpc.LinkControlStub(channel), sinks
+        yield emulator, linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel)), sinks
 
 
 def test_measurement_reports_follow_the_trace_slot_by_slot(controlled, umi_trace):

@@ -126,7 +126,7 @@ def test_a_short_training_run_gives_a_policy_that_decides_valid_slots(trained_po
     assert list((run / "tensorboard").iterdir()) and (run / "checkpoint" / "rllib_checkpoint.json").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["env_steps"] >= 600
-    policy = make_policy("tma-masac", checkpoint=str(trained_policy))
+    policy = make_policy("tma-masac", checkpoint=trained_policy.name, policy_dir=trained_policy.parent)
     scenario = load_scenario(write_twin_scenario(run, umi_trace))
     twin = DigitalTwin(scenario, load_trace(umi_trace), load_profile(scenario.profile), seed=5)
     while not twin.finished:
@@ -142,21 +142,23 @@ def test_a_corrupted_checkpoint_or_a_scenario_beyond_the_policy_is_refused(train
 
     corrupted = tmp_path / "corrupted"
     shutil.copytree(trained_policy, corrupted)
-    (corrupted / "module" / "module_state.pkl").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(CheckpointError, match="cannot load the actor"):
-        TmaMasac(checkpoint=corrupted)
+    (corrupted / "actor.safetensors").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        TmaMasac(checkpoint="corrupted", policy_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a tma-masac policy folder"):
-        TmaMasac(checkpoint=tmp_path)
+        TmaMasac(checkpoint="empty", policy_dir=tmp_path)
     (corrupted / "tandem-policy.json").write_text(json.dumps({"format": "tandem-policy", "encoding_version": 0,
                                                               "max_users": 4}))
     with pytest.raises(CheckpointError, match="encoding 0"):
-        TmaMasac(checkpoint=corrupted)
+        TmaMasac(checkpoint="corrupted", policy_dir=tmp_path)
     big = write_twin_scenario(tmp_path, umi_trace, users=4, capacity=9)  # 9 users per edge, trained for 4
     done = run_tandem("evaluate", "--scenario", str(big), "--trace", str(umi_trace), "--users", "4", "--edges", "3",
                       "--checkpoint", str(trained_policy), "--quiet", "--out", str(tmp_path / "eval"))
     assert done.returncode == 2 and "trained for at most 4 per edge" in done.stderr
     with pytest.raises(ValueError, match="trained for at most 4"):
-        TmaMasac(checkpoint=trained_policy).decide(observation(users=12, edges=1))
+        TmaMasac(checkpoint=trained_policy.name, policy_dir=trained_policy.parent).decide(
+            observation(users=12, edges=1))
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nusers: [1, 1]\n")
     done = run_tandem("train", "--scenario", str(bad), "--iterations", "1")

@@ -28,6 +28,7 @@ from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 from testbed.processes import EdgeProcess, LinkEmuProcess
+from tests.conftest import with_admin_token
 from tests.teacher_forcing import near_tie_gaps
 
 PER_IDENTITY = 2
@@ -321,7 +322,7 @@ control_listen: 127.0.0.1:0
 """)
     with LinkEmuProcess(["--config", str(config), "--insecure"], log_path=tmp_path / "linkemu.log") as link:
         with grpc.insecure_channel(link.control_address) as channel:
-            control = linkemu_pb2_grpc.LinkControlStub(channel)
+            control = linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel))
             control.Assign(linkemu_pb2.AssignRequest(assignments=[
                 linkemu_pb2.UserAssignment(user=0, edge=0, share=0.5),
                 linkemu_pb2.UserAssignment(user=1, edge=0, share=1e-300)]), timeout=5)

@@ -14,8 +14,9 @@ from controller.config import ControllerConfig
 from controller.telemetry import EdgeLoadSample, Telemetry
 from edge_server.checks import check_open, check_score
 from edge_server.engines.base import EngineInfo
-from edge_server.sessions import OpenRate, SessionError, SessionRegistry
+from edge_server.sessions import SessionError, SessionRegistry
 from linkemu.shaper import Direction, SlotClock, TraceShaper
+from tandem.limits import RateLimit
 from tandem.rpc import Caller, QuietLog, echo
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import edge_pb2 as pb
@@ -112,7 +113,7 @@ def test_another_identitys_session_is_answered_as_unknown():
 
 
 def test_open_rate_is_a_token_bucket():
-    rate = OpenRate(rate=1000.0, burst=3)
+    rate = RateLimit(rate=1000.0, burst=3)
     assert [rate.take("a") for _ in range(4)] == [True, True, True, False]
     assert rate.take("b")
     time.sleep(0.01)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from controller.policies.base import Policy
 
@@ -15,13 +16,22 @@ def available() -> dict[str, type[Policy]]:
     return {point.name: point.load() for point in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def make_policy(name: str, seed: int = 0, **params) -> Policy:
+RESERVED_PARAMS = frozenset({"seed", "policy_dir", "actor"})  # set by the caller, never by a policy's parameters
+
+
+def make_policy(name: str, seed: int = 0, policy_dir: Path | None = None, **params) -> Policy:
     """The named policy; ValueError naming the installed ones when there is no such policy or a parameter is
-    not one it takes."""
+    not one it takes.  ``policy_dir``: where a learned policy finds the checkpoint its ``checkpoint`` parameter
+    names (default: the shipped policies)."""
     policies = available()
     if name not in policies:
         raise ValueError(f"unknown policy {name!r} (installed: {', '.join(sorted(policies))})")
+    if reserved := sorted(RESERVED_PARAMS & set(params)):
+        raise ValueError(f"policy parameter {reserved[0]!r} cannot be set")
+    cls = policies[name]
+    if policy_dir is not None and cls.uses_policy_dir:
+        params["policy_dir"] = policy_dir
     try:
-        return policies[name](seed=seed, **params)
+        return cls(seed=seed, **params)
     except TypeError as error:
         raise ValueError(f"policy {name}: {error}") from None

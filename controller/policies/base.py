@@ -84,6 +84,7 @@ class Policy(ABC):
     """Decides association and shares.  Subclasses set ``name`` and take their parameters as keyword arguments."""
 
     name: ClassVar[str]
+    uses_policy_dir: ClassVar[bool] = False  # takes ``policy_dir``: where its ``checkpoint`` name is looked up
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

@@ -158,6 +158,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from controller.policies import available
+    from controller.policies.checkpoints import SHIPPED_POLICY_DIR
     from controller.policies.masac import DEFAULT_CHECKPOINT, CheckpointError, LearnedShares
     from controller.twin.evaluate import LEARNED, EvaluationSettings, aggregate, headline, run_jobs
     from controller.twin.report import markdown, plots
@@ -187,7 +188,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 raise ScenarioError(f"{max(args.users)} users do not fit the capacity ({capacity}) of {edges} edges")
         checkpoint = None
         if LEARNED in policies:
-            checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+            checkpoint = args.checkpoint or SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT
             LearnedShares.from_folder(checkpoint).spec.check_capacity_of(scenario)
     except (ScenarioError, TraceError, ProfileError, CheckpointError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)

@@ -9,6 +9,12 @@ from typing import AsyncIterator, Sequence
 from tandem.sampling import Candidates, SamplingConfig
 
 
+# Whose cached prefixes a computation may reuse: the identity that asked for it (None in plaintext: everyone's).
+# Engines never serve one identity's request from another's cache: a hit is visible in the time a verdict takes
+# (``Verdict.verify_seconds``, or simply the round trip), which would tell one client about another's prompt.
+CacheOwner = str | None
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     engine: str
@@ -26,6 +32,7 @@ class ScoreRequest:
     prefix: Sequence[int]
     block: Sequence[int]
     top_n: int
+    cache_owner: CacheOwner = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,12 @@ class TargetEngine(ABC):
 
     @abstractmethod
     def generate(
-        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
+        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
+        cache_owner: CacheOwner = None,
     ) -> AsyncIterator[list[int]]:
         """Autoregressive decoding; yields new tokens as they come (stop token included, then ends)."""
 
     @abstractmethod
-    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int) -> list[ScoredPosition]:
+    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int,
+                            cache_owner: CacheOwner = None) -> list[ScoredPosition]:
         """Scores of positions ``start .. len(tokens)-1`` of a whole sequence in one forward pass."""

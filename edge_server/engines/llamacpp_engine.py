@@ -2,7 +2,9 @@
 
 Each session gets a context from a small pool (contexts share the mmap'ed weights, so a context costs only its
 KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
-that keeps its slot re-evaluates only its new tokens.  All llama.cpp calls run on one worker thread: on a small
+that keeps its slot re-evaluates only its new tokens.  Slots belong to the identity that used them last: another
+identity's request never reuses their cache (it gets an empty slot, or the least recently used one wiped), so the
+time a verification takes says nothing about other clients' prompts.  All llama.cpp calls run on one worker thread: on a small
 CPU one computation at a time is as fast as it gets, and the event loop stays free for the network.
 """
 
@@ -15,7 +17,7 @@ from typing import AsyncIterator, Sequence
 
 import numpy as np
 
-from edge_server.engines.base import EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
 from tandem.llamacpp import LlamaContext
 from tandem.sampling import Candidates, PositionRandom, SamplingConfig, sample, truncate
 
@@ -29,6 +31,7 @@ class LlamaCppTargetEngine(TargetEngine):
         self._max_slots = slots
         self._use_counter = 0
         self._last_use: dict[int, int] = {}
+        self._owners: dict[int, CacheOwner] = {}  # slot -> the identity whose tokens it caches
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
 
     async def start(self) -> None:
@@ -50,13 +53,14 @@ class LlamaCppTargetEngine(TargetEngine):
         return [await self._run(self._score_one, request) for request in requests]
 
     async def generate(
-        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
+        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
+        cache_owner: CacheOwner = None,
     ) -> AsyncIterator[list[int]]:
         random = PositionRandom(config.seed, PositionRandom.EDGE)
         tokens = list(prompt)
         stops = set(stop_ids)
         for _ in range(max_tokens):
-            logits = await self._run(self._logits, tokens, len(tokens) - 1)
+            logits = await self._run(self._logits, tokens, len(tokens) - 1, cache_owner)
             candidates = Candidates.top_of_logits(logits[0], config.candidates_needed(self.info.vocab_size))
             if config.greedy:
                 token = candidates.argmax()
@@ -67,8 +71,9 @@ class LlamaCppTargetEngine(TargetEngine):
             if token in stops or len(tokens) >= self._max_context:
                 return
 
-    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int) -> list[ScoredPosition]:
-        rows = await self._run(self._logits, tokens, start - 1)
+    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int,
+                            cache_owner: CacheOwner = None) -> list[ScoredPosition]:
+        rows = await self._run(self._logits, tokens, start - 1, cache_owner)
         scored = []
         for offset, row in enumerate(rows[: len(tokens) - start]):
             token = int(tokens[start + offset])
@@ -78,19 +83,21 @@ class LlamaCppTargetEngine(TargetEngine):
 
     def _score_one(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
-        slot = self._slot_for(tokens, len(request.prefix) - 1)
+        slot = self._slot_for(tokens, len(request.prefix) - 1, request.cache_owner)
         rows = slot.logits(tokens, len(request.prefix) - 1)
         return ScoredBlock([Candidates.top_of_logits(row, request.top_n) for row in rows], slot.last_reused)
 
-    def _logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
-        return self._slot_for(tokens, first).logits(tokens, first)
+    def _logits(self, tokens: Sequence[int], first: int, owner: CacheOwner) -> np.ndarray:
+        return self._slot_for(tokens, first, owner).logits(tokens, first)
 
-    def _slot_for(self, tokens: Sequence[int], first: int) -> LlamaContext:
-        """The slot already holding ``tokens[:first]`` (this session's), else an empty or new one, else the
-        least recently used; a slot that lacks tokens before ``first`` belongs to another session."""
-        shared = [slot.shared_prefix(tokens) for slot in self._slots]
-        best = max(range(len(self._slots)), key=lambda i: (shared[i], self._last_use[i]))
-        if shared[best] < first:
+    def _slot_for(self, tokens: Sequence[int], first: int, owner: CacheOwner) -> LlamaContext:
+        """The owner's slot already holding ``tokens[:first]`` (this session's), else an empty or new one, else
+        the least recently used (wiped first if another identity's); a slot that lacks tokens before ``first``
+        belongs to another session."""
+        mine = [i for i in range(len(self._slots)) if self._owners[i] == owner]
+        shared = {i: self._slots[i].shared_prefix(tokens) for i in mine}
+        best = max(mine, key=lambda i: (shared[i], self._last_use[i]), default=None)
+        if best is None or shared[best] < first:
             empty = [i for i, slot in enumerate(self._slots) if len(slot.cached_tokens) == 0]
             if empty:
                 best = empty[0]
@@ -99,6 +106,9 @@ class LlamaCppTargetEngine(TargetEngine):
                 best = len(self._slots) - 1
             else:
                 best = min(range(len(self._slots)), key=lambda i: self._last_use[i])
+            if self._owners[best] != owner:
+                self._slots[best].forget()
+                self._owners[best] = owner
         self._use_counter += 1
         self._last_use[best] = self._use_counter
         return self._slots[best]
@@ -107,6 +117,7 @@ class LlamaCppTargetEngine(TargetEngine):
         context = LlamaContext(self._gguf, self._max_context, self._n_threads, all_logits=True)
         self._slots.append(context)
         self._last_use[len(self._slots) - 1] = 0
+        self._owners[len(self._slots) - 1] = None
         return context
 
     async def _run(self, function, *args):

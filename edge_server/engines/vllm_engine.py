@@ -5,7 +5,9 @@ target's top-N raw log-probabilities at every block position and the one output 
 the position after the block.  Both are the raw fp32 log-softmax whatever the sampling parameters, so
 temperature/top-k/top-p are applied by ``tandem.sampling`` exactly when top_k <= N.
 
-Prefix caching is what makes a warm verification cheap, and it has a trap: ``prompt_logprobs`` entries of
+Prefix caching is what makes a warm verification cheap; each request carries its identity as ``cache_salt``, so
+one identity's request never hits another's cached blocks (the hit would show in the verdict's timing).  It has a
+trap: ``prompt_logprobs`` entries of
 positions served from the cache are uninitialised memory.  Entry i is computed from position i-1, so the block's
 entries are valid only when ``num_cached_tokens <= len(prefix) - 1``; otherwise (a block sent again) the request
 is recomputed without reading the cache.  Requests handed over together are submitted in the same event-loop
@@ -21,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-from edge_server.engines.base import EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
 from tandem.models import fingerprint_tokens, hf_tokens, load_hf_config
 from tandem.sampling import Candidates, SamplingConfig
 
@@ -87,17 +89,19 @@ class VllmTargetEngine(TargetEngine):
 
     async def _score(self, request: ScoreRequest) -> ScoredBlock:
         tokens = list(request.prefix) + list(request.block)
-        output = await self._run(tokens, self._score_params(request.top_n, read_cache=True))
+        owner = request.cache_owner
+        output = await self._run(tokens, self._score_params(request.top_n, read_cache=True), owner)
         if output.num_cached_tokens is None or output.num_cached_tokens > len(request.prefix) - 1:
             self.cache_misses += 1
-            output = await self._run(tokens, self._score_params(request.top_n, read_cache=False))
+            output = await self._run(tokens, self._score_params(request.top_n, read_cache=False), owner)
         n = len(request.prefix)
         positions = [output.prompt_logprobs[i] for i in range(n, len(tokens))]
         positions.append(output.outputs[0].logprobs[0])
         return ScoredBlock([_candidates(position, request.top_n) for position in positions], output.num_cached_tokens)
 
     async def generate(
-        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int]
+        self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
+        cache_owner: CacheOwner = None,
     ) -> AsyncIterator[list[int]]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -113,12 +117,13 @@ class VllmTargetEngine(TargetEngine):
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
         )
-        async for output in self._llm.generate(_prompt(prompt), params, uuid.uuid4().hex):
+        async for output in self._llm.generate(_prompt(prompt, cache_owner), params, uuid.uuid4().hex):
             if output.outputs[0].token_ids:
                 yield list(output.outputs[0].token_ids)
 
-    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int) -> list[ScoredPosition]:
-        output = await self._run(list(tokens), self._score_params(top_n, read_cache=False))
+    async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int,
+                            cache_owner: CacheOwner = None) -> list[ScoredPosition]:
+        output = await self._run(list(tokens), self._score_params(top_n, read_cache=False), cache_owner)
         scored = []
         for i in range(start, len(tokens)):
             position = output.prompt_logprobs[i]
@@ -138,17 +143,22 @@ class VllmTargetEngine(TargetEngine):
             skip_reading_prefix_cache=not read_cache,
         )
 
-    async def _run(self, tokens: list[int], params):
+    async def _run(self, tokens: list[int], params, cache_owner: CacheOwner = None):
         final = None
-        async for output in self._llm.generate(_prompt(tokens), params, uuid.uuid4().hex):
+        async for output in self._llm.generate(_prompt(tokens, cache_owner), params, uuid.uuid4().hex):
             final = output
         return final
 
 
-def _prompt(tokens: Sequence[int]):
+def _prompt(tokens: Sequence[int], cache_owner: CacheOwner = None):
+    """The request's tokens; salted with its identity, so that only the same identity's requests share cached
+    blocks (plaintext: no identity, one shared cache)."""
     from vllm.inputs import TokensPrompt
 
-    return TokensPrompt(prompt_token_ids=list(tokens))
+    prompt = TokensPrompt(prompt_token_ids=list(tokens))
+    if cache_owner is not None:
+        prompt["cache_salt"] = cache_owner
+    return prompt
 
 
 def _candidates(position: dict, top_n: int) -> Candidates:

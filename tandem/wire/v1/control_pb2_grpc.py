@@ -179,7 +179,8 @@ class ControllerServicer:
 
     def WatchAllocation(self, request, context):
         """The user's allocation in the latest decision, then in every new decision (version), until the caller cancels.
-        A slow reader gets the newest, never a backlog. NOT_FOUND for a user outside the topology.
+        A slow reader gets the newest, never a backlog. NOT_FOUND for a user outside the topology;
+        RESOURCE_EXHAUSTED when the identity already holds its limit of open watches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,7 +188,9 @@ class ControllerServicer:
 
     def Report(self, request, context):
         """What a device measures about itself: draft speed, acceptance, work pending. Validated (finite, in range,
-        a known user); the next slot's observation uses the newest report of each user.
+        a known user) and then bounded by what the edges observe and the configured limits (docs/security.md:
+        a report cannot buy shares); the next slot's observation uses the newest report of each user.
+        RESOURCE_EXHAUSTED when an identity reports faster than its rate limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,8 +316,9 @@ class Controller:
 
 
 class ControllerAdminStub:
-    """Administration: needs the admin token as `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing,
-    PERMISSION_DENIED when wrong; nothing changes).
+    """Administration: over TLS only the `admin` certificate may call it; in plaintext development the admin token as
+    `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing, PERMISSION_DENIED when wrong; nothing
+    changes).
     """
 
     def __init__(self, channel):
@@ -341,8 +345,9 @@ class ControllerAdminStub:
 
 
 class ControllerAdminServicer:
-    """Administration: needs the admin token as `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing,
-    PERMISSION_DENIED when wrong; nothing changes).
+    """Administration: over TLS only the `admin` certificate may call it; in plaintext development the admin token as
+    `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing, PERMISSION_DENIED when wrong; nothing
+    changes).
     """
 
     def ListPolicies(self, request, context):
@@ -391,8 +396,9 @@ def add_ControllerAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ControllerAdmin:
-    """Administration: needs the admin token as `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing,
-    PERMISSION_DENIED when wrong; nothing changes).
+    """Administration: over TLS only the `admin` certificate may call it; in plaintext development the admin token as
+    `authorization: Bearer TOKEN` metadata (UNAUTHENTICATED when missing, PERMISSION_DENIED when wrong; nothing
+    changes).
     """
 
     @staticmethod

@@ -1,0 +1,203 @@
+"""Learned-policy checkpoints: found by name in one policy directory, read without running any code from them.
+
+A checkpoint is a folder ``<policy_dir>/<name>/`` holding
+
+    tandem-policy.json    what it is: format, observation encoding, user slots, the network's layer sizes,
+                          how it was trained
+    actor.safetensors     the actor's weights (safetensors: tensors and nothing else, no pickle)
+
+The network class is Tandem's own (``ActorNetwork``: the MLP that RLlib's default SAC actor is, layer for layer),
+built from the sizes in the JSON and then filled with the tensors; nothing in the folder is ever executed.  RLlib's
+own checkpoints (``RLModule.from_checkpoint``) unpickle ``class_and_ctor_args.pkl`` and ``module_state.pkl``: a
+folder with a crafted pickle would run code inside whatever loads it, so they are never read here — training
+exports the actor into this format (``export_actor``).
+
+Names, not paths: the controller loads checkpoints only from its configured ``policy_dir``, by a name that is one
+folder in it (``POLICY_NAME``); the name is resolved and must stay inside the directory (no ``..``, no symlink out
+of it).  Any refusal says only that no usable checkpoint has that name — not which paths exist or what they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from controller.policies.edge_agent import ENCODING_VERSION, AgentSpec
+
+METADATA = "tandem-policy.json"
+WEIGHTS = "actor.safetensors"
+FORMAT = "tandem-policy"
+FORMAT_VERSION = 2  # 1: RLlib's pickled RLModule checkpoint (no longer read)
+POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHIPPED_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+MAX_HIDDEN_LAYERS = 8
+MAX_LAYER_WIDTH = 4096
+MAX_METADATA_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 256 << 20
+
+
+class CheckpointError(ValueError):
+    """A policy checkpoint that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The actor's shape: observation in, hidden ReLU layers, 2 × action numbers out (mean, log-std)."""
+
+    inputs: int
+    hidden: tuple[int, ...]
+    outputs: int
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        sizes = (self.inputs, *self.hidden, self.outputs)
+        shapes = {}
+        for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+            shapes[f"layers.{layer}.weight"] = (fan_out, fan_in)
+            shapes[f"layers.{layer}.bias"] = (fan_out,)
+        return shapes
+
+
+def policy_folder(policy_dir: Path, name: str) -> Path:
+    """The checkpoint folder called ``name`` in ``policy_dir``; CheckpointError (saying nothing of the file system)
+    for a name that is not a plain folder name or that leads outside the directory."""
+    refusal = CheckpointError(f"no usable policy checkpoint named {name[:64]!r} in the policy directory")
+    if not isinstance(name, str) or not POLICY_NAME.fullmatch(name) or ".." in name:
+        raise refusal
+    try:
+        root = Path(policy_dir).resolve(strict=True)
+        folder = (root / name).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+        raise refusal from None
+    if folder.parent != root or not folder.is_dir():
+        raise refusal
+    return folder
+
+
+def read_metadata(folder: Path) -> tuple[AgentSpec, NetworkSpec]:
+    """The agent's and the network's shape from ``tandem-policy.json`` (CheckpointError naming the problem)."""
+    path = Path(folder) / METADATA
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_METADATA_BYTES + 1)
+    except OSError as error:
+        raise CheckpointError(f"not a tma-masac policy folder: cannot read {METADATA} ({error.strerror})") from None
+    if len(raw) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested too deeply
+        raise CheckpointError(f"{METADATA} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{METADATA} is not a tandem policy description")
+    version, max_users = data.get("encoding_version"), data.get("max_users")
+    if not _is_int(version) or version != ENCODING_VERSION:
+        raise CheckpointError(f"{METADATA}: trained with observation encoding {version!r}; this version reads "
+                              f"encoding {ENCODING_VERSION}: train again (tandem train)")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{METADATA}: checkpoint format {data.get('format_version')!r}; this version reads "
+                              f"format {FORMAT_VERSION} (weights in {WEIGHTS}): train again or export it")
+    if not _is_int(max_users):
+        raise CheckpointError(f"{METADATA}: max_users must be an integer, got {max_users!r}")
+    try:
+        spec = AgentSpec(max_users)
+    except ValueError as error:
+        raise CheckpointError(f"{METADATA}: bad max_users ({error})") from None
+    hidden = data.get("hidden_layers")
+    if not (isinstance(hidden, list) and 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
+            and all(_is_int(width) and 1 <= width <= MAX_LAYER_WIDTH for width in hidden)):
+        raise CheckpointError(f"{METADATA}: hidden_layers must list 1 to {MAX_HIDDEN_LAYERS} layer widths in "
+                              f"[1, {MAX_LAYER_WIDTH}]")
+    return spec, NetworkSpec(spec.observation_size, tuple(hidden), 2 * spec.action_size)
+
+
+def write_checkpoint(folder: Path, spec: AgentSpec, network: NetworkSpec, tensors: dict[str, np.ndarray],
+                     training: dict) -> None:
+    """Write a checkpoint folder: the description and the weights."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items()},
+              str(folder / WEIGHTS))
+    (folder / METADATA).write_text(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "encoding_version": ENCODING_VERSION,
+        "max_users": spec.max_users, "hidden_layers": list(network.hidden), "training": training}, indent=2) + "\n")
+
+
+def read_weights(folder: Path, network: NetworkSpec) -> dict[str, np.ndarray]:
+    """The actor's tensors, each of the shape the network needs (CheckpointError otherwise)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(folder) / WEIGHTS
+    try:
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise CheckpointError(f"{WEIGHTS} is larger than {MAX_WEIGHTS_BYTES >> 20} MiB")
+        tensors = load_file(str(path))
+    except OSError as error:
+        raise CheckpointError(f"cannot read {WEIGHTS} ({error.strerror})") from None
+    except (SafetensorError, ValueError) as error:
+        raise CheckpointError(f"{WEIGHTS} is not a safetensors file: {error}") from None
+    return check_tensors(network, tensors)
+
+
+def check_tensors(network: NetworkSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tensors`` when they are exactly the network's, each finite and of its shape (CheckpointError otherwise)."""
+    expected = network.tensor_shapes()
+    if set(tensors) != set(expected):
+        raise CheckpointError(f"the actor's tensors are {sorted(tensors)[:8]}, the network needs {sorted(expected)}")
+    for name, shape in expected.items():
+        if tensors[name].shape != shape or not np.all(np.isfinite(tensors[name])):
+            raise CheckpointError(f"{name} must be finite of shape {shape}, got {tensors[name].shape}")
+    return tensors
+
+
+def export_actor(module) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+    """The hidden layer widths and the tensors (``ActorNetwork`` names) of an RLlib ``DefaultSACTorchRLModule``'s
+    actor: its ``pi_encoder`` MLP and ``pi`` head, linear layers in order."""
+    state = module.get_state()
+    linear = [name[: -len(".weight")] for name in state if name.endswith(".weight")
+              and name.startswith(("pi_encoder.", "pi."))]
+    linear.sort(key=lambda name: (not name.startswith("pi_encoder."), int(name.rsplit(".", 1)[1])))
+    tensors = {}
+    for layer, name in enumerate(linear):
+        tensors[f"layers.{layer}.weight"] = np.asarray(state[f"{name}.weight"], dtype=np.float32)
+        tensors[f"layers.{layer}.bias"] = np.asarray(state[f"{name}.bias"], dtype=np.float32)
+    hidden = tuple(int(tensors[f"layers.{layer}.weight"].shape[0]) for layer in range(len(linear) - 1))
+    return hidden, tensors
+
+
+class ActorNetwork:
+    """The actor as numpy: ReLU hidden layers, a linear output of means then log-stds; the action is tanh(mean).
+
+    Plain numpy (a few small matrix products per slot) needs neither torch nor Ray in the controller."""
+
+    def __init__(self, network: NetworkSpec, tensors: dict[str, np.ndarray]) -> None:
+        self.network = network
+        layers = len(network.hidden) + 1
+        self._layers = [(tensors[f"layers.{i}.weight"].astype(np.float32), tensors[f"layers.{i}.bias"].astype(
+            np.float32)) for i in range(layers)]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The weights by ``NetworkSpec.tensor_shapes`` name (what write_checkpoint stores)."""
+        named = {}
+        for layer, (weight, bias) in enumerate(self._layers):
+            named[f"layers.{layer}.weight"], named[f"layers.{layer}.bias"] = weight, bias
+        return named
+
+    def __call__(self, observations: np.ndarray) -> np.ndarray:
+        values = np.asarray(observations, dtype=np.float32)
+        for index, (weight, bias) in enumerate(self._layers):
+            values = values @ weight.T + bias
+            if index < len(self._layers) - 1:
+                values = np.maximum(values, 0.0)
+        mean = values[..., : self.network.outputs // 2]
+        return np.tanh(mean)
+
+
+def _is_int(value: object) -> bool:
+    """An integer as JSON gives it: not a float (24.9, Infinity), a string or a bool (true == 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
