@@ -1,5 +1,6 @@
-"""tandem.certs: the development CA, its certificates (files, modes, SANs, validity), `tandem certs init`, and a real
-gRPC mutual-TLS handshake with the certificates it makes. Pure unit tests: no daemons."""
+"""tandem.certs: the development CA, its certificates (files, modes, SANs, key usages, validity), canonical identity
+names, `tandem certs init`, and real gRPC mutual-TLS handshakes with the certificates it makes (a server name per
+edge, server and client usages kept apart). Pure unit tests: no daemons (tests/test_rotation.py runs them)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,22 @@ from tandem.certs import (
     ADMIN_ROLES,
     SERVER_NAMES,
     CertError,
+    check_key_pair,
+    device_user,
+    edge_server_name,
     identity_files,
     init_certs,
     issue_certificate,
     role_of,
 )
+from tandem.rpc import Caller
 
 EDGES, DEVICES = 2, 3
 NAMES = ["edge-0", "edge-1", "linkemu", "controller", "admin", "health", "device-0", "device-1", "device-2"]
+SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+# Servers only serve, callers only call; the controller does both (it serves devices and calls the edges).
+USAGES = {"edge": {SERVER}, "linkemu": {SERVER}, "controller": {SERVER, CLIENT}, "admin": {CLIENT},
+          "health": {CLIENT}, "device": {CLIENT}}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +99,7 @@ def test_each_certificate_verifies_against_the_ca_and_names_its_identity(ca_dir,
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usages)
+    assert set(usages) == USAGES[role_of(name)]
     now = datetime.now(timezone.utc)
     assert cert.not_valid_before_utc < now < cert.not_valid_after_utc
 
@@ -101,13 +110,15 @@ def test_sans_carry_the_role_server_name_only_for_servers(ca_dir, name):
     assert {name, "localhost", "edge.example.org"} <= set(dns)
     assert {"127.0.0.1", "::1", "10.1.2.3"} <= set(ips)
     role = role_of(name)
-    server_names = [n for n in dns if n in SERVER_NAMES.values()]
-    assert server_names == ([SERVER_NAMES[role]] if role in SERVER_NAMES else [])
+    server_names = [n for n in dns if n.endswith(".tandem")]
+    own = [f"{name}.tandem"] if role == "edge" else []  # each edge its own name, then its role's
+    assert server_names == own + ([SERVER_NAMES[role]] if role in SERVER_NAMES else [])
 
 
 @pytest.mark.parametrize("name, role", [
     ("edge-0", "edge"), ("edge-17", "edge"), ("device-0", "device"), ("device-9999", "device"),
-    ("device-pixel-7a", "device"), ("linkemu", "linkemu"), ("controller", "controller"), ("admin", "admin"),
+    ("device-pixel-7a", "device"), ("device-3x", "device"), ("device-0x3", "device"), ("linkemu", "linkemu"),
+    ("controller", "controller"), ("admin", "admin"), ("health", "health"),
 ])
 def test_role_of_good_names(name, role):
     assert role_of(name) == role
@@ -116,10 +127,46 @@ def test_role_of_good_names(name, role):
 @pytest.mark.parametrize("name", [
     "", "edge", "edge-", "edge-x", "edge--1", "edge-01", "Edge-0", "device-", "device-Pixel", "device_1",
     "device-a.b", "device-../x", "admin2", "controller ", "ca", "device-" + "a" * 60,
+    "device-03", "device-00", "device-007", "device-3\n", "device-\u0663",  # one user, one name
 ])
 def test_role_of_bad_names(name):
     with pytest.raises(ValueError):
         role_of(name)
+
+
+@pytest.mark.parametrize("name, user", [
+    ("device-0", 0), ("device-3", 3), ("device-10", 10), ("device-03", None), ("device-00", None),
+    ("device-pixel-7a", None), ("device-3x", None), ("device-\u0663", None), ("edge-3", None), ("admin", None),
+    (None, None),
+])
+def test_only_canonical_device_names_speak_for_a_user(name, user):
+    """device-03 is not user 3: otherwise one user could hold two identities, each with its own session quota."""
+    assert device_user(name) == user
+    caller = Caller(name, frozenset({"device"}))
+    assert caller.user_index() == user
+    assert caller.may_act_for(3) == (user == 3)
+
+
+def test_non_canonical_names_get_no_certificate(ca_dir):
+    with pytest.raises(CertError, match="leading zeros"):
+        issue_certificate(ca_dir, "device-03")
+    assert not (ca_dir / "device-03.pem").exists()
+
+
+def test_edge_server_names():
+    assert edge_server_name(0) == "edge-0.tandem" and edge_server_name(17) == "edge-17.tandem"
+    for bad in (-1, True, 1.0, "1"):
+        with pytest.raises(ValueError):
+            edge_server_name(bad)
+
+
+def test_a_key_pair_is_checked(ca_dir):
+    cert, key = (ca_dir / "edge-0.pem").read_bytes(), (ca_dir / "edge-0.key").read_bytes()
+    assert check_key_pair(cert, key)[0].subject == load(ca_dir / "edge-0.pem").subject
+    with pytest.raises(CertError, match="not the certificate's"):
+        check_key_pair(cert, (ca_dir / "edge-1.key").read_bytes())
+    with pytest.raises(CertError, match="not a PEM"):
+        check_key_pair(b"garbage", key)
 
 
 def test_admin_roles():
@@ -162,7 +209,7 @@ def test_issue_an_expired_certificate(ca_dir):
 def test_issue_certificate_with_hosts_and_days(ca_dir):
     cert = load(issue_certificate(ca_dir, "edge-7", hosts=["192.168.0.9"], days=2)[0])
     dns, ips = sans(cert)
-    assert "edge.tandem" in dns and "192.168.0.9" in ips and "10.1.2.3" not in ips
+    assert {"edge-7.tandem", "edge.tandem"} <= set(dns) and "192.168.0.9" in ips and "10.1.2.3" not in ips
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=2)
 
 
@@ -184,8 +231,8 @@ def test_cli_init_and_its_errors(tmp_path):
     folder = tmp_path / "certs"
     made = tandem("certs", "init", str(folder), "--edges", "1", "--devices", "2", "--host", "10.9.9.9", "--days", "30")
     assert made.returncode == 0, made.stderr
-    assert made.stdout.strip().splitlines()[-1] == f"certificates for 6 identities in {folder}"
-    for name in ["edge-0", "linkemu", "controller", "admin", "device-0", "device-1"]:
+    assert made.stdout.strip().splitlines()[-1] == f"certificates for 7 identities in {folder}"
+    for name in ["edge-0", "linkemu", "controller", "admin", "health", "device-0", "device-1"]:
         assert any(line.startswith(f"{name}:") for line in made.stdout.splitlines()), made.stdout
         assert mode(folder / f"{name}.key") == 0o600
     assert "10.9.9.9" in sans(load(folder / "device-0.pem"))[1]
@@ -200,16 +247,23 @@ def test_cli_init_and_its_errors(tmp_path):
 # --- a real mutual-TLS handshake -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def edge_server(ca_dir):
-    """A gRPC server with edge-0's certificate that requires a client certificate from the CA, serving health."""
-    ca, cert, key = (p.read_bytes() for p in identity_files(ca_dir, "edge-0"))
+def health_server(folder: Path, name: str) -> tuple[grpc.Server, int]:
+    """A gRPC server presenting `name`'s certificate that requires a client certificate from the CA, serving
+    health."""
+    ca, cert, key = (p.read_bytes() for p in identity_files(folder, name))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     port = server.add_secure_port(
         "127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     )
     server.start()
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def edge_server(ca_dir):
+    """edge-0's server."""
+    server, port = health_server(ca_dir, "edge-0")
     yield port
     server.stop(None)
 
@@ -246,3 +300,33 @@ def test_server_of_another_role_is_refused(edge_server, ca_dir):
 def test_server_from_another_ca_is_refused(edge_server, ca_dir, other_ca_dir):
     code = check_health(edge_server, other_ca_dir / "ca.pem", other_ca_dir, "device-0", "edge.tandem")
     assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_expecting_one_edge_refuses_another(edge_server, ca_dir):
+    """edge-0's certificate names edge-0.tandem (and the role's edge.tandem), not edge-1.tandem: a device sent to
+    edge 1 that reaches edge 0 fails the handshake."""
+    assert check_health(edge_server, ca_dir / "ca.pem", ca_dir, "device-0", "edge-0.tandem") == grpc.StatusCode.OK
+    code = check_health(edge_server, ca_dir / "ca.pem", ca_dir, "device-0", "edge-1.tandem")
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("name, serves", [("device-0", False), ("admin", False), ("health", False),
+                                          ("controller", True), ("linkemu", True)])
+def test_only_server_certificates_can_serve(ca_dir, name, serves):
+    """A server presenting a client-only certificate (a stolen device key on a rogue server) is refused by the
+    client, although the name checked (the identity's own SAN) and the CA are right: the refusal is the usage."""
+    server, port = health_server(ca_dir, name)
+    try:
+        code = check_health(port, ca_dir / "ca.pem", ca_dir, "admin", name)
+    finally:
+        server.stop(None)
+    assert code == (grpc.StatusCode.OK if serves else grpc.StatusCode.UNAVAILABLE)
+
+
+@pytest.mark.parametrize("name, calls", [("edge-0", False), ("linkemu", False), ("controller", True),
+                                         ("admin", True), ("health", True), ("device-1", True)])
+def test_only_client_certificates_can_call(edge_server, ca_dir, name, calls):
+    """An edge's or the link emulator's key cannot be used to call another daemon: the server refuses the client
+    certificate at the handshake."""
+    code = check_health(edge_server, ca_dir / "ca.pem", ca_dir, name, "edge-0.tandem")
+    assert code == (grpc.StatusCode.OK if calls else grpc.StatusCode.UNAVAILABLE)
