@@ -224,6 +224,10 @@ def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, d
      "trace file not found"),
     ("trace: {trace}\ncontrol_listen: 'anywhere'\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, "
      "edge: 0, share: 1}}]\n", "control_listen"),
+    ("trace: {trace}\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: 0, share: 1e-300}}]\n",
+     "share must be within [0.0001, 1]"),
+    ("trace: {trace}\nmax_connections: 0\nedges: [{{index: 0, address: '127.0.0.1:1'}}]\nusers: [{{user: 0, edge: "
+     "0, share: 1}}]\n", "max_connections"),
     ("- just a list\n", "must hold a mapping"),
 ])
 def test_bad_emulator_configs_exit_2(config, reason, tmp_path):

@@ -11,11 +11,15 @@ import pytest
 
 from linkemu.config import split_address
 from testbed.processes import LinkEmuProcess
+from tandem.shares import MIN_SHARE
 from tandem.traces.format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 from tests.conftest import run_tandem, with_admin_token
 from tests.test_linkemu import Sink, _scrape
+
+
+SHARE_RULE = f"share must be within [{MIN_SHARE:g}, 1]"
 
 
 def _table(reply: pb.Assignments) -> dict[int, tuple[int, float]]:
@@ -75,8 +79,12 @@ def test_an_assignment_moves_shaping_and_new_connections_to_the_new_edge(control
 
 @pytest.mark.parametrize("assignments, reason", [
     ([], "no assignments given"),
-    ([(0, 0, 1.5)], "share must be within (0, 1]"),
-    ([(0, 0, float("nan"))], "share must be within (0, 1]"),
+    ([(0, 0, 1.5)], SHARE_RULE),
+    ([(0, 0, float("nan"))], SHARE_RULE),
+    # below the floor: 1e-300 made the link unusable until a restart, 5e-324 an arrival time of inf
+    ([(0, 0, 1e-300)], SHARE_RULE),
+    ([(0, 0, 5e-324)], SHARE_RULE),
+    ([(0, 0, MIN_SHARE / 2)], SHARE_RULE),
     ([(0, 2, 0.5)], "edge 2 is not one this emulator can reach"),
     ([(3, 0, 0.5)], "user 3 is not carried by this emulator"),
     ([(0, 0, 0.7)], "the shares on edge 0 would sum to 1.2 > 1"),
