@@ -1,6 +1,9 @@
 """`tandem health HOST:PORT`: is a daemon serving? (grpc.health.v1, which every Tandem gRPC daemon serves.)
 
-Exit 0 when the service reports SERVING, 1 otherwise: what a container health check or a script waits on.
+Exit 0 when the service reports SERVING, 1 otherwise: what a container health check or a script waits on.  Health
+is open to any identity the daemon's TLS admits, so a check needs no admin credential: it presents the identity
+``--tls-name`` names (default admin, the operator's), e.g. a container's own (``controller``), or ``health``, a client
+identity granted nothing else, where the daemon's own certificate may only serve (edges, the link emulator).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def add_health_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
     parser.add_argument("--role", choices=sorted(SERVER_NAMES), default="edge",
                         help="what the daemon is, for TLS: the server name its certificate must carry (default edge)")
+    parser.add_argument("--edge-id", type=int, help="for an edge: which one it must be (its certificate must name "
+                        "edge-N.tandem); default: any edge of the deployment")
     add_tls_arguments(parser, "admin")
     parser.set_defaults(handler=run_health)
 
@@ -32,11 +37,13 @@ def run_health(args: argparse.Namespace) -> int:
 
     if not re.match(ADDRESS_PATTERN, args.address):
         return fail(f"address {args.address!r} is not HOST:PORT", EXIT_USAGE)
+    if args.edge_id is not None and (args.role != "edge" or args.edge_id < 0):
+        return fail("--edge-id names an edge: a number >= 0, with --role edge", EXIT_USAGE)
     try:
         transport = transport_from_args(args, "admin")
     except TlsError as error:
-        return fail(str(error), EXIT_USAGE)
-    with transport.channel(args.address, args.role) as channel:
+        return fail(f"{error} (--tls-name picks another identity)", EXIT_USAGE)
+    with transport.channel(args.address, args.role, edge_id=args.edge_id) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
                                                               timeout=args.timeout)

@@ -1,6 +1,7 @@
 """The compose testbed under a real dockerd: every image built from the repo's Dockerfiles (deploy/), the
 services up with docker-compose, prompts sent through the client CLI inside it, Prometheus scraping every daemon,
-every Grafana panel's PromQL answered — then everything down.
+every Grafana panel's PromQL answered, per-service credentials (a container holds only its own key, the CA key none,
+and a device cannot administer) — then everything down.
 
 Needs dockerd, docker-compose and the images (scripts/setup-docker.sh and deploy/build-images.sh: `make test`
 runs both); skipped, saying why, where docker is not available.
@@ -38,12 +39,16 @@ def docker_ready() -> str | None:
     return None
 
 
-ONE_SHOT = {"models", "certs"}
+ONE_SHOT = {"models", "certs", "admin"}
+CONTAINER_UID = "10001"  # the image's user (deploy/Dockerfile)
+# What each service finds in /tls: the CA certificate and its own identities' certificates and keys, nothing else.
+CREDENTIALS = {"edge0": ["edge-0", "health"], "edge1": ["edge-1", "health"], "linkemu": ["linkemu", "health"],
+               "controller": ["controller"], "devices": ["device-0", "device-1", "device-2", "device-3"]}
 
 
 def exited_services() -> dict[str, str]:
-    """Long-running services of the project that stopped, with their last log lines (the one-shot `models` and
-    `certs` may)."""
+    """Long-running services of the project that stopped, with their last log lines (the one-shot `models`,
+    `certs` and `admin` may)."""
     names = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}",
                             "--filter", "status=exited", "--format", '{{.Label "com.docker.compose.service"}}'],
                            capture_output=True, text=True).stdout.split()
@@ -122,8 +127,8 @@ def test_prompts_through_the_client_cli_are_lossless(testbed):
     answers = {}
     for mode in ("psd", "edge-only"):
         done = compose("exec", "-T", "devices", "tandem", "generate", "--controller", "controller:50070", "--user",
-                       "3", "--via", "linkemu:6003", "--mode", mode, "--max-tokens", "16", "--connect-timeout", "60", "--json",
-                       PROMPT, env=env)
+                       "3", "--via", "linkemu:6003", "--mode", mode, "--max-tokens", "16", "--connect-timeout", "60",
+                       "--json", PROMPT, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         answers[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(answers["psd"]["token_ids"]) == 16 and answers["psd"]["text"].strip()
@@ -132,14 +137,51 @@ def test_prompts_through_the_client_cli_are_lossless(testbed):
 
 
 def test_the_deployment_speaks_mutual_tls_only(testbed):
-    """Every daemon took its certificate from the `certs` service's CA: a plaintext client is refused, the
-    deployment's admin certificate is served."""
+    """Every daemon took its certificate from the `certs` service's CA: a plaintext client is refused, a device
+    certificate of the deployment is served (health is open to any identity)."""
     env, _ = testbed
     for address, role in (("edge0:50051", "edge"), ("linkemu:9201", "linkemu"), ("controller:50070", "controller")):
         plain = compose("exec", "-T", "devices", "tandem", "health", address, "--role", role, "--insecure", env=env)
         assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr, (address, plain.stderr[-500:])
-        secure = compose("exec", "-T", "devices", "tandem", "health", address, "--role", role, env=env)
+        secure = compose("exec", "-T", "devices", "tandem", "health", address, "--role", role, "--tls-name",
+                         "device-3", env=env)
         assert secure.returncode == 0 and "SERVING" in secure.stdout, (address, secure.stderr[-500:])
+
+
+def test_each_service_holds_only_its_own_credentials_as_a_non_root_user(testbed):
+    """Every daemon runs as the image's user, and its /tls holds the CA certificate and its own identities' files
+    (keys 0600, owned by that user) and nothing else: no admin or other identity's key, no CA key anywhere."""
+    env, _ = testbed
+    for service, names in CREDENTIALS.items():
+        listing = compose("exec", "-T", service, "sh", "-c", "id -u; stat -c '%n %a %U' /tls/*", env=env)
+        assert listing.returncode == 0, (service, listing.stderr[-500:])
+        uid, *files = listing.stdout.splitlines()
+        assert uid == CONTAINER_UID, service
+        expected = {"/tls/ca.pem 644 tandem"} | {f"/tls/{name}.pem 644 tandem" for name in names} \
+            | {f"/tls/{name}.key 600 tandem" for name in names}
+        assert set(files) == expected, (service, files)
+        # As root, so that no folder is out of sight: the CA key is nowhere in a running service.
+        found = compose("exec", "-T", "-u", "root", service, "find", "/", "(", "-path", "/proc", "-o", "-path",
+                        "/sys", ")", "-prune", "-o", "-name", "ca.key", "-print", env=env)
+        assert found.returncode == 0 and not found.stdout.strip(), (service, found.stdout, found.stderr[-500:])
+    for key in ("admin.key", "controller.key", "edge-0.key", "ca.key"):
+        done = compose("exec", "-T", "devices", "cat", f"/tls/{key}", env=env)
+        assert done.returncode != 0 and "No such file" in done.stderr + done.stdout, key
+
+
+def test_a_device_cannot_administer_even_with_the_admin_token(testbed):
+    """device-3's certificate is refused policy calls, also when it presents the controller's admin token; the
+    `admin` service's certificate is the admin."""
+    env, _ = testbed
+    token = compose("exec", "-T", "controller", "cat", "/tmp/controller.sqlite.admin-token", env=env)
+    assert token.returncode == 0 and len(token.stdout.strip()) >= 16, token.stderr[-500:]
+    for extra in ([], ["-e", f"TANDEM_ADMIN_TOKEN={token.stdout.strip()}"]):
+        for command in (["list"], ["set", "random"]):
+            done = compose("exec", "-T", *extra, "devices", "tandem", "policy", *command, "--controller",
+                           "controller:50070", "--tls-name", "device-3", env=env)
+            assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr, (extra[:1], command, done.stderr)
+    admin = compose("run", "--rm", "-T", "admin", "policy", "show", "--controller", "controller:50070", env=env)
+    assert admin.returncode == 0 and "tma-opt" in admin.stdout, admin.stderr[-1000:]
 
 
 def test_prometheus_scrapes_tandem_series_from_every_daemon(testbed):
