@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.policies.checkpoints import SHIPPED_POLICY_DIR
+from controller.share_floor import DEFAULT_SHARE_FLOOR
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.auth import ADMIN_TOKEN_ENV
 from tandem.tls import TlsSettings
@@ -75,7 +76,7 @@ class ControllerConfig(BaseModel):
                              "from, each a sub-folder named by the `checkpoint` parameter (default: the shipped "
                              "policies)")
     assume: Assumptions = Assumptions()
-    share_floor: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="every member of an edge keeps "
+    share_floor: float = Field(DEFAULT_SHARE_FLOOR, ge=0, le=1, allow_inf_nan=False, description="every member of an edge keeps "
                                "at least share_floor / (its members) of the edge's bandwidth and compute, whatever "
                                "the policy decided: what bounds how far one user's reports can move the others")
     watches_per_identity: int = Field(4, ge=1, le=1024, description="allocation watches one client identity may "

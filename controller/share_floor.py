@@ -19,6 +19,7 @@ from dataclasses import replace
 from controller.policies.base import Allocation, Decision
 
 RESOURCES = ("bandwidth_share", "compute_share")
+DEFAULT_SHARE_FLOOR = 0.5  # half an equal share: the controller's and the twin's default
 
 
 def floored(shares: list[float], floor: float) -> list[float]:

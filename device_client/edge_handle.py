@@ -36,7 +36,7 @@ class SessionSpec:
     sampling: SamplingConfig
     speculative: bool
     draft_length: int = 0  # speculative: the longest block
-    max_new_tokens: int = 0  # edge-only
+    max_new_tokens: int = 0  # edge-only: tokens to generate; speculative: the request's budget (0: the context)
     stop_ids: tuple[int, ...] = ()  # edge-only
     tokenizer_fingerprint: str = ""
     user: int | None = None  # whose compute share pays (set when the device follows a controller)

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.share_floor import DEFAULT_SHARE_FLOOR
 from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
 
 
@@ -80,6 +81,8 @@ class Scenario(BaseModel):
     mode: Literal["psd", "sd"] = "psd"
     rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip behind the radio")
     bytes_per_prompt_token: float = Field(2.0, gt=0, le=16, allow_inf_nan=False, description="packed varint ids")
+    share_floor: float = Field(DEFAULT_SHARE_FLOOR, ge=0, le=1, allow_inf_nan=False, description="every member of "
+                               "an edge keeps at least share_floor / members of it, as the controller enforces")
 
     @model_validator(mode="after")
     def _unique(self) -> "Scenario":

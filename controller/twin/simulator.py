@@ -30,6 +30,7 @@ import numpy as np
 
 from controller.estimator import EdgeState, UserState, pair_costs, round_seconds
 from controller.policies.base import Decision, Observation, Policy
+from controller.share_floor import with_share_floor
 from controller.twin.scenario import Scenario
 from tandem.profiles import HardwareProfile
 from tandem.traces.format import ChannelTrace
@@ -174,6 +175,7 @@ class DigitalTwin:
         """Play one slot under ``decision``; returns the requests that finished in it."""
         observation = self.observation()
         decision.check(observation)
+        decision = with_share_floor(decision, self.scenario.share_floor)  # as the controller applies it
         by_user = {a.user: a for a in decision.allocations}
         busy = [u for u in self.users if u.current is not None]
         active_on = {edge.id: 0 for edge in self.edges}

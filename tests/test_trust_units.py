@@ -1,0 +1,54 @@
+"""What the controller believes of a report, and the share floor under every user (pure logic, known answers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.config import Assumptions
+from controller.policies.base import Allocation, Decision
+from controller.share_floor import floored, with_share_floor
+from controller.trust import MIN_OBSERVED_DRAFTS, DeviceReport, ObservedUser, believe
+
+ASSUME = Assumptions(draft_seconds_per_token=0.04, acceptance=0.7, pending_tokens=32,
+                     min_draft_seconds_per_token=0.01, min_acceptance=0.2)
+LIE = DeviceReport(draft_seconds_per_token=0.0, acceptance=0.0, pending_tokens=2**32 - 1)
+
+
+def test_a_report_without_edge_observations_is_held_to_the_assumed_bounds():
+    believed = believe(LIE, [], ASSUME)
+    assert believed.pending_tokens == 32  # no open session anywhere: at most what a request is assumed to need
+    assert believed.acceptance == 0.2  # the lowest acceptance believed before the edges have seen drafts
+    assert believed.draft_seconds_per_token == 0.04  # 0 means "not measured": the assumption
+    fast = believe(DeviceReport(1e-6, 0.7, 10), [], ASSUME)
+    assert fast.draft_seconds_per_token == 0.01 and fast.pending_tokens == 10
+
+
+def test_the_edges_observations_replace_or_bound_the_report():
+    observed = [ObservedUser(remaining_tokens=12, sessions=1, drafted_tokens=40, accepted_tokens=30),
+                ObservedUser(remaining_tokens=5, sessions=1, drafted_tokens=0, accepted_tokens=0)]
+    believed = believe(LIE, observed, ASSUME)
+    assert believed.pending_tokens == 17  # what its open sessions may still commit, summed over edges
+    assert believed.acceptance == pytest.approx(0.75)  # counted by the edges, not reported
+    few = [ObservedUser(100, 1, MIN_OBSERVED_DRAFTS - 1, 0)]
+    assert believe(DeviceReport(0.04, 0.9, 50), few, ASSUME).acceptance == 0.9  # too few drafts seen: the report
+    honest = believe(DeviceReport(0.04, 0.6, 8), observed, ASSUME)
+    assert honest.pending_tokens == 8  # an honest report below the bound is taken as it is
+
+
+def test_every_member_keeps_the_floor_and_the_shares_still_fit():
+    assert floored([0.997, 0.001, 0.001, 0.001], 0.5) == pytest.approx([0.625, 0.125, 0.125, 0.125])
+    assert floored([0.25] * 4, 0.5) == [0.25] * 4  # nothing below the floor: unchanged
+    assert floored([0.1, 0.2], 0.5) == pytest.approx([0.25, 0.25])  # a policy that left capacity unused
+    assert floored([0.5, 0.3, 0.2], 0.0) == [0.5, 0.3, 0.2]  # no floor
+    raised = floored([0.9, 0.05, 0.05], 1.0)  # floor 1: an equal split
+    assert raised == pytest.approx([1 / 3] * 3) and sum(raised) <= 1 + 1e-12
+
+
+def test_the_floor_applies_per_edge_and_per_resource():
+    decision = Decision(3, (Allocation(0, 0, 0.98, 0.5, 4), Allocation(1, 0, 0.02, 0.5, 4),
+                            Allocation(2, 1, 1.0, 1.0, 4)))
+    floored_decision = with_share_floor(decision, 0.5)
+    by_user = {a.user: a for a in floored_decision.allocations}
+    assert by_user[1].bandwidth_share == pytest.approx(0.25) and by_user[0].bandwidth_share == pytest.approx(0.75)
+    assert by_user[0].compute_share == by_user[1].compute_share == 0.5
+    assert by_user[2].bandwidth_share == 1.0 and floored_decision.slot == 3
