@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controller.policies import RESERVED_PARAMS
 from controller.policies.checkpoints import SHIPPED_POLICY_DIR
 from controller.share_floor import DEFAULT_SHARE_FLOOR
 from tandem.addresses import ADDRESS_PATTERN
@@ -59,6 +60,14 @@ class PolicySpec(BaseModel):
     name: str = "tma-equal"
     seed: int = Field(0, ge=0)
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _not_reserved(cls, params: dict) -> dict:
+        """The seed, the policy directory and objects are the controller's to give, never a parameter's."""
+        if reserved := sorted(RESERVED_PARAMS & set(params)):
+            raise ValueError(f"policy parameter {reserved[0]!r} cannot be set")
+        return params
 
 
 class ControllerConfig(BaseModel):

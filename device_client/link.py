@@ -45,6 +45,7 @@ class EdgeConnection(EdgeHandle):
         $TANDEM_INSECURE=1; TlsError otherwise).  ``edge_id``: the edge the device was sent to; over TLS a server
         without that edge's certificate is refused at the handshake (None: any edge of the deployment)."""
         self.address = address
+        self.edge_id = edge_id
         self.name = name or address
         self.connect_timeout = connect_timeout
         self.transport = transport or default_transport("device-0")
@@ -73,9 +74,11 @@ class EdgeConnection(EdgeHandle):
                     time.sleep(0.05)  # the connection broke during the call (a link outage): dial again
                     continue
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    expected = "" if self.edge_id is None else (
+                        f" as edge {self.edge_id} (over TLS only the certificate of edge-{self.edge_id} is accepted)")
                     raise EdgeUnreachable(
                         f"cannot reach an edge server at {self.address} within {self.connect_timeout:g} s "
-                        f"({code.name}); is `tandem edge serve` running there?"
+                        f"({code.name}); is `tandem edge serve` running there{expected}?"
                     ) from None
                 raise EdgeError(code, error.details()) from None
 

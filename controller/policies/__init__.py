@@ -26,8 +26,6 @@ def make_policy(name: str, seed: int = 0, policy_dir: Path | None = None, **para
     policies = available()
     if name not in policies:
         raise ValueError(f"unknown policy {name!r} (installed: {', '.join(sorted(policies))})")
-    if reserved := sorted(RESERVED_PARAMS & set(params)):
-        raise ValueError(f"policy parameter {reserved[0]!r} cannot be set")
     cls = policies[name]
     if policy_dir is not None and cls.uses_policy_dir:
         params["policy_dir"] = policy_dir
