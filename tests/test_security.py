@@ -23,6 +23,7 @@ from device_client.link import EdgeConnection
 from tandem.certs import init_certs, issue_certificate
 from tandem.rpc import bearer_metadata
 from tandem.sampling import SamplingConfig
+from tandem.shares import MIN_SHARE
 from tandem.tls import TlsSettings, Transport, load_transport
 from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace
@@ -308,8 +309,9 @@ def test_a_cancelled_request_frees_the_engine(tls_edge, pki):
 
 
 def test_a_tiny_share_slows_only_its_own_user(llamacpp_edge, draft, tmp_path):
-    """Assign a share of 1e-300 to user 1: its link becomes very slow, but the emulator's event loop is not held —
-    user 0's request through the same emulator completes, the control service answers, SIGTERM stops it."""
+    """Assign the smallest share the rule allows (MIN_SHARE; 1e-300 is refused since the second pass) to user 1:
+    its link becomes very slow, but the emulator's event loop is not held — user 0's request through the same
+    emulator completes, the control service answers, SIGTERM stops it."""
     se = np.full((20, 2, 1), 5.0)
     trace_path = tmp_path / "two-users.npz"
     save_trace(synthetic_trace(se, se, slot_ms=10), trace_path)
@@ -325,7 +327,7 @@ control_listen: 127.0.0.1:0
             control = linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel))
             control.Assign(linkemu_pb2.AssignRequest(assignments=[
                 linkemu_pb2.UserAssignment(user=0, edge=0, share=0.5),
-                linkemu_pb2.UserAssignment(user=1, edge=0, share=1e-300)]), timeout=5)
+                linkemu_pb2.UserAssignment(user=1, edge=0, share=MIN_SHARE)]), timeout=5)
             victim = EdgeConnection(link.addresses[1], connect_timeout=2)
             stuck = threading.Thread(target=lambda: _try(victim.info), daemon=True)
             stuck.start()  # its request crawls through the tiny share
