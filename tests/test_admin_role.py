@@ -21,7 +21,7 @@ import yaml
 from tandem.auth import ADMIN_TOKEN_ENV
 from tandem.certs import init_certs
 from tandem.private_files import write_private
-from tandem.rpc import ADMINS, DEVICES, OPERATORS, Access, Guard, bearer_metadata
+from tandem.rpc import ADMINS, ANYONE, DEVICES, OPERATORS, Access, Guard, bearer_metadata
 from tandem.tls import TlsSettings, Transport, load_transport
 from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace
@@ -64,6 +64,15 @@ def test_over_tls_the_token_adds_no_role():
     assert tls._refusal(OPERATORS, _Call("controller"))[0] == grpc.StatusCode.PERMISSION_DENIED  # not the operator
     assert tls._refusal(OPERATORS, _Call("admin")) is None
     assert tls._refusal(ADMINS, _Call("controller")) is None
+
+
+def test_the_health_identity_may_only_check_health():
+    """`health` (a client certificate for container health checks) is let in by the transport and granted nothing
+    but what any caller may call."""
+    tls = Guard(Access({}), secure=True)
+    assert tls._refusal(ANYONE, _Call("health")) is None
+    for roles in (DEVICES, ADMINS, OPERATORS, DEVICES | ADMINS):
+        assert tls._refusal(roles, _Call("health"))[0] == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_in_plaintext_admin_only_calls_need_a_configured_token():
