@@ -53,6 +53,8 @@ class LinkObserver:
 
 @dataclass(eq=False)
 class _Chunk:
+    """Bytes read from one side, waiting to be written to the other at their transfer's arrival."""
+
     data: bytes  # b"": the sender closed its side (passed on after everything before it)
     sent: float
     order: int  # the order of sending on the port, across its connections: rescheduling keeps it
