@@ -50,7 +50,7 @@ def _refusal(status: os.stat_result) -> str | None:
     mode = stat.S_IMODE(status.st_mode)
     if status.st_uid == os.getuid():
         if mode & _OWNER_ONLY:
-            return (f"is readable by other users (mode {mode:04o}); make it private: chmod 600")
+            return f"is open to other users (mode {mode:04o}); make it private: chmod 600"
         return None
     if status.st_uid == 0:
         if mode & _ROOT_GROUP_READ:

@@ -202,7 +202,10 @@ def _certificate_configuration(ca: bytes | None, cert: bytes, key: bytes) -> grp
 
 def reload_server_certificates() -> None:
     """Every TLS server of this process re-reads its certificate, key and CA (for new connections)."""
-    for certificate in list(_SERVER_CERTIFICATES):
+    certificates = list(_SERVER_CERTIFICATES)
+    if not certificates:
+        log.info("SIGHUP: no TLS server certificates to reload (plaintext)")
+    for certificate in certificates:
         certificate.reload()
 
 

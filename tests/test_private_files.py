@@ -37,7 +37,7 @@ def test_a_file_others_can_read_or_write_is_refused(tmp_path, loose):
     write_private(path, b"s3cret")
     assert read_private(path, "test secret") == b"s3cret"
     path.chmod(loose)
-    with pytest.raises(PrivateFileError, match="readable by other users") as refused:
+    with pytest.raises(PrivateFileError, match="open to other users") as refused:
         read_private(path, "test secret")
     assert f"{loose:04o}" in str(refused.value) and "chmod 600" in str(refused.value)
 
@@ -77,7 +77,7 @@ def test_write_private_is_atomic_and_exact(tmp_path):
 def test_a_tls_key_readable_by_others_is_refused(tls_dir):
     assert load_transport(TlsSettings(dir=tls_dir), "edge-0").key is not None
     (tls_dir / "edge-0.key").chmod(0o644)
-    with pytest.raises(TlsError, match="TLS key .*edge-0.key is readable by other users"):
+    with pytest.raises(TlsError, match="TLS key .*edge-0.key is open to other users"):
         load_transport(TlsSettings(dir=tls_dir), "edge-0")
 
 
@@ -89,7 +89,7 @@ def test_a_key_that_is_not_the_certificates_is_refused(tls_dir):
 
 def test_a_ca_key_readable_by_others_is_refused(tls_dir):
     (tls_dir / "ca.key").chmod(0o640)
-    with pytest.raises(CertError, match="CA key .* is readable by other users"):
+    with pytest.raises(CertError, match="CA key .* is open to other users"):
         issue_certificate(tls_dir, "device-5")
 
 
@@ -97,7 +97,7 @@ def test_token_files_must_be_private(tmp_path):
     path = tmp_path / "admin-token"
     path.write_text(TOKEN)
     path.chmod(0o644)
-    with pytest.raises(TokenError, match="admin token file .* is readable by other users"):
+    with pytest.raises(TokenError, match="admin token file .* is open to other users"):
         read_token_file(path)
     path.chmod(0o600)
     assert read_token_file(path) == TOKEN
@@ -114,15 +114,15 @@ def test_the_controller_makes_its_token_private(tmp_path, monkeypatch):
 def test_clis_exit_2_on_a_readable_key_or_token(tls_dir, tmp_path):
     (tls_dir / "admin.key").chmod(0o644)
     done = run_tandem("health", "127.0.0.1:9", "--tls-dir", str(tls_dir))
-    assert done.returncode == 2 and "readable by other users" in done.stderr, done.stderr
+    assert done.returncode == 2 and "open to other users" in done.stderr, done.stderr
     token = tmp_path / "admin-token"
     token.write_text(TOKEN)
     token.chmod(0o644)
     done = run_tandem("policy", "list", "--controller", "127.0.0.1:9", "--insecure", "--admin-token-file", str(token))
-    assert done.returncode == 2 and "readable by other users" in done.stderr, done.stderr
-    done = run_tandem("controller", "serve", "--config", str(ROOT / "configs" / "controller.yaml"), "--insecure", "--state",
-                      str(tmp_path / "c.sqlite"), "--admin-token-file", str(token))
-    assert done.returncode == 2 and "readable by other users" in done.stderr, done.stderr
+    assert done.returncode == 2 and "open to other users" in done.stderr, done.stderr
+    done = run_tandem("controller", "serve", "--config", str(ROOT / "configs" / "controller.yaml"), "--insecure",
+                      "--state", str(tmp_path / "c.sqlite"), "--admin-token-file", str(token))
+    assert done.returncode == 2 and "open to other users" in done.stderr, done.stderr
 
 
 def test_the_verification_log_is_private(tmp_path):

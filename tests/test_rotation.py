@@ -279,7 +279,7 @@ def test_files_that_fail_the_checks_change_nothing(edges, pki):
     finally:
         key.write_bytes(good_key)
         key.chmod(0o600)
-    assert "readable by other users" in edge.tail(200) and "not the certificate's" in edge.tail(200)
+    assert "open to other users" in edge.tail(200) and "not the certificate's" in edge.tail(200)
     sighup_and_wait(edge, RELOADED)
     assert served_serial(edge.address, pki, "edge-0.tandem") == serial  # the same files again
 
