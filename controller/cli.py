@@ -138,7 +138,8 @@ def _call(args: argparse.Namespace, method: str, request, admin: bool = False):
 
     try:
         transport = transport_from_args(args, "admin")
-        token = client_token(getattr(args, "admin_token_file", None)) if admin else None
+        # Over TLS the admin certificate is the credential: a token is neither read nor sent.
+        token = client_token(getattr(args, "admin_token_file", None)) if admin and not transport.secure else None
     except (TlsError, TokenError) as error:
         return None, fail(str(error), EXIT_USAGE)
     if admin and token is None and not transport.secure:

@@ -33,13 +33,16 @@ class StartError(Exception):
 
 
 async def serve(config: ControllerConfig, state: ControllerState, transport: Transport) -> None:
-    token, token_note = load_or_create_token(config.admin_token_file, state.path)
+    if transport.secure:  # the admin certificate administers; a token would grant nothing over TLS
+        token, token_note = None, "admin: the admin certificate (mutual TLS)"
+    else:
+        token, token_note = load_or_create_token(config.admin_token_file, state.path)
     stored = state.load_policy()  # a policy swapped at run time survives a restart...
     state.save_topology(config.topology_json())
     metrics = ControllerMetrics()
     # Over TLS the controller's certificate is its credential with edges and the link emulator; in plaintext it
     # sends the admin token, which they check when they were given it.
-    client_token = None if transport.secure else token
+    client_token = token
     try:
         loop = ControlLoop(config, state, stored or config.policy, metrics, transport, client_token)
     except ValueError as error:

@@ -23,6 +23,18 @@ MIN_SHARE = 1e-4
 MAX_VERSION = 2**53
 
 
+def proportional_shares(weights) -> "np.ndarray":
+    """Shares of one edge in proportion to non-negative ``weights``, each at least MIN_SHARE, summing to 1: what a
+    policy computing shares from weights (a solver, a learned correction) hands out, so that its decision holds the
+    rule however uneven the weights are."""
+    import numpy as np
+
+    weights = np.nan_to_num(np.asarray(weights, dtype=float), nan=0.0, posinf=0.0).clip(min=0.0)
+    count = len(weights)
+    spread = weights / weights.sum() if weights.sum() > 0 else np.full(count, 1.0 / max(count, 1))
+    return MIN_SHARE + (1.0 - count * MIN_SHARE) * spread
+
+
 def check_shares(held: Iterable[tuple[int, int, float]], edges: Collection[int], where: str = "") -> None:
     """``held``: (user, edge, share) triples.  Raises ValueError naming the first rule broken."""
     totals: dict[int, float] = defaultdict(float)

@@ -28,6 +28,7 @@ import numpy as np
 from controller.estimator import PairCosts
 from controller.policies.base import Allocation, Decision, Observation
 from controller.policies.tma import sequential_shares
+from tandem.shares import proportional_shares
 
 EDGE_FEATURES = 4
 USER_FEATURES = 9
@@ -108,10 +109,10 @@ def encode(observation: Observation, association: np.ndarray, costs: PairCosts, 
 
 
 def corrected(prior: np.ndarray, correction: np.ndarray) -> np.ndarray:
-    """Prior shares scaled by exp(RESIDUAL_SCALE × correction) (clipped to [-1, 1], NaN as 0), summing to 1."""
+    """Prior shares scaled by exp(RESIDUAL_SCALE × correction) (clipped to [-1, 1], NaN as 0), summing to 1, none
+    below the share rule's floor."""
     scaled = np.log(np.maximum(prior, 1e-12)) + RESIDUAL_SCALE * np.clip(np.nan_to_num(correction), -1.0, 1.0)
-    weights = np.exp(scaled - scaled.max())
-    return weights / weights.sum()
+    return proportional_shares(np.exp(scaled - scaled.max()))
 
 
 def decode(observation: Observation, association: np.ndarray, costs: PairCosts, actions: dict[int, np.ndarray],

@@ -26,6 +26,7 @@ from scipy.optimize import minimize
 from controller.estimator import PairCosts, pair_costs
 from controller.policies.base import Allocation, Decision, Observation, Policy
 from controller.policies.baselines import equal_shares
+from tandem.shares import proportional_shares
 
 OUTAGE_ROUND_S = 1e6  # stands in for an infinite round (outage) so that sums and comparisons stay finite
 MIN_SHARE = 1e-3
@@ -134,7 +135,7 @@ def _with_outages(costs: PairCosts, members: np.ndarray, edge: int, solve) -> tu
         budget = 1.0 - MIN_SHARE * (count - reachable.sum())
         rb, rc = solve(members[reachable])
         b[reachable], c[reachable] = rb * budget, rc * budget
-    return b, c
+    return proportional_shares(b), proportional_shares(c)  # nobody below the share rule's floor
 
 
 def sequential_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,8 +162,8 @@ def _summed_latency(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndar
 def _sqrt_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
     """Sequential rounds: minimise sum w (a/b + v/c) with sum b = sum c = 1  ->  b ~ sqrt(w a), c ~ sqrt(w v)."""
     w = costs.weight[members]
-    b0, c0 = np.sqrt(w * costs.comm[members, edge]) + 1e-12, np.sqrt(w * costs.verify[members, edge]) + 1e-12
-    return b0 / b0.sum(), c0 / c0.sum()
+    return proportional_shares(np.sqrt(w * costs.comm[members, edge])), proportional_shares(
+        np.sqrt(w * costs.verify[members, edge]))
 
 
 def _reachable_shares(costs: PairCosts, members: np.ndarray, edge: int,
