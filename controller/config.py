@@ -85,9 +85,10 @@ class ControllerConfig(BaseModel):
                              "from, each a sub-folder named by the `checkpoint` parameter (default: the shipped "
                              "policies)")
     assume: Assumptions = Assumptions()
-    share_floor: float = Field(DEFAULT_SHARE_FLOOR, ge=0, le=1, allow_inf_nan=False, description="every member of an edge keeps "
-                               "at least share_floor / (its members) of the edge's bandwidth and compute, whatever "
-                               "the policy decided: what bounds how far one user's reports can move the others")
+    share_floor: float = Field(DEFAULT_SHARE_FLOOR, ge=0, le=1, allow_inf_nan=False, description="every member "
+                               "of an edge with an open session keeps at least share_floor / (such members) of the "
+                               "edge's bandwidth and compute, whatever the policy decided: what bounds how far one "
+                               "user's reports can move the others")
     watches_per_identity: int = Field(4, ge=1, le=1024, description="allocation watches one client identity may "
                                       "hold open at once")
     report_rate_per_s: float = Field(10.0, gt=0, le=10_000, allow_inf_nan=False, description="reports one client "

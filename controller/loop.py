@@ -121,7 +121,7 @@ class ControlLoop:
         try:
             decision = await asyncio.wait_for(asyncio.shield(self._deciding), self._decision_budget)
             decision.check(observation)  # the policy's own decision must be valid: the floor only redistributes
-            decision = with_share_floor(decision, self.config.share_floor)
+            decision = with_share_floor(decision, self.config.share_floor, self.telemetry.busy_users())
         except asyncio.TimeoutError:
             log.error("slot %d: policy %s took over %.1f s; the last decision stays in force", self.slot,
                       self.policy_spec.name, self._decision_budget)

@@ -87,6 +87,11 @@ class Telemetry:
     def healthy_edges(self) -> list[int]:
         return [edge.id for edge in self.config.edges if self.edges[edge.id].healthy]
 
+    def busy_users(self) -> set[int]:
+        """Users an edge reported with an open session at its last answered probe (what devices cannot fake)."""
+        return {user for health in self.edges.values() if health.load is not None
+                for user, observed in health.load.users.items() if observed.sessions}
+
     def believed(self, user: int) -> Believed:
         """The user's newest report, bounded by what the edges that answered their last probe observed of it."""
         observed = [health.load.users[user] for health in self.edges.values()

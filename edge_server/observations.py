@@ -38,6 +38,3 @@ class DraftObservations:
     def counts(self, user: int) -> DraftCounts:
         blocks = self._blocks.get(user, ())
         return DraftCounts(sum(d for d, _ in blocks), sum(a for _, a in blocks))
-
-    def users(self) -> list[int]:
-        return list(self._blocks)

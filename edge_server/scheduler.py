@@ -79,6 +79,7 @@ class ShareScheduler:
         self._seq = itertools.count()
         self._virtual_time = 0.0
         self._finish_tags: dict[Hashable, float] = {}
+        self._tag_weights: dict[Hashable, tuple[Flow, float]] = {}  # the flow and weight of each finish tag
         self._tags_version = shares.version  # the shares the finish tags were computed under
         self._waiting = asyncio.Event()
         self.served_tokens: Counter[int | None] = Counter()  # by user (None: sessions without a user)
@@ -98,22 +99,37 @@ class ShareScheduler:
 
     async def _submit(self, flow: Flow, cost: float, **job) -> Any:
         if self.shares.version != self._tags_version:
-            # New shares: every flow restarts at V.  Tags run up at an old weight (a best-effort user's blocks cost
-            # a thousand times their tokens) would otherwise hold a user back long after it was given a share.
-            self._finish_tags.clear()
-            self._tags_version = self.shares.version
+            self._rescale_tags()
         weight = self.shares.weight(flow.user)
         if weight.best_effort:
             self.best_effort_jobs += 1
             self._metrics.best_effort_jobs.inc()
         start = max(self._virtual_time, self._finish_tags.get(flow.key, 0.0))
-        self._finish_tags[flow.key] = start + cost / weight.value
+        self._advance(flow, start + cost / weight.value, weight.value)
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Job(start, next(self._seq), flow, cost, weight.value, future, time.perf_counter(),
                                         **job))
         self._metrics.queue_depth.set(len(self._heap))
         self._waiting.set()
         return await future
+
+    def _advance(self, flow: Flow, finish: float, weight: float) -> None:
+        self._finish_tags[flow.key] = finish
+        self._tag_weights[flow.key] = (flow, weight)
+
+    def _rescale_tags(self) -> None:
+        """New shares (the controller pushes a version every slot): each flow's work still ahead of V — its finish
+        tag's lead times the weight it was computed at — carries over at the flow's new weight.  So a debt stays
+        (re-reads charged after a step), while a tag inflated by an old tiny weight (a best-effort user's blocks
+        cost a thousand times their tokens) shrinks to what the work is worth now."""
+        virtual, rescaled = self._virtual_time, {}
+        for key, finish in self._finish_tags.items():
+            flow, old_weight = self._tag_weights[key]
+            if finish > virtual:
+                rescaled[key] = virtual + (finish - virtual) * old_weight / self.shares.weight(flow.user).value
+        self._finish_tags = rescaled
+        self._tag_weights = {key: self._tag_weights[key] for key in rescaled}
+        self._tags_version = self.shares.version
 
     def _next_step(self) -> list[_Job]:
         """The jobs of the next engine step, in start-tag order."""
@@ -139,6 +155,7 @@ class ShareScheduler:
             # Flows whose finish tag the virtual time passed would restart from V anyway: forget them.
             if len(self._finish_tags) > 4 * len(self._heap) + 64:
                 self._finish_tags = {k: f for k, f in self._finish_tags.items() if f > self._virtual_time}
+                self._tag_weights = {k: self._tag_weights[k] for k in self._finish_tags}
         self._metrics.queue_depth.set(len(self._heap))
         return step
 
@@ -156,8 +173,7 @@ class ShareScheduler:
     async def _run(self, step: list[_Job]) -> None:
         started = time.perf_counter()
         for job in step:
-            self.served_tokens[job.flow.user] += int(job.cost)
-            self._metrics.served_tokens.labels(self._metrics.user_label(job.flow.user)).inc(job.cost)
+            self._count_served(job.flow.user, job.cost)
         try:
             if step[0].block is None:
                 results = [await step[0].work()]
@@ -184,14 +200,21 @@ class ShareScheduler:
                 continue
             reread = len(job.block.prefix) - block.cached_tokens
             # The job paid len(block) + 1 (+ its prompt's prefill): its last prefix token plus the block's positions.
-            extra = reread + len(job.block.block) - job.cost
-            if extra <= 0:
-                continue
-            key = job.flow.key
-            self._finish_tags[key] = max(self._virtual_time, self._finish_tags.get(key, 0.0)) + extra / job.weight
-            self.served_tokens[job.flow.user] += int(extra)
-            self._metrics.served_tokens.labels(self._metrics.user_label(job.flow.user)).inc(extra)
-            self._metrics.reread_tokens.inc(extra)
+            self.charge(job.flow, reread + len(job.block.block) - job.cost)
+
+    def charge(self, flow: Flow, extra: float) -> None:
+        """Work the engine did for the flow beyond what its job was charged (a context re-read after eviction),
+        learnt once the step ran: it pushes the flow's next jobs back by that much, at the flow's weight."""
+        if extra <= 0:
+            return
+        weight = self.shares.weight(flow.user).value
+        self._advance(flow, max(self._virtual_time, self._finish_tags.get(flow.key, 0.0)) + extra / weight, weight)
+        self._count_served(flow.user, extra)
+        self._metrics.reread_tokens.inc(extra)
+
+    def _count_served(self, user: int | None, tokens: float) -> None:
+        self.served_tokens[user] += int(tokens)
+        self._metrics.served_tokens.labels(self._metrics.user_label(user)).inc(tokens)
 
     def _paced_seconds(self, step: list[_Job]) -> float:
         """The emulated edge's time for this step (hardware pacing)."""

@@ -2,10 +2,12 @@
 
 A session outlives the gRPC stream that drives it, so that a device whose radio link dropped can attach again
 without losing a committed token; it ends on close, once it has been detached for ``idle_timeout`` seconds
-without progress, or once it has committed nothing for ``commit_idle`` seconds while attached (a stream that only
-holds a slot, sending nothing, is closed; service.py waits for its next message no longer than that).  The idle clock restarts when a session that made progress (a verified block) since it was last
-attached is detached — a device whose link broke gets the whole timeout to come back — but attaching, and detaching
-without progress, do not restart it: a client cannot keep a session alive by re-attaching.
+without progress, or once an attached stream that already verified a block has committed nothing for
+``commit_idle`` seconds (a stream that only holds a slot is closed: service.py waits for its next message no longer
+than ``wait_limit``).  The idle clock restarts when a session that made progress (a verified block) since it was
+last attached is detached — a device whose link broke gets the whole timeout to come back, and after attaching
+again the rest of it to send its next block — but attaching, and detaching without progress, do not restart it:
+a client cannot keep a session alive by re-attaching.
 
 A session belongs to the identity that opened it (its client certificate; None in plaintext): only that identity
 may attach to it.  Each identity holds at most ``per_identity`` sessions and opens at most ``OPEN_BURST`` at once
@@ -128,11 +130,13 @@ class SessionRegistry:
         return remaining
 
     def wait_limit(self, session: Session | None) -> float:
-        """How long a stream may wait for its next message: ``idle_timeout`` before it opens or attaches, then
-        until its session has committed nothing for ``commit_idle`` seconds."""
+        """How long a stream may wait for its next message: ``idle_timeout`` before it opens or attaches; then, until
+        its session has made progress on this stream, what is left of ``idle_timeout`` (the resume window of a
+        device that attached again); after that, ``commit_idle`` since its last verified block."""
         if session is None:
             return self.idle_timeout
-        return max(0.0, session.last_active + self.commit_idle - time.monotonic())
+        limit = self.commit_idle if session.progressed else self.idle_timeout
+        return max(0.0, session.last_active + limit - time.monotonic())
 
     def _reclaim_detached(self, owner: str) -> None:
         detached = [session for session in self._sessions.values() if session.owner == owner and not session.attached]

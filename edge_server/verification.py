@@ -86,8 +86,9 @@ class Verifier:
     async def decode_on_edge(self, session: Session, request: SessionRequest) -> AsyncIterator[list[int]]:
         """The target decodes alone; each token is one exclusive step in the session's turn (the first one charged
         the prompt's prefill)."""
+        evaluated: list[int] = []  # per step, what the engine evaluated (more than 1 token: its context was evicted)
         tokens = self._engine.generate(session.tokens, session.sampling, request.max_new_tokens, request.stop_ids,
-                                       cache_owner=session.owner)
+                                       cache_owner=session.owner, on_step=evaluated.append)
         iterator = tokens.__aiter__()
         # The scheduler may be advancing the generator when the stream is cancelled: closing it then would fail
         # ("already running"), so advancing and closing take turns.
@@ -103,6 +104,8 @@ class Verifier:
         cost = len(session.tokens)  # the first step prefills the prompt; each later one decodes a token
         try:
             while (new := await self._scheduler.exclusive(flow_of(session), cost, next_tokens)) is not None:
+                if evaluated:
+                    self._scheduler.charge(flow_of(session), evaluated.pop() - cost)
                 cost = 1
                 session.tokens.extend(new)
                 session.touch()

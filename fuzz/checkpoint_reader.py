@@ -26,7 +26,8 @@ with atheris.instrument_imports(include=["controller.policies.checkpoints", "con
 
 SHIPPED = (SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT / METADATA).read_bytes()
 SHIPPED_FIELDS = json.loads(SHIPPED)
-KEYS_TO_EDIT = ["max_users", "encoding_version", "hidden_layers", "format_version", "training", "format"]  # a short payload picks the first
+# A short payload picks the first.
+KEYS_TO_EDIT = ["max_users", "encoding_version", "hidden_layers", "format_version", "training", "format"]
 WORDS = ("tandem-policy", "edge")
 
 

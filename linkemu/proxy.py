@@ -5,8 +5,9 @@ each chunk read from one side is written to the other at the time the shaper say
 the shaper declares the link down (an outage longer than its limit), both sides are disconnected at that moment.
 
 The port is open to anyone who reaches it (it carries TLS bytes without reading them), so what one port can hold is
-bounded: at most ``max_connections`` at once (more are closed at once), each buffering at most
-``MAX_QUEUED_CHUNKS`` chunks per direction.
+bounded: at most ``max_connections`` at once, each buffering at most ``MAX_QUEUED_CHUNKS`` chunks per direction.
+A connection past the cap is closed at once — unless one already there has carried nothing for ``IDLE_EVICT_S``:
+that one is closed instead, so connections that merely sit on the port cannot lock its device out.
 
 When the link's rate changes by decision (``reschedule``: a new share, another edge) the chunks still in the
 emulated bottleneck are re-timed from that moment at the new rate, across the port's connections in the order they
@@ -36,6 +37,11 @@ CHUNK_BYTES = 16 * 1024
 MAX_QUEUED_CHUNKS = 64
 # Concurrent connections per user port: a device holds one per edge it talks to, briefly two while it reconnects.
 MAX_CONNECTIONS = 8
+# A full port makes room by closing its longest-idle connection when nothing crossed it for this long: the port is
+# not authenticated, so connections that only sit there must not lock the device out (a device whose idle
+# connection was closed dials again; its sessions resume). Longer than a gRPC keepalive's 20 s: a live device's
+# connection is never idle that long.
+IDLE_EVICT_S = 30.0
 
 
 class LinkObserver:
@@ -73,6 +79,7 @@ class _Pump:
         self.direction, self.reader, self.writer = direction, reader, writer
         self.shaper, self.observer, self._order = shaper, observer, order
         self.waiting: deque[_Chunk] = deque()  # read, not yet written
+        self.last_read = time.monotonic()  # when bytes last came from the sender
         self._changed = asyncio.Event()  # a chunk came or the timetable changed: delivery looks again
         self._space = asyncio.Event()  # a chunk left: the reader may read again
 
@@ -99,7 +106,7 @@ class _Pump:
                 self._space.clear()
                 await self._space.wait()
             data = await self.reader.read(CHUNK_BYTES)
-            now = time.monotonic()
+            now = self.last_read = time.monotonic()
             transfer = self.shaper.send(self.direction, len(data), now) if data else None
             self.waiting.append(_Chunk(data, now, next(self._order), transfer))
             self._changed.set()
@@ -154,8 +161,9 @@ class ShapingProxy:
         self.max_connections = max_connections
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, float] = {}  # each connection's handler and when it opened
         self._pumps: set[_Pump] = set()
+        self._pumps_of: dict[asyncio.Task, list[_Pump]] = {}
         self._order = itertools.count()
         self._refusals = QuietLog()
 
@@ -196,16 +204,30 @@ class ShapingProxy:
             for pump in pumps:
                 pump.wake()
 
+    def _idlest(self, now: float) -> asyncio.Task | None:
+        """The connection nothing crossed for the longest, if that is at least IDLE_EVICT_S."""
+        def idle_since(task: asyncio.Task) -> float:
+            return max([self._connections[task], *(pump.last_read for pump in self._pumps_of.get(task, ()))])
+
+        task = min(self._connections, key=idle_since, default=None)
+        return task if task is not None and now - idle_since(task) >= IDLE_EVICT_S else None
+
     async def _handle(self, device_reader: asyncio.StreamReader, device_writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.max_connections:
+            idle = self._idlest(time.monotonic())
             self.observer.connection_refused()
-            self._refusals.warning("full", f"port {self.listen_host}:{self.listen_port} already carries "
-                                           f"{self.max_connections} connections: another one was closed")
-            device_writer.transport.abort()
-            return
+            if idle is None:
+                self._refusals.warning("full", f"port {self.listen_host}:{self.listen_port} already carries "
+                                               f"{self.max_connections} busy connections: a new one was closed")
+                device_writer.transport.abort()
+                return
+            self._refusals.warning("idle", f"port {self.listen_host}:{self.listen_port} is full: closed a "
+                                           f"connection idle for {IDLE_EVICT_S:g} s or more for a new one")
+            self._connections.pop(idle, None)
+            idle.cancel()
         task = asyncio.current_task()
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+        self._connections[task] = time.monotonic()
+        task.add_done_callback(lambda done: self._connections.pop(done, None))
         upstream = self.upstream()
         try:
             edge_reader, edge_writer = await asyncio.open_connection(*upstream)
@@ -216,6 +238,7 @@ class ShapingProxy:
         pumps = [_Pump(Direction.UP, device_reader, edge_writer, self.shaper, self.observer, self._order),
                  _Pump(Direction.DOWN, edge_reader, device_writer, self.shaper, self.observer, self._order)]
         self._pumps.update(pumps)
+        self._pumps_of[task] = pumps
         running = [asyncio.create_task(pump.run()) for pump in pumps]
         try:
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
@@ -228,6 +251,7 @@ class ShapingProxy:
             pass  # the proxy is stopping
         finally:
             self._pumps.difference_update(pumps)
+            self._pumps_of.pop(task, None)
             for task in running:
                 task.cancel()
             try:

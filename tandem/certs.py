@@ -393,7 +393,7 @@ def _subject_alt_names(name: str, hosts: list[x509.GeneralName]) -> list[x509.Ge
     ]
     role = role_of(name)
     if role == "edge":
-        entries.append(x509.DNSName(f"{name}.tandem"))
+        entries.append(x509.DNSName(edge_server_name(int(name.removeprefix("edge-")))))
     if role in SERVER_NAMES:
         entries.append(x509.DNSName(SERVER_NAMES[role]))
     entries.extend(hosts)

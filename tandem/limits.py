@@ -1,8 +1,8 @@
 """Per-identity limits every daemon applies to its callers: a call rate and a number of open streams.
 
-An identity is the caller's certificate name (mutual TLS), or None in plaintext, where everybody shares one
-bucket.  Both limits forget identities that have gone quiet, so their own memory stays bounded however many
-identities a CA issues.
+An identity is the caller's certificate name (mutual TLS); callers in plaintext have none, and the services apply
+no per-identity limit to them (development only).  Both limits forget identities that have gone quiet, so their
+own memory stays bounded however many identities a CA issues.
 """
 
 from __future__ import annotations

@@ -29,8 +29,10 @@ def proportional_shares(weights) -> "np.ndarray":
     rule however uneven the weights are."""
     import numpy as np
 
-    weights = np.nan_to_num(np.asarray(weights, dtype=float), nan=0.0, posinf=0.0).clip(min=0.0)
+    weights = np.nan_to_num(np.asarray(weights, dtype=float), nan=0.0).clip(min=0.0)
     count = len(weights)
+    if np.isinf(weights).any():  # infinitely heavy members share everything: the rest keep the floor
+        weights = np.isinf(weights).astype(float)
     spread = weights / weights.sum() if weights.sum() > 0 else np.full(count, 1.0 / max(count, 1))
     return MIN_SHARE + (1.0 - count * MIN_SHARE) * spread
 

@@ -25,9 +25,11 @@ import signal
 import threading
 import weakref
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from tandem.certs import SERVER_NAMES, CertError, check_key_pair, edge_server_name, identity_files
@@ -170,6 +172,8 @@ class _ServerCertificate:
 
     def __init__(self, transport: Transport) -> None:
         self._files, self._identity = transport.files, transport.identity
+        # The identity in force: a rotated certificate must carry the same common name (one daemon, one identity).
+        self._subject = x509.load_pem_x509_certificate(transport.cert).subject if transport.cert else None
         self._lock = threading.Lock()  # reload runs in the event loop, fetch in gRPC's threads
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self.initial = _certificate_configuration(transport.ca, transport.cert, transport.key)
@@ -186,14 +190,27 @@ class _ServerCertificate:
             ca, cert, key = self._files.read()
             if cert is None or key is None:
                 raise TlsError("no certificate and key to serve with")
+            certificate = self._checked(cert)
         except TlsError as error:
             log.error("SIGHUP: kept the certificate in force (%s): %s", self._identity, error)
             return
         with self._lock:
             self._pending = _certificate_configuration(ca, cert, key)
-        certificate, _ = check_key_pair(cert, key)
         log.info("SIGHUP: new connections get %s's certificate serial %x, valid until %s", self._identity,
                  certificate.serial_number, certificate.not_valid_after_utc.isoformat())
+
+    def _checked(self, cert: bytes) -> x509.Certificate:
+        """The new certificate, if it names the same identity and is valid now (TlsError otherwise): a rotation
+        must not turn the daemon into another identity, nor into one whose handshakes all fail."""
+        certificate = x509.load_pem_x509_certificate(cert)
+        if self._subject is not None and certificate.subject != self._subject:
+            raise TlsError(f"the new certificate is {certificate.subject.rfc4514_string()}, not "
+                           f"{self._subject.rfc4514_string()}")
+        now = datetime.now(timezone.utc)
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise TlsError(f"the new certificate is valid from {certificate.not_valid_before_utc.isoformat()} to "
+                           f"{certificate.not_valid_after_utc.isoformat()}, not now")
+        return certificate
 
 
 def _certificate_configuration(ca: bytes | None, cert: bytes, key: bytes) -> grpc.ServerCertificateConfiguration:

@@ -180,3 +180,22 @@ def trained_policy(umi_trace, tmp_path_factory) -> Path:
                       "--energy-weights", "0", "0.5", "--out", str(folder / "run"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "run" / "best"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A development CA and certificates (edge-0/1, linkemu, controller, admin, health, device-0..3) for the tests
+    that run daemons over mutual TLS and leave the credentials as they are (tests/test_rotation.py and
+    tests/test_security.py make their own)."""
+    from tandem.certs import init_certs
+
+    folder = tmp_path_factory.mktemp("pki")
+    init_certs(folder, edges=2, devices=4)
+    return folder
+
+
+def creds(pki: Path, name: str):
+    """The Transport of identity ``name`` from a folder made by `tandem certs init`."""
+    from tandem.tls import TlsSettings, load_transport
+
+    return load_transport(TlsSettings(dir=pki, name=name), name)

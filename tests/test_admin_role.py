@@ -19,15 +19,13 @@ import pytest
 import yaml
 
 from tandem.auth import ADMIN_TOKEN_ENV
-from tandem.certs import init_certs
 from tandem.private_files import write_private
 from tandem.rpc import ADMINS, ANYONE, DEVICES, OPERATORS, Access, Guard, bearer_metadata
-from tandem.tls import TlsSettings, Transport, load_transport
 from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
-from tests.conftest import run_tandem
+from tests.conftest import creds, run_tandem
 from tests.test_testbed import write_testbed
 
 TOKEN = "admin-role-test-token-0123456789"
@@ -86,17 +84,6 @@ def test_in_plaintext_admin_only_calls_need_a_configured_token():
 
 
 # -- over TLS, with real daemons ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    init_certs(folder, edges=1, devices=2)
-    return folder
-
-
-def creds(pki, name: str) -> Transport:
-    return load_transport(TlsSettings(dir=pki, name=name), name)
 
 
 @pytest.fixture(scope="module")

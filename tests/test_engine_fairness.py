@@ -1,5 +1,6 @@
 """Engine fairness at a real llama.cpp edge over mutual TLS (issue 18, findings 4 and 6): re-reads of an evicted
-context are charged to the session that caused them, cached prefixes are never shared across identities, a
+context are charged to the flow whose block needed them (an identity evicts its own contexts first, so a session
+taking turns with its siblings pays for their re-reads), cached prefixes are never shared across identities, a
 session that commits nothing is closed, and the edge reports what it observes of each user (pending budget,
 acceptance) for the controller to believe over the device's word.
 
@@ -18,29 +19,17 @@ import pytest
 
 from device_client.edge_handle import EdgeError, SessionSpec
 from device_client.link import EdgeConnection
-from tandem.certs import init_certs
 from tandem.sampling import SamplingConfig
-from tandem.tls import TlsSettings, Transport, load_transport
 from tandem.verification_log import read_log
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
 from testbed.processes import EdgeProcess
+from tests.conftest import creds
 
 CONTEXT = 1024
 LONG = 900  # prompt tokens of a hog's session: near the context limit
 COMMIT_IDLE_S = 4.0
 HOG, HONEST = 1, 2  # users (device-1, device-2)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    init_certs(folder, edges=1, devices=4)
-    return folder
-
-
-def creds(pki, name: str) -> Transport:
-    return load_transport(TlsSettings(dir=pki, name=name), name)
 
 
 def start_edge(data_dir, pki, logs, commit_idle_s: float) -> EdgeProcess:

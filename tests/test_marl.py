@@ -137,6 +137,25 @@ def test_a_short_training_run_gives_a_policy_that_decides_valid_slots(trained_po
     assert twin.summary().completed > 0
 
 
+def test_the_exported_actor_computes_what_rllib_computes(trained_policy):
+    """The checkpoint the controller loads (JSON + safetensors, Tandem's numpy MLP) gives the actions RLlib's own
+    module gives: ``export_actor`` reads the SAC actor layer for layer.  (RLlib's checkpoint of this test's own
+    run is read here as the reference; the controller never reads one.)"""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from controller.policies.masac import MODULE_ID, LearnedShares
+
+    run = trained_policy.parent  # 3 iterations, evaluated at the 3rd: "best" is the latest checkpoint's actor
+    module = RLModule.from_checkpoint(str(run / "checkpoint" / "learner_group" / "learner" / "rl_module" / MODULE_ID))
+    actor = LearnedShares.from_folder(trained_policy)
+    observations = np.random.default_rng(1).normal(size=(5, actor.spec.observation_size)).astype(np.float32)
+    with torch.no_grad():
+        output = module.forward_inference({"obs": torch.from_numpy(observations)})
+    mean, _ = output["action_dist_inputs"].chunk(2, dim=-1)
+    assert np.allclose(actor(observations), torch.tanh(mean).numpy(), atol=1e-5)
+
+
 def test_a_corrupted_checkpoint_or_a_scenario_beyond_the_policy_is_refused(trained_policy, umi_trace, tmp_path):
     from controller.policies.masac import CheckpointError, TmaMasac
 

@@ -1,11 +1,12 @@
 """Device reports cannot buy shares (issue 18, finding 3), and one device cannot tie up the controller's streams or
 flood its telemetry (finding 6) — with a real controller and a real llama.cpp edge over mutual TLS.
 
-The compose topology reduced to one edge, four users, ``tma-opt``: device-3 reports 2³²−1 pending tokens,
-acceptance 0 and drafting in 0 s (before this pass it got 0.997 of the edge and the others 0.001 each).  Its
-figures are now believed only within what the edge observes and the deployment allows (controller/trust.py),
-and every member keeps the share floor (controller/share_floor.py): at most 1 − 3·floor/4 for device-3, at
-least floor/4 for every honest user.
+The compose topology reduced to one edge, four users each with a request open at the edge, ``tma-opt``: device-3
+reports 2³²−1 pending tokens, acceptance 0 and drafting in 0 s (before this pass it got 0.997 of the edge and the
+others 0.001 each).  Its figures are now believed only within what the edge observes (its pending work at most
+what its open session may still commit) and the deployment allows (controller/trust.py), and every busy member keeps
+the share floor (controller/share_floor.py): at most 1 − 3·floor/4 for device-3, at least floor/4 for every honest
+user.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import grpc
 import pytest
 import yaml
 
-from tandem.certs import init_certs
-from tandem.tls import TlsSettings, Transport, load_transport
+from device_client.edge_handle import SessionSpec
+from device_client.link import EdgeConnection
+from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
 from testbed.processes import ControllerProcess, EdgeProcess
+from tests.conftest import creds
 
 USERS = 4
 LIAR = 3
@@ -29,17 +32,6 @@ HONEST = cpb.UserReport(draft_seconds_per_token=0.04, acceptance=0.7, pending_to
 LIE = cpb.UserReport(draft_seconds_per_token=0.0, acceptance=0.0, pending_tokens=2**32 - 1, round_seconds=0.0)
 WATCHES = 2
 REPORT_RATE = 5.0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    init_certs(folder, edges=1, devices=USERS)
-    return folder
-
-
-def creds(pki, name: str) -> Transport:
-    return load_transport(TlsSettings(dir=pki, name=name), name)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,25 @@ def controller(prepared, data_dir, pki, tmp_path_factory):
         process = ControllerProcess(["--config", str(config), "--state", str(root / "controller.sqlite")],
                                     log_path=root / "controller.log")
         with process:
+            process.edge = edge
             yield process
+
+
+@pytest.fixture
+def requests_open(pki, controller):
+    """Every user with a request open at the edge, as the edge reports it: the honest ones with 32 tokens to go,
+    the liar with its budget left undeclared (the context left bounds it)."""
+    connections, sessions = [], []
+    for user in range(USERS):
+        connection = EdgeConnection(controller.edge.address, transport=creds(pki, f"device-{user}"), edge_id=0)
+        budget = 0 if user == LIAR else 32
+        sessions.append(connection.open(SessionSpec(list(range(100, 140)), SamplingConfig(), True, draft_length=4,
+                                                    max_new_tokens=budget, user=user)))
+        connections.append(connection)
+    yield
+    for session, connection in zip(sessions, connections):
+        session.cancel()
+        connection.close()
 
 
 def stub(pki, controller, name: str) -> control_pb2_grpc.ControllerStub:
@@ -87,7 +97,7 @@ def settle(pki, controller, reports: dict[int, cpb.UserReport]) -> dict[int, tup
     return shares(pki, controller)
 
 
-def test_a_lying_device_gains_at_most_the_documented_bound(pki, controller):
+def test_a_lying_device_gains_at_most_the_documented_bound(pki, controller, requests_open):
     honest = settle(pki, controller, {user: HONEST for user in range(USERS)})
     assert all(abs(b - 0.25) < 0.02 and abs(c - 0.25) < 0.02 for b, c in honest.values()), honest
     lied = settle(pki, controller, {**{user: HONEST for user in range(LIAR)}, LIAR: LIE})
@@ -102,7 +112,7 @@ def test_a_device_reports_only_for_its_own_user_and_within_its_rate(pki, control
     with pytest.raises(grpc.RpcError) as other:
         stub(pki, controller, "device-1").Report(cpb.UserReport(user=2, acceptance=0.5), timeout=5)
     assert other.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    time.sleep(2 * REPORT_RATE / REPORT_RATE)  # the bucket refills
+    time.sleep(2.5)  # the bucket (a burst of twice the rate) refills
     device = stub(pki, controller, "device-1")
     codes = []
     for _ in range(int(4 * REPORT_RATE)):

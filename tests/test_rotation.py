@@ -39,11 +39,11 @@ from device_client.link import EdgeConnection, EdgeUnreachable
 from device_client.routing import ControllerRoute
 from tandem.certs import init_certs, issue_certificate
 from tandem.sampling import SamplingConfig
-from tandem.tls import TlsSettings, Transport, load_transport
+from tandem.tls import Transport
 from tandem.traces.format import save_trace
 from tandem.traces.synthetic import synthetic_trace
 from testbed.processes import ControllerProcess, DaemonProcess, EdgeProcess, LinkEmuProcess
-from tests.conftest import run_tandem
+from tests.conftest import creds, run_tandem
 
 PROMPT = "Explain what a compiler does."
 WAIT_S = 60.0  # the longest any step below may take before the test gives up (never asserted as a duration)
@@ -51,13 +51,10 @@ WAIT_S = 60.0  # the longest any step below may take before the test gives up (n
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
+    """A CA of its own (not the shared one): these tests re-issue certificates."""
     folder = tmp_path_factory.mktemp("rotation-pki")
     init_certs(folder, edges=2, devices=4)
     return folder
-
-
-def creds(pki: Path, name: str) -> Transport:
-    return load_transport(TlsSettings(dir=pki, name=name), name)
 
 
 def _edge(pki: Path, data_dir: Path, edge_id: int, logs: Path) -> EdgeProcess:
@@ -262,12 +259,13 @@ def test_a_rotated_edge_certificate_is_served_with_no_session_lost(edges, pki, d
 
 
 def test_files_that_fail_the_checks_change_nothing(edges, pki):
-    """A key readable by others, or one that is not the certificate's: the edge logs why, keeps serving the
-    certificate in force, and takes good files at the next SIGHUP."""
+    """A key readable by others, one that is not the certificate's, another identity's certificate and key, an
+    expired certificate: the edge logs why, keeps serving the certificate in force, and takes good files at the
+    next SIGHUP."""
     edge = edges[0]
     serial = served_serial(edge.address, pki, "edge-0.tandem")
-    key = pki / "edge-0.key"
-    good_key = key.read_bytes()
+    cert, key = pki / "edge-0.pem", pki / "edge-0.key"
+    good_cert, good_key = cert.read_bytes(), key.read_bytes()
     try:
         key.chmod(0o644)
         sighup_and_wait(edge, KEPT)
@@ -276,10 +274,19 @@ def test_files_that_fail_the_checks_change_nothing(edges, pki):
         key.write_bytes((pki / "edge-1.key").read_bytes())
         sighup_and_wait(edge, KEPT)
         assert served_serial(edge.address, pki, "edge-0.tandem") == serial
+        cert.write_bytes((pki / "edge-1.pem").read_bytes())  # a valid pair, of another edge
+        sighup_and_wait(edge, KEPT)
+        assert served_serial(edge.address, pki, "edge-0.tandem") == serial
+        issue_certificate(pki, "edge-0", not_after=datetime.now(timezone.utc) - timedelta(days=1))
+        sighup_and_wait(edge, KEPT)
+        assert served_serial(edge.address, pki, "edge-0.tandem") == serial
     finally:
+        cert.write_bytes(good_cert)
         key.write_bytes(good_key)
         key.chmod(0o600)
-    assert "open to other users" in edge.tail(200) and "not the certificate's" in edge.tail(200)
+    log = edge.tail(400)
+    assert all(reason in log for reason in ("open to other users", "not the certificate's", "not CN=edge-0",
+                                            "not now")), log
     sighup_and_wait(edge, RELOADED)
     assert served_serial(edge.address, pki, "edge-0.tandem") == serial  # the same files again
 

@@ -85,6 +85,20 @@ def test_a_session_that_progressed_gets_the_whole_timeout_after_its_link_broke()
     assert len(registry) == 1
 
 
+def test_a_device_attaching_again_within_its_resume_window_keeps_its_session():
+    """A link outage longer than commit_idle but within idle_timeout: the device attaches again and has the rest of
+    the resume window to send its next block; once it verified one, the stream is held to commit_idle."""
+    registry = SessionRegistry(max_sessions=4, idle_timeout=0.3, commit_idle=0.05)
+    session = registry.open(_request(), "device-1")
+    session.touch()
+    registry.detach(session)
+    time.sleep(0.1)  # longer than commit_idle
+    attached = registry.attach(session.id, "device-1")
+    assert 0.1 < registry.wait_limit(attached) <= 0.2
+    attached.touch()  # its next block
+    assert registry.wait_limit(attached) <= 0.05
+
+
 def test_attaching_does_not_keep_an_idle_session_alive():
     registry = SessionRegistry(max_sessions=4, idle_timeout=0.05)
     session = registry.open(_request(), "device-1")

@@ -35,20 +35,22 @@ def test_the_edges_observations_replace_or_bound_the_report():
     assert honest.pending_tokens == 8  # an honest report below the bound is taken as it is
 
 
-def test_every_member_keeps_the_floor_and_the_shares_still_fit():
-    assert floored([0.997, 0.001, 0.001, 0.001], 0.5) == pytest.approx([0.625, 0.125, 0.125, 0.125])
-    assert floored([0.25] * 4, 0.5) == [0.25] * 4  # nothing below the floor: unchanged
-    assert floored([0.1, 0.2], 0.5) == pytest.approx([0.25, 0.25])  # a policy that left capacity unused
-    assert floored([0.5, 0.3, 0.2], 0.0) == [0.5, 0.3, 0.2]  # no floor
-    raised = floored([0.9, 0.05, 0.05], 1.0)  # floor 1: an equal split
+def test_every_member_keeps_its_minimum_and_the_shares_still_fit():
+    assert floored([0.997, 0.001, 0.001, 0.001], [0.125] * 4) == pytest.approx([0.625, 0.125, 0.125, 0.125])
+    assert floored([0.25] * 4, [0.125] * 4) == [0.25] * 4  # nothing below the floor: unchanged
+    assert floored([0.1, 0.2], [0.25] * 2) == pytest.approx([0.25, 0.25])  # a policy that left capacity unused
+    raised = floored([0.9, 0.05, 0.05], [1 / 3] * 3)  # floor 1: an equal split
     assert raised == pytest.approx([1 / 3] * 3) and sum(raised) <= 1 + 1e-12
 
 
-def test_the_floor_applies_per_edge_and_per_resource():
-    decision = Decision(3, (Allocation(0, 0, 0.98, 0.5, 4), Allocation(1, 0, 0.02, 0.5, 4),
-                            Allocation(2, 1, 1.0, 1.0, 4)))
-    floored_decision = with_share_floor(decision, 0.5)
-    by_user = {a.user: a for a in floored_decision.allocations}
-    assert by_user[1].bandwidth_share == pytest.approx(0.25) and by_user[0].bandwidth_share == pytest.approx(0.75)
-    assert by_user[0].compute_share == by_user[1].compute_share == 0.5
-    assert by_user[2].bandwidth_share == 1.0 and floored_decision.slot == 3
+def test_the_floor_protects_busy_members_per_edge_and_per_resource():
+    decision = Decision(3, (Allocation(0, 0, 0.9799, 0.5, 4), Allocation(1, 0, 0.02, 0.4999, 4),
+                            Allocation(4, 0, 1e-4, 1e-4, 4), Allocation(2, 1, 1.0, 1.0, 4)))
+    by_user = {a.user: a for a in with_share_floor(decision, 0.5, busy={0, 1, 2}).allocations}
+    assert by_user[1].bandwidth_share == pytest.approx(0.25) and by_user[0].bandwidth_share == pytest.approx(0.7499)
+    assert by_user[0].compute_share == 0.5 and by_user[1].compute_share == 0.4999  # already above the floor
+    assert by_user[4].bandwidth_share == 1e-4  # idle (no open session): not raised, bandwidth left to the busy
+    assert by_user[2].bandwidth_share == 1.0
+    untouched = with_share_floor(decision, 0.5, busy=set())
+    assert untouched.allocations == decision.allocations  # nobody busy: what the policy decided
+    assert with_share_floor(decision, 0.0, busy={0, 1}).allocations == decision.allocations  # no floor

@@ -14,7 +14,8 @@ exports the actor into this format (``export_actor``).
 
 Names, not paths: the controller loads checkpoints only from its configured ``policy_dir``, by a name that is one
 folder in it (``POLICY_NAME``); the name is resolved and must stay inside the directory (no ``..``, no symlink out
-of it).  Any refusal says only that no usable checkpoint has that name — not which paths exist or what they hold.
+of it).  A name refused there gets one answer, that no usable checkpoint has that name — never which paths exist;
+a folder found in the directory is refused with the reason (which of its two files is missing or wrong).
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def read_weights(folder: Path, network: NetworkSpec) -> dict[str, np.ndarray]:
         tensors = load_file(str(path))
     except OSError as error:
         raise CheckpointError(f"cannot read {WEIGHTS} ({error.strerror})") from None
-    except (SafetensorError, ValueError) as error:
-        raise CheckpointError(f"{WEIGHTS} is not a safetensors file: {error}") from None
+    except (SafetensorError, ValueError, TypeError, AttributeError) as error:  # any header or dtype it cannot map
+        raise CheckpointError(f"{WEIGHTS} is not a safetensors file of float32 tensors: {error}") from None
     return check_tensors(network, tensors)
 
 
@@ -150,8 +151,9 @@ def check_tensors(network: NetworkSpec, tensors: dict[str, np.ndarray]) -> dict[
     if set(tensors) != set(expected):
         raise CheckpointError(f"the actor's tensors are {sorted(tensors)[:8]}, the network needs {sorted(expected)}")
     for name, shape in expected.items():
-        if tensors[name].shape != shape or not np.all(np.isfinite(tensors[name])):
-            raise CheckpointError(f"{name} must be finite of shape {shape}, got {tensors[name].shape}")
+        tensor = tensors[name]
+        if tensor.dtype != np.float32 or tensor.shape != shape or not np.all(np.isfinite(tensor)):
+            raise CheckpointError(f"{name} must be finite float32 of shape {shape}, got {tensor.dtype} {tensor.shape}")
     return tensors
 
 

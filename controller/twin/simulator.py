@@ -175,9 +175,10 @@ class DigitalTwin:
         """Play one slot under ``decision``; returns the requests that finished in it."""
         observation = self.observation()
         decision.check(observation)
-        decision = with_share_floor(decision, self.scenario.share_floor)  # as the controller applies it
-        by_user = {a.user: a for a in decision.allocations}
         busy = [u for u in self.users if u.current is not None]
+        # As the controller applies it (busy: what the edges report as users with an open session).
+        decision = with_share_floor(decision, self.scenario.share_floor, {u.index for u in busy})
+        by_user = {a.user: a for a in decision.allocations}
         active_on = {edge.id: 0 for edge in self.edges}
         for user in busy:
             active_on[by_user[user.index].edge] += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from tandem.sampling import Candidates, SamplingConfig
 
@@ -13,6 +13,9 @@ from tandem.sampling import Candidates, SamplingConfig
 # Engines never serve one identity's request from another's cache: a hit is visible in the time a verdict takes
 # (``Verdict.verify_seconds``, or simply the round trip), which would tell one client about another's prompt.
 CacheOwner = str | None
+# Told, after each step of an autoregressive generation, how many tokens the engine evaluated for it (the new token,
+# or more when its context had been evicted): what the scheduler charges beyond the step's price.
+StepObserver = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,10 @@ class TargetEngine(ABC):
     @abstractmethod
     def generate(
         self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
-        cache_owner: CacheOwner = None,
+        cache_owner: CacheOwner = None, on_step: StepObserver | None = None,
     ) -> AsyncIterator[list[int]]:
-        """Autoregressive decoding; yields new tokens as they come (stop token included, then ends)."""
+        """Autoregressive decoding; yields new tokens as they come (stop token included, then ends).  Engines that
+        can tell call ``on_step`` with the tokens each step evaluated."""
 
     @abstractmethod
     async def teacher_force(self, tokens: Sequence[int], start: int, top_n: int,

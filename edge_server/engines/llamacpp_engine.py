@@ -4,8 +4,9 @@ Each session gets a context from a small pool (contexts share the mmap'ed weight
 KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
 that keeps its slot re-evaluates only its new tokens.  Slots belong to the identity that used them last: another
 identity's request never reuses their cache (it gets an empty slot, or the least recently used one wiped), so the
-time a verification takes says nothing about other clients' prompts.  All llama.cpp calls run on one worker thread: on a small
-CPU one computation at a time is as fast as it gets, and the event loop stays free for the network.
+time a verification takes says nothing about other clients' prompts.  All llama.cpp calls run on one worker
+thread: on a small CPU one computation at a time is as fast as it gets, and the event loop stays free for the
+network.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import AsyncIterator, Sequence
 
 import numpy as np
 
-from edge_server.engines.base import CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import (CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, StepObserver,
+                                      TargetEngine)
 from tandem.llamacpp import LlamaContext
 from tandem.sampling import Candidates, PositionRandom, SamplingConfig, sample, truncate
 
@@ -54,13 +56,15 @@ class LlamaCppTargetEngine(TargetEngine):
 
     async def generate(
         self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
-        cache_owner: CacheOwner = None,
+        cache_owner: CacheOwner = None, on_step: StepObserver | None = None,
     ) -> AsyncIterator[list[int]]:
         random = PositionRandom(config.seed, PositionRandom.EDGE)
         tokens = list(prompt)
         stops = set(stop_ids)
         for _ in range(max_tokens):
-            logits = await self._run(self._logits, tokens, len(tokens) - 1, cache_owner)
+            logits, evaluated = await self._run(self._evaluated_logits, tokens, cache_owner)
+            if on_step is not None:
+                on_step(evaluated)
             candidates = Candidates.top_of_logits(logits[0], config.candidates_needed(self.info.vocab_size))
             if config.greedy:
                 token = candidates.argmax()
@@ -90,6 +94,11 @@ class LlamaCppTargetEngine(TargetEngine):
     def _logits(self, tokens: Sequence[int], first: int, owner: CacheOwner) -> np.ndarray:
         return self._slot_for(tokens, first, owner).logits(tokens, first)
 
+    def _evaluated_logits(self, tokens: Sequence[int], owner: CacheOwner) -> tuple[np.ndarray, int]:
+        """The last row of logits and how many tokens the context had to evaluate for it."""
+        slot = self._slot_for(tokens, len(tokens) - 1, owner)
+        return slot.logits(tokens, len(tokens) - 1), len(tokens) - slot.last_reused
+
     def _slot_for(self, tokens: Sequence[int], first: int, owner: CacheOwner) -> LlamaContext:
         """The owner's slot already holding ``tokens[:first]`` (this session's), else an empty or new one, else
         the least recently used (wiped first if another identity's); a slot that lacks tokens before ``first``
@@ -104,8 +113,8 @@ class LlamaCppTargetEngine(TargetEngine):
             elif len(self._slots) < self._max_slots:
                 self._new_slot()
                 best = len(self._slots) - 1
-            else:
-                best = min(range(len(self._slots)), key=lambda i: self._last_use[i])
+            else:  # evict the owner's own least recently used context first: its re-reads are then its own
+                best = min(mine or range(len(self._slots)), key=lambda i: self._last_use[i])
             if self._owners[best] != owner:
                 self._slots[best].forget()
                 self._owners[best] = owner

@@ -23,7 +23,8 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-from edge_server.engines.base import CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, TargetEngine
+from edge_server.engines.base import (CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, StepObserver,
+                                      TargetEngine)
 from tandem.models import fingerprint_tokens, hf_tokens, load_hf_config
 from tandem.sampling import Candidates, SamplingConfig
 
@@ -101,8 +102,9 @@ class VllmTargetEngine(TargetEngine):
 
     async def generate(
         self, prompt: Sequence[int], config: SamplingConfig, max_tokens: int, stop_ids: Sequence[int],
-        cache_owner: CacheOwner = None,
+        cache_owner: CacheOwner = None, on_step: StepObserver | None = None,
     ) -> AsyncIterator[list[int]]:
+        # vLLM decodes a started request on its own and preempts it itself: it cannot tell re-reads (on_step unused).
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
