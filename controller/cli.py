@@ -43,8 +43,9 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--slot", type=float, help="seconds between decisions (default 1)")
     serve.add_argument("--policy", help="start with this policy (default: the stored one, else the config's, "
                        "else tma-equal)")
-    serve.add_argument("--admin-token-file", type=Path, help="file holding the admin token (else "
-                       "$TANDEM_ADMIN_TOKEN, else one is made beside the state file)")
+    serve.add_argument("--admin-token-file", type=Path, help="plaintext only: file holding the admin token (else "
+                       "$TANDEM_ADMIN_TOKEN, else one is made beside the state file); over TLS the admin "
+                       "certificate administers")
     add_tls_arguments(serve, "controller")
     serve.set_defaults(handler=run_serve)
 
@@ -56,13 +57,14 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_policy_commands(commands: argparse._SubParsersAction) -> None:
-    policy = commands.add_parser("policy", help="list, show and swap the controller's policy (admin token needed)")
+    policy = commands.add_parser("policy", help="list, show and swap the controller's policy (as admin)")
     actions = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="the policies installed on the controller")
     show = actions.add_parser("show", help="the active policy and its parameters")
     swap = actions.add_parser("set", help="make NAME the active policy from the next slot on",
                               description="Swap the controller's policy at run time; sessions keep running. "
-                              "The token comes from --admin-token-file or $TANDEM_ADMIN_TOKEN.")
+                              "Over TLS as the admin identity (--tls-name admin, the default); in plaintext with "
+                              "the token from --admin-token-file or $TANDEM_ADMIN_TOKEN.")
     swap.add_argument("name", help="policy name (see `tandem policy list`)")
     swap.add_argument("--checkpoint", metavar="NAME", help="a learned policy's checkpoint: the name of its folder "
                       "in the controller's policy directory (its config's policy_dir), never a path")

@@ -1,8 +1,9 @@
-"""The admin token: the credential of admin and control RPCs when no admin certificate is used.
+"""The admin token: the credential of admin and control RPCs in plaintext development (over TLS roles come from
+certificates alone and a token grants nothing: tandem/rpc.py).
 
 The token is read from a file (``--admin-token-file``) or the environment (``TANDEM_ADMIN_TOKEN``); without either,
-the controller makes one and writes it, readable only by its owner, beside its state file (the edges and the link
-emulator then take none: over TLS their control RPCs need an admin or controller certificate).  It is never logged
+a plaintext controller makes one and writes it, readable only by its owner, beside its state file (a plaintext edge
+or link emulator without one refuses its admin-only services).  It is never logged
 or exported; callers send it as ``authorization: Bearer TOKEN`` metadata and tandem/rpc.py checks it.  A token file
 that other users can read is refused (tandem/private_files.py): the token would no longer be a secret.
 """

@@ -69,10 +69,19 @@ def user_load(pki, edge, user: int) -> cpb.UserLoad | None:
     return next((u for u in load.users if u.user == user), None)
 
 
+def push_equal_shares(pki, edge, version: int) -> None:
+    """What the controller does every slot: the same shares, a new version."""
+    with creds(pki, "controller").channel(edge.address, "edge", edge_id=0) as channel:
+        control_pb2_grpc.EdgeControlStub(channel).SetShares(cpb.SetSharesRequest(version=version, shares=[
+            cpb.ComputeShare(user=HOG, share=0.5), cpb.ComputeShare(user=HONEST, share=0.5)]), timeout=10)
+
+
 def test_sessions_near_the_context_limit_that_take_turns_pay_for_their_rereads(edge, pki):
     """A hog's three long sessions take turns, each block evicting another's context (~900 tokens re-read per
-    one-token block); an honest user verifies short blocks meanwhile.  Both hold equal weight: the hog is charged
-    its re-reads, so it gets about its share of the engine, not one block per block of the honest user."""
+    one-token block); an honest user verifies short blocks meanwhile.  Both hold equal shares, pushed again with a
+    new version before every hog block as a controller does each slot (a new version must not forgive the debt):
+    the hog is charged its re-reads, so it gets about its share of the engine, not one block per block of the
+    honest user."""
     hog = EdgeConnection(edge.address, transport=creds(pki, f"device-{HOG}"), edge_id=0)
     honest = EdgeConnection(edge.address, transport=creds(pki, f"device-{HONEST}"), edge_id=0)
     hog_sessions = [open_session(hog, prompt(seed, LONG), HOG) for seed in range(3)]
@@ -97,6 +106,7 @@ def test_sessions_near_the_context_limit_that_take_turns_pay_for_their_rereads(e
             thread.start()
         for turn in range(6):  # round robin: every block finds its context evicted by the other two
             i = turn % 3
+            push_equal_shares(pki, edge, version=turn + 1)
             positions[i] = verify(hog_sessions[i], positions[i], [7])
             counts["hog"] += 1
         stop.set()
@@ -137,8 +147,9 @@ def test_a_cached_prefix_is_not_shared_across_identities(edge, pki):
 
 
 def test_a_session_that_commits_nothing_is_closed(prepared, data_dir, pki, tmp_path):
-    """Holding a slot costs a verified block every --commit-idle seconds: an attached stream that sends nothing
-    ends (DEADLINE_EXCEEDED) and its slot is free again."""
+    """Holding a slot costs a verified block every --commit-idle seconds: an attached stream that verified a block
+    and then sends nothing ends (DEADLINE_EXCEEDED) and its slot is free again.  (Before its first block on a
+    stream a session has the resume window, --idle-timeout: tests/test_security_units.py.)"""
     with start_edge(data_dir, pki, tmp_path, COMMIT_IDLE_S) as edge:
         _idle_session_is_closed(edge, pki)
 
@@ -147,10 +158,11 @@ def _idle_session_is_closed(edge, pki) -> None:
     connection = EdgeConnection(edge.address, transport=creds(pki, "device-3"), edge_id=0)
     try:
         session = open_session(connection, prompt(3, 32), 3)
+        position = verify(session, 32, [7])  # a verified block: from now on the stream is held to --commit-idle
         assert user_load(pki, edge, 3).sessions == 1
         time.sleep(COMMIT_IDLE_S + 2)
         with pytest.raises(EdgeError) as ended:
-            verify(session, 32, [7])
+            verify(session, position, [7])
         assert ended.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
         load = user_load(pki, edge, 3)
         assert load is None or load.sessions == 0
