@@ -47,10 +47,18 @@ class Assumptions(BaseModel):
     pending_tokens: int = Field(128, ge=0, le=1 << 20, description="also the most a user with no open session on "
                                 "any edge may claim to have pending")
     min_draft_seconds_per_token: float = Field(0.005, gt=0, le=10, allow_inf_nan=False, description="the fastest "
-                                               "drafting any device of the deployment is believed to do (its "
-                                               "hardware profile's fastest device)")
+                                               "drafting any device is believed to do: set it to the fastest device "
+                                               "of the deployment's hardware profile")
     min_acceptance: float = Field(0.2, ge=0, le=1, allow_inf_nan=False, description="the lowest acceptance a report "
                                   "is believed before the edges have observed the user's drafts")
+
+    @model_validator(mode="after")
+    def _bounds_admit_the_assumptions(self) -> "Assumptions":
+        if self.min_draft_seconds_per_token > self.draft_seconds_per_token:
+            raise ValueError("min_draft_seconds_per_token exceeds the assumed draft_seconds_per_token")
+        if self.min_acceptance > self.acceptance:
+            raise ValueError("min_acceptance exceeds the assumed acceptance")
+        return self
     spectral_efficiency: float = Field(4.0, ge=0, le=20, allow_inf_nan=False, description="bit/s/Hz of every "
                                        "pair when no link emulator reports measurements")
 

@@ -35,6 +35,8 @@ class StartError(Exception):
 async def serve(config: ControllerConfig, state: ControllerState, transport: Transport) -> None:
     if transport.secure:  # the admin certificate administers; a token would grant nothing over TLS
         token, token_note = None, "admin: the admin certificate (mutual TLS)"
+        if config.admin_token_file is not None:
+            log.warning("admin_token_file is ignored over TLS: only the admin certificate administers")
     else:
         token, token_note = load_or_create_token(config.admin_token_file, state.path)
     stored = state.load_policy()  # a policy swapped at run time survives a restart...

@@ -203,8 +203,12 @@ class Testbed:
             "users": [{"id": u, "draft_length": k, "rtt_s": self.scenario.rtt_s} for u in self.scenario.user_ids()],
             "linkemu": linkemu.control_address, "slot_s": slot, "failover_after_s": 5 * slot,
             "policy": {"name": self.config.policy},
+            # Every phone is the profile's: no report is believed to draft much faster than it does.
             "assume": {"draft_seconds_per_token": self.profile.device.draft_seconds_per_token,
-                       "acceptance": self.profile.acceptance.per_token, "pending_tokens": self.config.max_tokens},
+                       "min_draft_seconds_per_token": 0.75 * self.profile.device.draft_seconds_per_token,
+                       "acceptance": self.profile.acceptance.per_token,
+                       "min_acceptance": min(0.2, self.profile.acceptance.per_token),
+                       "pending_tokens": self.config.max_tokens},
             "listen": f"{self.config.host}:0", "metrics_port": 0,
             **({} if self.config.tls else {"admin_token_file": str(self.admin_token_file)}),
             "state": str(self.run_dir / "controller.sqlite")}))
