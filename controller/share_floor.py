@@ -22,22 +22,10 @@ from collections.abc import Collection
 from dataclasses import replace
 
 from controller.policies.base import Allocation, Decision
-from tandem.shares import MIN_SHARE
+from tandem.shares import MIN_SHARE, floored
 
 RESOURCES = ("bandwidth_share", "compute_share")
 DEFAULT_SHARE_FLOOR = 0.5  # half an equal share: the controller's and the twin's default
-
-
-def floored(shares: list[float], minimums: list[float]) -> list[float]:
-    """The shares of one edge's members, each raised to its minimum, the excess of the others over theirs scaled
-    down to pay for it (their sum then stays at most 1, as long as the minimums sum to at most 1)."""
-    deficit = sum(max(0.0, least - share) for share, least in zip(shares, minimums))
-    excess = sum(max(0.0, share - least) for share, least in zip(shares, minimums))
-    # Raising every share to its minimum adds `deficit`; what the total then exceeds 1 by comes out of the excess
-    # (never more than the excess while the minimums alone sum to at most 1).
-    over = max(0.0, sum(shares) + deficit - 1.0)
-    keep = 1.0 - over / excess if excess > 0 else 1.0
-    return [least + (share - least) * keep if share > least else least for share, least in zip(shares, minimums)]
 
 
 def with_share_floor(decision: Decision, floor: float, busy: Collection[int]) -> Decision:

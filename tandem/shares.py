@@ -23,10 +23,23 @@ MIN_SHARE = 1e-4
 MAX_VERSION = 2**53
 
 
+def floored(shares: list[float], minimums: list[float]) -> list[float]:
+    """The shares of one edge's members, each raised to its minimum, the excess of the others over theirs scaled
+    down to pay for it (their sum then stays at most 1, as long as the minimums sum to at most 1)."""
+    deficit = sum(max(0.0, least - share) for share, least in zip(shares, minimums))
+    excess = sum(max(0.0, share - least) for share, least in zip(shares, minimums))
+    # Raising every share to its minimum adds `deficit`; what the total then exceeds 1 by comes out of the excess
+    # (never more than the excess while the minimums alone sum to at most 1).
+    over = max(0.0, sum(shares) + deficit - 1.0)
+    keep = 1.0 - over / excess if excess > 0 else 1.0
+    return [least + (share - least) * keep if share > least else least for share, least in zip(shares, minimums)]
+
+
 def proportional_shares(weights) -> "np.ndarray":
-    """Shares of one edge in proportion to non-negative ``weights``, each at least MIN_SHARE, summing to 1: what a
-    policy computing shares from weights (a solver, a learned correction) hands out, so that its decision holds the
-    rule however uneven the weights are."""
+    """Shares of one edge in proportion to non-negative ``weights``, summing to 1, those that would fall below
+    MIN_SHARE raised to it (``floored``; shares already above it are left as they are): what a policy computing
+    shares from weights (a solver, a learned correction) hands out, so that its decision holds the rule however
+    uneven the weights are."""
     import numpy as np
 
     weights = np.nan_to_num(np.asarray(weights, dtype=float), nan=0.0).clip(min=0.0)
@@ -34,7 +47,7 @@ def proportional_shares(weights) -> "np.ndarray":
     if np.isinf(weights).any():  # infinitely heavy members share everything: the rest keep the floor
         weights = np.isinf(weights).astype(float)
     spread = weights / weights.sum() if weights.sum() > 0 else np.full(count, 1.0 / max(count, 1))
-    return MIN_SHARE + (1.0 - count * MIN_SHARE) * spread
+    return np.array(floored(spread.tolist(), [MIN_SHARE] * count))
 
 
 def check_shares(held: Iterable[tuple[int, int, float]], edges: Collection[int], where: str = "") -> None:

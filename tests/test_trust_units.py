@@ -6,8 +6,9 @@ import pytest
 
 from controller.config import Assumptions
 from controller.policies.base import Allocation, Decision
-from controller.share_floor import floored, with_share_floor
+from controller.share_floor import with_share_floor
 from controller.trust import MIN_OBSERVED_DRAFTS, DeviceReport, ObservedUser, believe
+from tandem.shares import floored
 
 ASSUME = Assumptions(draft_seconds_per_token=0.04, acceptance=0.7, pending_tokens=32,
                      min_draft_seconds_per_token=0.01, min_acceptance=0.2)
