@@ -82,6 +82,36 @@ def test_the_twin_is_deterministic_for_a_seed():
     assert summary(3)[0].completed > 5
 
 
+def test_every_policy_plays_identical_requests_for_one_seed():
+    """Arrivals, lengths and each user's acceptance draws come from streams of their own: under one seed the
+    policies get the same requests (a shared stream gave them 70, 64 and 64), and a request that the same number of
+    rounds serve emits the same tokens under any of them."""
+    t = np.arange(300)[:, None, None] + np.arange(4)[None, :, None] + 7 * np.arange(2)[None, None, :]
+    trace = synthetic_trace(np.abs(np.sin(t)) * 4 + 0.5, np.abs(np.cos(t)) * 2 + 0.5)  # 4 users x 2 edges
+    busy = scenario(slots=300, users=4, edges=[{"id": 0}, {"id": 1}],
+                    arrivals={"kind": "poisson", "rate_per_user_s": 0.3},
+                    answer_tokens={"kind": "uniform", "low": 20, "high": 80},
+                    prompt_tokens={"kind": "uniform", "low": 16, "high": 64})
+
+    def requests(policy: str) -> list[tuple]:
+        run = DigitalTwin(busy, trace, profile(0.7), seed=11).run(make_policy(policy))
+        return sorted((r.user, r.arrival, r.prompt_tokens, r.answer_tokens) for r in run.completed + run.unfinished)
+
+    played = {policy: requests(policy) for policy in ("max-sinr-equal", "tma-opt", "random", "alternate")}
+    assert len(played["tma-opt"]) > 20
+    assert all(requests == played["tma-opt"] for requests in played.values()), {k: len(v) for k, v in played.items()}
+
+
+def test_time_in_system_counts_unfinished_requests_to_the_horizon():
+    from controller.twin.simulator import Request, TwinRun
+
+    done = Request(user=0, arrival=1.0, prompt_tokens=8, answer_tokens=4, first_token=1.5, finished=3.0)
+    waiting = Request(user=1, arrival=5.0, prompt_tokens=8, answer_tokens=4)
+    run = TwinRun([done], [waiting], end_s=10.0)
+    assert run.mean_time_in_system() == pytest.approx((2.0 + 5.0) / 2)  # the unfinished one counts 10 - 5
+    assert run.summary().mean_latency_s == pytest.approx(2.0) and run.summary().unfinished == 1
+
+
 def test_an_outage_stalls_the_user_until_the_link_returns():
     outage_slots = 20
     down = np.r_[np.zeros(outage_slots), np.full(180, SE_DOWN)]

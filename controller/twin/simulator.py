@@ -68,6 +68,7 @@ class Request:
 @dataclass
 class _User:
     index: int  # in the trace
+    acceptance: np.random.Generator  # this user's own stream of acceptance draws
     queue: deque[Request] = field(default_factory=deque)
     clock: float = 0.0  # when the user's next round may start
 
@@ -105,9 +106,15 @@ class DigitalTwin:
         self.reset(seed)
 
     def reset(self, seed: int) -> Observation:
-        self.rng = np.random.default_rng(seed)
+        # One random stream per purpose — arrivals, lengths, and each user's acceptance draws — so that whatever a
+        # policy decides, every policy played with this seed gets the same requests and each user the same
+        # acceptance of its i-th drafted token (a shared stream let one user's extra round shift everyone's draws).
+        arrivals, lengths, acceptance = np.random.SeedSequence(seed).spawn(3)
+        self.arrival_rng, self.length_rng = np.random.default_rng(arrivals), np.random.default_rng(lengths)
+        user_ids = self.scenario.user_ids()
         self.slot = 0
-        self.users = [_User(u) for u in self.scenario.user_ids()]
+        self.users = [_User(u, np.random.default_rng(stream)) for u, stream in zip(user_ids,
+                                                                                  acceptance.spawn(len(user_ids)))]
         self.done: list[Request] = []
         self._active_on: dict[int, int] = {edge.id: 0 for edge in self.edges}  # users served last slot
         self._arrivals()
@@ -134,13 +141,13 @@ class DigitalTwin:
             elif arrivals.kind == "once":
                 times = [arrivals.at_s] if begin <= arrivals.at_s < end else []
             else:
-                count = self.rng.poisson(arrivals.rate_per_user_s * self.slot_s)
-                times = sorted(self.rng.uniform(begin, end, count))
+                count = self.arrival_rng.poisson(arrivals.rate_per_user_s * self.slot_s)
+                times = sorted(self.arrival_rng.uniform(begin, end, count))
                 if arrivals.until_s is not None:
                     times = [at for at in times if at < arrivals.until_s]
             for at in times:
-                user.queue.append(Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.rng),
-                                          self.scenario.answer_tokens.sample(self.rng)))
+                user.queue.append(Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.length_rng),
+                                          self.scenario.answer_tokens.sample(self.length_rng)))
 
     def _edge_states(self, active_on: dict[int, int]) -> tuple[EdgeState, ...]:
         meta = self.trace.metadata
@@ -244,7 +251,7 @@ class DigitalTwin:
                 user.clock = end  # outage: wait for a later slot
                 break
             accepted = 0
-            while accepted < k and self.rng.random() < alpha:
+            while accepted < k and user.acceptance.random() < alpha:
                 accepted += 1
             drafting = k * device.draft_seconds_per_token
             if self.parallel:  # keeps drafting (up to k + 1 tokens) while the block is in flight
