@@ -128,3 +128,54 @@ def test_tma_opt_is_never_worse_than_tma_equal_and_tma_beats_max_sinr(seed):
     assert total_latency(observation, opt) <= total_latency(observation, equal) * (1 + 1e-9)
     max_sinr = make_policy("max-sinr-equal").decide(observation)
     assert total_latency(observation, equal) <= total_latency(observation, max_sinr)
+
+
+def _two_edges(slot: int, se_down: list[tuple[float, float]], pending: list[int] | None = None,
+               compute: tuple[float, float] = (200.0, 200.0)) -> Observation:
+    edges = tuple(EdgeState(10 * (e + 1), 20e6, compute[e], 8) for e in range(2))
+    users = tuple(UserState(u, se_up=(2.0, 2.0), se_down=se, draft_s_per_token=0.02, acceptance=0.7,
+                            draft_length=4, pending_tokens=(pending or [64] * len(se_down))[u], rtt_s=0.01)
+                  for u, se in enumerate(se_down))
+    return Observation(slot, edges, users)
+
+
+def _edges_of(decision: Decision) -> list[int]:
+    return [a.edge for a in sorted(decision.allocations, key=lambda a: a.user)]
+
+
+def test_max_sinr_hysteresis_hands_over_after_the_time_to_trigger_and_ignores_small_gains():
+    policy = make_policy("max-sinr-hysteresis", offset_db=3.0, time_to_trigger=3)
+    # se 4.0 ~ 11.8 dB, 5.0 ~ 14.9 dB (+3.1 dB), 4.5 ~ 13.3 dB (+1.5 dB)
+    assert _edges_of(policy.decide(_two_edges(0, [(4.0, 1.0), (4.0, 4.5)]))) == [10, 20]
+    for slot in (1, 2):  # edge 20 is 3.1 dB better for user 0: not yet
+        assert _edges_of(policy.decide(_two_edges(slot, [(4.0, 5.0), (4.0, 4.5)]))) == [10, 20]
+    assert _edges_of(policy.decide(_two_edges(3, [(4.0, 5.0), (4.5, 4.0)]))) == [20, 20]  # 3rd slot in a row
+    for slot in range(4, 10):  # user 1: edge 10 better by only 1.5 dB: never hands over
+        assert _edges_of(policy.decide(_two_edges(slot, [(4.0, 5.0), (4.5, 4.0)])))[1] == 20
+    assert _edges_of(policy.decide(_two_edges(10, [(4.0, 0.0), (4.5, 4.0)])))[0] == 10  # outage: moves at once
+    bare = make_policy("max-sinr-equal")
+    assert _edges_of(bare.decide(_two_edges(11, [(4.0, 4.5), (4.5, 4.0)]))) == [20, 10]  # the strawman flips
+    with pytest.raises(ValueError, match="time_to_trigger"):
+        make_policy("max-sinr-hysteresis", time_to_trigger=0)
+
+
+def test_a_broken_candidate_streak_starts_again():
+    policy = make_policy("max-sinr-hysteresis", offset_db=3.0, time_to_trigger=2)
+    policy.decide(_two_edges(0, [(4.0, 1.0)]))
+    policy.decide(_two_edges(1, [(4.0, 5.0)]))  # better once
+    policy.decide(_two_edges(2, [(4.0, 4.0)]))  # not better: the streak ends
+    assert _edges_of(policy.decide(_two_edges(3, [(4.0, 5.0)]))) == [10]  # better once again: not yet
+    assert _edges_of(policy.decide(_two_edges(4, [(4.0, 5.0)]))) == [20]
+
+
+def test_least_loaded_spreads_pending_work_by_compute():
+    policy = make_policy("least-loaded")
+    even = policy.decide(_two_edges(0, [(4.0, 4.0)] * 4))
+    assert sorted(_edges_of(even)) == [10, 10, 20, 20]
+    skewed = policy.decide(_two_edges(0, [(4.0, 4.0)] * 4, compute=(300.0, 100.0)))
+    assert sorted(_edges_of(skewed)) == [10, 10, 10, 20]  # three times the compute, three times the work
+    covered = policy.decide(_two_edges(0, [(4.0, 0.0)] * 3))
+    assert _edges_of(covered) == [10, 10, 10]  # only where there is coverage
+    heavy = policy.decide(_two_edges(0, [(4.0, 4.0)] * 3, pending=[300, 100, 100]))
+    assert _edges_of(heavy) == [10, 20, 20]  # the longest request first, then the others balance it
+    even.check(_two_edges(0, [(4.0, 4.0)] * 4))  # the share rule holds
