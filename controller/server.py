@@ -42,11 +42,10 @@ async def serve(config: ControllerConfig, state: ControllerState, transport: Tra
     stored = state.load_policy()  # a policy swapped at run time survives a restart...
     state.save_topology(config.topology_json())
     metrics = ControllerMetrics()
-    # Over TLS the controller's certificate is its credential with edges and the link emulator; in plaintext it
-    # sends the admin token, which they check when they were given it.
-    client_token = token
+    # Over TLS the controller's certificate is its credential with edges and the link emulator (token is None); in
+    # plaintext it sends the admin token, which they check when they were given it.
     try:
-        loop = ControlLoop(config, state, stored or config.policy, metrics, transport, client_token)
+        loop = ControlLoop(config, state, stored or config.policy, metrics, transport, token)
     except ValueError as error:
         if stored is None or stored == config.policy:
             raise StartError(str(error)) from None
@@ -54,7 +53,7 @@ async def serve(config: ControllerConfig, state: ControllerState, transport: Tra
         log.warning("the stored policy %s cannot be used (%s); starting with the configured %s", stored.name, error,
                     config.policy.name)
         try:
-            loop = ControlLoop(config, state, config.policy, metrics, transport, client_token)
+            loop = ControlLoop(config, state, config.policy, metrics, transport, token)
         except ValueError as error:
             raise StartError(str(error)) from None
     policy = loop.policy_spec

@@ -5,54 +5,20 @@ Real sockets on loopback: the shaping proxy in front of a TCP echo server."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
-
-import pytest
 
 import linkemu.proxy as proxy_module
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import FixedShaper
+from tandem.addresses import split_address
+from tests.test_linkemu_recovery import Echo, echoes
 
 CAP = 3
 
 
-@pytest.fixture
-def echo_server():
-    """A TCP server that echoes every connection until it closes."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def serve(connection: socket.socket) -> None:
-        with connection:
-            while data := connection.recv(4096):
-                connection.sendall(data)
-
-    def accept() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(connection,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-
-
-def echoes(connection: socket.socket) -> bool:
-    try:
-        connection.sendall(b"ping")
-        return connection.recv(4) == b"ping"
-    except OSError:
-        return False
-
-
-def test_a_full_port_closes_its_idlest_connection_for_a_new_one(echo_server, monkeypatch):
+def test_a_full_port_closes_its_idlest_connection_for_a_new_one(monkeypatch):
     monkeypatch.setattr(proxy_module, "IDLE_EVICT_S", 1.0)
-    upstream = ("127.0.0.1", int(echo_server.rsplit(":", 1)[1]))
+    upstream = split_address(Echo().address)
     proxy = ShapingProxy("127.0.0.1", 0, lambda: upstream, FixedShaper(), max_connections=CAP)
     with ProxyThread(proxy) as running:
         host, port = running.address.rsplit(":", 1)

@@ -144,7 +144,7 @@ def test_a_reassignment_carries_waiting_bytes_at_the_new_links_rate_over_the_old
         assert moved_device.recv(4) == b"ping" and echo.accepted == 1  # the new connection went to edge 1
 
 
-def _echoes(connection: socket.socket) -> bool:
+def echoes(connection: socket.socket) -> bool:
     try:
         connection.sendall(b"ping")
         return connection.recv(4) == b"ping"
@@ -156,7 +156,7 @@ def test_connections_past_the_cap_are_closed_at_once_and_never_reach_the_edge(li
     emulator, _, _, echo = link
     address = split_address(emulator.addresses[1])
     held = [socket.create_connection(address, timeout=30) for _ in range(MAX_CONNECTIONS)]
-    assert all(_echoes(connection) for connection in held)  # the first N work
+    assert all(echoes(connection) for connection in held)  # the first N work
     with socket.create_connection(address, timeout=30) as extra:
         try:
             closed = extra.recv(1) == b""
@@ -165,12 +165,12 @@ def test_connections_past_the_cap_are_closed_at_once_and_never_reach_the_edge(li
         assert closed
     assert echo.accepted == MAX_CONNECTIONS  # the refused one opened no connection to the edge
     assert metric(emulator, "tandem_linkemu_connections_refused_total", user="1") == 1
-    assert all(_echoes(connection) for connection in held)  # and the others go on
+    assert all(echoes(connection) for connection in held)  # and the others go on
     held.pop().close()
     deadline = time.monotonic() + 10  # the proxy notices the close on its own time
     while time.monotonic() < deadline:
         with socket.create_connection(address, timeout=30) as again:
-            if _echoes(again):
+            if echoes(again):
                 break
         time.sleep(0.1)
     else:

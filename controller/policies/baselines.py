@@ -17,15 +17,19 @@ def equal_shares(observation: Observation, association: np.ndarray) -> Decision:
         for user, e in zip(observation.users, association.tolist())))
 
 
+def _downlink_se(observation: Observation) -> np.ndarray:
+    """[U, E] downlink spectral efficiency (bit/s/Hz) of every user to every edge, by position."""
+    return np.array([u.se_down for u in observation.users], dtype=float).reshape(len(observation.users),
+                                                                              len(observation.edges))
+
+
 class MaxSinrEqual(Policy):
     """Each user with the edge of the best downlink spectral efficiency (the strongest SINR), equal shares."""
 
     name = "max-sinr-equal"
 
     def decide(self, observation: Observation) -> Decision:
-        se = np.array([u.se_down for u in observation.users], dtype=float).reshape(len(observation.users),
-                                                                                len(observation.edges))
-        return equal_shares(observation, np.argmax(se, axis=1))  # ties: the first edge
+        return equal_shares(observation, np.argmax(_downlink_se(observation), axis=1))  # ties: the first edge
 
 
 class RandomEqual(Policy):
@@ -51,10 +55,8 @@ class Alternate(Policy):
 
 def _downlink_sinr_db(observation: Observation) -> np.ndarray:
     """[U, E] downlink SINR in dB from the spectral efficiencies (Shannon: SINR = 2^SE − 1; an outage is −inf)."""
-    se = np.array([u.se_down for u in observation.users], dtype=float).reshape(len(observation.users),
-                                                                            len(observation.edges))
     with np.errstate(divide="ignore"):
-        return 10 * np.log10(np.exp2(np.minimum(se, 60.0)) - 1.0)
+        return 10 * np.log10(np.exp2(np.minimum(_downlink_se(observation), 60.0)) - 1.0)
 
 
 class MaxSinrHysteresis(Policy):

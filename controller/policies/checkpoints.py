@@ -178,10 +178,10 @@ class ActorNetwork:
     Plain numpy (a few small matrix products per slot) needs neither torch nor Ray in the controller."""
 
     def __init__(self, network: NetworkSpec, tensors: dict[str, np.ndarray]) -> None:
+        """``tensors``: as ``check_tensors`` passed them (float32, the network's shapes)."""
         self.network = network
-        layers = len(network.hidden) + 1
-        self._layers = [(tensors[f"layers.{i}.weight"].astype(np.float32), tensors[f"layers.{i}.bias"].astype(
-            np.float32)) for i in range(layers)]
+        self._layers = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"])
+                        for i in range(len(network.hidden) + 1)]
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The weights by ``NetworkSpec.tensor_shapes`` name (what write_checkpoint stores)."""

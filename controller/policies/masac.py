@@ -34,9 +34,7 @@ class LearnedShares:
     """The trained actor: observations of every edge in, deterministic actions out."""
 
     def __init__(self, actor: ActorNetwork, spec: AgentSpec) -> None:
-        if actor.network.inputs != spec.observation_size or actor.network.outputs != 2 * spec.action_size:
-            raise CheckpointError(f"the actor takes {actor.network.inputs} and gives {actor.network.outputs} numbers; "
-                                  f"the encoding needs {spec.observation_size} and {2 * spec.action_size}")
+        """``actor``'s network is always the one ``spec`` calls for: both constructors below build it from it."""
         self.actor, self.spec = actor, spec
 
     @classmethod

@@ -82,7 +82,8 @@ class Scenario(BaseModel):
     rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip behind the radio")
     bytes_per_prompt_token: float = Field(2.0, gt=0, le=16, allow_inf_nan=False, description="packed varint ids")
     share_floor: float = Field(DEFAULT_SHARE_FLOOR, ge=0, le=1, allow_inf_nan=False, description="every member of "
-                               "an edge keeps at least share_floor / members of it, as the controller enforces")
+                               "an edge with a request keeps at least share_floor / such members of it, as the "
+                               "controller enforces for users with an open session")
 
     @model_validator(mode="after")
     def _unique(self) -> "Scenario":
