@@ -28,6 +28,10 @@ os.environ.setdefault("TANDEM_INSECURE", "1")
 from controller.estimator import EdgeState, UserState  # noqa: E402
 from controller.policies import available, make_policy  # noqa: E402
 from controller.policies.base import Observation  # noqa: E402
+from tandem.edge_model import EdgeTiming  # noqa: E402
+from tandem.profiles import SHIPPED_PROFILE, load_profile  # noqa: E402
+
+GPU_EDGE = load_profile(SHIPPED_PROFILE).edge
 
 SIZES = [(users, edges) for users in (10, 50, 200) for edges in (3, 5, 10)]
 
@@ -40,7 +44,8 @@ def observation(num_users: int, num_edges: int, seed: int, capacity: int | None 
     distance = np.linalg.norm(user_pos[:, None, :] - edge_pos[None, :, :], axis=2) + 10
     sinr_db = 60 - 35 * np.log10(distance) + rng.normal(0, 4, distance.shape)
     se = np.clip(np.log2(1 + 10 ** (sinr_db / 10)), 0, 5.5)
-    edges = tuple(EdgeState(e, 20e6, float(rng.uniform(150, 400)), capacity=capacity or num_users)
+    edges = tuple(EdgeState(e, 20e6, EdgeTiming(GPU_EDGE, float(rng.uniform(0.05, 0.2))),
+                            capacity=capacity or num_users)
                   for e in range(num_edges))
     users = tuple(UserState(u, se_up=tuple(0.6 * se[u]), se_down=tuple(se[u]),
                             draft_s_per_token=float(rng.uniform(0.008, 0.03)), acceptance=float(rng.uniform(0.6, 0.85)),

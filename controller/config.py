@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from controller.policies import RESERVED_PARAMS
 from controller.policies.checkpoints import SHIPPED_POLICY_DIR
 from controller.share_floor import DEFAULT_SHARE_FLOOR
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.auth import ADMIN_TOKEN_ENV
+from tandem.edge_model import DEFAULT_STEP_TOKENS, EdgeTiming
+from tandem.profiles import SHIPPED_PROFILE, EdgeProfile, ProfileError, load_profile
 from tandem.tls import TlsSettings
 
 
@@ -25,8 +27,10 @@ class EdgeSpec(BaseModel):
     address: str = Field(pattern=ADDRESS_PATTERN, description="the edge daemon's gRPC address (EdgeService and "
                          "EdgeControl)")
     bandwidth_hz: float = Field(20e6, gt=0, allow_inf_nan=False, description="B_e: the edge's radio bandwidth")
-    compute: float = Field(200.0, gt=0, allow_inf_nan=False, description="C_e: verification work per second, in "
-                           "tokens of a block (a block of k tokens costs k + 1)")
+    compute_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="the edge's speed relative to "
+                                 "the profile's edge, as its --compute-scale (2 = twice as fast)")
+    step_tokens: int = Field(DEFAULT_STEP_TOKENS, ge=1, le=1 << 16, description="tokens one engine step of the edge "
+                             "may batch, as its --step-tokens")
     capacity: int = Field(16, ge=1, description="most users the edge may serve at once")
 
 
@@ -82,6 +86,9 @@ class ControllerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     edges: list[EdgeSpec] = Field(min_length=1)
     users: list[UserSpec] = Field(min_length=1)
+    profile: Path = Field(SHIPPED_PROFILE, description="hardware profile whose edge part times every edge's engine "
+                          "steps (tandem/edge_model.py), as the edges' --profile (default: the shipped "
+                          "phone-1b-gpu-8b)")
     linkemu: str | None = Field(None, pattern=ADDRESS_PATTERN, description="the link emulator's LinkControl "
                                 "address: measurements in, assignments out (default: none, static spectral "
                                 "efficiency)")
@@ -108,6 +115,7 @@ class ControllerConfig(BaseModel):
     admin_token_file: Path | None = Field(None, description=f"file holding the admin token (else ${ADMIN_TOKEN_ENV};"
                                           f" else one is made beside the state file)")
     tls: TlsSettings = TlsSettings()
+    _edge_profile: EdgeProfile = PrivateAttr()
 
     @model_validator(mode="after")
     def _unique(self) -> "ControllerConfig":
@@ -116,8 +124,21 @@ class ControllerConfig(BaseModel):
                 raise ValueError(f"{what} id listed twice: {duplicated[0]}")
         return self
 
+    @model_validator(mode="after")
+    def _read_profile(self) -> "ControllerConfig":
+        try:
+            self._edge_profile = load_profile(self.profile).edge
+        except ProfileError as error:
+            raise ValueError(str(error)) from None
+        return self
+
     def edge(self, edge_id: int) -> EdgeSpec:
         return next(e for e in self.edges if e.id == edge_id)
 
+    def edge_timing(self, spec: EdgeSpec) -> EdgeTiming:
+        """How long the edge's engine steps take (the model its pacing runs)."""
+        return EdgeTiming(self._edge_profile, spec.compute_scale, spec.step_tokens)
+
     def topology_json(self) -> str:
-        return self.model_dump_json(include={"edges", "users", "linkemu", "slot_s", "failover_after_s", "assume"})
+        return self.model_dump_json(include={"edges", "users", "profile", "linkemu", "slot_s", "failover_after_s",
+                                             "assume"})

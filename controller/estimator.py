@@ -1,20 +1,21 @@
-"""The latency model of speculative decoding at the edge (ARCHITECTURE §4): one module, used by every policy.
+"""The latency model of speculative decoding at the edge (ARCHITECTURE §4): one module, used by every policy and
+played by the twin; its edge is the one edge model (tandem/edge_model.py) the edges' pacing runs.
 
-A user u served by edge e with bandwidth share b and compute share c runs rounds of k drafted tokens.  With
-acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  tokens (k + 1 when α = 1), and takes
+A user u on edge e with bandwidth share b and scheduler weight (compute share) c runs rounds of k drafted tokens.
+With acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  tokens (k + 1 when α = 1), and
 
-    up      = bits_up(k) / (b · B_e · SE_up(u, e))
-    verify  = W(k) / (c · C_e)                       W(k) = verify work of a k-token block, C_e = work per second
-    down    = bits_down / (b · B_e · SE_down(u, e))
-    round   = max(k · t_draft, up + verify + down + rtt)      parallel speculative decoding (drafting overlaps)
-            = k · t_draft + up + verify + down + rtt           sequential speculative decoding
+    comm    = bits_up(k) / (b · B_e · SE_up(u, e)) + bits_down / (b · B_e · SE_down(u, e)) + rtt
+    remote  = comm + T_e · (1 + ρ_e / 2)           waits out the step in flight, then its own (T_e: a batched step)
+    round   = α^(k+1) · max(draft, remote) + (1 − α^(k+1)) · (draft + remote)     psd (drafting overlaps)
+            = draft + remote                                                       sd
+    round  ≥ steps_u · T_e                          an oversubscribed edge serves u once every steps_u steps
 
-so the request's remaining latency is  pending / τ × round.  A pair whose spectral efficiency is 0 (outage) has
-infinite latency.  Moving a request to another edge costs a one-off rebuild of its context there (lossless
-migration re-prefills the prompt and every committed token): its upload at the uplink rate plus its prefill at
-the edge's compute; staying where the context is costs nothing, so association does not churn for nothing.
-The functions are vectorised over users (numpy arrays) so that policies can evaluate many candidate associations
-cheaply.
+with draft = k · t_draft, and T_e, ρ_e, steps_u from the edge's users with a request (idle users hold nothing; c
+matters only when their blocks overflow the step budget).  The request's remaining latency is pending / τ ×
+round.  A pair whose spectral efficiency is 0 (outage) has infinite latency.  Moving a request to another edge
+costs a one-off rebuild of its context there (lossless migration re-prefills the prompt and every committed
+token): its upload at the uplink rate plus its prefill in a step of that edge; staying costs nothing, so
+association does not churn for nothing.  The functions are vectorised over users (numpy arrays).
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tandem.edge_model import EdgeTiming, Rounds, edge_rounds, hit_probability, solve_rounds
+
+
+BITS_UP_PER_TOKEN = 8 * 6.0  # a drafted token's share of a block message (measured ~21 B per k=4 block)
+
 
 @dataclass(frozen=True)
 class EdgeState:
     edge: int
     bandwidth_hz: float  # B_e
-    compute: float  # C_e: verify work per second (work units of ``UserState.verify_work``)
+    timing: EdgeTiming  # how long its engine steps take
     capacity: int  # most users it may serve at once
 
 
@@ -40,16 +46,17 @@ class UserState:
     draft_s_per_token: float  # t_draft
     acceptance: float  # α in [0, 1]
     draft_length: int  # k
-    pending_tokens: int  # tokens the current request still has to produce
-    bits_up_per_token: float = 8 * 6.0  # a drafted token's share of a block message (measured ~21 B per k=4 block)
+    pending_tokens: int  # tokens the current request still has to produce (0: idle, no request)
+    bits_up_per_token: float = BITS_UP_PER_TOKEN
     bits_down_per_round: float = 8 * 20.0  # a verdict (measured ~20 B)
-    verify_work_per_token: float = 1.0  # W(k) = verify_work_base + k · verify_work_per_token
-    verify_work_base: float = 1.0
     rtt_s: float = 0.0  # base round-trip of the radio link and the network behind it
     edge: int | None = None  # position of the edge holding the request's context (None: nowhere yet)
     context_tokens: int = 0  # prompt + committed tokens a move would re-prefill (0: unknown, moves cost nothing)
-    prefill_work_per_token: float = 0.0  # in verify work units
     bits_per_context_token: float = 8 * 2.0  # packed token ids
+
+    @property
+    def busy(self) -> bool:
+        return self.pending_tokens > 0
 
 
 def tokens_per_round(acceptance: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -63,15 +70,22 @@ def tokens_per_round(acceptance: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PairCosts:
-    """Per (user, edge) the parts of a round that shares divide: a round takes
-    ``max(draft, comm / b + verify / c + rtt)`` (psd) and a request ``weight`` rounds."""
+    """Per user, and per (user, edge), what a round and a request are made of."""
 
     draft: np.ndarray  # [U] k · t_draft
     comm: np.ndarray  # [U, E] up + down time at the whole bandwidth (inf in an outage)
-    verify: np.ndarray  # [U, E] verify time at the whole compute
     rtt: np.ndarray  # [U]
-    weight: np.ndarray  # [U] rounds left: pending / τ
-    move: np.ndarray  # [U, E] one-off seconds to build the context on e at the whole resources (0 where it is)
+    weight: np.ndarray  # [U] rounds left: pending / τ (an idle user: one token's worth, to place it sensibly)
+    move: np.ndarray  # [U, E] one-off seconds to build the context on e at the whole bandwidth (0 where it is)
+    k: np.ndarray  # [U] draft length
+    hit: np.ndarray  # [U] α^(k+1): psd's speculation survives the verdict
+    busy: np.ndarray  # [U] has a request
+    timings: tuple[EdgeTiming, ...]  # [E]
+
+    def of_users(self, rows: np.ndarray) -> "PairCosts":
+        """The costs of the users at ``rows`` only."""
+        return PairCosts(self.draft[rows], self.comm[rows], self.rtt[rows], self.weight[rows], self.move[rows],
+                         self.k[rows], self.hit[rows], self.busy[rows], self.timings)
 
 
 def pair_costs(users: list[UserState], edges: list[EdgeState]) -> PairCosts:
@@ -79,18 +93,19 @@ def pair_costs(users: list[UserState], edges: list[EdgeState]) -> PairCosts:
     se_up = np.array([u.se_up for u in users], dtype=float).reshape(len(users), len(edges))
     se_down = np.array([u.se_down for u in users], dtype=float).reshape(len(users), len(edges))
     bandwidth = np.array([e.bandwidth_hz for e in edges], dtype=float)
-    compute = np.array([e.compute for e in edges], dtype=float)
     bits_up = k * np.array([u.bits_up_per_token for u in users])
     bits_down = np.array([u.bits_down_per_round for u in users])
     with np.errstate(divide="ignore"):
         comm = bits_up[:, None] / (bandwidth * se_up) + bits_down[:, None] / (bandwidth * se_down)
-    work = np.array([u.verify_work_base for u in users]) + k * np.array([u.verify_work_per_token for u in users])
     acceptance = np.array([u.acceptance for u in users], dtype=float)
     pending = np.array([u.pending_tokens for u in users], dtype=float)
     context = np.array([u.context_tokens for u in users], dtype=float)
+    timings = tuple(e.timing for e in edges)
+    # A move: the context's upload, then its prefill (in the step of the first block there).
+    prefill = np.stack([t.prefill_seconds(context) for t in timings], axis=1) if edges else np.zeros((len(users), 0))
     with np.errstate(divide="ignore", invalid="ignore"):
         move = (context * np.array([u.bits_per_context_token for u in users]))[:, None] / (bandwidth * se_up) \
-            + (context * np.array([u.prefill_work_per_token for u in users]))[:, None] / compute[None, :]
+            + prefill
     move = np.where(context[:, None] > 0, move, 0.0)
     for row, user in enumerate(users):
         if user.edge is not None:
@@ -98,25 +113,71 @@ def pair_costs(users: list[UserState], edges: list[EdgeState]) -> PairCosts:
     return PairCosts(
         draft=k * np.array([u.draft_s_per_token for u in users]),
         comm=comm,
-        verify=work[:, None] / compute[None, :],
         rtt=np.array([u.rtt_s for u in users], dtype=float),
-        weight=pending / tokens_per_round(acceptance, k),
-        move=move,
+        weight=np.maximum(pending, 1.0) / tokens_per_round(acceptance, k),
+        move=move, k=k, hit=hit_probability(acceptance, k), busy=pending > 0, timings=timings,
     )
+
+
+def served(costs: PairCosts, users: np.ndarray, edge: int, bandwidth_share: np.ndarray,
+            compute_share: np.ndarray, parallel: bool) -> Rounds:
+    """The rounds of ``users`` (rows of ``costs``), all on ``edge`` as its users with a request."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        comm = costs.comm[users, edge] / bandwidth_share + costs.rtt[users]
+    return edge_rounds(costs.timings[edge], costs.draft[users], comm, costs.hit[users], costs.k[users],
+                       compute_share, parallel)
+
+
+def edge_round_seconds(costs: PairCosts, users: np.ndarray, edges: np.ndarray, bandwidth_share: np.ndarray,
+                       compute_share: np.ndarray, parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(round, remote) seconds of each listed user on its edge at the given shares (arrays of equal length).
+
+    Each edge's service is set by its listed users with a request; an idle listed user is estimated as if it
+    joined them (what it would get once its request arrives)."""
+    rounds = np.full(len(users), np.inf)
+    remote = np.full(len(users), np.inf)
+    reachable = (bandwidth_share > 0) & (compute_share > 0) & np.isfinite(costs.comm[users, edges])
+    for edge in np.unique(edges):
+        on_edge = np.flatnonzero((edges == edge) & reachable)
+        if not len(on_edge):
+            continue
+        busy = on_edge[costs.busy[users[on_edge]]]
+        groups = [busy] + [np.append(busy, idle) for idle in on_edge[~costs.busy[users[on_edge]]]]
+        for group in groups:
+            if not len(group):
+                continue
+            state = served(costs, users[group], int(edge), bandwidth_share[group], compute_share[group], parallel)
+            rows = group if group is busy else group[-1:]
+            rounds[rows] = state.round_s[-len(rows):]
+            remote[rows] = state.remote_s[-len(rows):]
+    return rounds, remote
 
 
 def round_seconds(costs: PairCosts, users: np.ndarray, edges: np.ndarray, bandwidth_share: np.ndarray,
                   compute_share: np.ndarray, parallel: bool = True) -> np.ndarray:
     """Round time of each listed user on its edge at the given shares (arrays of equal length)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        remote = (costs.comm[users, edges] / bandwidth_share + costs.verify[users, edges] / compute_share
-                  + costs.rtt[users])
-    remote = np.where((bandwidth_share > 0) & (compute_share > 0), remote, np.inf)
-    draft = costs.draft[users]
-    return np.maximum(draft, remote) if parallel else draft + remote
+    return edge_round_seconds(costs, users, edges, bandwidth_share, compute_share, parallel)[0]
 
 
 def latency_seconds(costs: PairCosts, users: np.ndarray, edges: np.ndarray, bandwidth_share: np.ndarray,
                     compute_share: np.ndarray, parallel: bool = True) -> np.ndarray:
     """Estimated remaining latency of each listed user's request."""
     return costs.weight[users] * round_seconds(costs, users, edges, bandwidth_share, compute_share, parallel)
+
+
+def equal_share_rounds(costs: PairCosts, members: np.ndarray, parallel: bool = True) -> np.ndarray:
+    """[U, E] round of every user on every edge if ``members[e]`` users with requests like its own shared that edge
+    equally (bandwidth 1/n, equal weights): what association searches compare, in a few numpy passes."""
+    n = np.maximum(np.asarray(members, dtype=float), 1.0)[None, :]
+    demand = costs.k[:, None] + 1.0
+    rounds = np.empty_like(costs.comm)
+    for edge, timing in enumerate(costs.timings):
+        budget = np.maximum(float(timing.step_tokens), demand[:, 0])
+        steps = np.maximum(1.0, n[:, edge] * demand[:, 0] / budget)
+        k = costs.k
+        with np.errstate(invalid="ignore"):
+            comm = costs.comm[:, edge] * n[0, edge] + costs.rtt
+        rounds[:, edge] = solve_rounds(lambda m, k=k, timing=timing: timing.step_seconds(m, k),
+                                       lambda r, count=n[0, edge]: count / r, n[0, edge] / steps, steps,
+                                       costs.draft, comm, costs.hit, parallel).round_s
+    return rounds

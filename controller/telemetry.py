@@ -104,6 +104,7 @@ class Telemetry:
         if not edges:
             raise ValueError("no edge is healthy")
         static = (self.config.assume.spectral_efficiency,) * 2
+        busy = self.busy_users()
         users = []
         for spec in self.config.users:
             figures = self.believed(spec.id)
@@ -112,10 +113,10 @@ class Telemetry:
                 user=spec.id, se_up=tuple(s[0] for s in se), se_down=tuple(s[1] for s in se),
                 draft_s_per_token=figures.draft_seconds_per_token, acceptance=figures.acceptance,
                 draft_length=spec.draft_length,
-                # An idle user still needs a sensible edge: it counts as one pending token (0 would zero its cost).
-                pending_tokens=max(1, figures.pending_tokens), rtt_s=spec.rtt_s))
-        return Observation(slot, tuple(EdgeState(e.id, e.bandwidth_hz, e.compute, e.capacity) for e in edges),
-                           tuple(users))
+                # A user without an open session holds nothing on an edge: it is idle (0 pending), whatever it says.
+                pending_tokens=figures.pending_tokens if spec.id in busy else 0, rtt_s=spec.rtt_s))
+        return Observation(slot, tuple(EdgeState(e.id, e.bandwidth_hz, self.config.edge_timing(e), e.capacity)
+                                       for e in edges), tuple(users))
 
 
 def _clean(value: float) -> float:

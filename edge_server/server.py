@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from edge_server.audit import VerificationLogWriter
 from edge_server.compute_shares import ComputeShares
-from edge_server.config import EdgeConfig, PacingOptions
+from edge_server.config import EdgeConfig
 from edge_server.control import EdgeControlServicer
 from edge_server.drain import Drain
 from edge_server.engines import make_engine
@@ -27,6 +27,7 @@ from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
 from tandem.auth import client_token
+from tandem.edge_model import EdgeTiming
 from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.readiness import announce_ready
@@ -40,13 +41,15 @@ CONTROL_SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EdgeControl"].fu
 ACCESS = Access({SERVICE_NAME: DEVICES, CONTROL_SERVICE_NAME: ADMINS})
 
 
-def _pacing(options: PacingOptions, metrics: EdgeMetrics) -> EdgePacing | None:
+def _pacing(config: EdgeConfig, metrics: EdgeMetrics) -> EdgePacing | None:
+    options = config.pacing
     if options.dilation == 0:
         return None
     profile = load_profile(options.profile)
-    log.info("pacing the edge of profile %s (compute scale %g) at dilation %g", profile.name, options.compute_scale,
-             options.dilation)
-    return EdgePacing(profile.edge, options.compute_scale, Pacer(options.dilation, metrics.count_paced_step))
+    log.info("pacing the edge of profile %s (compute scale %g, %d tokens per step) at dilation %g", profile.name,
+             options.compute_scale, config.engine_step_tokens, options.dilation)
+    timing = EdgeTiming(profile.edge, options.compute_scale, config.engine_step_tokens)
+    return EdgePacing(timing, Pacer(options.dilation, metrics.count_paced_step))
 
 
 async def serve(config: EdgeConfig, transport: Transport) -> None:
@@ -62,7 +65,7 @@ async def serve(config: EdgeConfig, transport: Transport) -> None:
     drain = Drain()
     shares = ComputeShares(config.edge_id or 0)
     scheduler = ShareScheduler(engine, shares, metrics, config.engine_step_tokens, config.batch_window_s,
-                               _pacing(config.pacing, metrics))
+                               _pacing(config, metrics))
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     verifier = Verifier(engine, scheduler, metrics, audit)
     server = make_server(transport, ACCESS, admin_token, config.max_message_bytes)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
 
 SCHEMA_VERSION = 1
+SHIPPED_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "phone-1b-gpu-8b.yaml"  # the paper's hardware
 
 
 class ProfileError(ValueError):

@@ -12,7 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tandem.edge_model import DEFAULT_STEP_TOKENS, EdgeTiming
 from tandem.models import default_data_dir, prepare_models
+from tandem.profiles import SHIPPED_PROFILE, load_profile
 from tandem.rpc import bearer_metadata
 from testbed.processes import EdgeProcess, LinkEmuProcess, vllm_cores
 
@@ -28,6 +30,14 @@ os.environ["TANDEM_ADMIN_TOKEN"] = ADMIN_TOKEN
 ADMIN_AUTH = bearer_metadata(ADMIN_TOKEN)
 RESULTS = ROOT / "results"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+GPU_EDGE = load_profile(SHIPPED_PROFILE).edge  # the paper's edge: an 8B target on an H100, 7.25 ms per k=4 block
+
+
+def edge_timing(compute_scale: float = 1.0, step_tokens: int = DEFAULT_STEP_TOKENS) -> EdgeTiming:
+    """An edge of the shipped profile at this share of its GPU, for observations built by hand."""
+    return EdgeTiming(GPU_EDGE, compute_scale, step_tokens)
+
+
 REPORT: dict[str, dict] = {}  # figures the tests measured (near-ties, ...), printed at the end and saved
 
 

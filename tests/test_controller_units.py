@@ -16,11 +16,12 @@ from controller.policies.base import Allocation, Decision, Policy
 from controller.service import parse_param
 from controller.state import ControllerState, StateError, VersionedDecision
 from controller.telemetry import DeviceReport, EdgeLoadSample, Telemetry
+from controller.trust import ObservedUser
 
 
 def config(**overrides) -> ControllerConfig:
     return ControllerConfig.model_validate({
-        "edges": [{"id": 0, "address": "127.0.0.1:9"}, {"id": 2, "address": "127.0.0.1:9", "compute": 50}],
+        "edges": [{"id": 0, "address": "127.0.0.1:9"}, {"id": 2, "address": "127.0.0.1:9", "compute_scale": 0.5}],
         "users": [{"id": 0}, {"id": 5, "draft_length": 6}], "failover_after_s": 2.0, **overrides})
 
 
@@ -28,12 +29,14 @@ def test_observation_uses_newest_reports_and_measurements_over_healthy_edges():
     telemetry = Telemetry(config())
     telemetry.record_measurements(7, [(5, 2, 3.0, 4.0), (5, 0, float("nan"), -1.0)])
     telemetry.record_report(5, DeviceReport(0.03, 0.9, 40, 0.2))
+    assert telemetry.observation(slot=3).users[1].pending_tokens == 0  # no edge holds a session of it: idle
+    telemetry.probe_result(2, EdgeLoadSample(1, 0, 0.1, 1, users={5: ObservedUser(50, 1, 0, 0)}), now=0.0)
     observation = telemetry.observation(slot=3)
     user = observation.users[1]
     assert (user.user, user.se_up, user.se_down) == (5, (0.0, 3.0), (0.0, 4.0))  # NaN and negative: outage
     assert (user.draft_s_per_token, user.acceptance, user.pending_tokens, user.draft_length) == (0.03, 0.9, 40, 6)
     assert observation.users[0].se_up == (4.0, 4.0)  # no measurement: the assumed spectral efficiency
-    assert [e.edge for e in observation.edges] == [0, 2] and observation.edges[1].compute == 50
+    assert [e.edge for e in observation.edges] == [0, 2] and observation.edges[1].timing.compute_scale == 0.5
 
 
 def test_an_edge_failing_probes_past_the_deadline_leaves_the_observation():

@@ -15,15 +15,15 @@ from controller.estimator import EdgeState, UserState, pair_costs
 from controller.policies.base import Observation
 from controller.policies.edge_agent import AgentSpec, decode, encode
 from controller.policies.tma import TmaEqual, sequential_shares
-from tests.conftest import run_tandem, write_twin_scenario
+from tests.conftest import edge_timing, run_tandem, write_twin_scenario
 
 
 def observation(users: int = 6, edges: int = 2, seed: int = 0, **user_fields) -> Observation:
     rng = np.random.default_rng(seed)
-    return Observation(0, tuple(EdgeState(e, 1e6, 1.0 + e, 8) for e in range(edges)), tuple(
+    return Observation(0, tuple(EdgeState(e, 1e6, edge_timing(0.1 * (1.0 + e)), 8) for e in range(edges)), tuple(
         UserState(u, se_up=tuple(rng.uniform(0.5, 5, edges)), se_down=tuple(rng.uniform(0.5, 5, edges)),
                   draft_s_per_token=0.02, acceptance=0.7, draft_length=4, pending_tokens=int(rng.integers(1, 300)),
-                  verify_work_per_token=0.002, verify_work_base=0.01, rtt_s=0.01, **user_fields)
+                  rtt_s=0.01, **user_fields)
         for u in range(users)))
 
 
@@ -54,17 +54,16 @@ def test_a_zero_action_is_the_closed_form_prior_and_any_action_gives_valid_share
 
 def test_the_association_keeps_a_request_where_its_context_is_unless_moving_pays():
     def one_user(context: int, edge: int | None) -> int:
-        obs = Observation(0, (EdgeState(0, 1e6, 1.0, 4), EdgeState(1, 1e6, 1.05, 4)), (UserState(
-            0, se_up=(2.0, 2.0), se_down=(2.0, 2.0), draft_s_per_token=0.001, acceptance=0.7, draft_length=4,
-            pending_tokens=100, verify_work_per_token=0.002, verify_work_base=0.01, edge=edge,
-            context_tokens=context, prefill_work_per_token=0.001),))
+        obs = Observation(0, (EdgeState(0, 1e6, edge_timing(1.0), 4), EdgeState(1, 1e6, edge_timing(1.05), 4)), (
+            UserState(0, se_up=(2.0, 2.0), se_down=(2.0, 2.0), draft_s_per_token=0.001, acceptance=0.7,
+                      draft_length=4, pending_tokens=100, edge=edge, context_tokens=context),))
         return int(TmaEqual().associate(obs)[0][0])
 
     assert one_user(context=0, edge=None) == 1  # the faster edge, when nothing is anywhere yet
     assert one_user(context=2000, edge=0) == 0  # rebuilding 2000 tokens there costs more than edge 1 saves
     assert one_user(context=1, edge=0) == 1  # a tiny context: moving pays
-    costs = pair_costs(list(observation(edge=1, context_tokens=500, prefill_work_per_token=0.001).users),
-                       [EdgeState(0, 1e6, 1.0, 8), EdgeState(1, 1e6, 2.0, 8)])
+    costs = pair_costs(list(observation(edge=1, context_tokens=500).users),
+                       [EdgeState(0, 1e6, edge_timing(1.0), 8), EdgeState(1, 1e6, edge_timing(2.0), 8)])
     assert (costs.move[:, 1] == 0).all() and (costs.move[:, 0] > 0).all()
 
 
@@ -195,10 +194,11 @@ def test_evaluate_reports_every_policy_with_confidence_intervals(trained_policy,
     result = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
     assert len(result["cells"]) == 2 * 2 * 2 * 2  # users x edges x modes x energy weights
     cell = result["cells"][0]
-    assert set(cell["policies"]) == {"tma-masac", "tma-opt", "tma-equal", "max-sinr-equal", "random"}
-    baseline = cell["policies"]["max-sinr-equal"]
-    assert baseline["reduction_vs_baseline"]["mean"] == 0 and baseline["mean_latency_s"]["n"] == 2
+    assert set(cell["policies"]) == {"tma-masac", "tma-opt", "tma-equal", "max-sinr-hysteresis", "least-loaded",
+                                     "max-sinr-equal"}
+    baseline = cell["policies"]["max-sinr-hysteresis"]
+    assert baseline["reduction_vs_baseline"]["mean"] == 0 and baseline["mean_time_in_system_s"]["n"] == 2
     assert {"psd", "sd"} == set(result["headline"])
     for plot in ("latency_vs_users.png", "latency_vs_edges.png", "energy_latency.png"):
         assert (tmp_path / "eval" / plot).stat().st_size > 1000
-    assert "tma-masac cuts mean latency against max-sinr-equal" in report.read_text()
+    assert "tma-masac cuts mean time in system against max-sinr-hysteresis" in report.read_text()

@@ -11,13 +11,14 @@ from controller.estimator import EdgeState, UserState, pair_costs, tokens_per_ro
 from controller.policies import available, make_policy
 from controller.policies.base import Allocation, Decision, Observation
 from controller.policies.tma import EqualShareModel, deferred_acceptance, local_search
+from tests.conftest import edge_timing
 
 
 def scenario(num_users: int, num_edges: int, seed: int, capacity: int | None = None) -> Observation:
     rng = np.random.default_rng(seed)
     # edge ids 10, 20, ... differ from their positions, as they may in a topology
     edges = tuple(EdgeState(10 * (e + 1), bandwidth_hz=float(rng.choice([10e6, 20e6])),
-                            compute=float(rng.uniform(100, 400)),
+                            timing=edge_timing(float(rng.uniform(0.05, 0.2))),
                             capacity=capacity or num_users) for e in range(num_edges))
     users = tuple(UserState(
         u, se_up=tuple(rng.uniform(0.1, 5, num_edges)), se_down=tuple(rng.uniform(0.2, 5.5, num_edges)),
@@ -131,8 +132,8 @@ def test_tma_opt_is_never_worse_than_tma_equal_and_tma_beats_max_sinr(seed):
 
 
 def _two_edges(slot: int, se_down: list[tuple[float, float]], pending: list[int] | None = None,
-               compute: tuple[float, float] = (200.0, 200.0)) -> Observation:
-    edges = tuple(EdgeState(10 * (e + 1), 20e6, compute[e], 8) for e in range(2))
+               compute: tuple[float, float] = (0.1, 0.1)) -> Observation:
+    edges = tuple(EdgeState(10 * (e + 1), 20e6, edge_timing(compute[e]), 8) for e in range(2))
     users = tuple(UserState(u, se_up=(2.0, 2.0), se_down=se, draft_s_per_token=0.02, acceptance=0.7,
                             draft_length=4, pending_tokens=(pending or [64] * len(se_down))[u], rtt_s=0.01)
                   for u, se in enumerate(se_down))
@@ -172,7 +173,7 @@ def test_least_loaded_spreads_pending_work_by_compute():
     policy = make_policy("least-loaded")
     even = policy.decide(_two_edges(0, [(4.0, 4.0)] * 4))
     assert sorted(_edges_of(even)) == [10, 10, 20, 20]
-    skewed = policy.decide(_two_edges(0, [(4.0, 4.0)] * 4, compute=(300.0, 100.0)))
+    skewed = policy.decide(_two_edges(0, [(4.0, 4.0)] * 4, compute=(0.3, 0.1)))
     assert sorted(_edges_of(skewed)) == [10, 10, 10, 20]  # three times the compute, three times the work
     covered = policy.decide(_two_edges(0, [(4.0, 0.0)] * 3))
     assert _edges_of(covered) == [10, 10, 10]  # only where there is coverage

@@ -12,6 +12,7 @@ from device_client.draft import DraftEngine
 from device_client.pacing import PacedDraftEngine
 from device_client.workload import Workload, WorkloadError
 from edge_server.pacing import EdgePacing
+from tandem.edge_model import EdgeTiming
 from tandem.pacing import Pacer
 from tandem.profiles import DeviceProfile, EdgeProfile
 from tandem.readiness import parse_ready
@@ -45,7 +46,7 @@ def test_workload_prompts(tmp_path):
 
 
 def test_edge_step_time_batches_and_charges_prefill_once():
-    pacing = EdgePacing(EDGE, compute_scale=0.5, pacer=Pacer(0.0))
+    pacing = EdgePacing(EdgeTiming(EDGE, compute_scale=0.5), Pacer(0.0))
     block = EDGE.block_seconds(4)  # 0.006 + 0.001 x 5
     # First block of a session: its 100-token prompt is prefilled.
     assert pacing.block_step_seconds([("a", 100, 4)]) == pytest.approx((block + 100 * 0.0001) / 0.5)

@@ -111,7 +111,7 @@ class LeastLoadedEqual(Policy):
 
     def decide(self, observation: Observation) -> Decision:
         sinr = _downlink_sinr_db(observation)
-        compute = np.array([edge.compute for edge in observation.edges], dtype=float)
+        compute = np.array([edge.timing.compute_scale for edge in observation.edges], dtype=float)
         load = np.zeros(len(observation.edges))
         pending = np.array([user.pending_tokens for user in observation.users], dtype=float)
         association = np.empty(len(observation.users), dtype=int)

@@ -6,15 +6,15 @@ Users are first associated by TMA; then each edge's agent sees its own members o
 
 Observation (``EDGE_FEATURES + max_users × USER_FEATURES`` float32, members sorted by rounds left, shortest
 first, absent slots zero):
-    edge:  members / max_users, compute (single-block speed × batching gain) / max_users, energy weight,
+    edge:  members / max_users, compute scale / max_users, energy weight,
            members in an outage on this edge / max_users
     user:  present (1), uplink and downlink spectral efficiency / 10 bit/s/Hz, log1p(pending tokens) / 7,
            draft seconds per token × 10, acceptance, prior bandwidth share, prior compute share,
            log10(remote round time at the prior shares / drafting time), clipped to [-3, 3]
 Action (``2 × max_users`` floats in [-1, 1]): bandwidth then compute corrections of the member slots.  A member's
 share is its prior share × exp(``RESIDUAL_SCALE`` × correction), renormalised over the edge's members: positive,
-summing to 1 on each edge whatever the action.  The prior is the closed-form optimum of sequential rounds
-(``tma.sequential_shares``: shares ∝ √(rounds left × time at the whole resource)), so a zero action is a sound
+summing to 1 on each edge whatever the action.  The prior is the closed forms of ``tma.sequential_shares``
+(bandwidth ∝ √(rounds left × link time), scheduler weights ∝ √(rounds left × block tokens)), so a zero action is a sound
 policy and the agent learns what that formula misses (drafting that hides the remote part under PSD, the
 edge's queue, energy).
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.estimator import PairCosts
+from controller.estimator import PairCosts, edge_round_seconds
 from controller.policies.base import Allocation, Decision, Observation
 from controller.policies.tma import sequential_shares
 from tandem.shares import proportional_shares
@@ -87,13 +87,13 @@ def encode(observation: Observation, association: np.ndarray, costs: PairCosts, 
     members = members_of(observation, association, costs, position, spec)
     features = np.zeros(spec.observation_size, dtype=np.float32)
     outage = ~np.isfinite(costs.comm[members, position])
-    features[:EDGE_FEATURES] = (len(members) / spec.max_users, edge.compute / spec.max_users, energy_weight,
-                                outage.sum() / spec.max_users)
+    features[:EDGE_FEATURES] = (len(members) / spec.max_users, edge.timing.compute_scale / spec.max_users,
+                                energy_weight, outage.sum() / spec.max_users)
     if not len(members):
         return features
     b, c = sequential_shares(costs, members, position)
+    remote = edge_round_seconds(costs, members, np.full(len(members), position), b, c)[1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        remote = costs.comm[members, position] / b + costs.verify[members, position] / c + costs.rtt[members]
         ratio = np.log10(remote / np.maximum(costs.draft[members], 1e-9))
     users = [observation.users[index] for index in members]
     per_user = np.column_stack([

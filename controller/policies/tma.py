@@ -1,21 +1,26 @@
 """Two-phase matching association (TMA), with equal shares (``tma-equal``) or solver-optimal shares (``tma-opt``).
 
+Only users with a request are matched: idle users hold nothing on an edge (tandem/edge_model.py), so each simply
+waits on the edge where a request would fare best beside the matched ones (a request that arrives there has no
+context to move yet).
+
 Phase 1, deferred acceptance (Gale-Shapley, users proposing): every user ranks the edges by its estimated latency
-on each when that edge is full (shares 1/capacity); edges rank users the same way and keep the best ones within
-their capacity.  The result has no blocking pair for those rankings.
+on each when that edge is full; edges rank users the same way and keep the best ones within their capacity.  The
+result has no blocking pair for those rankings.
 
 Phase 2, local search on the estimated total latency with equal shares: the best single move (a user to another
 edge with room) or pairwise swap (two users on different edges trade places) is applied while it lowers the total
 by more than a relative 1e-9.  A swap keeps every edge's size, so its gain is one table lookup per pair; the whole
 phase is a few numpy passes, even for hundreds of users.
 
-``tma-opt`` then gives each edge's users the bandwidth and compute shares that minimise their summed latency
-(docs/controller.md has the formulation): for sequential rounds the optimum is closed-form (shares proportional
-to the square root of each user's weighted time at the whole resource); for parallel rounds, where a round lasts
-max(draft, remote), it is the convex epigraph problem solved by SLSQP from that start.  The result is kept only
-where it beats equal shares, so ``tma-opt`` is never worse than ``tma-equal`` on the estimator.  A user in an outage
-on its edge (no rate) gets the minimum share: no share can help it, and the solver would otherwise pour the edge
-into it.
+``tma-opt`` then gives each edge's users the bandwidth shares that minimise their summed latency with the edge's
+batched verification held at its equal-share value (docs/controller.md has the formulation): the closed form of
+sequential rounds (shares proportional to the square root of each user's weighted time at the whole bandwidth)
+and, for parallel rounds, the convex epigraph problem solved by SLSQP from that start.  Its scheduler weights
+(compute shares) follow the closed form of an oversubscribed edge, ∝ √(rounds left × block tokens); they change
+nothing on an edge whose blocks fit one step.  The result is kept only where it beats equal shares, so
+``tma-opt`` is never worse than ``tma-equal`` on the estimator.  A user in an outage on its edge (no rate) gets
+the minimum share: no share can help it, and the solver would otherwise pour the edge into it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from controller.estimator import PairCosts, pair_costs
+from controller.estimator import PairCosts, edge_round_seconds, equal_share_rounds, pair_costs
 from controller.policies.base import Allocation, Decision, Observation, Policy
 from controller.policies.baselines import equal_shares
 from tandem.shares import proportional_shares
@@ -37,21 +42,18 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 class EqualShareModel:
-    """Latency of user u on edge e when e is shared equally by n users: weight·max(draft, n·x + rtt) (psd), plus
-    n·move to build its context there if it is not there already."""
+    """Latency of user u on edge e when e is shared equally by n users with a request: rounds left × the edge
+    model's round (estimator.equal_share_rounds), plus n·move to build its context there if it is not there."""
 
     def __init__(self, costs: PairCosts, parallel: bool) -> None:
-        self.x = _finite(costs.comm + costs.verify)  # [U, E] remote time at the whole edge
+        self.costs, self.parallel = costs, parallel
         self.move = _finite(costs.move)
-        self.draft, self.rtt, self.weight, self.parallel = costs.draft, costs.rtt, costs.weight, parallel
+        self.shape = costs.comm.shape
 
     def latency(self, n: np.ndarray) -> np.ndarray:
         """[U, E] latency of every user on every edge if that edge had ``n[e]`` users."""
-        remote = n[None, :] * self.x + self.rtt[:, None]
-        rounds = np.maximum(self.draft[:, None], remote) if self.parallel else self.draft[:, None] + remote
-        # Every term is finite already (x and move are, draft and rtt too): only the cap is needed, and this runs
-        # a few hundred times per decision.
-        return self.weight[:, None] * np.minimum(rounds, OUTAGE_ROUND_S) + n[None, :] * self.move
+        rounds = _finite(equal_share_rounds(self.costs, n, self.parallel))
+        return self.costs.weight[:, None] * rounds + n[None, :] * self.move
 
     def total(self, association: np.ndarray, num_edges: int) -> float:
         n = np.bincount(association, minlength=num_edges).astype(float)
@@ -61,7 +63,7 @@ class EqualShareModel:
 def deferred_acceptance(model: EqualShareModel, capacity: np.ndarray) -> np.ndarray:
     """Phase 1.  Users rejected everywhere (only when the capacities sum to fewer than the users) stay with
     their first choice beyond its capacity."""
-    num_users, num_edges = model.x.shape
+    num_users, num_edges = model.shape
     full = model.latency(np.maximum(1, np.minimum(capacity, num_users)).astype(float))  # [U, E]
     preferences = np.lexsort((np.broadcast_to(np.arange(num_edges), full.shape), full), axis=1)
     next_choice = np.zeros(num_users, dtype=int)
@@ -89,7 +91,7 @@ def local_search(model: EqualShareModel, association: np.ndarray, capacity: np.n
                  max_steps: int | None = None) -> np.ndarray:
     """Phase 2: best move or swap while the estimated total falls."""
     association = association.copy()
-    num_users, num_edges = model.x.shape
+    num_users, num_edges = model.shape
     users = np.arange(num_users)
     for _ in range(max_steps or 4 * num_users + 10):
         n = np.bincount(association, minlength=num_edges).astype(float)
@@ -129,7 +131,7 @@ def _with_outages(costs: PairCosts, members: np.ndarray, edge: int, solve) -> tu
     """Members in an outage on this edge (no rate: no share can help them) get MIN_SHARE; ``solve`` shares the
     rest among the reachable ones (shares summing to 1, scaled to what is left)."""
     count = len(members)
-    reachable = np.isfinite(costs.comm[members, edge]) & np.isfinite(costs.verify[members, edge])
+    reachable = np.isfinite(costs.comm[members, edge])
     b, c = np.full(count, MIN_SHARE), np.full(count, MIN_SHARE)
     if reachable.any():
         budget = 1.0 - MIN_SHARE * (count - reachable.sum())
@@ -139,77 +141,93 @@ def _with_outages(costs: PairCosts, members: np.ndarray, edge: int, solve) -> tu
 
 
 def sequential_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
-    """The closed-form optimum for sequential rounds (outages at MIN_SHARE): cheap, and the learned policy's prior."""
+    """The closed forms (outages at MIN_SHARE): cheap, and the learned policy's prior."""
     return _with_outages(costs, members, edge, lambda reachable: _sqrt_shares(costs, reachable, edge))
 
 
 def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
     """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency, never
     worse than equal shares."""
-    b, c = _with_outages(costs, members, edge, lambda reachable: _reachable_shares(costs, reachable, edge, parallel))
     equal = np.full(len(members), 1.0 / len(members))
+    verify = dict(zip(members.tolist(), _verify_seconds(costs, members, edge, equal, equal, parallel)))
+    b, c = _with_outages(costs, members, edge, lambda reachable: _reachable_shares(
+        costs, reachable, edge, np.array([verify[m] for m in reachable.tolist()]), parallel))
     return (b, c) if _summed_latency(costs, members, edge, b, c, parallel) <= _summed_latency(
         costs, members, edge, equal, equal, parallel) else (equal, equal)
 
 
+def _estimate(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndarray, c: np.ndarray,
+              parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+    return edge_round_seconds(costs, members, np.full(len(members), edge), b, c, parallel)
+
+
+def _verify_seconds(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndarray, c: np.ndarray,
+                    parallel: bool) -> np.ndarray:
+    """Each member's wait for its verdict at the edge (remote minus its link time) at these shares."""
+    remote = _estimate(costs, members, edge, b, c, parallel)[1]
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(remote - costs.comm[members, edge] / b - costs.rtt[members], nan=0.0, posinf=0.0)
+
+
 def _summed_latency(costs: PairCosts, members: np.ndarray, edge: int, b: np.ndarray, c: np.ndarray,
                     parallel: bool) -> float:
-    remote = _finite(costs.comm[members, edge] / b + costs.verify[members, edge] / c) + costs.rtt[members]
-    draft = costs.draft[members]
-    return float((costs.weight[members] * (np.maximum(draft, remote) if parallel else draft + remote)).sum())
+    return float((costs.weight[members] * _finite(_estimate(costs, members, edge, b, c, parallel)[0])).sum())
 
 
 def _sqrt_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sequential rounds: minimise sum w (a/b + v/c) with sum b = sum c = 1  ->  b ~ sqrt(w a), c ~ sqrt(w v)."""
+    """Sequential rounds: minimise sum w a/b with sum b = 1 -> b ~ sqrt(w a); an oversubscribed edge serves u
+    every (k_u + 1) / (c_u S) steps: minimise sum w (k + 1) / c -> c ~ sqrt(w (k + 1))."""
     w = costs.weight[members]
     return proportional_shares(np.sqrt(w * costs.comm[members, edge])), proportional_shares(
-        np.sqrt(w * costs.verify[members, edge]))
+        np.sqrt(w * (costs.k[members] + 1)))
 
 
-def _reachable_shares(costs: PairCosts, members: np.ndarray, edge: int,
+def _reachable_shares(costs: PairCosts, members: np.ndarray, edge: int, verify: np.ndarray,
                       parallel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Shares (summing to 1) of members that all have a finite rate to the edge."""
-    w, comm, verify = costs.weight[members], costs.comm[members, edge], costs.verify[members, edge]
-    draft, rtt = costs.draft[members], costs.rtt[members]
+    """Shares (summing to 1) of members that all have a finite rate to the edge, their verification held at
+    ``verify`` seconds."""
+    w, comm, hit = costs.weight[members], costs.comm[members, edge], costs.hit[members]
+    draft, fixed = costs.draft[members], costs.rtt[members] + verify
     b0, c0 = _sqrt_shares(costs, members, edge)
     if not parallel or len(members) == 1:
         return b0, c0
     n = len(members)
-    scale = max(float((w * np.maximum(draft, comm / b0 + verify / c0 + rtt)).sum()), 1e-12)
 
-    # Epigraph: variables (b, c, t); minimise sum w t, t >= draft, t >= comm/b + verify/c + rtt, sums <= 1.
+    def mixed(b, t):  # hit · max(draft, remote) + (1 − hit) · (draft + remote), with t >= max(draft, remote)
+        return hit * t + (1 - hit) * (draft + comm / b + fixed)
+
+    scale = max(float((w * mixed(b0, np.maximum(draft, comm / b0 + fixed))).sum()), 1e-12)
+
+    # Epigraph: variables (b, t); minimise sum w mixed(b, t), t >= draft, t >= comm/b + fixed, sum b <= 1.
     def objective(z):
-        return float(w @ z[2 * n:]) / scale
+        return float(w @ mixed(z[:n], z[n:])) / scale
 
     def objective_grad(z):
-        return np.concatenate([np.zeros(2 * n), w / scale])
+        b = z[:n]
+        return np.concatenate([-w * (1 - hit) * comm / b ** 2, w * hit]) / scale
 
     def remote_slack(z):
-        b, c, t = z[:n], z[n:2 * n], z[2 * n:]
-        return t - (comm / b + verify / c + rtt)
+        return z[n:] - (comm / z[:n] + fixed)
 
     def remote_slack_jac(z):
-        b, c = z[:n], z[n:2 * n]
-        return np.hstack([np.diag(comm / b ** 2), np.diag(verify / c ** 2), np.eye(n)])
+        return np.hstack([np.diag(comm / z[:n] ** 2), np.eye(n)])
 
-    start = np.concatenate([b0, c0, np.maximum(draft, comm / b0 + verify / c0 + rtt)])
+    start = np.concatenate([b0, np.maximum(draft, comm / b0 + fixed)])
     constraints = [
         {"type": "ineq", "fun": remote_slack, "jac": remote_slack_jac},
-        {"type": "ineq", "fun": lambda z: 1.0 - z[:n].sum(), "jac": lambda z: np.r_[-np.ones(n), np.zeros(2 * n)]},
-        {"type": "ineq", "fun": lambda z: 1.0 - z[n:2 * n].sum(),
-         "jac": lambda z: np.r_[np.zeros(n), -np.ones(n), np.zeros(n)]},
+        {"type": "ineq", "fun": lambda z: 1.0 - z[:n].sum(), "jac": lambda z: np.r_[-np.ones(n), np.zeros(n)]},
     ]
-    bounds = [(MIN_SHARE, 1.0)] * (2 * n) + [(float(d), None) for d in draft]
+    bounds = [(MIN_SHARE, 1.0)] * n + [(float(d), None) for d in draft]
     result = minimize(objective, start, jac=objective_grad, bounds=bounds, constraints=constraints, method="SLSQP",
                       options={"maxiter": 200, "ftol": 1e-10})
-    b, c = np.clip(result.x[:n], MIN_SHARE, 1.0), np.clip(result.x[n:2 * n], MIN_SHARE, 1.0)
-    b, c = b / b.sum(), c / c.sum()  # solver round-off must not break the share rule
-    better = _summed_latency(costs, members, edge, b, c, True) < _summed_latency(costs, members, edge, b0, c0, True)
-    return (b, c) if better else (b0, c0)
+    b = np.clip(result.x[:n], MIN_SHARE, 1.0)
+    b = b / b.sum()  # solver round-off must not break the share rule
+    return (b, c0) if _summed_latency(costs, members, edge, b, c0, True) < _summed_latency(
+        costs, members, edge, b0, c0, True) else (b0, c0)
 
 
 class TmaEqual(Policy):
-    """TMA association, equal shares."""
+    """TMA association of the users with a request, equal shares."""
 
     name = "tma-equal"
 
@@ -219,11 +237,21 @@ class TmaEqual(Policy):
 
     def associate(self, observation: Observation) -> tuple[np.ndarray, PairCosts]:
         costs = pair_costs(list(observation.users), list(observation.edges))
+        association = np.zeros(len(observation.users), dtype=int)
         if not observation.users:
-            return np.zeros(0, dtype=int), costs
-        model = EqualShareModel(costs, self.parallel)
+            return association, costs
+        num_edges = len(observation.edges)
+        busy = np.flatnonzero(costs.busy)
         capacity = np.array([e.capacity for e in observation.edges])
-        return local_search(model, deferred_acceptance(model, capacity), capacity), costs
+        if len(busy):
+            model = EqualShareModel(costs.of_users(busy), self.parallel)
+            association[busy] = local_search(model, deferred_acceptance(model, capacity), capacity)
+        idle = np.flatnonzero(~costs.busy)
+        if len(idle):
+            load = np.bincount(association[busy], minlength=num_edges).astype(float)
+            joined = EqualShareModel(costs.of_users(idle), self.parallel).latency(load + 1)
+            association[idle] = np.argmin(joined, axis=1)  # ties: the first edge
+        return association, costs
 
     def decide(self, observation: Observation) -> Decision:
         return equal_shares(observation, self.associate(observation)[0])

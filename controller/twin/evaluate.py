@@ -1,11 +1,13 @@
 """`tandem evaluate`: every policy on the same held-out traces over a grid of users, edges, modes and energy weights.
 
-A replicate is one (trace, arrival seed) pair; every policy plays every replicate of a cell, so comparisons are
-paired: a reduction is computed per replicate (1 − latency / latency of the reference) and reported as its mean
-with a 95% confidence interval (Student t over replicates).  Policies that ignore energy decide the same at every
+A replicate is one (trace, arrival seed) pair; every policy plays every replicate of a cell (the twin gives every
+policy the same requests for a seed), so comparisons are paired: a reduction is computed per replicate (1 − time
+in system / time in system of the reference, unfinished requests counted to the horizon) and reported as its mean
+with a 95% confidence interval (Student t over replicates).  A replicate in which a policy completed no request
+is an error (EvaluationError naming it), never a dropped NaN: lengthen the scenario or lower its load.  Policies that ignore energy decide the same at every
 energy weight, so they are played once per cell and reported under each weight; ``tma-masac`` reads the weight
 in its observation and is played at each.  The reference "strongest non-learned policy" is, per cell, the
-non-learned policy with the lowest mean latency there.
+non-learned policy with the lowest mean time in system there; the baseline is max-SINR with handover hysteresis.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-BASELINE = "max-sinr-equal"
+BASELINE = "max-sinr-hysteresis"
 LEARNED = "tma-masac"
-METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", "mean_time_in_system_s")
+HEADLINE = "mean_time_in_system_s"  # what reductions compare: every request, unfinished ones to the horizon
+METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", HEADLINE)
+
+
+class EvaluationError(ValueError):
+    """A result that cannot be reported honestly (a replicate without completions), with the reason."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,13 @@ def run_jobs(settings: EvaluationSettings, progress=lambda: None) -> list[tuple[
 
 
 def interval(values: list[float]) -> dict:
-    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
+    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value).  ValueError for a value
+    that is not finite: every replicate counts."""
     from scipy.stats import t
 
     array = np.asarray(values, dtype=float)
-    array = array[np.isfinite(array)]
-    if not len(array):
-        return {"mean": math.nan, "ci95": math.nan, "n": 0}
+    if not len(array) or not np.isfinite(array).all():
+        raise ValueError(f"a confidence interval needs finite values, got {list(array)}")
     half = float(t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else 0.0
     return {"mean": float(array.mean()), "ci95": half, "n": int(len(array))}
 
@@ -141,16 +148,21 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
             return [by_key[(users, edges, mode, trace, seed, policy, w)] for trace, seed in replicates]
 
         table = {policy: runs(policy) for policy in settings.policies}
+        for policy, summaries in table.items():
+            for (trace, seed), summary in zip(replicates, summaries):
+                if not summary["completed"]:
+                    raise EvaluationError(
+                        f"{policy} completed no request in replicate trace {trace}, seed {seed} of the cell {users} "
+                        f"users x {edges} edges ({mode}): lengthen the scenario or lower its load")
         metrics = {policy: {metric: interval([r[metric] for r in table[policy]]) for metric in METRICS}
                    | {"unfinished": float(np.mean([r["unfinished"] for r in table[policy]]))}
                    for policy in settings.policies}
-        strongest = min(non_learned, key=lambda p: metrics[p]["mean_latency_s"]["mean"]) if non_learned else None
+        strongest = min(non_learned, key=lambda p: metrics[p][HEADLINE]["mean"]) if non_learned else None
 
         def reduction(policy: str, reference: str | None) -> dict | None:
             if reference is None or reference not in table:
                 return None
-            return interval([1 - a["mean_latency_s"] / b["mean_latency_s"]
-                             for a, b in zip(table[policy], table[reference])])
+            return interval([1 - a[HEADLINE] / b[HEADLINE] for a, b in zip(table[policy], table[reference])])
 
         rows.append({"users": users, "edges": edges, "mode": mode, "energy_weight": weight,
                      "strongest_non_learned": strongest, "policies": {
@@ -162,7 +174,8 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
 
 
 def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
-    """Average and best reduction of ``policy`` against the baseline and its margin over tma-opt, per weight."""
+    """Average and best reduction (time in system) of ``policy`` against the baseline and its margin over tma-opt,
+    per weight."""
     out = {}
     for weight in sorted({row["energy_weight"] for row in rows}):
         cells = [row for row in rows if row["mode"] == mode and row["energy_weight"] == weight
@@ -170,17 +183,15 @@ def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
         if not cells:
             continue
         vs_base = [row["policies"][policy]["reduction_vs_baseline"]["mean"] for row in cells]
-        if not np.isfinite(vs_base).any():
-            continue  # no request completed under some policy in any cell: nothing to compare
-        best = int(np.nanargmax(vs_base))
+        best = int(np.argmax(vs_base))
         margins = [row["policies"][policy]["reduction_vs_tma_opt"] for row in cells
                    if row["policies"][policy]["reduction_vs_tma_opt"]]
         means = [m["mean"] for m in margins]
         out[str(weight)] = {
-            "average_reduction_vs_baseline": float(np.nanmean(vs_base)),
+            "average_reduction_vs_baseline": float(np.mean(vs_base)),
             "best_reduction_vs_baseline": float(vs_base[best]),
             "best_cell": f"{cells[best]['users']} users x {cells[best]['edges']} edges",
-            "average_margin_over_tma_opt": float(np.nanmean(means)) if means else None,
+            "average_margin_over_tma_opt": float(np.mean(means)) if means else None,
             "cells_better_than_tma_opt": sum(m > 0 for m in means),
             # cells where the 95% interval of the paired margin lies wholly above / below zero
             "cells_significantly_better_than_tma_opt": sum(m["mean"] - m["ci95"] > 0 for m in margins),

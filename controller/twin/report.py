@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.twin.evaluate import BASELINE, LEARNED
+from controller.twin.evaluate import BASELINE, HEADLINE, LEARNED
 
 
 def _cells(rows: list[dict], mode: str, weight: float) -> list[dict]:
@@ -93,7 +93,7 @@ def markdown(rows: list[dict], headlines: dict, command: str, meta: dict) -> str
              "half-width (Student t).", ""]
     for mode, by_weight in headlines.items():
         for weight, h in by_weight.items():
-            lines.append(f"- **{mode.upper()}, energy weight {weight}**: {LEARNED} cuts mean latency against "
+            lines.append(f"- **{mode.upper()}, energy weight {weight}**: {LEARNED} cuts mean time in system against "
                          f"{BASELINE} by **{h['average_reduction_vs_baseline']:.1%} on average** over the "
                          f"{h['cells']} cells and **{h['best_reduction_vs_baseline']:.1%} at best** "
                          f"({h['best_cell']}); its margin over tma-opt averages "
@@ -107,7 +107,7 @@ def markdown(rows: list[dict], headlines: dict, command: str, meta: dict) -> str
             cells = _cells(rows, mode, weight)
             policies = list(cells[0]["policies"])
             lines += [f"### {mode.upper()}, energy weight {weight:g}", "",
-                      "| users × edges | " + " | ".join(f"{p} mean s" for p in policies)
+                      "| users × edges | " + " | ".join(f"{p} time in system s" for p in policies)
                       + f" | {LEARNED} vs {BASELINE} | {LEARNED} vs tma-opt | {LEARNED} vs strongest other "
                       "| strongest other |",
                       "|---|" + "---|" * (len(policies) + 4)]
@@ -116,19 +116,20 @@ def markdown(rows: list[dict], headlines: dict, command: str, meta: dict) -> str
                 learned = stats.get(LEARNED, {})
                 lines.append(
                     f"| {row['users']} × {row['edges']} | "
-                    + " | ".join(f"{stats[p]['mean_latency_s']['mean']:.2f} ± {stats[p]['mean_latency_s']['ci95']:.2f}"
+                    + " | ".join(f"{stats[p][HEADLINE]['mean']:.2f} ± {stats[p][HEADLINE]['ci95']:.2f}"
                                  for p in policies)
                     + f" | {_pct(learned.get('reduction_vs_baseline'))} | {_pct(learned.get('reduction_vs_tma_opt'))}"
                     f" | {_pct(learned.get('reduction_vs_strongest'))} | {row['strongest_non_learned']} |")
             lines.append("")
             largest = max(cells, key=lambda r: (r["users"], r["edges"]))
             lines += [f"{largest['users']} users × {largest['edges']} edges, every metric (mean ± 95% CI):", "",
-                      "| policy | mean latency s | p95 latency s | time to first token s | energy J/request | "
-                      "unfinished | latency vs " + BASELINE + " |", "|---|---|---|---|---|---|---|"]
+                      "| policy | time in system s | latency of completed s | p95 latency s | time to first token s | "
+                      "energy J/request | unfinished | time in system vs " + BASELINE + " |",
+                      "|---|---|---|---|---|---|---|---|"]
             for policy, stats in largest["policies"].items():
                 lines.append(f"| {policy} | " + " | ".join(
                     f"{stats[m]['mean']:.2f} ± {stats[m]['ci95']:.2f}"
-                    for m in ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j"))
+                    for m in (HEADLINE, "mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j"))
                     + f" | {stats['unfinished']:.1f} | {_pct(stats['reduction_vs_baseline'])} |")
             lines.append("")
     return "\n".join(lines)

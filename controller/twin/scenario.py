@@ -4,7 +4,7 @@
     trace: ../traces/umi.npz            # paths relative to this file
     profile: ../profiles/phone-1b-gpu-8b.yaml
     users: 12                           # the first N users of the trace (or a list of indices)
-    edges: [{id: 0, capacity: 8}, {id: 1}, {id: 2, compute_scale: 2.0}]
+    edges: [{id: 0, capacity: 8}, {id: 1}, {id: 2, compute_scale: 2.0, step_tokens: 32}]
     duration_slots: 600
     arrivals: {kind: poisson, rate_per_user_s: 0.05, until_s: 50}   # or {kind: once, at_s: 0}
     prompt_tokens: {kind: uniform, low: 64, high: 256}    # or {kind: fixed, value: 128}
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from controller.share_floor import DEFAULT_SHARE_FLOOR
 from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
+from tandem.edge_model import DEFAULT_STEP_TOKENS
 
 
 class ScenarioError(ValueError):
@@ -64,6 +65,8 @@ class TwinEdge(BaseModel):
     capacity: int = Field(16, ge=1, description="most users it may serve at once")
     compute_scale: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="this edge's compute "
                                  "relative to the profile's edge (2 = twice as fast)")
+    step_tokens: int = Field(DEFAULT_STEP_TOKENS, ge=1, le=1 << 16, description="tokens one engine step may batch "
+                             "(the edge's --step-tokens)")
 
 
 class Scenario(BaseModel):

@@ -1,37 +1,41 @@
 """The digital twin: speculative decoding at the edge, slot by slot, on a channel trace and a hardware profile.
 
 Each slot the twin shows the policy the same kind of observation the controller builds (spectral efficiency per
-pair in that slot, each user's pending work, draft speed and acceptance, each edge's bandwidth, compute and
-capacity), applies its decision, and plays every user's rounds through the slot:
+pair in that slot, each user's pending work, draft speed and acceptance, each edge's bandwidth, step timing and
+capacity), applies its decision, and plays every user's rounds through the slot on the one edge model
+(tandem/edge_model.py: what the estimator predicts and the edges' pacing runs; ``controller/estimator.py`` turns
+it into rounds):
 
-- a round's time is the latency estimator's (``controller/estimator.py``: one model for the twin and the
-  heuristics, so no policy looks better here by reading another): uplink and downlink at share × B_e × SE of the
-  slot, verification at the compute share of an edge whose speed is the profile's single-block time improved by
-  batching the blocks of its active users (the profile's batch curve), drafting overlapped (psd) or not (sd);
+- an edge's users with a request share batched steps: a block waits out the step in flight, then its own
+  (remote = uplink + downlink at share × B_e × SE of the slot + rtt + T · (1 + ρ/2)); when their blocks overflow
+  the step budget the scheduler's weights (compute shares) divide it and a user's rounds cannot be shorter than
+  its steps between services × T; idle users hold nothing;
 - a round drafts k tokens (fewer near the end, as the device does: a block longer than remaining − 1 is drafted
   in vain), accepts a truncated-geometric number of them (each with the profile's α) and emits accepted + 1;
-- a request starts with a prefill (prompt upload and the edge's prefill at the user's compute share, the draft's
-  prefill on the device in parallel), and pays the same again on the new edge when its association changes
-  mid-request (lossless migration re-prefills the prompt and every committed token);
+  under psd the drafting overlaps the remote part only when the whole block is accepted and the bonus token is
+  the one the device drafted on (another draw at α), else the device re-drafts after the verdict;
+- a request starts with a prefill (prompt upload, then its prefill in the step of its first block; the draft's
+  prefill on the device in parallel), and pays the same again on the new edge when its association changes mid-request
+  (lossless migration re-prefills the prompt and every committed token);
 - an outage (spectral efficiency 0) stalls the user until a later slot;
 - device energy: draft compute (the speculative drafting psd does while a block is in flight included) × draft
   power, plus transmit power × uplink time.
 
-Rounds that start in a slot use that slot's decision and channel to the end.  Deterministic for a seed.
+Rounds that start in a slot use that slot's decision, channel and edge load to the end.  Deterministic for a seed.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller.estimator import EdgeState, UserState, pair_costs, round_seconds
+from controller.estimator import BITS_UP_PER_TOKEN, EdgeState, UserState, pair_costs, served
 from controller.policies.base import Decision, Observation, Policy
 from controller.share_floor import with_share_floor
 from controller.twin.scenario import Scenario
+from tandem.edge_model import EdgeTiming, Rounds
 from tandem.profiles import HardwareProfile
 from tandem.traces.format import ChannelTrace
 
@@ -78,6 +82,33 @@ class _User:
 
 
 @dataclass(frozen=True)
+class _Service:
+    """What one busy user gets from its edge this slot (a row of the edge's Rounds)."""
+
+    rounds: Rounds
+    row: int
+    timing: EdgeTiming
+    bandwidth_share: float
+    uplink_per_token_s: float  # a drafted token's upload at the user's share of the slot's uplink
+
+    @property
+    def remote_s(self) -> float:
+        return float(self.rounds.remote_s[self.row])
+
+    @property
+    def cycle_s(self) -> float:
+        return float(self.rounds.cycle_s[self.row])
+
+    def remote_for(self, k: int, full_k: int) -> float:
+        """The remote part of a round with a shorter block than the slot was estimated for: a shorter upload, and a
+        shorter step only when the block has its steps to itself (others' blocks set the step's longest length)."""
+        shorter = (full_k - k) * self.uplink_per_token_s
+        if k < full_k and self.rounds.blocks_per_step[self.row] <= 1 + 1e-9:
+            shorter += float(self.timing.step_seconds(1, full_k) - self.timing.step_seconds(1, k))
+        return self.remote_s - shorter
+
+
+@dataclass(frozen=True)
 class TwinSummary:
     completed: int
     unfinished: int
@@ -116,7 +147,6 @@ class DigitalTwin:
         self.users = [_User(u, np.random.default_rng(stream)) for u, stream in zip(user_ids,
                                                                                   acceptance.spawn(len(user_ids)))]
         self.done: list[Request] = []
-        self._active_on: dict[int, int] = {edge.id: 0 for edge in self.edges}  # users served last slot
         self._arrivals()
         return self.observation()
 
@@ -149,34 +179,30 @@ class DigitalTwin:
                 user.queue.append(Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.length_rng),
                                           self.scenario.answer_tokens.sample(self.length_rng)))
 
-    def _edge_states(self, active_on: dict[int, int]) -> tuple[EdgeState, ...]:
+    def _edge_states(self) -> tuple[EdgeState, ...]:
         meta = self.trace.metadata
         return tuple(EdgeState(edge.id, meta.edge_bandwidth_hz[edge.id],
-                               edge.compute_scale * self.profile.edge.batching_speedup(active_on.get(edge.id, 0)),
-                               edge.capacity) for edge in self.edges)
+                               EdgeTiming(self.profile.edge, edge.compute_scale, edge.step_tokens), edge.capacity)
+                     for edge in self.edges)
 
-    def _user_state(self, user: _User, draft_length: int) -> UserState:
+    def _user_state(self, user: _User) -> UserState:
         slot = self._trace_slot()
         se = self.trace.se[:, slot, user.index, :]
         edge_ids = [edge.id for edge in self.edges]
         request = user.current
-        device, edge = self.profile.device, self.profile.edge
         return UserState(
             user=user.index, se_up=tuple(float(se[UP, e]) for e in edge_ids),
             se_down=tuple(float(se[DOWN, e]) for e in edge_ids),
-            draft_s_per_token=device.draft_seconds_per_token, acceptance=self.profile.acceptance.per_token,
-            draft_length=draft_length, pending_tokens=max(1, request.remaining if request else 0),
-            verify_work_per_token=edge.verify_seconds_per_token,
-            verify_work_base=edge.verify_base_seconds + edge.verify_seconds_per_token, rtt_s=self.scenario.rtt_s,
+            draft_s_per_token=self.profile.device.draft_seconds_per_token,
+            acceptance=self.profile.acceptance.per_token, draft_length=self.scenario.draft_length,
+            pending_tokens=request.remaining if request else 0, rtt_s=self.scenario.rtt_s,
             edge=edge_ids.index(request.edge) if request and request.edge is not None else None,
             context_tokens=request.prompt_tokens + request.generated if request else 0,
-            prefill_work_per_token=edge.prefill_seconds_per_token,
             bits_per_context_token=8 * self.scenario.bytes_per_prompt_token)
 
     def observation(self) -> Observation:
-        """What the controller would see at the start of this slot (edge speed from last slot's load)."""
-        return Observation(self.slot, self._edge_states(self._active_on),
-                           tuple(self._user_state(u, self.scenario.draft_length) for u in self.users))
+        """What the controller would see at the start of this slot."""
+        return Observation(self.slot, self._edge_states(), tuple(self._user_state(u) for u in self.users))
 
     def step(self, decision: Decision) -> list[Request]:
         """Play one slot under ``decision``; returns the requests that finished in it."""
@@ -186,58 +212,63 @@ class DigitalTwin:
         # As the controller applies it (busy: what the edges report as users with an open session).
         decision = with_share_floor(decision, self.scenario.share_floor, {u.index for u in busy})
         by_user = {a.user: a for a in decision.allocations}
-        active_on = {edge.id: 0 for edge in self.edges}
-        for user in busy:
-            active_on[by_user[user.index].edge] += 1
-        edges = self._edge_states(active_on)
-        position = {e.edge: i for i, e in enumerate(edges)}
+        service = self._service(observation, busy, by_user)
         begin, end = self.now, self.now + self.slot_s
         finished: list[Request] = []
         for user in busy:
-            allocation = by_user[user.index]
-            finished += self._play(user, allocation, edges, position[allocation.edge], begin, end)
-        self._active_on = active_on
+            finished += self._play(user, by_user[user.index], service.get(user.index), begin, end)
         self.done += finished
         self.slot += 1
         if not self.finished:
             self._arrivals()
         return finished
 
-    def _play(self, user: _User, allocation, edges, edge_position: int, begin: float, end: float) -> list[Request]:
-        device, profile_edge = self.profile.device, self.profile.edge
+    def _service(self, observation: Observation, busy: list[_User], by_user: dict) -> dict[int, "_Service"]:
+        """Each reachable busy user's service this slot, from the edge model over its edge's busy users."""
+        if not busy:
+            return {}
+        states = [self._user_state(user) for user in busy]
+        costs = pair_costs(states, list(observation.edges))
+        position = {e.edge: i for i, e in enumerate(observation.edges)}
+        chosen = [by_user[user.index] for user in busy]
+        edges = np.array([position[a.edge] for a in chosen])
+        b = np.array([a.bandwidth_share for a in chosen])
+        c = np.array([a.compute_share for a in chosen])
+        reachable = np.isfinite(costs.comm[np.arange(len(busy)), edges])
+        result: dict[int, _Service] = {}
+        for edge in np.unique(edges):
+            rows = np.flatnonzero((edges == edge) & reachable)
+            if not len(rows):
+                continue
+            rounds = served(costs, rows, int(edge), b[rows], c[rows], self.parallel)
+            timing = observation.edges[edge].timing
+            bandwidth = observation.edges[edge].bandwidth_hz
+            for i, row in enumerate(rows):
+                uplink = BITS_UP_PER_TOKEN / (b[row] * bandwidth * states[row].se_up[edge])
+                result[busy[row].index] = _Service(rounds, i, timing, float(b[row]), float(uplink))
+        return result
+
+    def _play(self, user: _User, allocation, service: "_Service | None", begin: float, end: float) -> list[Request]:
+        device = self.profile.device
         alpha = self.profile.acceptance.per_token
-        b, c = allocation.bandwidth_share, allocation.compute_share
-        bandwidth = edges[edge_position].bandwidth_hz
-        compute = edges[edge_position].compute
+        bandwidth = float(self.trace.metadata.edge_bandwidth_hz[allocation.edge])
         se_up = float(self.trace.se[UP, self._trace_slot(), user.index, allocation.edge])
         finished = []
         user.clock = max(user.clock, begin)
-        round_cache: dict[int, tuple[float, float]] = {}
-
-        def round_time(k: int) -> tuple[float, float]:
-            """(round seconds, uplink seconds) of a k-token block in this slot."""
-            if k not in round_cache:
-                state = self._user_state(user, k)
-                costs = pair_costs([state], list(edges))
-                seconds = float(round_seconds(costs, np.array([0]), np.array([edge_position]), np.array([b]),
-                                              np.array([c]), self.parallel)[0])
-                uplink = k * state.bits_up_per_token / (b * bandwidth * se_up) if se_up > 0 else math.inf
-                round_cache[k] = (seconds, uplink)
-            return round_cache[k]
-
         while user.clock < end and (request := user.current) is not None:
             if request.started is None:
                 request.started = max(user.clock, request.arrival)
                 user.clock = request.started
                 if user.clock >= end:
                     break
+            if service is None:
+                user.clock = end  # outage: nothing reaches the edge this slot
+                break
             if request.edge != allocation.edge:  # first prefill, or a migration: the context is (re)built there
                 context = request.prompt_tokens + request.generated
-                if se_up <= 0:
-                    user.clock = end  # outage: nothing reaches the edge this slot
-                    break
-                upload = 8 * self.scenario.bytes_per_prompt_token * context / (b * bandwidth * se_up)
-                edge_prefill = profile_edge.prefill_seconds_per_token * context / (c * compute)
+                upload = 8 * self.scenario.bytes_per_prompt_token * context / (service.bandwidth_share * bandwidth
+                                                                               * se_up)
+                edge_prefill = float(service.timing.prefill_seconds(context))  # joins its first block's step
                 device_prefill = device.prefill_seconds_per_token * context if request.edge is None else 0.0
                 user.clock += max(device_prefill, upload + edge_prefill) + self.scenario.rtt_s
                 request.energy_j += device.transmit_power_w * upload + device.draft_power_w * device_prefill
@@ -246,16 +277,17 @@ class DigitalTwin:
                 request.edge = allocation.edge
                 continue
             k = max(1, min(self.scenario.draft_length, request.remaining - 1))
-            seconds, uplink = round_time(k)
-            if not math.isfinite(seconds):
-                user.clock = end  # outage: wait for a later slot
-                break
             accepted = 0
             while accepted < k and user.acceptance.random() < alpha:
                 accepted += 1
+            # psd's speculation survives when the block is all accepted and the bonus is the drafted next token.
+            survives = accepted == k and user.acceptance.random() < alpha
             drafting = k * device.draft_seconds_per_token
+            remote = service.remote_for(k, self.scenario.draft_length)
+            seconds = max(max(drafting, remote) if self.parallel and survives else drafting + remote, service.cycle_s)
+            uplink = k * service.uplink_per_token_s
             if self.parallel:  # keeps drafting (up to k + 1 tokens) while the block is in flight
-                drafting += min(max(0.0, seconds - drafting), (k + 1) * device.draft_seconds_per_token)
+                drafting += min(remote, (k + 1) * device.draft_seconds_per_token)
             request.energy_j += device.draft_power_w * drafting + device.transmit_power_w * uplink
             user.clock += seconds
             request.generated = min(request.answer_tokens, request.generated + accepted + 1)

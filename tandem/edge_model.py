@@ -1,0 +1,169 @@
+"""One model of an edge as it runs, for what the policies optimise (controller/estimator.py), what the twin plays
+(controller/twin/) and what the edge's pacing holds each step for (edge_server/pacing.py).
+
+The edge runs engine steps back to back while blocks wait (edge_server/scheduler.py).  A step takes the blocks
+waiting, in fair-queueing order, while their tokens fit the step budget S (``step_tokens``); it lasts
+
+    T(m, k) = (block(k) · rel(m) + prefill_per_token · prefill tokens) / compute scale
+
+for m blocks whose longest has k drafted tokens (``block`` and ``rel`` are the hardware profile's single-block time
+and batch curve).  Idle users hold nothing: only users with a block in flight are in a step.
+
+A user's block waits out the step in flight, then its own step, so its verification takes T · (1 + ρ/2) on
+average, ρ being the share of time the edge is busy with the other users' blocks (a block arrives at a random
+point of a busy step; a user has one block in flight at a time, so never waits for its own).  When the
+blocks in flight need more than S tokens (an oversubscribed edge), the step budget is divided by the scheduler's
+weights (max-min fair: a user never gets more than its block needs, what it leaves goes to the others), so user u
+is served once every  steps_u = (k_u + 1) / x_u  steps, x_u being its tokens per step: its rounds cannot be shorter
+than steps_u · T.  Compute shares are such weights: on an edge whose waiting blocks fit one step they change
+nothing.
+
+A round of parallel speculative decoding (the device drafts on while its block is verified) lasts
+max(draft, remote) when the verdict accepts the whole block and its bonus token is the one the device guessed
+(probability α^(k+1)); otherwise the device re-drafts from the corrected token: draft + remote.  Sequential rounds
+always take draft + remote.  The edge's load (ρ, the blocks per step m) and the users' rounds depend on each other;
+``solve_rounds`` finds them by a damped fixed-point iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tandem.profiles import EdgeProfile
+
+DEFAULT_STEP_TOKENS = 64  # the edge's default step budget for a batching engine (edge_server/config.py)
+FIXED_POINT_ITERATIONS = 12
+
+
+@dataclass(frozen=True)
+class EdgeTiming:
+    """How long an edge's engine steps take: its hardware profile, its share of that hardware (compute scale) and
+    its step budget S in tokens."""
+
+    profile: EdgeProfile
+    compute_scale: float = 1.0
+    step_tokens: int = DEFAULT_STEP_TOKENS
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.compute_scale) and self.compute_scale > 0):
+            raise ValueError(f"compute scale must be positive, got {self.compute_scale}")
+        if self.step_tokens < 1:
+            raise ValueError(f"step_tokens must be at least 1, got {self.step_tokens}")
+
+    def relative_time(self, blocks: np.ndarray | float) -> np.ndarray:
+        """The profile's batch curve, vectorised (fractional block counts interpolate: an average step)."""
+        blocks = np.maximum(np.asarray(blocks, dtype=float), 1.0)
+        points = self.profile.batch_scaling
+        if len(points) == 1:
+            return blocks  # no batching measured: n blocks take n times as long
+        xs = np.array([p.blocks for p in points], dtype=float)
+        ys = np.array([p.relative_time for p in points], dtype=float)
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return np.where(blocks <= xs[-1], np.interp(blocks, xs, ys), ys[-1] + slope * (blocks - xs[-1]))
+
+    def step_seconds(self, blocks: np.ndarray | float, longest: np.ndarray | float,
+                     prefill_tokens: np.ndarray | float = 0.0) -> np.ndarray:
+        """T(m, k): a step verifying ``blocks`` blocks, the longest of ``longest`` drafted tokens, and prefilling
+        ``prefill_tokens`` context tokens."""
+        edge = self.profile
+        block = edge.verify_base_seconds + edge.verify_seconds_per_token * (np.asarray(longest, dtype=float) + 1)
+        return (block * self.relative_time(blocks)
+                + edge.prefill_seconds_per_token * np.asarray(prefill_tokens, dtype=float)) / self.compute_scale
+
+    def prefill_seconds(self, tokens: np.ndarray | float) -> np.ndarray:
+        """The extra time a step takes to prefill ``tokens`` context tokens (a new prompt, a moved session)."""
+        return self.profile.prefill_seconds_per_token * np.asarray(tokens, dtype=float) / self.compute_scale
+
+
+def fair_tokens(demand: np.ndarray, weights: np.ndarray, budget: float) -> np.ndarray:
+    """Tokens per step each user gets when every user keeps a block of ``demand`` tokens waiting: the step budget
+    divided by weight, max-min fair (water-filling) — nobody gets more than its block needs.  A block larger than
+    the budget still runs (a step always takes its first job), so the budget is at least the largest block."""
+    demand = np.asarray(demand, dtype=float)
+    weights = np.maximum(np.asarray(weights, dtype=float), 1e-12)
+    tokens = np.zeros_like(demand)
+    open_ = np.ones(len(demand), dtype=bool)
+    left = max(float(budget), float(demand.max(initial=0.0)))
+    while open_.any() and left > 1e-12:
+        fill = left * weights[open_] / weights[open_].sum()
+        capped = fill >= demand[open_] - tokens[open_]
+        if not capped.any():
+            tokens[open_] += fill
+            break
+        members = np.flatnonzero(open_)[capped]
+        left -= float((demand[members] - tokens[members]).sum())
+        tokens[members] = demand[members]
+        open_[members] = False
+    return np.maximum(tokens, 1e-9)
+
+
+def steps_between_services(demand: np.ndarray, weights: np.ndarray, budget: float) -> np.ndarray:
+    """steps_u: engine steps per block of each user on an edge whose users all keep a block waiting (>= 1)."""
+    return np.maximum(1.0, np.asarray(demand, dtype=float) / fair_tokens(demand, weights, budget))
+
+
+def hit_probability(acceptance: np.ndarray, draft_length: np.ndarray) -> np.ndarray:
+    """Chance that the device's speculative drafting during verification survives the verdict: the whole block is
+    accepted and the bonus token is the one the draft guessed next (α^(k+1))."""
+    return np.asarray(acceptance, dtype=float) ** (np.asarray(draft_length, dtype=float) + 1)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The steady state of users on one edge (arrays broadcast like the inputs)."""
+
+    round_s: np.ndarray  # expected round time
+    remote_s: np.ndarray  # block sent -> verdict back when the edge is not the bottleneck
+    step_s: np.ndarray  # T of an average step
+    busy_others: np.ndarray  # ρ: the share of time the edge is busy with the other users' blocks
+    blocks_per_step: np.ndarray  # m
+    cycle_s: np.ndarray  # steps_u · T: the shortest round the edge's throughput allows
+
+
+def round_of(draft: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
+    """A round from its drafting and remote parts: psd hides drafting only when the speculation survives."""
+    if not parallel:
+        return draft + remote
+    return hit * np.maximum(draft, remote) + (1.0 - hit) * (draft + remote)
+
+
+def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Callable[[np.ndarray], np.ndarray],
+                 fit: np.ndarray, steps: np.ndarray, draft: np.ndarray, comm: np.ndarray, hit: np.ndarray,
+                 parallel: bool) -> Rounds:
+    """The fixed point of the edge's load and its users' rounds.
+
+    ``step_of(m)``: T of a step of m blocks; ``arrival_rate(rounds)``: blocks per second reaching the edge when its
+    users' rounds take ``rounds``; ``fit``: most blocks one step holds (all users' when they fit S); ``steps``:
+    steps_u; ``draft``: k · t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
+    fit = np.maximum(np.asarray(fit, dtype=float), 1.0)
+    blocks, others = fit, np.zeros_like(fit)
+    for _ in range(FIXED_POINT_ITERATIONS):
+        step = step_of(blocks)
+        remote = comm + step * (1.0 + others / 2.0)
+        rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
+        rate = arrival_rate(rounds)  # blocks per second
+        waiting = np.clip(rate * step, 1.0, fit)  # blocks a step finds waiting
+        utilization = np.minimum(1.0, rate * step / waiting)
+        # The step a block may find in flight is the other users' (a user has one block in flight at a time).
+        own = np.divide(1.0 / rounds, rate, out=np.ones_like(rate), where=rate > 0)
+        blocks = 0.5 * (blocks + waiting)  # damped: the load and the rounds pull each other
+        others = 0.5 * (others + utilization * (1.0 - own))
+    step = step_of(blocks)
+    remote = comm + step * (1.0 + others / 2.0)
+    rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
+    return Rounds(rounds, remote, step, others, blocks, steps * step)
+
+
+def edge_rounds(timing: EdgeTiming, draft: np.ndarray, comm: np.ndarray, hit: np.ndarray, draft_lengths: np.ndarray,
+                weights: np.ndarray, parallel: bool) -> Rounds:
+    """The users with a block in flight on one edge (arrays over them), at the scheduler's ``weights``."""
+    draft_lengths = np.asarray(draft_lengths, dtype=float)
+    demand = draft_lengths + 1
+    steps = steps_between_services(demand, weights, timing.step_tokens)
+    fit = float((1.0 / steps).sum())  # blocks per step when everybody waits
+    longest = float(draft_lengths.max())
+    return solve_rounds(lambda m: timing.step_seconds(m, longest), lambda r: np.full_like(r, (1.0 / r).sum()),
+                        np.full(len(demand), fit), steps, draft, comm, hit, parallel)
