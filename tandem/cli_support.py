@@ -25,14 +25,23 @@ class YamlFileError(ValueError):
     """A YAML file that cannot be read or parsed, with the reason (each config reader names the file)."""
 
 
+MAX_YAML_BYTES = 16 << 20
+
+
 def read_yaml(path: Path) -> Any:
     """The document in a YAML file, for every config reader, so that a bad file is refused with the reader's error
     and not a traceback: reading raises OSError and UnicodeDecodeError (not UTF-8), and PyYAML's safe loader more
     than YAMLError: ValueError (2001-02-30, an integer of over 4300 digits), KeyError (``!!bool x``),
     AttributeError (``!!timestamp x``), IndexError (``!!int`` without a value), RecursionError (deep nesting)."""
+    path = Path(path)
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
+        # Only a regular file of sane size: a config naming /dev/zero or a FIFO must not hang the reader.
+        if path.exists() and not path.is_file():
+            raise YamlFileError(f"{path} is not a regular file")
+        if path.exists() and path.stat().st_size > MAX_YAML_BYTES:
+            raise YamlFileError(f"{path} is over {MAX_YAML_BYTES >> 20} MiB")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise YamlFileError(str(error)) from None
     try:
         return yaml.safe_load(text)

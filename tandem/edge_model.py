@@ -9,9 +9,16 @@ waiting, in fair-queueing order, while their tokens fit the step budget S (``ste
 for m blocks whose longest has k drafted tokens (``block`` and ``rel`` are the hardware profile's single-block time
 and batch curve).  Idle users hold nothing: only users with a block in flight are in a step.
 
-A user's block waits out the step in flight, then its own step, so its verification takes T · (1 + ρ/2) on
-average, ρ being the share of time the edge is busy with the other users' blocks (a block arrives at a random
-point of a busy step; a user has one block in flight at a time, so never waits for its own).  When the
+A user's block waits out the step in flight, then its own step.  It finds another user's step in flight with
+chance p (the edge's time busy with others' blocks, out of the time it is not busy with the user's own: 1 on a
+saturated edge).  That step started as the user's own ended — others' blocks were waiting — so it has T − gap
+left, gap being the time from a verdict to the user's next block (the link, and the re-draft when psd's
+speculation failed); a user back later than half a step finds a random point of it, T/2 left on average:
+
+    remote = comm + T + p · T · max(1/2, 1 − gap/T)
+
+A user has one block in flight at a time, so it never waits for its own step: alone on an edge, remote = comm + T.
+On a saturated edge the users fall into groups whose steps alternate, and a round lasts two steps.  When the
 blocks in flight need more than S tokens (an oversubscribed edge), the step budget is divided by the scheduler's
 weights (max-min fair: a user never gets more than its block needs, what it leaves goes to the others), so user u
 is served once every  steps_u = (k_u + 1) / x_u  steps, x_u being its tokens per step: its rounds cannot be shorter
@@ -118,7 +125,7 @@ class Rounds:
     round_s: np.ndarray  # expected round time
     remote_s: np.ndarray  # block sent -> verdict back when the edge is not the bottleneck
     step_s: np.ndarray  # T of an average step
-    busy_others: np.ndarray  # ρ: the share of time the edge is busy with the other users' blocks
+    busy_others: np.ndarray  # chance a block finds another user's step in flight
     blocks_per_step: np.ndarray  # m
     cycle_s: np.ndarray  # steps_u · T: the shortest round the edge's throughput allows
 
@@ -139,22 +146,32 @@ def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Call
     users' rounds take ``rounds``; ``fit``: most blocks one step holds (all users' when they fit S); ``steps``:
     steps_u; ``draft``: k · t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
     fit = np.maximum(np.asarray(fit, dtype=float), 1.0)
-    blocks, others = fit, np.zeros_like(fit)
+    # From a verdict to the user's next block at the edge: the link, and the re-draft when the speculation failed.
+    gap = comm + (1.0 - hit) * draft if parallel else comm + draft
+    blocks, busy = fit, np.zeros_like(fit)
+
+    def remote_of(step: np.ndarray, busy: np.ndarray) -> np.ndarray:
+        # The step in flight when the block arrives: it started as the user's own ended (others' blocks were
+        # waiting), so it has ``step − gap`` left — or, when the user comes back later than that, half a step on
+        # average (it arrives at a random point of it).
+        return comm + step + busy * step * np.maximum(0.5, 1.0 - gap / step)
+
     for _ in range(FIXED_POINT_ITERATIONS):
         step = step_of(blocks)
-        remote = comm + step * (1.0 + others / 2.0)
-        rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
+        rounds = np.maximum(round_of(draft, remote_of(step, busy), hit, parallel), steps * step)
         rate = arrival_rate(rounds)  # blocks per second
         waiting = np.clip(rate * step, 1.0, fit)  # blocks a step finds waiting
         utilization = np.minimum(1.0, rate * step / waiting)
-        # The step a block may find in flight is the other users' (a user has one block in flight at a time).
+        # The step a block may find in flight is the other users' (a user has one block in flight at a time): the
+        # chance the edge is busy with others while it is not busy with this user's own block.
         own = np.divide(1.0 / rounds, rate, out=np.ones_like(rate), where=rate > 0)
+        mine = np.minimum(step / rounds, 1.0 - 1e-9)
         blocks = 0.5 * (blocks + waiting)  # damped: the load and the rounds pull each other
-        others = 0.5 * (others + utilization * (1.0 - own))
+        busy = 0.5 * (busy + np.minimum(1.0, utilization * (1.0 - own) / (1.0 - mine)))
     step = step_of(blocks)
-    remote = comm + step * (1.0 + others / 2.0)
+    remote = remote_of(step, busy)
     rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
-    return Rounds(rounds, remote, step, others, blocks, steps * step)
+    return Rounds(rounds, remote, step, busy, blocks, steps * step)
 
 
 def edge_rounds(timing: EdgeTiming, draft: np.ndarray, comm: np.ndarray, hit: np.ndarray, draft_lengths: np.ndarray,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from controller.twin.scenario import Scenario, load_scenario
+from controller.twin.scenario import Scenario, TwinEdge, load_scenario
 from tandem.auth import ADMIN_TOKEN_ENV, read_token_file
 from tandem.certs import init_certs
 from tandem.cli_support import UsageError
@@ -132,7 +132,7 @@ class Testbed:
         else:
             write_private(self.admin_token_file, f"{secrets.token_urlsafe(32)}\n".encode())
         try:
-            edges = [self._start(self._edge(spec.id, spec.compute_scale, spec.capacity), f"edge {spec.id}")
+            edges = [self._start(self._edge(spec), f"edge {spec.id}")
                      for spec in self.scenario.edges]
             linkemu = self._start(self._linkemu(edges), "link emulator")
             self._start(self._controller(edges, linkemu), "controller")
@@ -157,20 +157,20 @@ class Testbed:
         self.daemons.append(daemon)
         return daemon
 
-    def _edge(self, edge_id: int, compute_scale: float, capacity: int) -> EdgeProcess:
+    def _edge(self, spec: TwinEdge) -> EdgeProcess:
         env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(1), "OMP_NUM_THREADS": "1"} if self.config.engine == "vllm" \
             else {}
         env.update(self.admin_env())
         return EdgeProcess(
-            ["--engine", self.config.engine, "--edge-id", str(edge_id), "--host", self.config.host,
-             "--metrics-port", "0", "--max-sessions", str(2 * capacity + 4), "--idle-timeout", "120",
+            ["--engine", self.config.engine, "--edge-id", str(spec.id), "--host", self.config.host,
+             "--metrics-port", "0", "--max-sessions", str(2 * spec.capacity + 4), "--idle-timeout", "120",
              "--profile", str(self.scenario.profile), "--dilation", str(self.dilation),
-             "--compute-scale", str(compute_scale),
-             # A step may verify a block of every user, as the emulated GPU batches them (the profile's
-             # batch_scaling paces it); llama.cpp scores them one by one inside the step's dilated budget.
-             "--step-tokens", str(capacity * (self.scenario.draft_length + 1)),
-             *(["--slots", str(min(capacity, 8))] if self.config.engine == "llamacpp" else [])],
-            log_path=self.run_dir / f"edge-{edge_id}.log", env=env, detached=True)
+             "--compute-scale", str(spec.compute_scale),
+             # The step budget the twin plays (the emulated GPU batches the blocks, its batch_scaling paces the
+             # step); llama.cpp scores them one by one inside the step's dilated budget.
+             "--step-tokens", str(spec.step_tokens),
+             *(["--slots", str(min(spec.capacity, 8))] if self.config.engine == "llamacpp" else [])],
+            log_path=self.run_dir / f"edge-{spec.id}.log", env=env, detached=True)
 
     def _linkemu(self, edges: list[EdgeProcess]) -> LinkEmuProcess:
         users = self.scenario.user_ids()
@@ -190,17 +190,17 @@ class Testbed:
                               detached=True)
 
     def _controller(self, edges: list[EdgeProcess], linkemu: LinkEmuProcess) -> ControllerProcess:
-        k = self.scenario.draft_length
-        block = self.profile.edge.block_seconds(k)
         slot = (self.config.controller_slot_s or self.trace.slot_s) * self.dilation
         meta = self.trace.metadata
         path = self.run_dir / "controller.yaml"
         path.write_text(yaml.safe_dump({
-            # C_e in block tokens per second: k + 1 tokens per block time of the profile's edge at this scale.
+            # Each edge as it runs (tandem/edge_model.py): the profile's steps at its scale and step budget.
+            "profile": str(self.scenario.profile),
             "edges": [{"id": spec.id, "address": edge.address, "bandwidth_hz": float(meta.edge_bandwidth_hz[spec.id]),
-                       "compute": spec.compute_scale * (k + 1) / block, "capacity": spec.capacity}
-                      for spec, edge in zip(self.scenario.edges, edges)],
-            "users": [{"id": u, "draft_length": k, "rtt_s": self.scenario.rtt_s} for u in self.scenario.user_ids()],
+                       "compute_scale": spec.compute_scale, "step_tokens": spec.step_tokens,
+                       "capacity": spec.capacity} for spec, edge in zip(self.scenario.edges, edges)],
+            "users": [{"id": u, "draft_length": self.scenario.draft_length, "rtt_s": self.scenario.rtt_s}
+                      for u in self.scenario.user_ids()],
             "linkemu": linkemu.control_address, "slot_s": slot, "failover_after_s": 5 * slot,
             "policy": {"name": self.config.policy},
             # Every phone is the profile's: no report is believed to draft much faster than it does.

@@ -91,7 +91,7 @@ class Daemons:
         meta = load_trace(self.trace).metadata
         config.write_text(yaml.safe_dump({
             "edges": [{"id": i, "address": self.address(i), "bandwidth_hz": float(meta.edge_bandwidth_hz[i]),
-                       "compute": 300.0, "capacity": 4} for i in range(NUM_EDGES)],
+                       "capacity": 4} for i in range(NUM_EDGES)],
             "users": [{"id": u, "draft_length": 4} for u in range(NUM_USERS)],
             "linkemu": self.linkemu.control_address, "slot_s": SLOT_S, "failover_after_s": 1.5,
             "policy": {"name": "tma-equal"}, "policy_dir": str(self.policy_dir),

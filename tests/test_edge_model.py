@@ -50,10 +50,11 @@ def test_weights_change_nothing_when_the_waiting_blocks_fit_one_step():
     equal = edge_rounds(timing, weights=np.ones(3) / 3, parallel=True, **args)
     skewed = edge_rounds(timing, weights=np.array([0.98, 0.01, 0.01]), parallel=True, **args)
     assert skewed.round_s == pytest.approx(equal.round_s)
-    tight = EdgeTiming(EDGE, step_tokens=10)  # 15 tokens wait: now the weights decide who waits
-    favoured = edge_rounds(tight, weights=np.array([0.98, 0.01, 0.01]), parallel=True, **args)
+    tight = EdgeTiming(EDGE, step_tokens=5)  # one block per step: now the weights decide who waits
+    favoured = edge_rounds(tight, weights=np.array([0.5, 0.25, 0.25]), parallel=True, **args)
     assert favoured.round_s[0] < favoured.round_s[1] == pytest.approx(favoured.round_s[2])
-    assert favoured.cycle_s[1] == pytest.approx(2 * favoured.cycle_s[0])
+    # 2:1:1 of one block per step: user 0 in every other step, the others every fourth.
+    assert favoured.cycle_s == pytest.approx(np.array([2, 4, 4]) * float(tight.step_seconds(1, 4)))
 
 
 def test_a_lone_user_never_waits_for_its_own_step():

@@ -42,7 +42,7 @@ def controller(prepared, data_dir, pki, tmp_path_factory):
     with edge:
         config = root / "controller.yaml"
         config.write_text(yaml.safe_dump({
-            "edges": [{"id": 0, "address": edge.address, "compute": 34.5, "capacity": 8}],
+            "edges": [{"id": 0, "address": edge.address, "compute_scale": 0.05, "capacity": 8}],
             "users": [{"id": user, "draft_length": 4} for user in range(USERS)],
             "slot_s": 0.3, "policy": {"name": "tma-opt"}, "listen": "127.0.0.1:0", "metrics_port": 0,
             "assume": {"draft_seconds_per_token": 0.04, "acceptance": 0.7, "pending_tokens": 32},
