@@ -38,6 +38,9 @@ class UserSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: int = Field(ge=0, description="the user's index in the trace")
     draft_length: int = Field(4, ge=1, le=256, description="tokens per drafted block the controller asks for")
+    max_draft_length: int | None = Field(None, ge=1, le=256, description="the longest block the user's device "
+                                         "drafts, up to which a policy may tune its draft length (default: "
+                                         "draft_length)")
     rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip of the user's link")
 
 

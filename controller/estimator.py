@@ -45,7 +45,7 @@ class UserState:
     se_down: tuple[float, ...]
     draft_s_per_token: float  # t_draft
     acceptance: float  # α in [0, 1]
-    draft_length: int  # k
+    draft_length: int  # k, the length the device asks for
     pending_tokens: int  # tokens the current request still has to produce (0: idle, no request)
     bits_up_per_token: float = BITS_UP_PER_TOKEN
     bits_down_per_round: float = 8 * 20.0  # a verdict (measured ~20 B)
@@ -53,6 +53,7 @@ class UserState:
     edge: int | None = None  # position of the edge holding the request's context (None: nowhere yet)
     context_tokens: int = 0  # prompt + committed tokens a move would re-prefill (0: unknown, moves cost nothing)
     bits_per_context_token: float = 8 * 2.0  # packed token ids
+    max_draft_length: int | None = None  # the longest block the device drafts (None: draft_length)
 
     @property
     def busy(self) -> bool:

@@ -112,7 +112,7 @@ class Telemetry:
             users.append(UserState(
                 user=spec.id, se_up=tuple(s[0] for s in se), se_down=tuple(s[1] for s in se),
                 draft_s_per_token=figures.draft_seconds_per_token, acceptance=figures.acceptance,
-                draft_length=spec.draft_length,
+                draft_length=spec.draft_length, max_draft_length=spec.max_draft_length,
                 # A user without an open session holds nothing on an edge: it is idle (0 pending), whatever it says.
                 pending_tokens=figures.pending_tokens if spec.id in busy else 0, rtt_s=spec.rtt_s))
         return Observation(slot, tuple(EdgeState(e.id, e.bandwidth_hz, self.config.edge_timing(e), e.capacity)

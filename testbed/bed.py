@@ -199,7 +199,8 @@ class Testbed:
             "edges": [{"id": spec.id, "address": edge.address, "bandwidth_hz": float(meta.edge_bandwidth_hz[spec.id]),
                        "compute_scale": spec.compute_scale, "step_tokens": spec.step_tokens,
                        "capacity": spec.capacity} for spec, edge in zip(self.scenario.edges, edges)],
-            "users": [{"id": u, "draft_length": self.scenario.draft_length, "rtt_s": self.scenario.rtt_s}
+            "users": [{"id": u, "draft_length": self.scenario.draft_length,
+                       "max_draft_length": self.scenario.longest_draft, "rtt_s": self.scenario.rtt_s}
                       for u in self.scenario.user_ids()],
             "linkemu": linkemu.control_address, "slot_s": slot, "failover_after_s": 5 * slot,
             "policy": {"name": self.config.policy},
@@ -235,7 +236,8 @@ class Testbed:
                              "until_s": until_s,
                              "max_tokens": self.config.max_tokens, "ignore_eos": True,
                              "mode": mode or self.scenario.mode,
-                             "draft_length": self.scenario.draft_length, "seed": seed},
+                             # The longest block: the controller's allocation sets each round's (at most this).
+                             "draft_length": self.scenario.longest_draft, "seed": seed},
                 "pacing": {"profile": str(self.scenario.profile), "dilation": self.dilation},
                 "metrics_port": 0, "metrics_host": self.config.host, "results": str(results),
                 "draft": str(self.draft_gguf)}))

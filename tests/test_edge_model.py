@@ -95,7 +95,7 @@ def _summary(completed: int, time_in_system: float) -> dict:
 def test_a_replicate_without_completions_is_an_error():
     settings = EvaluationSettings(scenario=None, traces=("t",), seeds=(1, 2), users=(4,), edges=(2,), modes=("psd",),
                                   energy_weights=(0.0,), policies=("tma-opt", "max-sinr-hysteresis"), checkpoint=None)
-    results = [(Job(4, 2, "psd", 0, seed, policy, None), _summary(3, 2.0 + seed))
+    results = [(Job(4, 2, None, "psd", 0, seed, policy, None), _summary(3, 2.0 + seed))
                for seed in (1, 2) for policy in settings.policies]
     rows = aggregate(settings, results)
     assert rows[0]["policies"]["tma-opt"]["reduction_vs_baseline"]["n"] == 2  # every replicate counted

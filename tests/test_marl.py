@@ -196,11 +196,14 @@ def test_evaluate_reports_every_policy_with_confidence_intervals(trained_policy,
     result = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
     assert len(result["cells"]) == 2 * 1 * 2 * 2  # users x edges x modes x energy weights
     cell = result["cells"][0]
-    assert set(cell["policies"]) == {"tma-masac", "tma-opt", "tma-equal", "max-sinr-hysteresis", "least-loaded",
-                                     "max-sinr-equal"}
+    assert set(cell["policies"]) == {"tma-masac", "oracle-lookahead", "tma-equal:draft_lengths=tuned", "tma-opt",
+                                     "tma-equal", "max-sinr-hysteresis:draft_lengths=tuned", "max-sinr-hysteresis",
+                                     "least-loaded", "max-sinr-equal"}
     baseline = cell["policies"]["max-sinr-hysteresis"]
     assert baseline["reduction_vs_baseline"]["mean"] == 0 and baseline["mean_time_in_system_s"]["n"] == 2
+    assert cell["layout"] == [0, 1, 2] and 0 < cell["coverage"] <= 1
     assert {"psd", "sd"} == set(result["headline"])
-    for plot in ("latency_vs_users.png", "latency_vs_edges.png", "energy_latency.png"):
+    for plot in ("time_vs_load.png", "time_vs_edges.png", "energy_latency.png"):
         assert (tmp_path / "eval" / plot).stat().st_size > 1000
-    assert "tma-masac cuts mean time in system against max-sinr-hysteresis" in report.read_text()
+    text = report.read_text()
+    assert "Headroom per lever, PSD" in text and "it cuts mean time in system against max-sinr-hysteresis" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from controller.policies.base import Allocation, Decision, Observation, Policy
+from controller.policies.draft_length import check_draft_lengths, tune_draft_lengths
 
 
 def equal_shares(observation: Observation, association: np.ndarray) -> Decision:
@@ -70,8 +71,10 @@ class MaxSinrHysteresis(Policy):
 
     name = "max-sinr-hysteresis"
 
-    def __init__(self, seed: int = 0, offset_db: float = 3.0, time_to_trigger: int = 3) -> None:
+    def __init__(self, seed: int = 0, offset_db: float = 3.0, time_to_trigger: int = 3,
+                 draft_lengths: str = "fixed") -> None:
         super().__init__(seed)
+        self.draft_lengths = check_draft_lengths(draft_lengths)
         if not (np.isfinite(offset_db) and 0 <= offset_db <= 30):
             raise ValueError(f"offset_db must lie in [0, 30], got {offset_db}")
         if not (isinstance(time_to_trigger, int) and 1 <= time_to_trigger <= 1000):
@@ -99,7 +102,9 @@ class MaxSinrHysteresis(Policy):
                 self._candidate[user.user] = (-1, 0)
             association[row] = serving
             self._serving[user.user] = observation.edges[serving].edge
-        return equal_shares(observation, association)
+        decision = equal_shares(observation, association)
+        # The draft-length lever alone on a cell's association (``draft_lengths="tuned"``): what k is worth.
+        return decision if self.draft_lengths == "fixed" else tune_draft_lengths(observation, decision)
 
 
 class LeastLoadedEqual(Policy):

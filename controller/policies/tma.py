@@ -21,6 +21,9 @@ and, for parallel rounds, the convex epigraph problem solved by SLSQP from that 
 nothing on an edge whose blocks fit one step.  The result is kept only where it beats equal shares, so
 ``tma-opt`` is never worse than ``tma-equal`` on the estimator.  A user in an outage on its edge (no rate) gets
 the minimum share: no share can help it, and the solver would otherwise pour the edge into it.
+
+With ``draft_lengths="tuned"`` each busy user's draft length is then set by the draft-length lever
+(``draft_length.py``); by default every user drafts the length its device asks for.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from scipy.optimize import minimize
 from controller.estimator import PairCosts, edge_round_seconds, equal_share_rounds, pair_costs
 from controller.policies.base import Allocation, Decision, Observation, Policy
 from controller.policies.baselines import equal_shares
+from controller.policies.draft_length import check_draft_lengths, tune_draft_lengths
 from tandem.shares import proportional_shares
 
 OUTAGE_ROUND_S = 1e6  # stands in for an infinite round (outage) so that sums and comparisons stay finite
@@ -231,9 +235,15 @@ class TmaEqual(Policy):
 
     name = "tma-equal"
 
-    def __init__(self, seed: int = 0, parallel: bool = True) -> None:
+    def __init__(self, seed: int = 0, parallel: bool = True, draft_lengths: str = "fixed") -> None:
         super().__init__(seed)
-        self.parallel = parallel
+        self.parallel, self.draft_lengths = parallel, check_draft_lengths(draft_lengths)
+
+    def _finish(self, observation: Observation, decision: Decision) -> Decision:
+        """The draft-length lever (``draft_lengths="tuned"``), on top of the association and shares."""
+        if self.draft_lengths == "fixed":
+            return decision
+        return tune_draft_lengths(observation, decision, self.parallel)
 
     def associate(self, observation: Observation) -> tuple[np.ndarray, PairCosts]:
         costs = pair_costs(list(observation.users), list(observation.edges))
@@ -254,7 +264,7 @@ class TmaEqual(Policy):
         return association, costs
 
     def decide(self, observation: Observation) -> Decision:
-        return equal_shares(observation, self.associate(observation)[0])
+        return self._finish(observation, equal_shares(observation, self.associate(observation)[0]))
 
 
 class TmaOpt(TmaEqual):
@@ -271,6 +281,6 @@ class TmaOpt(TmaEqual):
             members = np.flatnonzero(association == edge)
             if len(members) > 1:
                 bandwidth[members], compute[members] = optimal_shares(costs, members, edge, self.parallel)
-        return Decision(observation.slot, tuple(
+        return self._finish(observation, Decision(observation.slot, tuple(
             Allocation(user.user, observation.edges[e].edge, float(b), float(c), user.draft_length)
-            for user, e, b, c in zip(observation.users, association.tolist(), bandwidth, compute)))
+            for user, e, b, c in zip(observation.users, association.tolist(), bandwidth, compute))))

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller.twin.evaluate import BASELINE, HEADLINE
+from controller.twin.evaluate import BASELINE, DEFAULT_EVALUATED, HEADLINE
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, fail
 
 
@@ -126,23 +126,29 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
-        "evaluate", help="every policy on held-out traces over a grid of users, edges, modes and energy weights",
-        description="Plays every policy in the digital twin on the same held-out traces and arrival seeds for each "
-        "cell of the grid (users x edges x PSD/SD x energy weight) and reports mean and p95 latency, time to first "
-        "token and device energy with 95%% confidence intervals, and each policy's paired latency reduction "
-        "against max-sinr-equal and against the strongest non-learned policy. Writes OUT/evaluate.json and PNG "
-        "plots; --report writes the Markdown table (docs/evaluation.md).")
+        "evaluate", help="every policy on held-out traces over a grid of layouts, loads, modes and energy weights",
+        description="Plays every policy in the digital twin on the same held-out traces and arrival seeds (every "
+        "policy gets identical requests) for each cell of the grid (users x edge layouts x offered loads x PSD/SD x "
+        "energy weight) and reports mean time in system (unfinished requests counted to the end), completion, "
+        "latency of the completed requests, time to first token and device energy with 95%% confidence intervals, "
+        "and each policy's paired time-in-system reduction against max-sinr-hysteresis and against the strongest "
+        "non-learned policy. A layout of N edges is the scenario's N edges that cover the most user-slots on the "
+        "traces; a load is offered work over the layout's batched capacity. Writes OUT/evaluate.json and PNG "
+        "plots; --report writes the Markdown report (docs/evaluation.md).")
     evaluate.add_argument("--scenario", type=Path, required=True, help="scenario YAML (its edges, workload, profile)")
     evaluate.add_argument("--trace", type=Path, action="append", required=True, help="held-out trace (repeatable; "
                           "never one the policy was trained or validated on)")
     evaluate.add_argument("--seeds", type=int, default=2, help="arrival seeds per trace (2), from 2000000 on: "
                           "never used in training")
-    evaluate.add_argument("--users", type=int, nargs="+", default=[10, 20, 30, 40, 50])
-    evaluate.add_argument("--edges", type=int, nargs="+", default=[3, 4, 5])
+    evaluate.add_argument("--users", type=int, nargs="+", help="user counts (default: the scenario's)")
+    evaluate.add_argument("--edges", type=int, nargs="+", default=[3, 4, 5], help="edge counts: each the "
+                          "best-covering subset of the scenario's edges (3 4 5)")
+    evaluate.add_argument("--loads", type=float, nargs="+", help="offered work / batched capacity, e.g. 0.3 0.6 0.9 "
+                          "(default: the scenario's arrivals)")
     evaluate.add_argument("--modes", nargs="+", choices=["psd", "sd"], default=["psd", "sd"])
     evaluate.add_argument("--energy-weights", type=float, nargs="+", default=[0.0, 0.5])
-    evaluate.add_argument("--policy", action="append", help="policy to play (repeatable; default tma-masac, tma-opt, "
-                          "tma-equal, max-sinr-equal, random)")
+    evaluate.add_argument("--policy", action="append", help="policy to play, name[:key=value,...] (repeatable; "
+                          "default: " + ", ".join(DEFAULT_EVALUATED) + ")")
     evaluate.add_argument("--checkpoint", type=Path, help="tma-masac policy folder (default: the shipped one, "
                           "policies/tma-masac)")
     evaluate.add_argument("--out", type=Path, default=Path("results/evaluate"), help="folder for JSON and plots")
@@ -160,32 +166,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from controller.policies import available
     from controller.policies.checkpoints import SHIPPED_POLICY_DIR
     from controller.policies.masac import DEFAULT_CHECKPOINT, CheckpointError, LearnedShares
-    from controller.twin.evaluate import LEARNED, EvaluationError, EvaluationSettings, aggregate, headline, run_jobs
+    from controller.twin.evaluate import (LEARNED, ORACLE, EvaluationError, EvaluationSettings, aggregate, headline,
+                                          policy_spec, run_jobs)
+    from controller.twin.load import batched_capacity, best_layouts, device_capacity, with_layout
     from controller.twin.report import markdown, plots
     from controller.twin.scenario import ScenarioError, load_scenario
     from tandem.profiles import ProfileError, load_profile
     from tandem.traces.format import TraceError, load_trace
 
-    policies = tuple(args.policy or (LEARNED, "tma-opt", "tma-equal", BASELINE, "least-loaded", "max-sinr-equal"))
-    if args.seeds < 1 or args.jobs < 1 or min(args.users) < 1 or min(args.edges) < 1:
+    policies = tuple(args.policy or DEFAULT_EVALUATED)
+    if args.seeds < 1 or args.jobs < 1 or min(args.users or [1]) < 1 or min(args.edges) < 1:
         return fail("--seeds, --jobs, --users and --edges must be at least 1", EXIT_USAGE)
     if any(not (w >= 0 and w < float("inf")) for w in args.energy_weights):
         return fail("--energy-weights must be finite and non-negative", EXIT_USAGE)
-    unknown = sorted(set(policies) - set(available()))
+    if any(not (0 < load < 100) for load in args.loads or []):
+        return fail("--loads must lie in (0, 100)", EXIT_USAGE)
+    try:
+        names = [policy_spec(policy)[0] for policy in policies]
+    except ValueError as error:
+        return fail(str(error), EXIT_USAGE)
+    unknown = sorted(set(names) - set(available()) - {ORACLE})
     if unknown:
-        return fail(f"unknown policies {unknown} (installed: {', '.join(sorted(available()))})", EXIT_USAGE)
+        return fail(f"unknown policies {unknown} (installed: {', '.join(sorted(available()))}, and {ORACLE})",
+                    EXIT_USAGE)
     try:
         scenario = load_scenario(args.scenario)
         load_profile(scenario.profile)
+        users = args.users or [len(scenario.user_ids())]
         if max(args.edges) > len(scenario.edges):
             raise ScenarioError(f"--edges {max(args.edges)}: the scenario has {len(scenario.edges)} edges")
-        for path in args.trace:
-            meta = load_trace(path).metadata
-            scenario.model_copy(update={"users": max(args.users)}).check_against(meta.num_users, meta.num_edges)
-        for edges in args.edges:
-            capacity = sum(edge.capacity for edge in scenario.edges[:edges])
-            if capacity < max(args.users):
-                raise ScenarioError(f"{max(args.users)} users do not fit the capacity ({capacity}) of {edges} edges")
+        traces = [load_trace(path) for path in args.trace]
+        for trace in traces:
+            meta = trace.metadata
+            scenario.model_copy(update={"users": max(users)}).check_against(meta.num_users, meta.num_edges)
+        layouts = best_layouts(scenario.model_copy(update={"users": max(users)}), traces, args.edges)
+        for edges, layout in layouts.items():
+            capacity = sum(edge.capacity for edge in scenario.edges if edge.id in layout.edges)
+            if capacity < max(users):
+                raise ScenarioError(f"{max(users)} users do not fit the capacity ({capacity}) of {edges} edges")
         checkpoint = None
         if LEARNED in policies:
             checkpoint = args.checkpoint or SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT
@@ -194,8 +212,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     settings = EvaluationSettings(
         scenario=args.scenario, traces=tuple(args.trace), seeds=tuple(2_000_000 + i for i in range(args.seeds)),
-        users=tuple(args.users), edges=tuple(args.edges), modes=tuple(args.modes),
-        energy_weights=tuple(args.energy_weights), policies=policies, checkpoint=checkpoint, jobs=args.jobs)
+        users=tuple(users), edges=tuple(args.edges), modes=tuple(args.modes),
+        energy_weights=tuple(args.energy_weights), policies=policies, checkpoint=checkpoint, jobs=args.jobs,
+        loads=tuple(args.loads or [None]), layouts=layouts)
     started = time.monotonic()
     with tqdm(total=len(settings.job_list()), desc="evaluate", unit="run", file=sys.stderr,
               disable=args.quiet) as bar:
@@ -208,7 +227,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     command = "tandem evaluate " + shlex.join(sys.argv[2:]) if len(sys.argv) > 1 else "tandem evaluate"
     meta = {"command": command, "seconds": time.monotonic() - started,
             "replicates": len(settings.traces) * len(settings.seeds), "traces": [str(p) for p in settings.traces],
-            "seeds": list(settings.seeds), "checkpoint": str(checkpoint) if checkpoint else None}
+            "seeds": list(settings.seeds), "checkpoint": str(checkpoint) if checkpoint else None,
+            "layouts": {str(edges): {"edges": list(layout.edges), "coverage": layout.coverage,
+                                     "batched_capacity_tokens_per_s": batched_capacity(
+                                         with_layout(scenario, layout), load_profile(scenario.profile))}
+                        for edges, layout in layouts.items()},
+            "device_capacity_tokens_per_s": device_capacity(scenario.model_copy(update={"users": max(users)}),
+                                                            load_profile(scenario.profile))}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "evaluate.json").write_text(json.dumps({"meta": meta, "headline": headlines, "cells": rows},
                                                        indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""`tandem evaluate`: every policy on the same held-out traces over a grid of users, edges, modes and energy weights.
+"""`tandem evaluate`: every policy on the same held-out traces over a grid of layouts (edge counts, each the
+best-covering subset), offered loads, modes and energy weights (controller/twin/load.py).
 
 A replicate is one (trace, arrival seed) pair; every policy plays every replicate of a cell (the twin gives every
 policy the same requests for a seed), so comparisons are paired: a reduction is computed per replicate (1 − time
@@ -6,7 +7,9 @@ in system / time in system of the reference, unfinished requests counted to the 
 with a 95% confidence interval (Student t over replicates).  A replicate in which a policy completed no request
 is an error (EvaluationError naming it), never a dropped NaN: lengthen the scenario or lower its load.  Policies that ignore energy decide the same at every
 energy weight, so they are played once per cell and reported under each weight; ``tma-masac`` reads the weight
-in its observation and is played at each.  The reference "strongest non-learned policy" is, per cell, the
+in its observation and is played at each.  A policy is named with optional parameters, ``name:key=value,...``
+(``max-sinr-hysteresis:draft_lengths=tuned``: one lever on the baseline's association); ``oracle-lookahead`` is
+the twin's oracle (controller/twin/oracle.py).  The reference "strongest non-learned policy" is, per cell, the
 non-learned policy with the lowest mean time in system there; the baseline is max-SINR with handover hysteresis.
 """
 
@@ -23,17 +26,38 @@ import numpy as np
 BASELINE = "max-sinr-hysteresis"
 LEARNED = "tma-masac"
 HEADLINE = "mean_time_in_system_s"  # what reductions compare: every request, unfinished ones to the horizon
-METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", HEADLINE)
+METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", "migrations", HEADLINE)
 
 
 class EvaluationError(ValueError):
     """A result that cannot be reported honestly (a replicate without completions), with the reason."""
 
 
+ORACLE = "oracle-lookahead"
+TUNED = ":draft_lengths=tuned"  # the draft-length lever on a policy's association
+DEFAULT_EVALUATED = (LEARNED, ORACLE, "tma-equal" + TUNED, "tma-opt", "tma-equal", BASELINE + TUNED, BASELINE,
+                     "least-loaded", "max-sinr-equal")
+
+
+def policy_spec(spec: str) -> tuple[str, dict]:
+    """``name:key=value,...`` -> (name, parameters); ValueError naming a malformed one."""
+    from controller.service import parse_param
+
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"policy {spec!r}: parameters are key=value, got {item!r}")
+        params[key] = parse_param(value)
+    return name, params
+
+
 @dataclass(frozen=True)
 class Job:
     users: int
-    edges: int
+    edges: int  # edge count: the layout of that size
+    load: float | None  # offered work / batched capacity (None: the scenario's arrivals)
     mode: str
     trace: int  # index in the evaluation traces
     seed: int
@@ -53,13 +77,15 @@ class EvaluationSettings:
     policies: tuple[str, ...]
     checkpoint: Path | None
     jobs: int = 2
+    loads: tuple[float | None, ...] = (None,)
+    layouts: dict | None = None  # edge count -> load.Layout (None: the first edges of the scenario)
 
     def job_list(self) -> list[Job]:
         jobs = []
-        for users, edges, mode, trace, seed, policy in itertools.product(
-                self.users, self.edges, self.modes, range(len(self.traces)), self.seeds, self.policies):
+        for users, edges, load, mode, trace, seed, policy in itertools.product(
+                self.users, self.edges, self.loads, self.modes, range(len(self.traces)), self.seeds, self.policies):
             weights = self.energy_weights if policy == LEARNED else (None,)
-            jobs += [Job(users, edges, mode, trace, seed, policy, weight) for weight in weights]
+            jobs += [Job(users, edges, load, mode, trace, seed, policy, weight) for weight in weights]
         return jobs
 
 
@@ -84,22 +110,38 @@ def _load(settings: EvaluationSettings) -> None:
         _context["actor"] = LearnedShares.from_folder(settings.checkpoint) if settings.checkpoint else None
 
 
+def variant_of(job: Job):
+    """The scenario a job plays: its layout, users, mode and load."""
+    from controller.twin.load import at_load, with_layout
+
+    scenario, settings = _context["scenario"], _context["settings"]
+    layout = settings.layouts[job.edges] if settings.layouts else None
+    variant = with_layout(scenario, layout) if layout else scenario.model_copy(
+        update={"edges": scenario.edges[:job.edges]})
+    variant = variant.model_copy(update={"users": job.users, "mode": job.mode})
+    return at_load(variant, _context["profile"], job.load) if job.load is not None else variant
+
+
 def play(job: Job) -> tuple[Job, dict]:
     from controller.policies import make_policy
     from controller.policies.masac import TmaMasac
+    from controller.twin.oracle import LookaheadOracle
     from controller.twin.simulator import DigitalTwin
 
-    scenario = _context["scenario"]
-    variant = scenario.model_copy(update={"users": job.users, "edges": scenario.edges[:job.edges], "mode": job.mode})
     parallel = job.mode == "psd"
-    if job.policy == LEARNED:
+    twin = DigitalTwin(variant_of(job), _context["traces"][job.trace], _context["profile"], seed=job.seed)
+    name, params = policy_spec(job.policy)
+    if name == LEARNED:
         policy = TmaMasac(seed=job.seed, actor=_context["actor"], energy_weight=job.energy_weight, parallel=parallel)
-    elif job.policy in ("tma-equal", "tma-opt"):
-        policy = make_policy(job.policy, seed=job.seed, parallel=parallel)
+    elif name == ORACLE:
+        policy = LookaheadOracle(twin, parallel=parallel, **params)
+    elif name.startswith("tma-"):
+        policy = make_policy(name, seed=job.seed, parallel=parallel, **params)
     else:
-        policy = make_policy(job.policy, seed=job.seed)
-    twin = DigitalTwin(variant, _context["traces"][job.trace], _context["profile"], seed=job.seed)
-    return job, twin.run(policy).summary().as_dict()
+        policy = make_policy(name, seed=job.seed, **params)
+    summary = twin.run(policy).summary().as_dict()
+    return job, summary | {"completion": summary["completed"] / max(1, summary["completed"] + summary["unfinished"]),
+                           "requests": summary["completed"] + summary["unfinished"]}
 
 
 def run_jobs(settings: EvaluationSettings, progress=lambda: None) -> list[tuple[Job, dict]]:
@@ -137,15 +179,16 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
     """One row per (users, edges, mode, energy weight): every policy's metrics and paired reductions."""
     by_key: dict[tuple, dict] = {}
     for job, summary in results:
-        by_key[(job.users, job.edges, job.mode, job.trace, job.seed, job.policy, job.energy_weight)] = summary
+        by_key[(job.users, job.edges, job.load, job.mode, job.trace, job.seed, job.policy,
+                job.energy_weight)] = summary
     replicates = list(itertools.product(range(len(settings.traces)), settings.seeds))
-    non_learned = [p for p in settings.policies if p != LEARNED]
+    non_learned = [p for p in settings.policies if p != LEARNED and p != ORACLE]
     rows = []
-    for users, edges, mode, weight in itertools.product(settings.users, settings.edges, settings.modes,
-                                                        settings.energy_weights):
+    for users, edges, load, mode, weight in itertools.product(settings.users, settings.edges, settings.loads,
+                                                              settings.modes, settings.energy_weights):
         def runs(policy: str) -> list[dict]:
             w = weight if policy == LEARNED else None
-            return [by_key[(users, edges, mode, trace, seed, policy, w)] for trace, seed in replicates]
+            return [by_key[(users, edges, load, mode, trace, seed, policy, w)] for trace, seed in replicates]
 
         table = {policy: runs(policy) for policy in settings.policies}
         for policy, summaries in table.items():
@@ -153,9 +196,12 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
                 if not summary["completed"]:
                     raise EvaluationError(
                         f"{policy} completed no request in replicate trace {trace}, seed {seed} of the cell {users} "
-                        f"users x {edges} edges ({mode}): lengthen the scenario or lower its load")
+                        f"users x {edges} edges, load {load} ({mode}): lengthen the scenario or lower its load")
         metrics = {policy: {metric: interval([r[metric] for r in table[policy]]) for metric in METRICS}
-                   | {"unfinished": float(np.mean([r["unfinished"] for r in table[policy]]))}
+                   | {"unfinished": float(np.mean([r["unfinished"] for r in table[policy]])),
+                      "completion": interval([r["completed"] / max(1, r["completed"] + r["unfinished"])
+                                              for r in table[policy]]),
+                      "requests": int(sum(r["completed"] + r["unfinished"] for r in table[policy]))}
                    for policy in settings.policies}
         strongest = min(non_learned, key=lambda p: metrics[p][HEADLINE]["mean"]) if non_learned else None
 
@@ -164,7 +210,10 @@ def aggregate(settings: EvaluationSettings, results: list[tuple[Job, dict]]) -> 
                 return None
             return interval([1 - a[HEADLINE] / b[HEADLINE] for a, b in zip(table[policy], table[reference])])
 
-        rows.append({"users": users, "edges": edges, "mode": mode, "energy_weight": weight,
+        layout = settings.layouts[edges] if settings.layouts else None
+        rows.append({"users": users, "edges": edges, "load": load, "mode": mode, "energy_weight": weight,
+                     "layout": list(layout.edges) if layout else None,
+                     "coverage": layout.coverage if layout else None,
                      "strongest_non_learned": strongest, "policies": {
                          policy: metrics[policy] | {"reduction_vs_baseline": reduction(policy, BASELINE),
                                                     "reduction_vs_strongest": reduction(policy, strongest),
@@ -190,7 +239,7 @@ def headline(rows: list[dict], policy: str, mode: str = "psd") -> dict:
         out[str(weight)] = {
             "average_reduction_vs_baseline": float(np.mean(vs_base)),
             "best_reduction_vs_baseline": float(vs_base[best]),
-            "best_cell": f"{cells[best]['users']} users x {cells[best]['edges']} edges",
+            "best_cell": f"{cells[best]['users']} users x {cells[best]['edges']} edges, load {cells[best]['load']}",
             "average_margin_over_tma_opt": float(np.mean(means)) if means else None,
             "cells_better_than_tma_opt": sum(m > 0 for m in means),
             # cells where the 95% interval of the paired margin lies wholly above / below zero

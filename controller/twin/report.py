@@ -1,26 +1,39 @@
-"""Plots and the Markdown table of `tandem evaluate` results (rows from ``evaluate.aggregate``)."""
+"""Plots and the Markdown report of `tandem evaluate` results (rows from ``evaluate.aggregate``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from controller.twin.evaluate import BASELINE, HEADLINE, LEARNED
+from controller.twin.evaluate import BASELINE, HEADLINE, LEARNED, ORACLE, TUNED
+
+LEVERS = (  # (policy, what it adds to the baseline) for the headroom table
+    (BASELINE + TUNED, "draft length k_u"),
+    ("least-loaded", "association by load"),
+    ("tma-equal", "association by the model"),
+    ("tma-opt", "association + bandwidth shares + weights"),
+    ("tma-equal" + TUNED, "association + k_u"),
+    (ORACLE, "oracle: + the future channel and arrivals"),
+)
 
 
 def _cells(rows: list[dict], mode: str, weight: float) -> list[dict]:
     return [row for row in rows if row["mode"] == mode and row["energy_weight"] == weight]
 
 
-def _latency_lines(axis, rows: list[dict], x: str, policies: list[str]) -> None:
-    """One line per policy: mean latency ± its 95% interval against ``x`` (users or edges) of the rows."""
+def _load(row: dict) -> str:
+    return "scenario" if row["load"] is None else f"{row['load']:g}"
+
+
+def _time_lines(axis, rows: list[dict], x: str, policies: list[str]) -> None:
+    """One line per policy: mean time in system ± its 95% interval against ``x`` (load or edges) of the rows."""
     for policy in policies:
-        stats = [row["policies"][policy]["mean_latency_s"] for row in rows]
-        axis.errorbar([row[x] for row in rows], [s["mean"] for s in stats], yerr=[s["ci95"] for s in stats],
-                      label=policy, capsize=3, marker="o", markersize=3)
+        stats = [row["policies"][policy][HEADLINE] for row in rows]
+        axis.errorbar([row[x] if row[x] is not None else 0 for row in rows], [s["mean"] for s in stats],
+                      yerr=[s["ci95"] for s in stats], label=policy, capsize=3, marker="o", markersize=3)
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
-    """latency vs users (per edge count), latency vs edges (most users), the energy-latency trade-off."""
+    """Time in system vs load (per edge count), vs edges (highest load), and the energy-latency trade-off."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,49 +41,51 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
 
     written = []
     weight = min(row["energy_weight"] for row in rows)
-    cells = _cells(rows, "psd", weight)
+    mode = "psd" if any(row["mode"] == "psd" for row in rows) else rows[0]["mode"]
+    cells = [row for row in _cells(rows, mode, weight) if row["users"] == max(r["users"] for r in rows)]
     policies = list(cells[0]["policies"])
     edge_counts = sorted({row["edges"] for row in cells})
     figure, axes = plt.subplots(1, len(edge_counts), figsize=(5 * len(edge_counts), 4), squeeze=False)
     for axis, edges in zip(axes[0], edge_counts):
-        chosen = sorted((row for row in cells if row["edges"] == edges), key=lambda row: row["users"])
-        _latency_lines(axis, chosen, "users", policies)
-        axis.set(title=f"{edges} edges (PSD)", xlabel="users", ylabel="mean end-to-end latency (s)")
+        chosen = sorted((row for row in cells if row["edges"] == edges), key=lambda row: row["load"] or 0)
+        _time_lines(axis, chosen, "load", policies)
+        axis.set(title=f"{edges} edges ({mode.upper()})", xlabel="offered load (work / batched capacity)",
+                 ylabel="mean time in system (s)")
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     figure.tight_layout()
-    written.append(out / "latency_vs_users.png")
+    written.append(out / "time_vs_load.png")
     figure.savefig(written[-1], dpi=120)
     plt.close(figure)
 
-    most = max(row["users"] for row in cells)
-    chosen = sorted((row for row in cells if row["users"] == most), key=lambda row: row["edges"])
+    highest = max((row["load"] or 0) for row in cells)
+    chosen = sorted((row for row in cells if (row["load"] or 0) == highest), key=lambda row: row["edges"])
     figure, axis = plt.subplots(figsize=(6, 4))
-    _latency_lines(axis, chosen, "edges", policies)
-    axis.set(title=f"{most} users (PSD)", xlabel="edges", ylabel="mean end-to-end latency (s)")
+    _time_lines(axis, chosen, "edges", policies)
+    axis.set(title=f"load {highest:g} ({mode.upper()})", xlabel="edges", ylabel="mean time in system (s)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
-    written.append(out / "latency_vs_edges.png")
+    written.append(out / "time_vs_edges.png")
     figure.savefig(written[-1], dpi=120)
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    most_edges = max(row["edges"] for row in rows)
+    most_edges = max(row["edges"] for row in cells)
     for row in rows:
-        if row["mode"] != "psd" or row["users"] != most or row["edges"] != most_edges:
+        if row["mode"] != mode or row["edges"] != most_edges or (row["load"] or 0) != highest:
             continue
         for policy, stats in row["policies"].items():
             if policy != LEARNED and row["energy_weight"] != weight:
                 continue  # energy-blind policies decide the same at every weight
             label = f"{policy} (w={row['energy_weight']:g})" if policy == LEARNED else policy
-            axis.errorbar(stats["mean_energy_j"]["mean"], stats["mean_latency_s"]["mean"],
-                          xerr=stats["mean_energy_j"]["ci95"], yerr=stats["mean_latency_s"]["ci95"], fmt="o",
+            axis.errorbar(stats["mean_energy_j"]["mean"], stats[HEADLINE]["mean"],
+                          xerr=stats["mean_energy_j"]["ci95"], yerr=stats[HEADLINE]["ci95"], fmt="o",
                           capsize=3, label=label)
-    axis.set(title=f"energy vs latency, {most} users x {most_edges} edges (PSD)", xlabel="device energy per "
-             "request (J)", ylabel="mean end-to-end latency (s)")
+    axis.set(title=f"energy vs time in system, {most_edges} edges, load {highest:g}", xlabel="device energy per "
+             "completed request (J)", ylabel="mean time in system (s)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     written.append(out / "energy_latency.png")
     figure.savefig(written[-1], dpi=120)
@@ -84,52 +99,74 @@ def _pct(stats: dict | None) -> str:
     return f"{stats['mean']:+.1%} ± {stats['ci95']:.1%}"
 
 
+def _significant(stats: dict | None) -> str:
+    """The paired reduction, bold when its 95% interval excludes 0."""
+    text = _pct(stats)
+    return f"**{text}**" if stats and abs(stats["mean"]) > stats["ci95"] else text
+
+
 def markdown(rows: list[dict], headlines: dict, command: str, meta: dict) -> str:
     lines = ["# Evaluation: every policy on held-out traces (generated by `tandem evaluate`)", "",
              "How to read it, what the scenario is and why the figures fall where they do: docs/twin.md. "
-             "Plots: `latency_vs_users.png`, `latency_vs_edges.png`, `energy_latency.png` beside the JSON.", "",
-             f"Produced by `{command}` ({meta['replicates']} replicates per cell: held-out traces × arrival seeds; "
-             f"{meta['seconds']:.0f} s on this machine). Reductions are paired per replicate, ± the 95% confidence "
-             "half-width (Student t).", ""]
+             "Plots: `time_vs_load.png`, `time_vs_edges.png`, `energy_latency.png` beside the JSON.", "",
+             f"Produced by `{command}` ({meta['replicates']} paired replicates per cell: held-out traces × arrival "
+             f"seeds, every policy playing identical requests; {meta['seconds']:.0f} s on this machine). The metric "
+             "is **mean time in system** — every request, the unfinished ones counted to the end of the run — "
+             f"and reductions are paired per replicate against {BASELINE} (3 dB offset, 3-slot time-to-trigger, "
+             "equal shares), ± the 95% confidence half-width (Student t); bold: the interval excludes 0.", ""]
+    layouts = meta.get("layouts") or {}
+    if layouts:
+        lines += ["| edges | layout (trace edge ids) | user-slots with a usable edge | batched capacity (tokens/s) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {count} | {', '.join(map(str, layout['edges']))} | {layout['coverage']:.1%} | "
+                  f"{layout['batched_capacity_tokens_per_s']:.0f} |" for count, layout in layouts.items()]
+        lines += ["", f"The devices could emit at most {meta['device_capacity_tokens_per_s']:.0f} tokens/s if no edge "
+                  "ever made them wait (drafting alone bounds a round).", ""]
+    for mode in sorted({row["mode"] for row in rows}):
+        weight = min(row["energy_weight"] for row in rows)
+        cells = sorted(_cells(rows, mode, weight), key=lambda r: (r["users"], r["edges"], r["load"] or 0))
+        present = [(policy, lever) for policy, lever in LEVERS if policy in cells[0]["policies"]]
+        if present:
+            lines += [f"### Headroom per lever, {mode.upper()}: time-in-system reduction against {BASELINE}", "",
+                      "| users × edges | load | requests per policy | " + " | ".join(
+                          f"{lever} (`{policy}`)" for policy, lever in present) + " |",
+                      "|---|---|---|" + "---|" * len(present)]
+            for row in cells:
+                stats = row["policies"]
+                lines.append(f"| {row['users']} × {row['edges']} | {_load(row)} | {stats[BASELINE]['requests']} | "
+                             + " | ".join(_significant(stats[policy]["reduction_vs_baseline"])
+                                          for policy, _ in present) + " |")
+            lines.append("")
+        policies = list(cells[0]["policies"])
+        lines += [f"### Every policy, {mode.upper()}: mean time in system (s) and completion", "",
+                  "| users × edges | load | " + " | ".join(policies) + " |", "|---|---|" + "---|" * len(policies)]
+        for row in cells:
+            stats = row["policies"]
+            lines.append(f"| {row['users']} × {row['edges']} | {_load(row)} | " + " | ".join(
+                f"{stats[p][HEADLINE]['mean']:.2f} ± {stats[p][HEADLINE]['ci95']:.2f} "
+                f"({stats[p]['completion']['mean']:.0%})" for p in policies) + " |")
+        lines.append("")
+        largest = max(cells, key=lambda r: (r["users"], r["edges"], r["load"] or 0))
+        lines += [f"{largest['users']} users × {largest['edges']} edges, load {_load(largest)}, every metric "
+                  "(mean ± 95% CI):", "",
+                  "| policy | time in system s | completed | latency of completed s | p95 latency s | time to first "
+                  f"token s | energy J/request | migrations | time in system vs {BASELINE} |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for policy, stats in largest["policies"].items():
+            lines.append(f"| {policy} | " + " | ".join(
+                f"{stats[m]['mean']:.2f} ± {stats[m]['ci95']:.2f}" for m in (HEADLINE,)) +
+                f" | {stats['completion']['mean']:.1%} | " + " | ".join(
+                f"{stats[m]['mean']:.2f} ± {stats[m]['ci95']:.2f}"
+                for m in ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j"))
+                + f" | {stats['migrations']['mean']:.1f} | {_pct(stats['reduction_vs_baseline'])} |")
+        lines.append("")
     for mode, by_weight in headlines.items():
         for weight, h in by_weight.items():
-            lines.append(f"- **{mode.upper()}, energy weight {weight}**: {LEARNED} cuts mean time in system against "
-                         f"{BASELINE} by **{h['average_reduction_vs_baseline']:.1%} on average** over the "
-                         f"{h['cells']} cells and **{h['best_reduction_vs_baseline']:.1%} at best** "
-                         f"({h['best_cell']}); its margin over tma-opt averages "
-                         f"{h['average_margin_over_tma_opt']:+.1%} (better in {h['cells_better_than_tma_opt']} of "
-                         f"{h['cells']} cells; significantly better in "
-                         f"{h['cells_significantly_better_than_tma_opt']}, significantly worse in "
-                         f"{h['cells_significantly_worse_than_tma_opt']}, at 95%).")
-    lines.append("")
-    for mode in sorted({row["mode"] for row in rows}):
-        for weight in sorted({row["energy_weight"] for row in rows}):
-            cells = _cells(rows, mode, weight)
-            policies = list(cells[0]["policies"])
-            lines += [f"### {mode.upper()}, energy weight {weight:g}", "",
-                      "| users × edges | " + " | ".join(f"{p} time in system s" for p in policies)
-                      + f" | {LEARNED} vs {BASELINE} | {LEARNED} vs tma-opt | {LEARNED} vs strongest other "
-                      "| strongest other |",
-                      "|---|" + "---|" * (len(policies) + 4)]
-            for row in sorted(cells, key=lambda r: (r["users"], r["edges"])):
-                stats = row["policies"]
-                learned = stats.get(LEARNED, {})
-                lines.append(
-                    f"| {row['users']} × {row['edges']} | "
-                    + " | ".join(f"{stats[p][HEADLINE]['mean']:.2f} ± {stats[p][HEADLINE]['ci95']:.2f}"
-                                 for p in policies)
-                    + f" | {_pct(learned.get('reduction_vs_baseline'))} | {_pct(learned.get('reduction_vs_tma_opt'))}"
-                    f" | {_pct(learned.get('reduction_vs_strongest'))} | {row['strongest_non_learned']} |")
-            lines.append("")
-            largest = max(cells, key=lambda r: (r["users"], r["edges"]))
-            lines += [f"{largest['users']} users × {largest['edges']} edges, every metric (mean ± 95% CI):", "",
-                      "| policy | time in system s | latency of completed s | p95 latency s | time to first token s | "
-                      "energy J/request | unfinished | time in system vs " + BASELINE + " |",
-                      "|---|---|---|---|---|---|---|---|"]
-            for policy, stats in largest["policies"].items():
-                lines.append(f"| {policy} | " + " | ".join(
-                    f"{stats[m]['mean']:.2f} ± {stats[m]['ci95']:.2f}"
-                    for m in (HEADLINE, "mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j"))
-                    + f" | {stats['unfinished']:.1f} | {_pct(stats['reduction_vs_baseline'])} |")
-            lines.append("")
-    return "\n".join(lines)
+            lines.append(f"- **{LEARNED}, {mode.upper()}, energy weight {weight}**: it cuts mean time in system "
+                         f"against {BASELINE} by {h['average_reduction_vs_baseline']:.1%} on average over the "
+                         f"{h['cells']} cells ({h['best_reduction_vs_baseline']:.1%} in its best cell, "
+                         f"{h['best_cell']}: a maximum over noisy cells, not a headline); its margin over tma-opt "
+                         f"averages {h['average_margin_over_tma_opt']:+.1%} (significantly better in "
+                         f"{h['cells_significantly_better_than_tma_opt']} of {h['cells']} cells, significantly "
+                         f"worse in {h['cells_significantly_worse_than_tma_opt']}, at 95%).")
+    return "\n".join(lines) + "\n"

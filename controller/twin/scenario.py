@@ -80,7 +80,9 @@ class Scenario(BaseModel):
     arrivals: Arrivals
     prompt_tokens: TokenCount
     answer_tokens: TokenCount
-    draft_length: int = Field(4, ge=1, le=64)
+    draft_length: int = Field(4, ge=1, le=64, description="the draft length devices ask for")
+    max_draft_length: int | None = Field(None, ge=1, le=64, description="the longest block devices draft when a "
+                                         "policy sets their draft length (default: draft_length)")
     mode: Literal["psd", "sd"] = "psd"
     rtt_s: float = Field(0.01, ge=0, le=10, allow_inf_nan=False, description="base round trip behind the radio")
     bytes_per_prompt_token: float = Field(2.0, gt=0, le=16, allow_inf_nan=False, description="packed varint ids")
@@ -97,7 +99,13 @@ class Scenario(BaseModel):
             raise ValueError("a user is listed twice")
         if isinstance(self.users, int) and self.users < 1:
             raise ValueError("users must be at least 1")
+        if self.max_draft_length is not None and self.max_draft_length < self.draft_length:
+            raise ValueError("max_draft_length must be at least draft_length")
         return self
+
+    @property
+    def longest_draft(self) -> int:
+        return self.max_draft_length or self.draft_length
 
     def user_ids(self) -> list[int]:
         return list(range(self.users)) if isinstance(self.users, int) else list(self.users)

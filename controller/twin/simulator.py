@@ -27,7 +27,7 @@ Rounds that start in a slot use that slot's decision, channel and edge load to t
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -147,6 +147,7 @@ class DigitalTwin:
         self.users = [_User(u, np.random.default_rng(stream)) for u, stream in zip(user_ids,
                                                                                   acceptance.spawn(len(user_ids)))]
         self.done: list[Request] = []
+        self._requests = self._draw_requests()
         self._arrivals()
         return self.observation()
 
@@ -161,23 +162,38 @@ class DigitalTwin:
     def _trace_slot(self) -> int:
         return (self.slot + self.trace_offset) % self.trace.metadata.num_slots
 
-    def _arrivals(self) -> None:
-        """Requests arriving during the current slot."""
+    def _draw_requests(self) -> list[list[Request]]:
+        """Every request of the run, by arrival slot, drawn up front (the same draws, in the same order, whatever
+        a policy does: one slot after another, user after user), so an oracle may look ahead (``upcoming``)."""
         arrivals = self.scenario.arrivals
-        begin, end = self.now, self.now + self.slot_s
-        for user in self.users:
-            if self.given_arrivals is not None:
-                times = [at for at in self.given_arrivals.get(user.index, ()) if begin <= at < end]
-            elif arrivals.kind == "once":
-                times = [arrivals.at_s] if begin <= arrivals.at_s < end else []
-            else:
-                count = self.arrival_rng.poisson(arrivals.rate_per_user_s * self.slot_s)
-                times = sorted(self.arrival_rng.uniform(begin, end, count))
-                if arrivals.until_s is not None:
-                    times = [at for at in times if at < arrivals.until_s]
-            for at in times:
-                user.queue.append(Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.length_rng),
-                                          self.scenario.answer_tokens.sample(self.length_rng)))
+        by_slot: list[list[Request]] = []
+        for slot in range(self.scenario.duration_slots):
+            begin, end = slot * self.slot_s, (slot + 1) * self.slot_s
+            requests = []
+            for user in self.users:
+                if self.given_arrivals is not None:
+                    times = [at for at in self.given_arrivals.get(user.index, ()) if begin <= at < end]
+                elif arrivals.kind == "once":
+                    times = [arrivals.at_s] if begin <= arrivals.at_s < end else []
+                else:
+                    count = self.arrival_rng.poisson(arrivals.rate_per_user_s * self.slot_s)
+                    times = sorted(self.arrival_rng.uniform(begin, end, count))
+                    if arrivals.until_s is not None:
+                        times = [at for at in times if at < arrivals.until_s]
+                requests += [Request(user.index, float(at), self.scenario.prompt_tokens.sample(self.length_rng),
+                                     self.scenario.answer_tokens.sample(self.length_rng)) for at in times]
+            by_slot.append(requests)
+        return by_slot
+
+    def _arrivals(self) -> None:
+        """Requests arriving during the current slot join their users' queues."""
+        queues = {user.index: user.queue for user in self.users}
+        for request in self._requests[self.slot]:
+            queues[request.user].append(request)
+
+    def upcoming(self, slots: int) -> list[Request]:
+        """The requests arriving in the next ``slots`` slots (after this one): what only an oracle knows."""
+        return [request for later in self._requests[self.slot + 1:self.slot + 1 + slots] for request in later]
 
     def _edge_states(self) -> tuple[EdgeState, ...]:
         meta = self.trace.metadata
@@ -198,7 +214,8 @@ class DigitalTwin:
             pending_tokens=request.remaining if request else 0, rtt_s=self.scenario.rtt_s,
             edge=edge_ids.index(request.edge) if request and request.edge is not None else None,
             context_tokens=request.prompt_tokens + request.generated if request else 0,
-            bits_per_context_token=8 * self.scenario.bytes_per_prompt_token)
+            bits_per_context_token=8 * self.scenario.bytes_per_prompt_token,
+            max_draft_length=self.scenario.longest_draft)
 
     def observation(self) -> Observation:
         """What the controller would see at the start of this slot."""
@@ -227,10 +244,11 @@ class DigitalTwin:
         """Each reachable busy user's service this slot, from the edge model over its edge's busy users."""
         if not busy:
             return {}
-        states = [self._user_state(user) for user in busy]
+        chosen = [by_user[user.index] for user in busy]
+        states = [replace(self._user_state(user), draft_length=self._draft_length(allocation))
+                  for user, allocation in zip(busy, chosen)]
         costs = pair_costs(states, list(observation.edges))
         position = {e.edge: i for i, e in enumerate(observation.edges)}
-        chosen = [by_user[user.index] for user in busy]
         edges = np.array([position[a.edge] for a in chosen])
         b = np.array([a.bandwidth_share for a in chosen])
         c = np.array([a.compute_share for a in chosen])
@@ -247,6 +265,10 @@ class DigitalTwin:
                 uplink = BITS_UP_PER_TOKEN / (b[row] * bandwidth * states[row].se_up[edge])
                 result[busy[row].index] = _Service(rounds, i, timing, float(b[row]), float(uplink))
         return result
+
+    def _draft_length(self, allocation) -> int:
+        """The block length the device drafts: the policy's, up to the longest the device drafts."""
+        return max(1, min(allocation.draft_length, self.scenario.longest_draft))
 
     def _play(self, user: _User, allocation, service: "_Service | None", begin: float, end: float) -> list[Request]:
         device = self.profile.device
@@ -276,14 +298,15 @@ class DigitalTwin:
                     request.migrations += 1
                 request.edge = allocation.edge
                 continue
-            k = max(1, min(self.scenario.draft_length, request.remaining - 1))
+            full = self._draft_length(allocation)
+            k = max(1, min(full, request.remaining - 1))
             accepted = 0
             while accepted < k and user.acceptance.random() < alpha:
                 accepted += 1
             # psd's speculation survives when the block is all accepted and the bonus is the drafted next token.
             survives = accepted == k and user.acceptance.random() < alpha
             drafting = k * device.draft_seconds_per_token
-            remote = service.remote_for(k, self.scenario.draft_length)
+            remote = service.remote_for(k, full)
             seconds = max(max(drafting, remote) if self.parallel and survives else drafting + remote, service.cycle_s)
             uplink = k * service.uplink_per_token_s
             if self.parallel:  # keeps drafting (up to k + 1 tokens) while the block is in flight
