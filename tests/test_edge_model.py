@@ -103,3 +103,44 @@ def test_a_replicate_without_completions_is_an_error():
     with pytest.raises(EvaluationError, match="max-sinr-hysteresis completed no request in replicate trace 0, "
                                               "seed 2"):
         aggregate(settings, results)
+
+
+def _observation(acceptance: float, draft_s: float, scale: float, longest: int = 8):
+    from controller.policies.base import Observation
+
+    edge = EdgeState(0, 20e6, EdgeTiming(EDGE, compute_scale=scale), 8)
+    users = tuple(UserState(u, se_up=(4.0,), se_down=(4.0,), draft_s_per_token=draft_s, acceptance=acceptance,
+                            draft_length=4, pending_tokens=200, rtt_s=0.01, max_draft_length=longest)
+                  for u in range(2))
+    return Observation(0, (edge,), users)
+
+
+def test_the_draft_length_lever_follows_acceptance_and_the_edge():
+    from controller.policies import make_policy
+
+    def lengths(observation) -> list[int]:
+        decision = make_policy("tma-equal", draft_lengths="tuned").decide(observation)
+        decision.check(observation)
+        return [a.draft_length for a in decision.allocations]
+
+    # Drafts that are never accepted: every round emits one token whatever k, so the shortest block is best.
+    assert lengths(_observation(acceptance=0.0, draft_s=0.01, scale=1.0)) == [1, 1]
+    # Drafts always accepted, drafting cheap beside a slow edge: the longest block the device drafts.
+    assert lengths(_observation(acceptance=1.0, draft_s=0.001, scale=0.05)) == [8, 8]
+    assert lengths(_observation(acceptance=1.0, draft_s=0.001, scale=0.05, longest=6)) == [6, 6]
+    fixed = make_policy("tma-equal").decide(_observation(acceptance=0.0, draft_s=0.01, scale=1.0))
+    assert [a.draft_length for a in fixed.allocations] == [4, 4]  # the lever is off by default
+
+
+def test_paired_reduction_on_the_testbed_pairs_requests_and_says_when_it_is_not_significant():
+    from testbed.compare import describe, paired_reduction
+
+    base = [{"user": u, "seq": s, "latency_s": 10.0 + u + s} for u in range(4) for s in range(5)]
+    faster = [{"user": r["user"], "seq": r["seq"], "latency_s": r["latency_s"] * 0.8} for r in base]
+    result = paired_reduction(base, faster + [{"user": 9, "seq": 0, "error": "link down"}])
+    assert result["reduction"] == pytest.approx(0.2) and result["pairs"] == 20 and result["significant"]
+    noisy = [{"user": r["user"], "seq": r["seq"], "latency_s": r["latency_s"] + (3 if r["seq"] % 2 else -3)}
+             for r in base]
+    unsure = paired_reduction(base, noisy)
+    assert not unsure["significant"] and "not significant" in describe("p", "b", unsure, 0.05)
+    assert "the twin predicts +5.0%" in describe("p", "b", unsure, 0.05)

@@ -14,8 +14,8 @@ first, absent slots zero):
 Action (``2 × max_users`` floats in [-1, 1]): bandwidth then compute corrections of the member slots.  A member's
 share is its prior share × exp(``RESIDUAL_SCALE`` × correction), renormalised over the edge's members: positive,
 summing to 1 on each edge whatever the action.  The prior is the closed forms of ``tma.sequential_shares``
-(bandwidth ∝ √(rounds left × link time), scheduler weights ∝ √(rounds left × block tokens)), so a zero action is a sound
-policy and the agent learns what that formula misses (drafting that hides the remote part under PSD, the
+(bandwidth ∝ √(rounds left × link time), scheduler weights ∝ √(rounds left × block tokens)), so a zero action is
+a sound policy and the agent learns what that formula misses (drafting that hides the remote part under PSD, the
 edge's queue, energy).
 """
 

@@ -5,9 +5,9 @@ A replicate is one (trace, arrival seed) pair; every policy plays every replicat
 policy the same requests for a seed), so comparisons are paired: a reduction is computed per replicate (1 − time
 in system / time in system of the reference, unfinished requests counted to the horizon) and reported as its mean
 with a 95% confidence interval (Student t over replicates).  A replicate in which a policy completed no request
-is an error (EvaluationError naming it), never a dropped NaN: lengthen the scenario or lower its load.  Policies that ignore energy decide the same at every
-energy weight, so they are played once per cell and reported under each weight; ``tma-masac`` reads the weight
-in its observation and is played at each.  A policy is named with optional parameters, ``name:key=value,...``
+is an error (EvaluationError naming it), never a dropped NaN: lengthen the scenario or lower its load.  Policies
+that ignore energy decide the same at every energy weight, so they are played once per cell and reported under
+each weight; ``tma-masac`` reads the weight in its observation and is played at each.  A policy is named with optional parameters, ``name:key=value,...``
 (``max-sinr-hysteresis:draft_lengths=tuned``: one lever on the baseline's association); ``oracle-lookahead`` is
 the twin's oracle (controller/twin/oracle.py).  The reference "strongest non-learned policy" is, per cell, the
 non-learned policy with the lowest mean time in system there; the baseline is max-SINR with handover hysteresis.
