@@ -105,7 +105,9 @@ class ControlLoop:
     async def step(self) -> None:
         await self.probe_edges()
         try:
-            observation = self.telemetry.observation(self.slot)
+            # The acceptance the edges counted was over the blocks of the decision in force.
+            drafting = {a.user: a.draft_length for a in self.latest.decision.allocations} if self.latest else None
+            observation = self.telemetry.observation(self.slot, drafting)
         except ValueError as error:
             log.error("slot %d: no decision: %s", self.slot, error)
             self.metrics.decision_errors.labels("observation").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.config import ControllerConfig
@@ -92,14 +93,16 @@ class Telemetry:
         return {user for health in self.edges.values() if health.load is not None
                 for user, observed in health.load.users.items() if observed.sessions}
 
-    def believed(self, user: int) -> Believed:
-        """The user's newest report, bounded by what the edges that answered their last probe observed of it."""
+    def believed(self, user: int, draft_length: int = 1) -> Believed:
+        """The user's newest report, bounded by what the edges that answered their last probe observed of it
+        (their acceptance counts read for blocks of ``draft_length`` tokens)."""
         observed = [health.load.users[user] for health in self.edges.values()
                     if health.load is not None and user in health.load.users]
-        return believe(self.reports.get(user), observed, self.config.assume)
+        return believe(self.reports.get(user), observed, self.config.assume, draft_length)
 
-    def observation(self, slot: int) -> Observation:
-        """Every user over the healthy edges (ValueError when no edge is healthy)."""
+    def observation(self, slot: int, drafting: Mapping[int, int] | None = None) -> Observation:
+        """Every user over the healthy edges (ValueError when no edge is healthy); ``drafting``: each user's draft
+        length in the decision in force (what the observed acceptance was counted over; default its topology's)."""
         edges = [self.config.edge(e) for e in self.healthy_edges()]
         if not edges:
             raise ValueError("no edge is healthy")
@@ -107,7 +110,7 @@ class Telemetry:
         busy = self.busy_users()
         users = []
         for spec in self.config.users:
-            figures = self.believed(spec.id)
+            figures = self.believed(spec.id, (drafting or {}).get(spec.id, spec.draft_length))
             se = [self.spectral_efficiency.get((spec.id, e.id), static) for e in edges]
             users.append(UserState(
                 user=spec.id, se_up=tuple(s[0] for s in se), se_down=tuple(s[1] for s in se),

@@ -9,7 +9,8 @@ So no figure a device sends is taken beyond what the system itself observes or t
   edge (a request about to start) may claim at most ``assume.pending_tokens``;
 * **acceptance**: the edges verify every block, so once they have seen ``MIN_OBSERVED_DRAFTS`` of the user's
   drafted tokens their count (accepted / drafted, the device's own definition) replaces the report; before that,
-  the report is held to ``[assume.min_acceptance, 1]``;
+  the report is held to ``[assume.min_acceptance, 1]``; either is turned into the model's per-token α for the
+  user's block length;
 * **draft speed** within ``[assume.min_draft_seconds_per_token, 10 s]``: no device drafts faster than the fastest
   device class the deployment has (its hardware profile).
 
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.config import Assumptions
+from controller.estimator import acceptance_from_rate
 
 MIN_OBSERVED_DRAFTS = 16  # drafted tokens an edge must have verified before its acceptance replaces the report
 MAX_DRAFT_SECONDS_PER_TOKEN = 10.0
@@ -55,14 +57,21 @@ class Believed:
     pending_tokens: int
 
 
-def believe(report: DeviceReport | None, observed: Iterable[ObservedUser], assume: Assumptions) -> Believed:
-    """A user's report (None: none yet) bounded by the edges' observations of it and the assumptions."""
+def believe(report: DeviceReport | None, observed: Iterable[ObservedUser], assume: Assumptions,
+            draft_length: int = 1) -> Believed:
+    """A user's report (None: none yet) bounded by the edges' observations of it and the assumptions.
+
+    Reports and observations count accepted / drafted tokens of the user's ``draft_length``-token blocks; the
+    belief is the per-token acceptance α the latency model uses (``estimator.acceptance_from_rate``), as
+    ``assume.acceptance`` is."""
     observed = list(observed)
     drafted = sum(o.drafted_tokens for o in observed)
     if drafted >= MIN_OBSERVED_DRAFTS:
-        acceptance = sum(o.accepted_tokens for o in observed) / drafted
+        acceptance = acceptance_from_rate(sum(o.accepted_tokens for o in observed) / drafted, draft_length)
+    elif report:
+        acceptance = min(1.0, max(assume.min_acceptance, acceptance_from_rate(report.acceptance, draft_length)))
     else:
-        acceptance = min(1.0, max(assume.min_acceptance, report.acceptance if report else assume.acceptance))
+        acceptance = assume.acceptance
     if any(o.sessions for o in observed):
         budget = sum(o.remaining_tokens for o in observed)
     else:

@@ -10,6 +10,7 @@ import pytest
 
 from controller.board import AllocationBoard
 from controller.config import ControllerConfig, PolicySpec
+from controller.estimator import acceptance_from_rate
 from controller.loop import ControlLoop
 from controller.metrics import ControllerMetrics
 from controller.policies.base import Allocation, Decision, Policy
@@ -34,7 +35,9 @@ def test_observation_uses_newest_reports_and_measurements_over_healthy_edges():
     observation = telemetry.observation(slot=3)
     user = observation.users[1]
     assert (user.user, user.se_up, user.se_down) == (5, (0.0, 3.0), (0.0, 4.0))  # NaN and negative: outage
-    assert (user.draft_s_per_token, user.acceptance, user.pending_tokens, user.draft_length) == (0.03, 0.9, 40, 6)
+    assert (user.draft_s_per_token, user.pending_tokens, user.draft_length) == (0.03, 40, 6)
+    # The report counts accepted / drafted of 6-token blocks: 0.9 of them is a per-token acceptance of 0.97.
+    assert user.acceptance == pytest.approx(acceptance_from_rate(0.9, 6)) and 0.96 < user.acceptance < 0.98
     assert observation.users[0].se_up == (4.0, 4.0)  # no measurement: the assumed spectral efficiency
     assert [e.edge for e in observation.edges] == [0, 2] and observation.edges[1].timing.compute_scale == 0.5
 

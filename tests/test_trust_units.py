@@ -55,3 +55,15 @@ def test_the_floor_protects_busy_members_per_edge_and_per_resource():
     untouched = with_share_floor(decision, 0.5, busy=set())
     assert untouched.allocations == decision.allocations  # nobody busy: what the policy decided
     assert with_share_floor(decision, 0.0, busy={0, 1}).allocations == decision.allocations  # no floor
+
+
+def test_observed_acceptance_rates_become_the_models_per_token_acceptance():
+    from controller.estimator import acceptance_from_rate
+
+    # A 4-token block accepts a + a^2 + a^3 + a^4 tokens on average: 0.75 per token gives 0.5127 of the drafts.
+    assert acceptance_from_rate(0.75 * (1 - 0.75 ** 4) / (4 * 0.25), 4) == pytest.approx(0.75, abs=1e-9)
+    assert acceptance_from_rate(0.6, 1) == 0.6 and acceptance_from_rate(1.0, 8) == 1.0
+    assert acceptance_from_rate(0.0, 8) == 0.0
+    observed = [ObservedUser(remaining_tokens=12, sessions=1, drafted_tokens=400, accepted_tokens=205)]
+    assert believe(None, observed, ASSUME, draft_length=4).acceptance == pytest.approx(0.75, abs=0.01)
+    assert believe(None, [], ASSUME, draft_length=4).acceptance == ASSUME.acceptance  # the assumption is α already
