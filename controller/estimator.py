@@ -5,12 +5,14 @@ A user u on edge e with bandwidth share b and scheduler weight (compute share) c
 With acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  tokens (k + 1 when α = 1), and
 
     comm    = bits_up(k) / (b · B_e · SE_up(u, e)) + bits_down / (b · B_e · SE_down(u, e)) + rtt
-    remote  = comm + T_e · (1 + ρ_e / 2)           waits out the step in flight, then its own (T_e: a batched step)
+    remote  = comm + T_e + p_e · T_e · max(1/2, 1 − gap/T_e)     the step in flight (another user's, with chance
+                                                               p_e), then its own (T_e: a batched step)
     round   = α^(k+1) · max(draft, remote) + (1 − α^(k+1)) · (draft + remote)     psd (drafting overlaps)
             = draft + remote                                                       sd
     round  ≥ steps_u · T_e                          an oversubscribed edge serves u once every steps_u steps
 
-with draft = k · t_draft, and T_e, ρ_e, steps_u from the edge's users with a request (idle users hold nothing; c
+with draft = k · t_draft, gap the time from a verdict to the user's next block, and T_e, p_e, steps_u from the
+edge's users with a request (idle users hold nothing; c
 matters only when their blocks overflow the step budget).  The request's remaining latency is pending / τ ×
 round.  A pair whose spectral efficiency is 0 (outage) has infinite latency.  Moving a request to another edge
 costs a one-off rebuild of its context there (lossless migration re-prefills the prompt and every committed
@@ -163,15 +165,15 @@ def edge_round_seconds(costs: PairCosts, users: np.ndarray, edges: np.ndarray, b
         on_edge = np.flatnonzero((edges == edge) & reachable)
         if not len(on_edge):
             continue
-        busy = on_edge[costs.busy[users[on_edge]]]
-        groups = [busy] + [np.append(busy, idle) for idle in on_edge[~costs.busy[users[on_edge]]]]
-        for group in groups:
-            if not len(group):
-                continue
+        busy = costs.busy[users[on_edge]]
+        if busy.any():
+            rows = on_edge[busy]
+            state = served(costs, users[rows], int(edge), bandwidth_share[rows], compute_share[rows], parallel)
+            rounds[rows], remote[rows] = state.round_s, state.remote_s
+        for idle in on_edge[~busy]:
+            group = np.append(on_edge[busy], idle)
             state = served(costs, users[group], int(edge), bandwidth_share[group], compute_share[group], parallel)
-            rows = group if group is busy else group[-1:]
-            rounds[rows] = state.round_s[-len(rows):]
-            remote[rows] = state.remote_s[-len(rows):]
+            rounds[idle], remote[idle] = state.round_s[-1], state.remote_s[-1]
     return rounds, remote
 
 
@@ -190,16 +192,15 @@ def latency_seconds(costs: PairCosts, users: np.ndarray, edges: np.ndarray, band
 def equal_share_rounds(costs: PairCosts, members: np.ndarray, parallel: bool = True) -> np.ndarray:
     """[U, E] round of every user on every edge if ``members[e]`` users with requests like its own shared that edge
     equally (bandwidth 1/n, equal weights): what association searches compare, in a few numpy passes."""
-    n = np.maximum(np.asarray(members, dtype=float), 1.0)[None, :]
-    demand = costs.k[:, None] + 1.0
+    counts = np.maximum(np.asarray(members, dtype=float), 1.0)
+    demand = costs.k + 1.0
     rounds = np.empty_like(costs.comm)
-    for edge, timing in enumerate(costs.timings):
-        budget = np.maximum(float(timing.step_tokens), demand[:, 0])
-        steps = np.maximum(1.0, n[:, edge] * demand[:, 0] / budget)
-        k = costs.k
+    for edge, (timing, n) in enumerate(zip(costs.timings, counts)):
+        # n equal blocks share the budget S (a step always takes its first): each is served every n·(k+1)/S steps.
+        steps = np.maximum(1.0, n * demand / np.maximum(float(timing.step_tokens), demand))
         with np.errstate(invalid="ignore"):
-            comm = costs.comm[:, edge] * n[0, edge] + costs.rtt
-        rounds[:, edge] = solve_rounds(lambda m, k=k, timing=timing: timing.step_seconds(m, k),
-                                       lambda r, count=n[0, edge]: count / r, n[0, edge] / steps, steps,
-                                       costs.draft, comm, costs.hit, parallel).round_s
+            comm = costs.comm[:, edge] * n + costs.rtt
+        rounds[:, edge] = solve_rounds(lambda m, timing=timing: timing.step_seconds(m, costs.k),
+                                       lambda r, n=n: n / r, n / steps, steps, costs.draft, comm, costs.hit,
+                                       parallel).round_s
     return rounds

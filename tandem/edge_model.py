@@ -28,7 +28,7 @@ nothing.
 A round of parallel speculative decoding (the device drafts on while its block is verified) lasts
 max(draft, remote) when the verdict accepts the whole block and its bonus token is the one the device guessed
 (probability α^(k+1)); otherwise the device re-drafts from the corrected token: draft + remote.  Sequential rounds
-always take draft + remote.  The edge's load (ρ, the blocks per step m) and the users' rounds depend on each other;
+always take draft + remote.  The edge's load (p, the blocks per step m) and the users' rounds depend on each other;
 ``solve_rounds`` finds them by a damped fixed-point iteration.
 """
 
@@ -60,24 +60,12 @@ class EdgeTiming:
         if self.step_tokens < 1:
             raise ValueError(f"step_tokens must be at least 1, got {self.step_tokens}")
 
-    def relative_time(self, blocks: np.ndarray | float) -> np.ndarray:
-        """The profile's batch curve, vectorised (fractional block counts interpolate: an average step)."""
-        blocks = np.maximum(np.asarray(blocks, dtype=float), 1.0)
-        points = self.profile.batch_scaling
-        if len(points) == 1:
-            return blocks  # no batching measured: n blocks take n times as long
-        xs = np.array([p.blocks for p in points], dtype=float)
-        ys = np.array([p.relative_time for p in points], dtype=float)
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return np.where(blocks <= xs[-1], np.interp(blocks, xs, ys), ys[-1] + slope * (blocks - xs[-1]))
-
     def step_seconds(self, blocks: np.ndarray | float, longest: np.ndarray | float,
                      prefill_tokens: np.ndarray | float = 0.0) -> np.ndarray:
         """T(m, k): a step verifying ``blocks`` blocks, the longest of ``longest`` drafted tokens, and prefilling
         ``prefill_tokens`` context tokens."""
         edge = self.profile
-        block = edge.verify_base_seconds + edge.verify_seconds_per_token * (np.asarray(longest, dtype=float) + 1)
-        return (block * self.relative_time(blocks)
+        return (edge.block_seconds(np.asarray(longest, dtype=float)) * edge.relative_time(blocks)
                 + edge.prefill_seconds_per_token * np.asarray(prefill_tokens, dtype=float)) / self.compute_scale
 
     def prefill_seconds(self, tokens: np.ndarray | float) -> np.ndarray:
@@ -137,6 +125,19 @@ def round_of(draft: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: b
     return hit * np.maximum(draft, remote) + (1.0 - hit) * (draft + remote)
 
 
+def gap_seconds(draft: np.ndarray, comm: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
+    """From a verdict to the user's next block at the edge: the link, and the re-draft when the speculation failed
+    (always, sequentially)."""
+    return comm + (1.0 - hit) * draft if parallel else comm + draft
+
+
+def remote_seconds(comm: np.ndarray, step: np.ndarray, busy_others: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Block sent -> verdict back: the link, the step in flight when the block arrives (another user's, with chance
+    ``busy_others``: it started as the user's own ended — others' blocks were waiting — so it has ``step − gap``
+    left, or half a step on average when the user comes back later than that), then its own step."""
+    return comm + step + busy_others * step * np.maximum(0.5, 1.0 - gap / step)
+
+
 def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Callable[[np.ndarray], np.ndarray],
                  fit: np.ndarray, steps: np.ndarray, draft: np.ndarray, comm: np.ndarray, hit: np.ndarray,
                  parallel: bool) -> Rounds:
@@ -146,19 +147,11 @@ def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Call
     users' rounds take ``rounds``; ``fit``: most blocks one step holds (all users' when they fit S); ``steps``:
     steps_u; ``draft``: k · t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
     fit = np.maximum(np.asarray(fit, dtype=float), 1.0)
-    # From a verdict to the user's next block at the edge: the link, and the re-draft when the speculation failed.
-    gap = comm + (1.0 - hit) * draft if parallel else comm + draft
+    gap = gap_seconds(draft, comm, hit, parallel)
     blocks, busy = fit, np.zeros_like(fit)
-
-    def remote_of(step: np.ndarray, busy: np.ndarray) -> np.ndarray:
-        # The step in flight when the block arrives: it started as the user's own ended (others' blocks were
-        # waiting), so it has ``step − gap`` left — or, when the user comes back later than that, half a step on
-        # average (it arrives at a random point of it).
-        return comm + step + busy * step * np.maximum(0.5, 1.0 - gap / step)
-
     for _ in range(FIXED_POINT_ITERATIONS):
         step = step_of(blocks)
-        rounds = np.maximum(round_of(draft, remote_of(step, busy), hit, parallel), steps * step)
+        rounds = np.maximum(round_of(draft, remote_seconds(comm, step, busy, gap), hit, parallel), steps * step)
         rate = arrival_rate(rounds)  # blocks per second
         waiting = np.clip(rate * step, 1.0, fit)  # blocks a step finds waiting
         utilization = np.minimum(1.0, rate * step / waiting)
@@ -169,7 +162,7 @@ def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Call
         blocks = 0.5 * (blocks + waiting)  # damped: the load and the rounds pull each other
         busy = 0.5 * (busy + np.minimum(1.0, utilization * (1.0 - own) / (1.0 - mine)))
     step = step_of(blocks)
-    remote = remote_of(step, busy)
+    remote = remote_seconds(comm, step, busy, gap)
     rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
     return Rounds(rounds, remote, step, busy, blocks, steps * step)
 

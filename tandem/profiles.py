@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -72,28 +73,25 @@ class EdgeProfile(BaseModel):
             raise ValueError("verifying a block must take some time")
         return self
 
-    def block_seconds(self, draft_length: int) -> float:
-        """One block of ``draft_length`` tokens verified alone (a forward pass over k + 1 positions)."""
+    def block_seconds(self, draft_length: float | np.ndarray) -> float | np.ndarray:
+        """One block of ``draft_length`` tokens verified alone (a forward pass over k + 1 positions); element-wise
+        for an array of lengths."""
         return self.verify_base_seconds + self.verify_seconds_per_token * (draft_length + 1)
 
-    def relative_time(self, blocks: int) -> float:
-        """How much longer a step of ``blocks`` blocks takes than a step of one."""
+    def relative_time(self, blocks: float | np.ndarray) -> float | np.ndarray:
+        """How much longer a step of ``blocks`` blocks takes than a step of one: linear interpolation between the
+        measured points, linear extrapolation past the last (element-wise for an array; a fractional count is an
+        average step)."""
+        count = np.maximum(np.asarray(blocks, dtype=float), 1.0)
         points = self.batch_scaling
-        if blocks <= 1:
-            return 1.0
         if len(points) == 1:
-            return float(blocks)  # no batching measured: n blocks take n times as long
-        for low, high in zip(points, points[1:]):
-            if blocks <= high.blocks:
-                return low.relative_time + (high.relative_time - low.relative_time) * (
-                    (blocks - low.blocks) / (high.blocks - low.blocks))
-        low, high = points[-2], points[-1]
-        slope = (high.relative_time - low.relative_time) / (high.blocks - low.blocks)
-        return high.relative_time + slope * (blocks - high.blocks)
-
-    def batching_speedup(self, blocks: int) -> float:
-        """Blocks verified per single-block time when ``blocks`` are verified together (>= 1 when batching pays)."""
-        return max(1, blocks) / self.relative_time(max(1, blocks))
+            times = count  # no batching measured: n blocks take n times as long
+        else:
+            xs = np.array([p.blocks for p in points], dtype=float)
+            ys = np.array([p.relative_time for p in points], dtype=float)
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            times = np.where(count <= xs[-1], np.interp(count, xs, ys), ys[-1] + slope * (count - xs[-1]))
+        return float(times) if np.ndim(times) == 0 else times
 
 
 class AcceptanceProfile(BaseModel):

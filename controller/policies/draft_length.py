@@ -17,7 +17,7 @@ import numpy as np
 
 from controller.estimator import pair_costs, served, tokens_per_round
 from controller.policies.base import Allocation, Decision, Observation
-from tandem.edge_model import hit_probability, round_of
+from tandem.edge_model import gap_seconds, hit_probability, remote_seconds, round_of
 
 LONGEST_CANDIDATE = 16
 
@@ -48,14 +48,14 @@ def tune_draft_lengths(observation: Observation, decision: Decision, parallel: b
         others = np.array([np.delete(costs.k[rows], i).max(initial=0.0) for i in range(len(rows))])[:, None]
         step = timing.step_seconds(state.blocks_per_step[:, None], np.maximum(k, others))
         # A k-token block: k tokens' share of the block message up, the verdict down.
+        se_up = np.array([users[r].se_up[edge] for r in rows])[:, None]
         per_token_up = np.array([users[r].bits_up_per_token for r in rows])[:, None] / (
-            b[rows, None] * observation.edges[edge].bandwidth_hz * np.array([users[r].se_up[edge] for r in rows])[:, None])
+            b[rows, None] * observation.edges[edge].bandwidth_hz * se_up)
         comm = costs.comm[rows, edge][:, None] / b[rows, None] + costs.rtt[rows, None] + (k - current) * per_token_up
         draft = k * (costs.draft[rows] / costs.k[rows])[:, None]
         acceptance = np.array([users[r].acceptance for r in rows])[:, None]
         hit = hit_probability(acceptance, k)
-        gap = comm + (1.0 - hit) * draft if parallel else comm + draft
-        remote = comm + step + state.busy_others[:, None] * step * np.maximum(0.5, 1.0 - gap / step)
+        remote = remote_seconds(comm, step, state.busy_others[:, None], gap_seconds(draft, comm, hit, parallel))
         steps = state.cycle_s[:, None] / state.step_s[:, None] * (k + 1) / (current + 1)
         steps = np.where(state.cycle_s[:, None] > state.step_s[:, None] * (1 + 1e-9), np.maximum(1.0, steps), 1.0)
         rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)

@@ -245,7 +245,8 @@ class DigitalTwin:
         if not busy:
             return {}
         chosen = [by_user[user.index] for user in busy]
-        states = [replace(self._user_state(user), draft_length=self._draft_length(allocation))
+        observed = {state.user: state for state in observation.users}  # this slot's states, built once
+        states = [replace(observed[user.index], draft_length=self._draft_length(allocation))
                   for user, allocation in zip(busy, chosen)]
         costs = pair_costs(states, list(observation.edges))
         position = {e.edge: i for i, e in enumerate(observation.edges)}
