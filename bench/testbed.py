@@ -1,8 +1,9 @@
 """The testbed against the digital twin: the same scenario, trace and workload, under each policy.
 
 Brings the testbed up (deploy/testbed.yaml: llama.cpp edges and phone devices paced like the profile's hardware at
-dilation D), runs the seeded workload once per policy (swapped live through the admin CLI) and once in SD mode,
-and replays each phase in the twin with the very arrival times and the trace slot the testbed played.  Prints
+dilation D), runs the seeded workload once per policy (swapped live through the admin CLI, the radio trace played
+from the same slot: LinkControl.Seek) and once in SD mode (unless --no-sd), and replays each phase in the twin
+with the very arrival times, trace slot and the acceptance the testbed's models showed.  Prints
 and writes mean time in system, p95 latency, time to first token, tokens/s, device energy and the reduction
 against max-sinr-hysteresis (paired per request on the testbed, with its 95% interval), testbed and twin side by
 side (the sim-to-real gap), and PSD vs SD.
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from testbed.bed import Testbed  # noqa: E402
-from testbed.compare import paired_reduction, twin_replay  # noqa: E402
+from testbed.compare import measured_acceptance, paired_reduction, twin_replay  # noqa: E402
 from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
 from testbed.metrics import scrape, total  # noqa: E402
 from testbed.phases import Phase, print_table, run_phase  # noqa: E402
@@ -35,8 +36,8 @@ BASELINE = "max-sinr-hysteresis"
 POLICIES = (BASELINE, BASELINE + ":draft_lengths=tuned", "tma-equal", "tma-equal:draft_lengths=tuned")
 
 
-def twin_figures(bed: Testbed, policy: str, phase: Phase, mode: str) -> dict:
-    return twin_replay(bed, policy, phase.records, phase.trace_slot, mode)
+def twin_figures(bed: Testbed, policy: str, phase: Phase, mode: str, alpha: float) -> dict:
+    return twin_replay(bed, policy, phase.records, phase.trace_slot, mode, alpha)
 
 
 def testbed_figures(phase: Phase) -> dict:
@@ -45,19 +46,14 @@ def testbed_figures(phase: Phase) -> dict:
 
 
 def run_comparison(bed: Testbed, args) -> dict:
-    results: dict = {"policies": {}}
-    phases = {}
-    for policy in args.policies:
-        phases[policy] = run_phase(bed, policy, args.phase_s)
-        results["policies"][policy] = {"testbed": testbed_figures(phases[policy]),
-                                       "twin": twin_figures(bed, policy, phases[policy], bed.scenario.mode)}
-    sd_policy = args.policies[-1]
-    sd = run_phase(bed, sd_policy, args.phase_s, mode="sd", name=f"{sd_policy}-sd")
-    psd_rate = results["policies"][sd_policy]["testbed"]["mean_tokens_per_s"]
-    results["psd_vs_sd"] = {"policy": sd_policy, "psd_tokens_per_s": psd_rate,
-                            "sd_tokens_per_s": sd.summary["mean_tokens_per_s"],
-                            "ratio": psd_rate / sd.summary["mean_tokens_per_s"],
-                            "sd_testbed": testbed_figures(sd), "sd_twin": twin_figures(bed, sd_policy, sd, "sd")}
+    results: dict = {"policies": {}, "psd_vs_sd": None}
+    phases = {policy: run_phase(bed, policy, args.phase_s) for policy in args.policies}
+    # The twin draws acceptance as the testbed's models accept (the baseline, first, drafts the fixed length).
+    alpha = measured_acceptance(phases[args.policies[0]].records, bed.scenario.draft_length)
+    results["alpha"] = alpha
+    for policy, phase in phases.items():
+        results["policies"][policy] = {"testbed": testbed_figures(phase),
+                                       "twin": twin_figures(bed, policy, phase, bed.scenario.mode, alpha)}
     base = results["policies"].get(BASELINE)
     for policy, figures in results["policies"].items():
         if base:
@@ -67,7 +63,18 @@ def run_comparison(bed: Testbed, args) -> dict:
             figures["paired_vs_baseline"] = paired_reduction(phases[BASELINE].records, phases[policy].records)
             figures["gap_pp"] = 100 * (figures["testbed"]["reduction_vs_baseline"]
                                        - figures["twin"]["reduction_vs_baseline"])
-    print_table([testbed_figures(p) for p in phases.values()] + [testbed_figures(sd)])
+    rows = [testbed_figures(p) for p in phases.values()]
+    if not args.no_sd:
+        sd_policy = args.policies[-1]
+        sd = run_phase(bed, sd_policy, args.phase_s, mode="sd", name=f"{sd_policy}-sd")
+        psd_rate = results["policies"][sd_policy]["testbed"]["mean_tokens_per_s"]
+        results["psd_vs_sd"] = {"policy": sd_policy, "psd_tokens_per_s": psd_rate,
+                                "sd_tokens_per_s": sd.summary["mean_tokens_per_s"],
+                                "ratio": psd_rate / sd.summary["mean_tokens_per_s"],
+                                "sd_testbed": testbed_figures(sd),
+                                "sd_twin": twin_figures(bed, sd_policy, sd, "sd", alpha)}
+        rows.append(testbed_figures(sd))
+    print_table(rows)
     return results
 
 
@@ -83,6 +90,8 @@ def print_comparison(results: dict) -> None:
               f"{tb['mean_energy_j']:>6.1f} {tw['mean_energy_j']:>6.1f} {measured:>30} "
               f"{tw.get('reduction_vs_baseline', 0):>9.1%} {f.get('gap_pp', 0):>7.1f}")
     s = results["psd_vs_sd"]
+    if s is None:
+        return
     print(f"PSD vs SD under {s['policy']}: {s['psd_tokens_per_s']:.1f} vs {s['sd_tokens_per_s']:.1f} tokens/s "
           f"(x{s['ratio']:.2f}); twin mean latency SD {s['sd_twin']['mean_latency_s']:.2f} s")
 
@@ -130,6 +139,7 @@ def main() -> int:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--phase-s", type=float, default=30.0, help="emulated seconds of arrivals per phase")
     parser.add_argument("--dilation", type=float, help="override the config's D")
+    parser.add_argument("--no-sd", action="store_true", help="skip the SD phase (PSD vs SD)")
     parser.add_argument("--scale", action="store_true", help="50 devices x 5 edges (configs/twin-umi.yaml), one "
                         "phase: D, overruns, per-daemon CPU and RSS, controller decision time")
     parser.add_argument("--out", type=Path, help="JSON results (default results/testbed[-scale].json)")

@@ -7,7 +7,8 @@ With acceptance rate α a round emits  τ = (1 − α^(k+1)) / (1 − α)  token
     comm    = bits_up(k) / (b · B_e · SE_up(u, e)) + bits_down / (b · B_e · SE_down(u, e)) + rtt
     remote  = comm + T_e + p_e · T_e · max(1/2, 1 − gap/T_e)     the step in flight (another user's, with chance
                                                                p_e), then its own (T_e: a batched step)
-    round   = α^(k+1) · max(draft, remote) + (1 − α^(k+1)) · (draft + remote)     psd (drafting overlaps)
+    round   = α^(k+1) · max(draft + t_draft, remote)                             psd (drafting overlaps)
+              + (1 − α^(k+1)) · (draft + remote + the draft token in progress)
             = draft + remote                                                       sd
     round  ≥ steps_u · T_e                          an oversubscribed edge serves u once every steps_u steps
 
@@ -201,6 +202,6 @@ def equal_share_rounds(costs: PairCosts, members: np.ndarray, parallel: bool = T
         with np.errstate(invalid="ignore"):
             comm = costs.comm[:, edge] * n + costs.rtt
         rounds[:, edge] = solve_rounds(lambda m, timing=timing: timing.step_seconds(m, costs.k),
-                                       lambda r, n=n: n / r, n / steps, steps, costs.draft, comm, costs.hit,
-                                       parallel).round_s
+                                       lambda r, n=n: n / r, n / steps, steps, costs.draft, costs.draft / costs.k,
+                                       comm, costs.hit, parallel).round_s
     return rounds

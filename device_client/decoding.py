@@ -1,7 +1,8 @@
 """The device's decoding loops: speculative (sequential ``sd`` or parallel ``psd``) and ``edge-only``.
 
 Parallel speculative decoding (PEARL's post-verify, SpecEdge's proactive drafting): while block b is in flight,
-the device keeps drafting as if b were fully accepted, one token at a time, polling for the verdict in between.
+the device keeps drafting as if b were fully accepted, one token at a time, polling for the verdict in between,
+up to the guessed bonus token and a block of the round's length.
 If the verdict accepts all of b and the bonus token equals the first speculative token, the rest of the
 speculative tokens are already drafted for block b+1; otherwise they are dropped and drafting restarts from the
 corrected token (the draft's KV cache rolls back for free).  Every emitted token comes from the edge's verdicts,
@@ -53,6 +54,7 @@ class DecodeResult:
     draft_seconds: float = 0.0  # all draft compute, discarded speculation included
     draft_overlapped_seconds: float = 0.0  # draft compute done while a block was in flight
     draft_wasted_tokens: int = 0
+    speculation_kept: int = 0  # psd rounds whose drafting ahead survived the verdict (the next block was ready)
     resumes: int = 0  # streams replaced after the link broke
     migrations: int = 0  # moves to another edge (a new association, or the old edge failed)
     edges: list[str] = field(default_factory=list)  # every edge the request used, in order
@@ -334,8 +336,10 @@ def decode_speculative(
                 place.session.send_block(len(committed), block_ids, None if config.greedy else [t.dist for t in block])
                 verdict = None
                 if parallel:
+                    # The guessed bonus token and a block of this round's length: drafting further would only
+                    # make the device finish a token after the verdict came (a forward pass is not stopped).
                     ahead = committed + block_ids
-                    while len(speculative) <= draft_length and (verdict := place.session.poll()) is None:
+                    while len(speculative) <= length and (verdict := place.session.poll()) is None:
                         speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
                 verdict = verdict or place.wait_verdict()
             except EdgeError as error:
@@ -356,6 +360,7 @@ def decode_speculative(
             report()
             if accepted == len(block_ids) and speculative and speculative[0].token_id == next_token:
                 speculative = speculative[1:]  # the guess of the bonus token was right: keep drafting from there
+                result.speculation_kept += 1
             else:
                 result.draft_wasted_tokens += len(speculative)
                 speculative = []

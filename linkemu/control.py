@@ -1,7 +1,8 @@
 """The emulator's control service (proto/tandem/wire/v1/linkemu.proto): measurement reports out, assignments in.
 
 This is the controller's handle on the radio side: it watches the per-pair SINR every slot and sets each user's
-association and bandwidth share. Requests are validated as a whole; a bad one is refused with INVALID_ARGUMENT
+association and bandwidth share; a testbed also seeks the trace, to play every policy it compares on the same
+radio conditions. Requests are validated as a whole; a bad one is refused with INVALID_ARGUMENT
 and leaves the table as it was.  Only the controller or an admin may call it (a controller/admin certificate, or
 the admin token; tandem/rpc.py).
 """
@@ -56,6 +57,12 @@ class LinkControlService(linkemu_pb2_grpc.LinkControlServicer):
 
     async def GetAssignments(self, request: pb.GetAssignmentsRequest, context) -> pb.Assignments:
         return _table(self.emulator.assignments.snapshot())
+
+    async def Seek(self, request: pb.SeekRequest, context) -> pb.MeasurementReport:
+        try:
+            return await self.emulator.seek(request.slot)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
 async def start_control(emulator: LinkEmulator, host: str, port: int, transport: Transport,

@@ -125,6 +125,26 @@ class LinkEmulator:
         self._ticker = asyncio.create_task(self._tick())
         return {user: f"{proxy.listen_host}:{proxy.listen_port}" for user, proxy in self.proxies.items()}
 
+    async def seek(self, slot: int) -> pb.MeasurementReport:
+        """Play the trace from ``slot`` on, starting now; bytes waiting in the links go again at the rates of that
+        slot, and watchers get its report at once.  ValueError when the slot is past the trace's end."""
+        if not 0 <= slot < self.trace.metadata.num_slots:
+            raise ValueError(f"slot {slot} is past the trace's end ({self.trace.metadata.num_slots} slots)")
+        now = time.monotonic()
+        self.clock.origin = now - slot * self.clock.wall_slot_s
+        for proxy in self.proxies.values():
+            proxy.reschedule()
+        report = self.measurements(now)
+        await self._publish(report, now)
+        log.info("trace seek: slot %d plays now", slot)
+        return report
+
+    async def _publish(self, report: pb.MeasurementReport, now: float) -> None:
+        self.refresh_gauges(report, now)
+        async with self._published:
+            self._report, self._report_number = report, self._report_number + 1
+            self._published.notify_all()
+
     async def reports(self) -> AsyncIterator[pb.MeasurementReport]:
         """The current measurement report, then each new one as its slot starts; a slow reader skips to the
         newest rather than falling behind."""
@@ -138,11 +158,7 @@ class LinkEmulator:
     async def _tick(self) -> None:
         while True:
             now = time.monotonic()
-            report = self.measurements(now)
-            self.refresh_gauges(report, now)
-            async with self._published:
-                self._report, self._report_number = report, self._report_number + 1
-                self._published.notify_all()
+            await self._publish(self.measurements(now), now)
             await asyncio.sleep(max(0.001, self.clock.tick_end(self.clock.tick(now)) - now))
 
     async def stop(self) -> None:

@@ -25,10 +25,14 @@ is served once every  steps_u = (k_u + 1) / x_u  steps, x_u being its tokens per
 than steps_u · T.  Compute shares are such weights: on an edge whose waiting blocks fit one step they change
 nothing.
 
-A round of parallel speculative decoding (the device drafts on while its block is verified) lasts
-max(draft, remote) when the verdict accepts the whole block and its bonus token is the one the device guessed
-(probability α^(k+1)); otherwise the device re-drafts from the corrected token: draft + remote.  Sequential rounds
-always take draft + remote.  The edge's load (p, the blocks per step m) and the users' rounds depend on each other;
+A round of parallel speculative decoding (the device drafts on, up to k + 1 tokens, while its block is verified)
+lasts max(draft + t_draft, remote) when the verdict accepts the whole block and its bonus token is the one the
+device guessed (probability α^(k+1)): the next block starts after the guessed bonus, so k + 1 tokens are drafted
+ahead.  Otherwise the device finishes the token it is drafting when the verdict comes (half a token on average
+while it is still drafting ahead; a phone cannot stop a forward pass half-way), then re-drafts from the corrected
+token: draft + remote + that residue.  Sequential rounds always take draft + remote.  (bench/round_cost.py
+measures these rounds on a paced edge and device: the first version's max(draft, remote) was 14-15% short at
+k = 4 and 8.)  The edge's load (p, the blocks per step m) and the users' rounds depend on each other;
 ``solve_rounds`` finds them by a damped fixed-point iteration.
 """
 
@@ -118,17 +122,38 @@ class Rounds:
     cycle_s: np.ndarray  # steps_u · T: the shortest round the edge's throughput allows
 
 
-def round_of(draft: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
-    """A round from its drafting and remote parts: psd hides drafting only when the speculation survives."""
+def drafting_residue(draft: np.ndarray, token: np.ndarray, remote: np.ndarray) -> np.ndarray:
+    """psd: how long the device is still busy with the draft token in progress when a verdict arrives — half a
+    token on average while it is drafting ahead (k + 1 tokens take draft + token), none once it has stopped (a
+    linear ramp over the last token, so that the estimate is smooth in the remote time)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drafting = np.where(token > 0, np.clip((draft + token - remote) / token, 0.0, 1.0), 0.0)
+    return 0.5 * token * drafting
+
+
+def round_given(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, survived, parallel: bool) -> np.ndarray:
+    """One round of ``draft`` = k · ``token`` seconds of drafting and ``remote`` seconds from block to verdict,
+    given whether psd's speculation ``survived`` the verdict."""
     if not parallel:
         return draft + remote
-    return hit * np.maximum(draft, remote) + (1.0 - hit) * (draft + remote)
+    kept = np.maximum(draft + token, remote)  # the guessed bonus and the next block were drafted ahead
+    redrafted = draft + remote + drafting_residue(draft, token, remote)
+    return np.where(survived, kept, redrafted)
 
 
-def gap_seconds(draft: np.ndarray, comm: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
-    """From a verdict to the user's next block at the edge: the link, and the re-draft when the speculation failed
-    (always, sequentially)."""
-    return comm + (1.0 - hit) * draft if parallel else comm + draft
+def round_of(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
+    """The expected round: the speculation survives with probability ``hit``."""
+    if not parallel:
+        return draft + remote
+    return hit * round_given(draft, token, remote, True, True) + (1.0 - hit) * round_given(draft, token, remote,
+                                                                                           False, True)
+
+
+def gap_seconds(draft: np.ndarray, token: np.ndarray, comm: np.ndarray, hit: np.ndarray,
+                parallel: bool) -> np.ndarray:
+    """From a verdict to the user's next block at the edge: the link, and the re-draft (with the token in progress
+    at most) when the speculation failed (always, sequentially)."""
+    return comm + (1.0 - hit) * (draft + 0.5 * token) if parallel else comm + draft
 
 
 def remote_seconds(comm: np.ndarray, step: np.ndarray, busy_others: np.ndarray, gap: np.ndarray) -> np.ndarray:
@@ -139,19 +164,19 @@ def remote_seconds(comm: np.ndarray, step: np.ndarray, busy_others: np.ndarray, 
 
 
 def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Callable[[np.ndarray], np.ndarray],
-                 fit: np.ndarray, steps: np.ndarray, draft: np.ndarray, comm: np.ndarray, hit: np.ndarray,
-                 parallel: bool) -> Rounds:
+                 fit: np.ndarray, steps: np.ndarray, draft: np.ndarray, token: np.ndarray, comm: np.ndarray,
+                 hit: np.ndarray, parallel: bool) -> Rounds:
     """The fixed point of the edge's load and its users' rounds.
 
     ``step_of(m)``: T of a step of m blocks; ``arrival_rate(rounds)``: blocks per second reaching the edge when its
     users' rounds take ``rounds``; ``fit``: most blocks one step holds (all users' when they fit S); ``steps``:
-    steps_u; ``draft``: k · t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
+    steps_u; ``draft``: k · t_draft; ``token``: t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
     fit = np.maximum(np.asarray(fit, dtype=float), 1.0)
-    gap = gap_seconds(draft, comm, hit, parallel)
+    gap = gap_seconds(draft, token, comm, hit, parallel)
     blocks, busy = fit, np.zeros_like(fit)
     for _ in range(FIXED_POINT_ITERATIONS):
         step = step_of(blocks)
-        rounds = np.maximum(round_of(draft, remote_seconds(comm, step, busy, gap), hit, parallel), steps * step)
+        rounds = np.maximum(round_of(draft, token, remote_seconds(comm, step, busy, gap), hit, parallel), steps * step)
         rate = arrival_rate(rounds)  # blocks per second
         waiting = np.clip(rate * step, 1.0, fit)  # blocks a step finds waiting
         utilization = np.minimum(1.0, rate * step / waiting)
@@ -163,7 +188,7 @@ def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Call
         busy = 0.5 * (busy + np.minimum(1.0, utilization * (1.0 - own) / (1.0 - mine)))
     step = step_of(blocks)
     remote = remote_seconds(comm, step, busy, gap)
-    rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
+    rounds = np.maximum(round_of(draft, token, remote, hit, parallel), steps * step)
     return Rounds(rounds, remote, step, busy, blocks, steps * step)
 
 
@@ -176,4 +201,5 @@ def edge_rounds(timing: EdgeTiming, draft: np.ndarray, comm: np.ndarray, hit: np
     fit = float((1.0 / steps).sum())  # blocks per step when everybody waits
     longest = float(draft_lengths.max())
     return solve_rounds(lambda m: timing.step_seconds(m, longest), lambda r: np.full_like(r, (1.0 / r).sum()),
-                        np.full(len(demand), fit), steps, draft, comm, hit, parallel)
+                        np.full(len(demand), fit), steps, draft, np.asarray(draft) / draft_lengths, comm, hit,
+                        parallel)

@@ -3,8 +3,9 @@
 Every phase replays the same seeded workload, so request (user, seq) is the same request under every policy: the
 reduction of mean time in system is computed over the pairs, with a Student-t interval on the paired differences
 (divided by the baseline's mean).  A request that failed has no time in system and breaks its pair; failures are
-reported.  The twin replays a phase with the very arrival times, lengths and trace slot the testbed played
-(``twin_replay``), so its prediction for the same run sits beside the measurement.
+reported.  The twin replays a phase with the very arrival times, lengths and trace slot the testbed played, and
+the acceptance the testbed's models showed (``twin_replay``), so its prediction for the same run sits beside the
+measurement.
 """
 
 from __future__ import annotations
@@ -39,9 +40,22 @@ def paired_reduction(baseline: list[dict], policy: list[dict]) -> dict:
             "unpaired": len(set(base) ^ set(other))}
 
 
-def twin_replay(bed, policy: str, records: list[dict], trace_slot: int, mode: str) -> dict:
+def measured_acceptance(records: list[dict], draft_length: int) -> float:
+    """The per-token α of the testbed's draft/target pair, from a phase whose blocks all had ``draft_length``
+    tokens (a fixed-length policy): its accepted / drafted count converted as the estimator does."""
+    from controller.estimator import acceptance_from_rate
+
+    rates = [r["acceptance"] for r in records if "error" not in r and r.get("acceptance") is not None]
+    if not rates:
+        raise ValueError("no request of the phase reported its acceptance")
+    return float(acceptance_from_rate(float(np.mean(rates)), draft_length))
+
+
+def twin_replay(bed, policy: str, records: list[dict], trace_slot: int, mode: str,
+                acceptance: float | None = None) -> dict:
     """The phase in the twin: its arrivals, its trace slot, its prompt and answer lengths, under ``policy``
-    (``name[:key=value,...]``)."""
+    (``name[:key=value,...]``); ``acceptance``: the α the twin draws with (default the profile's — the testbed's
+    models are not the profile's, measured_acceptance gives theirs)."""
     from controller.policies import make_policy
 
     arrivals: dict[int, list[float]] = {}
@@ -53,7 +67,9 @@ def twin_replay(bed, policy: str, records: list[dict], trace_slot: int, mode: st
         "prompt_tokens": TokenCount(kind="fixed", value=round(float(np.mean(prompt)))),
         "answer_tokens": TokenCount(kind="fixed", value=bed.config.max_tokens), "mode": mode,
         "duration_slots": int((last + 120) / bed.trace.slot_s)})
-    twin = DigitalTwin(scenario, bed.trace, bed.profile, seed=0, arrivals=arrivals, trace_offset=trace_slot)
+    profile = bed.profile if acceptance is None else bed.profile.model_copy(update={
+        "acceptance": bed.profile.acceptance.model_copy(update={"per_token": acceptance})})
+    twin = DigitalTwin(scenario, bed.trace, profile, seed=0, arrivals=arrivals, trace_offset=trace_slot)
     name, params = policy_spec(policy)
     summary = twin.run(make_policy(name, **params)).summary().as_dict()
     return {"mean_latency_s": summary["mean_latency_s"], "p95_latency_s": summary["p95_latency_s"],

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, fail
-from testbed.compare import describe, paired_reduction, twin_replay
+from testbed.compare import describe, measured_acceptance, paired_reduction, twin_replay
 from testbed.config import DEFAULT_CONFIG, load_testbed_config
 from testbed.phases import print_table, run_phase
 
@@ -61,9 +61,12 @@ def run_demo(args: argparse.Namespace) -> int:
     rows = [phase.summary for phase in phases]
     print_table(rows)
     base, baseline = phases[0], args.policies[0]
-    twin_base = twin_replay(bed, baseline, base.records, base.trace_slot, bed.scenario.mode)
+    # The twin draws acceptance as the testbed's models accept (the baseline drafts the scenario's fixed length).
+    alpha = measured_acceptance(base.records, bed.scenario.draft_length)
+    print(f"acceptance of the testbed's draft/target pair: alpha = {alpha:.2f} per token (the twin replays with it)")
+    twin_base = twin_replay(bed, baseline, base.records, base.trace_slot, bed.scenario.mode, alpha)
     for policy, phase, row in zip(args.policies[1:], phases[1:], rows[1:]):
-        twin = twin_replay(bed, policy, phase.records, phase.trace_slot, bed.scenario.mode)
+        twin = twin_replay(bed, policy, phase.records, phase.trace_slot, bed.scenario.mode, alpha)
         row["paired_vs_baseline"] = paired_reduction(base.records, phase.records)
         row["twin_reduction_vs_baseline"] = 1 - twin["mean_time_in_system_s"] / twin_base["mean_time_in_system_s"]
         print(describe(policy, baseline, row["paired_vs_baseline"], row["twin_reduction_vs_baseline"]))

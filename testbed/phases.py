@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tandem.auth import read_token_file
 from tandem.cli_support import UsageError
 from tandem.pacing import MAX_VALID_OVERRUN_FRACTION
 from testbed.metrics import scrape, total
+
+PHASE_TRACE_SLOT = 0  # every phase plays the radio trace from here
 
 
 @dataclass
@@ -43,8 +46,22 @@ def set_policy(bed, policy: str) -> None:
         raise UsageError(f"`tandem policy set {policy}` failed: {done.stderr.strip()}")
 
 
-def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: str | None = None) -> Phase:
-    """``mode``: psd or sd (default: the scenario's); ``name``: the phase's files (default: the policy)."""
+def seek_trace(bed, slot: int) -> None:
+    """Have the link emulator play its trace from ``slot`` on, now (LinkControl.Seek, as an admin)."""
+    from tandem.rpc import bearer_metadata
+    from tandem.wire.v1 import linkemu_pb2 as pb
+    from tandem.wire.v1 import linkemu_pb2_grpc
+
+    token = None if bed.config.tls else read_token_file(bed.admin_token_file)
+    with bed.client_transport("admin").channel(bed.find("link emulator").control_address, "linkemu") as channel:
+        linkemu_pb2_grpc.LinkControlStub(channel).Seek(pb.SeekRequest(slot=slot), timeout=30,
+                                                        metadata=bearer_metadata(token))
+
+
+def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: str | None = None,
+              trace_slot: int = PHASE_TRACE_SLOT) -> Phase:
+    """``mode``: psd or sd (default: the scenario's); ``name``: the phase's files (default: the policy);
+    ``trace_slot``: where the radio trace plays from as the devices start (the same for every phase compared)."""
     name = name or policy
     print(f"\n[{name}] swapping the policy {policy} in through the admin CLI...", flush=True)
     set_policy(bed, policy)
@@ -52,8 +69,7 @@ def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: s
     edges = [d for d in bed.daemons if d.label.startswith("edge")]
     before = [scrape(bed.config.host, e.metrics_port) for e in edges]
     fleets = bed.start_devices(name, phase_s, mode=mode)
-    linkemu = bed.find("link emulator")
-    trace_slot = int(total(scrape(bed.config.host, linkemu.metrics_port), "tandem_linkemu_trace_slot"))
+    seek_trace(bed, trace_slot)  # the devices' clocks start as they announce readiness: the same radio for each
     started = time.monotonic()
     while any(f.process.poll() is None for f in fleets):
         done = sum(_count_lines(f.results) for f in fleets)

@@ -115,9 +115,8 @@ def run_case(prepared, data_dir, pki, profile_path, logs, step_tokens: int, shar
         assert len(inside) >= 5, f"user {user}: only {len(inside)} verdicts while all decoded"
         measured.append(float(np.mean(np.diff(inside))) / DILATION)
         result = results[user]
-        # How often psd's speculation survived (the block all accepted and the bonus the drafted next token):
-        # the rounds in which the device did not re-draft, as the device counts them.
-        hits.append(1.0 - result.draft_wasted_tokens / max(1, result.rounds * (K + 1)))
+        # How often psd's speculation survived (the block all accepted and the bonus the drafted next token).
+        hits.append(result.speculation_kept / max(1, result.rounds))
     timing = EdgeTiming(profile.edge, 1.0, step_tokens)
     weights = np.array([shares[u] for u in range(USERS)]) if shares else np.ones(USERS)
     draft = K * profile.device.draft_seconds_per_token + 2 * profile.device.prefill_seconds_per_token

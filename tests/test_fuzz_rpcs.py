@@ -78,6 +78,7 @@ VALID = [
                             round_seconds=0.05)],
     [control_pb2.SetPolicyRequest(name="tma-opt", params={"parallel": "true"})],
     [linkemu_pb2.AssignRequest(assignments=[linkemu_pb2.UserAssignment(user=0, edge=0, share=0.5)])],
+    [linkemu_pb2.SeekRequest(slot=1)],
     [health_pb2.HealthCheckRequest(service="")],
 ]
 COUNTS: Counter[str] = Counter()  # cases sent per RPC

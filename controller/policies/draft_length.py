@@ -4,7 +4,8 @@ A longer block emits more tokens per round (τ = (1 − α^(k+1)) / (1 − α)) 
 verify, and its speculation survives less often (α^(k+1)).  For every user with a request, on the edge and shares
 a decision gives it, the expected seconds per emitted token are
 
-    round(k) / τ(k),   round(k) = h·max(k·t_d, remote(k)) + (1 − h)·(k·t_d + remote(k)),  round ≥ steps(k)·T(k)
+    round(k) / τ(k),   round(k) = h·max((k+1)·t_d, remote(k)) + (1 − h)·(k·t_d + remote(k) + residue),
+                       round ≥ steps(k)·T(k)
 
 with the edge's load (blocks per step, the chance another user's step is in flight, how oversubscribed it is)
 held at what the decision gives (tandem/edge_model.py); the user gets the k in 1..its longest that minimises them.
@@ -52,13 +53,15 @@ def tune_draft_lengths(observation: Observation, decision: Decision, parallel: b
         per_token_up = np.array([users[r].bits_up_per_token for r in rows])[:, None] / (
             b[rows, None] * observation.edges[edge].bandwidth_hz * se_up)
         comm = costs.comm[rows, edge][:, None] / b[rows, None] + costs.rtt[rows, None] + (k - current) * per_token_up
-        draft = k * (costs.draft[rows] / costs.k[rows])[:, None]
+        token = (costs.draft[rows] / costs.k[rows])[:, None]
+        draft = k * token
         acceptance = np.array([users[r].acceptance for r in rows])[:, None]
         hit = hit_probability(acceptance, k)
-        remote = remote_seconds(comm, step, state.busy_others[:, None], gap_seconds(draft, comm, hit, parallel))
+        remote = remote_seconds(comm, step, state.busy_others[:, None],
+                                gap_seconds(draft, token, comm, hit, parallel))
         steps = state.cycle_s[:, None] / state.step_s[:, None] * (k + 1) / (current + 1)
         steps = np.where(state.cycle_s[:, None] > state.step_s[:, None] * (1 + 1e-9), np.maximum(1.0, steps), 1.0)
-        rounds = np.maximum(round_of(draft, remote, hit, parallel), steps * step)
+        rounds = np.maximum(round_of(draft, token, remote, hit, parallel), steps * step)
         per_token = rounds / tokens_per_round(acceptance, k)
         per_token[k > longest[:, None]] = np.inf
         lengths[rows] = np.argmin(per_token, axis=1) + 1

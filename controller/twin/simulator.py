@@ -35,7 +35,7 @@ from controller.estimator import BITS_UP_PER_TOKEN, EdgeState, UserState, pair_c
 from controller.policies.base import Decision, Observation, Policy
 from controller.share_floor import with_share_floor
 from controller.twin.scenario import Scenario
-from tandem.edge_model import EdgeTiming, Rounds
+from tandem.edge_model import EdgeTiming, Rounds, round_given
 from tandem.profiles import HardwareProfile
 from tandem.traces.format import ChannelTrace
 
@@ -308,7 +308,8 @@ class DigitalTwin:
             survives = accepted == k and user.acceptance.random() < alpha
             drafting = k * device.draft_seconds_per_token
             remote = service.remote_for(k, full)
-            seconds = max(max(drafting, remote) if self.parallel and survives else drafting + remote, service.cycle_s)
+            seconds = max(float(round_given(drafting, device.draft_seconds_per_token, remote, survives,
+                                            self.parallel)), service.cycle_s)
             uplink = k * service.uplink_per_token_s
             if self.parallel:  # keeps drafting (up to k + 1 tokens) while the block is in flight
                 drafting += min(remote, (k + 1) * device.draft_seconds_per_token)

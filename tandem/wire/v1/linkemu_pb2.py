@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctandem/wire/v1/linkemu.proto\x12\x0etandem.wire.v1\"\x1a\n\x18WatchMeasurementsRequest\"w\n\x0fPairMeasurement\x12\x0c\n\x04user\x18\x01 \x01(\r\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\r\x12\x14\n\x0csinr_down_db\x18\x03 \x01(\x02\x12\x12\n\nsinr_up_db\x18\x04 \x01(\x02\x12\x0f\n\x07se_down\x18\x05 \x01(\x02\x12\r\n\x05se_up\x18\x06 \x01(\x02\"a\n\x11MeasurementReport\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x0e\n\x06slot_s\x18\x02 \x01(\x01\x12.\n\x05pairs\x18\x03 \x03(\x0b\x32\x1f.tandem.wire.v1.PairMeasurement\";\n\x0eUserAssignment\x12\x0c\n\x04user\x18\x01 \x01(\r\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x01\"D\n\rAssignRequest\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.tandem.wire.v1.UserAssignment\"\x17\n\x15GetAssignmentsRequest\"B\n\x0b\x41ssignments\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.tandem.wire.v1.UserAssignment2\x8d\x02\n\x0bLinkControl\x12\x62\n\x11WatchMeasurements\x12(.tandem.wire.v1.WatchMeasurementsRequest\x1a!.tandem.wire.v1.MeasurementReport0\x01\x12\x44\n\x06\x41ssign\x12\x1d.tandem.wire.v1.AssignRequest\x1a\x1b.tandem.wire.v1.Assignments\x12T\n\x0eGetAssignments\x12%.tandem.wire.v1.GetAssignmentsRequest\x1a\x1b.tandem.wire.v1.Assignmentsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctandem/wire/v1/linkemu.proto\x12\x0etandem.wire.v1\"\x1a\n\x18WatchMeasurementsRequest\"w\n\x0fPairMeasurement\x12\x0c\n\x04user\x18\x01 \x01(\r\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\r\x12\x14\n\x0csinr_down_db\x18\x03 \x01(\x02\x12\x12\n\nsinr_up_db\x18\x04 \x01(\x02\x12\x0f\n\x07se_down\x18\x05 \x01(\x02\x12\r\n\x05se_up\x18\x06 \x01(\x02\"a\n\x11MeasurementReport\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x0e\n\x06slot_s\x18\x02 \x01(\x01\x12.\n\x05pairs\x18\x03 \x03(\x0b\x32\x1f.tandem.wire.v1.PairMeasurement\";\n\x0eUserAssignment\x12\x0c\n\x04user\x18\x01 \x01(\r\x12\x0c\n\x04\x65\x64ge\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x01\"D\n\rAssignRequest\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.tandem.wire.v1.UserAssignment\"\x17\n\x15GetAssignmentsRequest\"\x1b\n\x0bSeekRequest\x12\x0c\n\x04slot\x18\x01 \x01(\r\"B\n\x0b\x41ssignments\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.tandem.wire.v1.UserAssignment2\xd5\x02\n\x0bLinkControl\x12\x62\n\x11WatchMeasurements\x12(.tandem.wire.v1.WatchMeasurementsRequest\x1a!.tandem.wire.v1.MeasurementReport0\x01\x12\x44\n\x06\x41ssign\x12\x1d.tandem.wire.v1.AssignRequest\x1a\x1b.tandem.wire.v1.Assignments\x12T\n\x0eGetAssignments\x12%.tandem.wire.v1.GetAssignmentsRequest\x1a\x1b.tandem.wire.v1.Assignments\x12\x46\n\x04Seek\x12\x1b.tandem.wire.v1.SeekRequest\x1a!.tandem.wire.v1.MeasurementReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNREQUEST']._serialized_end=425
   _globals['_GETASSIGNMENTSREQUEST']._serialized_start=427
   _globals['_GETASSIGNMENTSREQUEST']._serialized_end=450
-  _globals['_ASSIGNMENTS']._serialized_start=452
-  _globals['_ASSIGNMENTS']._serialized_end=518
-  _globals['_LINKCONTROL']._serialized_start=521
-  _globals['_LINKCONTROL']._serialized_end=790
+  _globals['_SEEKREQUEST']._serialized_start=452
+  _globals['_SEEKREQUEST']._serialized_end=479
+  _globals['_ASSIGNMENTS']._serialized_start=481
+  _globals['_ASSIGNMENTS']._serialized_end=547
+  _globals['_LINKCONTROL']._serialized_start=550
+  _globals['_LINKCONTROL']._serialized_end=891
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,12 @@ class GetAssignmentsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SeekRequest(_message.Message):
+    __slots__ = ("slot",)
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    def __init__(self, slot: _Optional[int] = ...) -> None: ...
+
 class Assignments(_message.Message):
     __slots__ = ("assignments",)
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]

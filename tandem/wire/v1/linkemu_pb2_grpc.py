@@ -49,6 +49,11 @@ class LinkControlStub:
                 request_serializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.GetAssignmentsRequest.SerializeToString,
                 response_deserializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.Assignments.FromString,
                 _registered_method=True)
+        self.Seek = channel.unary_unary(
+                '/tandem.wire.v1.LinkControl/Seek',
+                request_serializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.SeekRequest.SerializeToString,
+                response_deserializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.MeasurementReport.FromString,
+                _registered_method=True)
 
 
 class LinkControlServicer:
@@ -77,6 +82,15 @@ class LinkControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Seek(self, request, context):
+        """Plays the trace from `slot` on, starting now: a testbed replays the same radio conditions for every policy it
+        compares. Bytes waiting in a link are re-timed at the rates of the slot now playing. Returns the new slot's
+        measurement report; INVALID_ARGUMENT when the slot is past the trace's end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LinkControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_LinkControlServicer_to_server(servicer, server):
                     servicer.GetAssignments,
                     request_deserializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.GetAssignmentsRequest.FromString,
                     response_serializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.Assignments.SerializeToString,
+            ),
+            'Seek': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seek,
+                    request_deserializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.SeekRequest.FromString,
+                    response_serializer=tandem_dot_wire_dot_v1_dot_linkemu__pb2.MeasurementReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class LinkControl:
             '/tandem.wire.v1.LinkControl/GetAssignments',
             tandem_dot_wire_dot_v1_dot_linkemu__pb2.GetAssignmentsRequest.SerializeToString,
             tandem_dot_wire_dot_v1_dot_linkemu__pb2.Assignments.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Seek(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.wire.v1.LinkControl/Seek',
+            tandem_dot_wire_dot_v1_dot_linkemu__pb2.SeekRequest.SerializeToString,
+            tandem_dot_wire_dot_v1_dot_linkemu__pb2.MeasurementReport.FromString,
             options,
             channel_credentials,
             insecure,
