@@ -80,7 +80,8 @@ def run_comparison(bed: Testbed, args) -> dict:
 
 def print_comparison(results: dict) -> None:
     print(f"\n{'policy':<40} {'testbed in sys':>14} {'twin in sys':>11} {'testbed p95':>11} {'twin p95':>9} "
-          f"{'tok/s':>6} {'tb J':>6} {'twin J':>6} {'testbed red. (paired, 95% CI)':>30} {'twin red.':>9} {'gap pp':>7}")
+          f"{'tok/s':>6} {'tb J':>6} {'twin J':>6} {'testbed red. (paired, 95% CI)':>30} {'twin red.':>9} "
+          f"{'gap pp':>7}")
     for name, f in results["policies"].items():
         tb, tw = f["testbed"], f["twin"]
         paired = f.get("paired_vs_baseline") or {}

@@ -170,7 +170,8 @@ def solve_rounds(step_of: Callable[[np.ndarray], np.ndarray], arrival_rate: Call
 
     ``step_of(m)``: T of a step of m blocks; ``arrival_rate(rounds)``: blocks per second reaching the edge when its
     users' rounds take ``rounds``; ``fit``: most blocks one step holds (all users' when they fit S); ``steps``:
-    steps_u; ``draft``: k · t_draft; ``token``: t_draft; ``comm``: uplink + downlink + base round trip; ``hit``: hit_probability."""
+    steps_u; ``draft``: k · t_draft; ``token``: t_draft; ``comm``: uplink + downlink + base round trip; ``hit``:
+    hit_probability."""
     fit = np.maximum(np.asarray(fit, dtype=float), 1.0)
     gap = gap_seconds(draft, token, comm, hit, parallel)
     blocks, busy = fit, np.zeros_like(fit)

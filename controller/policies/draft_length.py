@@ -1,7 +1,7 @@
 """The draft-length lever: each user's k from the closed form of ARCHITECTURE §4 on the one edge model.
 
-A longer block emits more tokens per round (τ = (1 − α^(k+1)) / (1 − α)) but takes longer to draft, to send and to
-verify, and its speculation survives less often (α^(k+1)).  For every user with a request, on the edge and shares
+A longer block emits more tokens per round (τ = (1 − α^(k+1)) / (1 − α)) but takes longer to draft, to send and
+to verify, and its speculation survives less often (α^(k+1)).  For every user with a request, on the edge and shares
 a decision gives it, the expected seconds per emitted token are
 
     round(k) / τ(k),   round(k) = h·max((k+1)·t_d, remote(k)) + (1 − h)·(k·t_d + remote(k) + residue),
