@@ -10,7 +10,7 @@ import pytest
 from controller.estimator import EdgeState, UserState, edge_round_seconds, pair_costs
 from controller.twin.evaluate import EvaluationError, EvaluationSettings, Job, aggregate
 from edge_server.pacing import EdgePacing
-from tandem.edge_model import EdgeTiming, edge_rounds, fair_tokens, steps_between_services
+from tandem.edge_model import EdgeTiming, edge_rounds, fair_tokens, round_given, round_of, steps_between_services
 from tandem.pacing import Pacer
 from tandem.profiles import EdgeProfile
 
@@ -69,6 +69,19 @@ def test_a_lone_user_never_waits_for_its_own_step():
 def _users(pending: list[int]) -> list[UserState]:
     return [UserState(u, se_up=(2.0,), se_down=(4.0,), draft_s_per_token=0.01, acceptance=0.7, draft_length=4,
                       pending_tokens=p, rtt_s=0.01) for u, p in enumerate(pending)]
+
+
+def test_a_psd_round_drafts_the_bonus_guess_ahead_or_finishes_the_token_in_progress():
+    """k = 4 at 40 ms a draft token (the testbed's phone): a kept speculation needs k + 1 tokens drafted ahead; a
+    failed one waits out half a token while the device is still drafting ahead, none once it stopped."""
+    draft, token = 0.16, 0.04
+    assert round_given(draft, token, 0.145, True, True) == pytest.approx(0.2)  # the 5th token, not the verdict
+    assert round_given(draft, token, 0.145, False, True) == pytest.approx(0.16 + 0.145 + 0.02)
+    assert round_given(draft, token, 0.3, True, True) == pytest.approx(0.3)  # verification-bound
+    assert round_given(draft, token, 0.3, False, True) == pytest.approx(0.46)  # stopped before the verdict
+    assert round_given(draft, token, 0.19, False, True) == pytest.approx(0.35 + 0.5 * 0.04 * 0.25)  # the ramp
+    assert round_given(draft, token, 0.145, True, False) == pytest.approx(0.305)  # sd: always in sequence
+    assert round_of(draft, token, 0.145, 0.25, True) == pytest.approx(0.25 * 0.2 + 0.75 * 0.325)
 
 
 def test_idle_users_hold_no_compute():

@@ -105,6 +105,37 @@ def test_paced_per_token_latency_matches_the_profile(paced_edge, draft):
     assert edge_metric(edge, "tandem_edge_pacing_overruns_total") == 0
 
 
+class ShortBlocks(FixedRoute):
+    """A route that asks for blocks shorter than the session's longest, as the controller's draft-length lever does."""
+
+    def __init__(self, edge, length: int) -> None:
+        super().__init__(edge)
+        self.length = length
+
+    def draft_length(self, longest: int) -> int:
+        return min(self.length, longest)
+
+
+def test_psd_drafts_ahead_only_the_rounds_block_and_its_bonus_guess(paced_edge, draft):
+    """A verification takes ~14 draft tokens here: a device asked for k = 2 in a session whose longest is 8 drafts
+    at most k + 1 tokens ahead per round (the guessed bonus and the next block), not up to the session's longest —
+    drafting further only made it finish a token after the verdict came."""
+    edge, profile = paced_edge["followable"]
+    pacer = Pacer(DILATION)
+    connection = EdgeConnection(edge.address)
+    k = 2
+    try:
+        result = decode_speculative(ShortBlocks(connection, k), PacedDraftEngine(draft, profile.device, pacer),
+                                    draft.encode_chat(PROMPT), SamplingConfig(), max_tokens=24, draft_length=8,
+                                    parallel=True, stop_ids=[])
+    finally:
+        connection.close()
+    assert len(result.token_ids) == 24 and set(result.block_lengths) <= {1, 2}
+    # Each round drafts at most its block and k + 1 ahead (pacer.steps counts every drafted token).
+    assert sum(result.block_lengths) <= pacer.steps <= result.rounds * (2 * k + 1), (pacer.steps, result.rounds)
+    assert 0 <= result.speculation_kept <= result.rounds
+
+
 def test_steps_faster_than_the_machine_are_counted_as_overruns(paced_edge, draft):
     edge, profile = paced_edge["too-fast"]
     result, pacer = paced_run(edge, profile, draft)
