@@ -58,7 +58,8 @@ class EdgeClient:
             return None
         return EdgeLoadSample(reply.sessions, reply.queue_depth, reply.verify_seconds_mean, reply.version,
                               reply.draining, {u.user: ObservedUser(u.remaining_tokens, u.sessions,
-                                                                    u.recent_drafted_tokens, u.recent_accepted_tokens)
+                                                                    u.recent_drafted_tokens, u.recent_accepted_tokens,
+                                                                    u.recent_rejected_blocks)
                                                for u in reply.users})
 
     async def set_shares(self, version: int, shares: dict[int, float], timeout: float) -> None:

@@ -46,6 +46,7 @@ class ObservedUser:
     sessions: int
     drafted_tokens: int  # recent verified blocks
     accepted_tokens: int
+    rejected_blocks: int = 0  # of those blocks, the ones a rejected token cut short
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,19 @@ def believe(report: DeviceReport | None, observed: Iterable[ObservedUser], assum
             draft_length: int = 1) -> Believed:
     """A user's report (None: none yet) bounded by the edges' observations of it and the assumptions.
 
-    Reports and observations count accepted / drafted tokens of the user's ``draft_length``-token blocks; the
-    belief is the per-token acceptance α the latency model uses (``estimator.acceptance_from_rate``), as
-    ``assume.acceptance`` is."""
+    The belief is the per-token acceptance α the latency model uses, as ``assume.acceptance`` is: from the edges'
+    counts, accepted / (accepted + blocks cut short); from a device's report (accepted / drafted of its
+    ``draft_length``-token blocks), converted (``estimator.acceptance_from_rate``)."""
     observed = list(observed)
     drafted = sum(o.drafted_tokens for o in observed)
-    if drafted >= MIN_OBSERVED_DRAFTS:
-        acceptance = acceptance_from_rate(sum(o.accepted_tokens for o in observed) / drafted, draft_length)
+    accepted = sum(o.accepted_tokens for o in observed)
+    rejected = sum(o.rejected_blocks for o in observed)
+    if drafted >= MIN_OBSERVED_DRAFTS and (rejected or accepted == drafted):
+        # Each accepted token is a success, each block cut short one failure: α whatever the blocks' lengths were
+        # (read at one length, counts of blocks of several — the lever changing k — made it swing the lever).
+        acceptance = accepted / (accepted + rejected)
+    elif drafted >= MIN_OBSERVED_DRAFTS:  # an edge that does not count cut-short blocks
+        acceptance = acceptance_from_rate(accepted / drafted, draft_length)
     elif report:
         acceptance = min(1.0, max(assume.min_acceptance, acceptance_from_rate(report.acceptance, draft_length)))
     else:

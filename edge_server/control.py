@@ -74,4 +74,5 @@ class EdgeControlServicer(control_pb2_grpc.EdgeControlServicer):
 def _user_load(user: int, share: float, sessions: int, served: int, remaining: int,
                observed: DraftCounts) -> pb.UserLoad:
     return pb.UserLoad(user=user, share=share, sessions=sessions, served_tokens=served, remaining_tokens=remaining,
-                       recent_drafted_tokens=observed.drafted, recent_accepted_tokens=observed.accepted)
+                       recent_drafted_tokens=observed.drafted, recent_accepted_tokens=observed.accepted,
+                       recent_rejected_blocks=observed.rejected_blocks)

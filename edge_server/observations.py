@@ -18,6 +18,7 @@ MAX_USERS = 4096  # users remembered; the least recently verified are forgotten 
 class DraftCounts:
     drafted: int
     accepted: int
+    rejected_blocks: int  # blocks a rejected token cut short (one failed trial each: α = accepted / (accepted + it))
 
 
 class DraftObservations:
@@ -37,4 +38,4 @@ class DraftObservations:
 
     def counts(self, user: int) -> DraftCounts:
         blocks = self._blocks.get(user, ())
-        return DraftCounts(sum(d for d, _ in blocks), sum(a for _, a in blocks))
+        return DraftCounts(sum(d for d, _ in blocks), sum(a for _, a in blocks), sum(a < d for d, a in blocks))

@@ -67,3 +67,31 @@ def test_observed_acceptance_rates_become_the_models_per_token_acceptance():
     observed = [ObservedUser(remaining_tokens=12, sessions=1, drafted_tokens=400, accepted_tokens=205)]
     assert believe(None, observed, ASSUME, draft_length=4).acceptance == pytest.approx(0.75, abs=0.01)
     assert believe(None, [], ASSUME, draft_length=4).acceptance == ASSUME.acceptance  # the assumption is α already
+
+
+def test_the_edges_counts_give_the_same_acceptance_whatever_the_blocks_lengths():
+    """While the draft-length lever changes a user's k, the edge's recent blocks mix lengths: accepted / (accepted +
+    blocks cut short) is the per-token α for any mix (each accepted token a success, each rejection one failure),
+    where accepted / drafted read at one length swung the lever between too short and too long blocks."""
+    import numpy as np
+
+    from edge_server.observations import DraftObservations
+
+    edge = DraftObservations(recent_blocks=20_000)
+    for drafted, accepted in ((4, 4), (4, 1), (2, 2), (2, 0), (1, 1)) * 4:
+        edge.record(7, drafted, accepted)
+    counts = edge.counts(7)
+    assert (counts.drafted, counts.accepted, counts.rejected_blocks) == (52, 32, 8)
+    observed = [ObservedUser(10, 1, counts.drafted, counts.accepted, counts.rejected_blocks)]
+    assert believe(None, observed, ASSUME, draft_length=2).acceptance == pytest.approx(0.8)  # 32 of 40 trials
+    # Geometric acceptance at alpha = 0.75 over blocks of 1..8 tokens: recovered at any draft length read.
+    rng, alpha, mixed = np.random.default_rng(0), 0.75, DraftObservations(recent_blocks=20_000)
+    for k in rng.integers(1, 9, size=20_000):
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        mixed.record(1, int(k), accepted)
+    c = mixed.counts(1)
+    for read_at in (1, 2, 4, 8):
+        believed = believe(None, [ObservedUser(10, 1, c.drafted, c.accepted, c.rejected_blocks)], ASSUME, read_at)
+        assert believed.acceptance == pytest.approx(alpha, abs=0.01)

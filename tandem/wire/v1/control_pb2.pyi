@@ -27,7 +27,7 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class UserLoad(_message.Message):
-    __slots__ = ("user", "share", "sessions", "served_tokens", "remaining_tokens", "recent_drafted_tokens", "recent_accepted_tokens")
+    __slots__ = ("user", "share", "sessions", "served_tokens", "remaining_tokens", "recent_drafted_tokens", "recent_accepted_tokens", "recent_rejected_blocks")
     USER_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class UserLoad(_message.Message):
     REMAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RECENT_DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RECENT_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_REJECTED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     user: int
     share: float
     sessions: int
@@ -42,7 +43,8 @@ class UserLoad(_message.Message):
     remaining_tokens: int
     recent_drafted_tokens: int
     recent_accepted_tokens: int
-    def __init__(self, user: _Optional[int] = ..., share: _Optional[float] = ..., sessions: _Optional[int] = ..., served_tokens: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., recent_drafted_tokens: _Optional[int] = ..., recent_accepted_tokens: _Optional[int] = ...) -> None: ...
+    recent_rejected_blocks: int
+    def __init__(self, user: _Optional[int] = ..., share: _Optional[float] = ..., sessions: _Optional[int] = ..., served_tokens: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., recent_drafted_tokens: _Optional[int] = ..., recent_accepted_tokens: _Optional[int] = ..., recent_rejected_blocks: _Optional[int] = ...) -> None: ...
 
 class EdgeLoad(_message.Message):
     __slots__ = ("version", "sessions", "queue_depth", "verify_seconds_mean", "best_effort_jobs", "users", "draining")
