@@ -27,8 +27,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), metavar="NAME[:K=V,...]",
                         help="policies to compare, the baseline first, each with optional parameters "
                         f"(default {' '.join(DEFAULT_POLICIES)})")
-    parser.add_argument("--phase-s", type=float, default=30.0, help="emulated seconds of arrivals per policy "
-                        "(default 30; real time is D times longer, about 5 minutes per policy at D = 8)")
+    parser.add_argument("--phase-s", type=float, default=60.0, help="emulated seconds of arrivals per policy "
+                        "(default 60, about 70 requests; real time is D times longer, about 5 minutes per policy "
+                        "at D = 4)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
