@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from tests.test_linkemu_recovery import assign, metric
 
 SLOTS = 200
 FADE = (10, 150)  # trace slots (100 ms each) in which user 0 has no link to edge 0
+QUEUED = 300_000  # bytes a device sends into the fade
 
 
 def _fading_link(tmp_path, sink: Sink) -> Path:
@@ -43,50 +45,44 @@ def _fading_link(tmp_path, sink: Sink) -> Path:
     return config
 
 
-def _queue_into_the_fade(emulator, sink: Sink, nbytes: int) -> socket.socket:
-    """Once the fade plays, a device connection whose ``nbytes`` wait behind it."""
-    while (metric(emulator, "tandem_linkemu_trace_slot") or 0) < FADE[0] + 2:  # into the fade
-        time.sleep(0.05)
-    sink.receive(nbytes)
-    device = socket.create_connection(split_address(emulator.addresses[0]))
-    device.settimeout(30)
-    threading.Thread(target=device.sendall, args=(b"x" * nbytes,), daemon=True).start()
-    time.sleep(1.0)
-    assert sink.received == 0  # queued behind the fade
-    return device
+@contextmanager
+def _bytes_queued_into_the_fade(tmp_path, nbytes: int = QUEUED):
+    """A link emulator playing FADE, and a device connection whose ``nbytes`` wait behind the fade: yields the
+    emulator, its LinkControl stub, the device socket and the edges' sink."""
+    sink = Sink()
+    config = _fading_link(tmp_path, sink)
+    with LinkEmuProcess(["--config", str(config)], log_path=tmp_path / "linkemu.log") as emulator, \
+            grpc.insecure_channel(emulator.control_address) as channel:
+        while (metric(emulator, "tandem_linkemu_trace_slot") or 0) < FADE[0] + 2:  # into the fade
+            time.sleep(0.05)
+        sink.receive(nbytes)
+        device = socket.create_connection(split_address(emulator.addresses[0]))
+        device.settimeout(30)
+        threading.Thread(target=device.sendall, args=(b"x" * nbytes,), daemon=True).start()
+        time.sleep(1.0)
+        assert sink.received == 0  # queued behind the fade
+        yield emulator, linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel)), device, sink
 
 
 def test_a_handover_away_from_a_fading_link_loses_nothing_and_waits_for_no_fade(tmp_path):
-    sink = Sink()
-    config = _fading_link(tmp_path, sink)
-    nbytes = 300_000
-    with LinkEmuProcess(["--config", str(config)], log_path=tmp_path / "linkemu.log") as emulator, \
-            grpc.insecure_channel(emulator.control_address) as channel:
-        control = linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel))
-        device = _queue_into_the_fade(emulator, sink, nbytes)
+    with _bytes_queued_into_the_fade(tmp_path) as (emulator, control, device, sink):
         assign(control, 0, 1, 0.5)  # hand over to edge 1, whose link is good
         with device:
             assert device.recv(1) == b"k"  # every byte arrived, over the connection opened before the handover
         slot_when_done = metric(emulator, "tandem_linkemu_trace_slot")
-        assert sink.received == nbytes
+        assert sink.received == QUEUED
         assert slot_when_done < FADE[1], slot_when_done  # delivered while edge 0's link was still faded out
         assert not metric(emulator, "tandem_linkemu_link_down_total", user="0")
 
 
 def test_a_seek_plays_the_trace_from_the_slot_asked_and_retimes_queued_bytes(tmp_path):
-    sink = Sink()
-    config = _fading_link(tmp_path, sink)
-    nbytes = 300_000
-    with LinkEmuProcess(["--config", str(config)], log_path=tmp_path / "linkemu.log") as emulator, \
-            grpc.insecure_channel(emulator.control_address) as channel:
-        control = linkemu_pb2_grpc.LinkControlStub(with_admin_token(channel))
-        device = _queue_into_the_fade(emulator, sink, nbytes)
+    with _bytes_queued_into_the_fade(tmp_path) as (emulator, control, device, sink):
         report = control.Seek(pb.SeekRequest(slot=FADE[1] + 5), timeout=5)  # past the fade
         assert report.slot == FADE[1] + 5
         assert {(p.user, p.edge): p.se_up for p in report.pairs}[(0, 0)] == 8.0
         with device:
             assert device.recv(1) == b"k"  # delivered at the good slot's rate, without waiting the fade out
-        assert sink.received == nbytes
+        assert sink.received == QUEUED
         assert FADE[1] + 5 <= metric(emulator, "tandem_linkemu_trace_slot") < FADE[1] + 40
         with pytest.raises(grpc.RpcError) as refused:
             control.Seek(pb.SeekRequest(slot=SLOTS), timeout=5)
