@@ -8,7 +8,7 @@ round — with the measured hit, and with the twin's α^(k+1) at the measured pe
 is what a round costs on the daemons that the model leaves out: this is the bench behind the testbed's
 sim-to-real gap on the draft-length lever (docs/testbed.md).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/round_cost.py [--lengths 1 2 4 8] [--dilation 8] [--tokens 64]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/round_cost.py [--lengths 1 2 4 8] [--dilation 8] [--tokens 48]
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def predict(profile, timing: EdgeTiming, row: dict) -> dict:
     def round_at(hit: float) -> float:
         return float(edge_rounds(timing, draft, np.zeros(1), np.array([hit]), np.array([k]), one, True).round_s[0])
 
-    return {"alpha": alpha, "model_round_s": round_at(row["hit"]),
-            "twin_hit": float(hit_probability(alpha, k)), "twin_round_s": round_at(float(hit_probability(alpha, k))),
-            "extra_s": row["round_s"] - round_at(row["hit"])}
+    model, twin_hit = round_at(row["hit"]), float(hit_probability(alpha, k))
+    return {"alpha": alpha, "model_round_s": model, "twin_hit": twin_hit, "twin_round_s": round_at(twin_hit),
+            "extra_s": row["round_s"] - model}
 
 
 def main() -> int:

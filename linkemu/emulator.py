@@ -36,7 +36,8 @@ class LinkEmulator:
         self.addresses = {edge.index: split_address(edge.address) for edge in config.edges}
         self.assignments = AssignmentTable(
             self.addresses, {link.user: Assignment(link.edge, link.share) for link in config.users})
-        self.clock = SlotClock(self._origin(), trace.slot_s, meta.num_slots, self._speedup, config.loop)
+        self.clock = SlotClock(time.monotonic(), trace.slot_s, meta.num_slots, self._speedup, config.loop)
+        self.clock.play_from(config.start_slot, self.clock.origin)
         self.metrics = LinkEmuMetrics()
         self.shapers = {link.user: self._shaper(link.user) for link in config.users}
         self.proxies = {
@@ -69,10 +70,6 @@ class LinkEmulator:
     def _speedup(self) -> float:
         """Trace slots per real slot length: the configured speedup, slowed down D times under time dilation."""
         return self.config.speedup / self.config.time_stretch
-
-    def _origin(self) -> float:
-        """When slot 0 would have started for slot ``start_slot`` to play from now on."""
-        return time.monotonic() - self.config.start_slot * self.trace.slot_s / self._speedup
 
     def _shaper(self, user: int) -> TraceShaper:
         stretch = self.config.time_stretch  # under time dilation D: D times less rate, D times more delay
@@ -119,7 +116,7 @@ class LinkEmulator:
         """Start every proxy; returns each user's listening address."""
         # The trace plays from the moment the links come up, however long the start-up took (a slow machine must
         # not skip the trace's first slots).
-        self.clock.origin = self._origin()
+        self.clock.play_from(self.config.start_slot, time.monotonic())
         for proxy in self.proxies.values():
             await proxy.start()
         self._ticker = asyncio.create_task(self._tick())
@@ -131,7 +128,7 @@ class LinkEmulator:
         if not 0 <= slot < self.trace.metadata.num_slots:
             raise ValueError(f"slot {slot} is past the trace's end ({self.trace.metadata.num_slots} slots)")
         now = time.monotonic()
-        self.clock.origin = now - slot * self.clock.wall_slot_s
+        self.clock.play_from(slot, now)
         for proxy in self.proxies.values():
             proxy.reschedule()
         report = self.measurements(now)

@@ -124,6 +124,10 @@ class SlotClock:
     def wall_slot_s(self) -> float:
         return self.slot_s / self.speedup
 
+    def play_from(self, slot: int, now: float) -> None:
+        """Make ``slot`` start playing at ``now``."""
+        self.origin = now - slot * self.wall_slot_s
+
     def tick(self, now: float) -> int:
         """The absolute (unwrapped) slot number at ``now``; slots before the origin count as slot 0."""
         return max(0, math.floor((now - self.origin) / self.wall_slot_s))

@@ -143,10 +143,8 @@ def round_given(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, surviv
 
 def round_of(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
     """The expected round: the speculation survives with probability ``hit``."""
-    if not parallel:
-        return draft + remote
-    return hit * round_given(draft, token, remote, True, True) + (1.0 - hit) * round_given(draft, token, remote,
-                                                                                           False, True)
+    return (hit * round_given(draft, token, remote, True, parallel)
+            + (1.0 - hit) * round_given(draft, token, remote, False, parallel))
 
 
 def gap_seconds(draft: np.ndarray, token: np.ndarray, comm: np.ndarray, hit: np.ndarray,
