@@ -26,7 +26,7 @@ bench: setup
 	OMP_NUM_THREADS=1 .venv/bin/python bench/testbed.py
 	OMP_NUM_THREADS=1 .venv/bin/python bench/load.py
 
-policy: setup  # train the shipped tma-masac policy (docs/twin.md; ~40 min here)
+policy: setup  # train the shipped mappo policy (docs/twin.md; ~40 min here)
 	bash scripts/train-policy.sh
 
 evaluate: setup  # every policy on held-out traces: docs/evaluation.md and docs/evaluation/*.png

@@ -1,7 +1,7 @@
 """Decision time per slot of every policy for 10/50/200 users x 3/5/10 edges (synthetic observations), and the
 estimated mean latency each policy's decision gives (the same latency model as the policies use).
 
-Prints a table of medians over repeats and writes results/controller_bench.json.  The learned ``tma-masac``
+Prints a table of medians over repeats and writes results/controller_bench.json.  The learned ``mappo``
 (the shipped policy folder) has user slots for at most ``max_users`` users per edge: it is measured with edges of
 that capacity, and not where the users do not fit them (shown as "-").
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--policy", action="append", help="only these policies (repeatable; default every one)")
     args = parser.parse_args()
     names = sorted(args.policy or available())
-    slots = {name: make_policy(name).actor.spec.max_users for name in names if name == "tma-masac"}
+    slots = {name: make_policy(name).actor.spec.max_users for name in names if name == "mappo"}
     rows = []
     print(f"{'users':>5} {'edges':>5} " + " ".join(f"{name + ' ms':>16}" for name in names)
           + "   mean latency s (" + ", ".join(names) + ")")

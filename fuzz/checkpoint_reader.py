@@ -1,4 +1,4 @@
-"""Fuzz the learned policy's checkpoint check: ``masac.read_metadata`` reads a policy folder's tandem-policy.json
+"""Fuzz the learned policy's checkpoint check: ``checkpoints.read_metadata`` reads a policy folder's tandem-policy.json
 and decides, before torch or Ray is touched, whether the folder was written for this observation encoding and
 with how many user slots.  A bad file must be refused with ``CheckpointError``; an accepted one must have said
 exactly what the spec holds (the format, this encoding version, an integer max_users in range).
@@ -17,18 +17,18 @@ import atheris
 
 from common import edited_json, main, rejected, scratch_file
 
-with atheris.instrument_imports(include=["controller.policies.checkpoints", "controller.policies.edge_agent",
+with atheris.instrument_imports(include=["controller.policies.checkpoints", "controller.policies.draft_agent",
                                          "json"]):
     from controller.policies.checkpoints import (FORMAT_VERSION, METADATA, SHIPPED_POLICY_DIR, CheckpointError,
                                                  read_metadata)
-    from controller.policies.edge_agent import ENCODING_VERSION
-    from controller.policies.masac import DEFAULT_CHECKPOINT
+    from controller.policies.draft_agent import ENCODING, ENCODING_VERSION
+    from controller.policies.mappo import DEFAULT_CHECKPOINT
 
 SHIPPED = (SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT / METADATA).read_bytes()
 SHIPPED_FIELDS = json.loads(SHIPPED)
 # A short payload picks the first.
-KEYS_TO_EDIT = ["max_users", "encoding_version", "hidden_layers", "format_version", "training", "format"]
-WORDS = ("tandem-policy", "edge")
+KEYS_TO_EDIT = ["max_users", "encoding_version", "hidden", "format_version", "training", "format", "encoding"]
+WORDS = ("tandem-policy", "draft-residual")
 
 
 def checked(content: bytes) -> None:
@@ -37,8 +37,9 @@ def checked(content: bytes) -> None:
         data = json.loads(content)
         assert data["format"] == "tandem-policy" and data["format_version"] == FORMAT_VERSION, data
         assert type(data["encoding_version"]) is int and data["encoding_version"] == ENCODING_VERSION, data
+        assert data["encoding"] == ENCODING, data
         assert type(data["max_users"]) is int and data["max_users"] == spec.max_users, (data, spec)
-        assert list(network.hidden) == data["hidden_layers"] and all(type(w) is int for w in network.hidden), data
+        assert type(data["hidden"]) is int and network.hidden == data["hidden"], data
 
 
 def test_one_input(data: bytes) -> None:

@@ -61,7 +61,8 @@ def _init_certs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from controller.cli import add_controller_commands, add_policy_commands
-    from controller.twin.cli import add_evaluate_command, add_profile_command, add_train_command, add_twin_commands
+    from controller.twin.cli import (add_curves_command, add_evaluate_command, add_profile_command,
+                                     add_train_command, add_twin_commands)
     from device_client.cli import add_fleet_commands, add_generate_arguments
     from edge_server.cli import add_serve_arguments
     from testbed.cli import add_testbed_commands
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_twin_commands(commands)
     add_profile_command(commands)
     add_train_command(commands)
+    add_curves_command(commands)
     add_evaluate_command(commands)
     add_testbed_commands(commands)
 

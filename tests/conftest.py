@@ -182,11 +182,12 @@ def write_twin_scenario(folder: Path, trace: Path, users: int = 4, capacity: int
 
 @pytest.fixture(scope="session")
 def trained_policy(umi_trace, tmp_path_factory) -> Path:
-    """A few iterations of `tandem train` (MASAC on RLlib) on the Sionna test trace: the policy folder it keeps."""
-    folder = tmp_path_factory.mktemp("masac")
+    """A few iterations of `tandem train` (multi-agent PPO on RLlib) on the Sionna test trace: the policy folder it
+    keeps."""
+    folder = tmp_path_factory.mktemp("mappo")
     scenario = write_twin_scenario(folder, umi_trace)
     done = run_tandem("train", "--scenario", str(scenario), "--iterations", "3", "--eval-every", "3",
-                      "--learning-starts", "100", "--max-users", "4", "--episode-slots", "40",
+                      "--batch-size", "200", "--max-users", "4", "--episode-slots", "40",
                       "--energy-weights", "0", "0.5", "--out", str(folder / "run"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "run" / "best"

@@ -277,7 +277,7 @@ def test_policy_swap_under_load_keeps_sessions_lossless(testbed, draft, prepared
     threads = [threading.Thread(target=device, args=(user,)) for user in range(2)]
     for thread in threads:
         thread.start()
-    swaps = ["tma-opt", "max-sinr-equal", "random", "alternate", "tma-equal"]
+    swaps = ["tma-opt", "mappo", "max-sinr-equal", "random", "alternate", "tma-equal"]  # mappo: the shipped one
     while any(thread.is_alive() for thread in threads) and swaps:
         time.sleep(SLOT_S)
         set_policy(testbed, swaps.pop(0))
@@ -379,20 +379,21 @@ def test_the_cli_follows_the_controller_and_reports_its_status(testbed):
     assert wrong.returncode == 1 and "PERMISSION_DENIED" in wrong.stderr
 
 
-def test_a_trained_masac_policy_is_swapped_in_and_decides_valid_slots(testbed, trained_policy, tmp_path):
-    """`tandem policy set tma-masac --checkpoint NAME` loads the actor `tandem train` kept (without Ray), put in
-    the controller's policy directory, in the running controller; its decisions hold the share rule; a corrupted
-    checkpoint is refused and changes nothing."""
+def test_a_trained_mappo_policy_is_swapped_in_and_decides_valid_slots(testbed, trained_policy, tmp_path):
+    """`tandem policy set mappo --checkpoint NAME` loads the actor `tandem train` kept (without Ray), put in the
+    controller's policy directory, in the running controller; its decisions hold the share rule and give every
+    user a draft length; a corrupted checkpoint is refused and changes nothing."""
     set_policy(testbed, "tma-equal")
     admin = ("--controller", testbed.controller.address, "--admin-token-file", str(testbed.token_file))
     shutil.copytree(trained_policy, testbed.policy_dir / "trained", dirs_exist_ok=True)
-    done = run_tandem("policy", "set", "tma-masac", "--checkpoint", "trained", *admin, timeout=120)
+    done = run_tandem("policy", "set", "mappo", "--checkpoint", "trained", *admin, timeout=120)
     assert done.returncode == 0, done.stderr
     start = wait_version(testbed, 0).version
     for _ in range(3):
         status = wait_version(testbed, start)
         start = status.version
-        assert status.policy == "tma-masac" and len(status.allocations) == NUM_USERS
+        assert status.policy == "mappo" and len(status.allocations) == NUM_USERS
+        assert all(allocation.draft_length >= 1 for allocation in status.allocations)
         for resource in ("bandwidth_share", "compute_share"):
             per_edge: dict[int, float] = {}
             for allocation in status.allocations:
@@ -403,9 +404,9 @@ def test_a_trained_masac_policy_is_swapped_in_and_decides_valid_slots(testbed, t
     corrupted = testbed.policy_dir / "corrupted"
     shutil.copytree(trained_policy, corrupted, dirs_exist_ok=True)
     (corrupted / "actor.safetensors").write_bytes(b"\x80\x04garbage")
-    refused = run_tandem("policy", "set", "tma-masac", "--checkpoint", "corrupted", *admin, timeout=120)
+    refused = run_tandem("policy", "set", "mappo", "--checkpoint", "corrupted", *admin, timeout=120)
     assert refused.returncode == 2 and "not a safetensors file" in refused.stderr, refused.stderr
-    assert wait_version(testbed, start).policy == "tma-masac"
+    assert wait_version(testbed, start).policy == "mappo"
     set_policy(testbed, "tma-equal")
 
 
@@ -449,13 +450,13 @@ def test_a_checkpoint_is_a_name_in_the_policy_directory_and_runs_no_code(testbed
         "the directory as a parameter": ["--param", f"policy_dir={tmp_path}", "--checkpoint", "outside"],
     }
     for what, args in attempts.items():
-        refused = run_tandem("policy", "set", "tma-masac", *args, *admin, timeout=120)
+        refused = run_tandem("policy", "set", "mappo", *args, *admin, timeout=120)
         assert refused.returncode == 2, (what, refused.stderr)
         assert "No such file" not in refused.stderr and "exist" not in refused.stderr, (what, refused.stderr)
         if what != "crafted in the policy directory":  # that one exists in the directory: its format is named
             assert "no usable policy checkpoint named" in refused.stderr or "cannot be set" in refused.stderr, (
                 what, refused.stderr)
-    assert "checkpoint format" in run_tandem("policy", "set", "tma-masac", "--checkpoint", "crafted", *admin,
+    assert "checkpoint format" in run_tandem("policy", "set", "mappo", "--checkpoint", "crafted", *admin,
                                              timeout=120).stderr
     time.sleep(1.0)
     assert not marker.exists(), "a pickle in a checkpoint ran inside the controller"

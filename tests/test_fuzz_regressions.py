@@ -138,23 +138,26 @@ def test_a_testbed_config_naming_a_path_with_a_nul_byte_is_refused(tmp_path: Pat
         load_testbed_config(path)
 
 
-POLICY = {"format": "tandem-policy", "format_version": 2, "encoding_version": 1, "max_users": 24,
-          "hidden_layers": [256, 256]}
+POLICY = {"format": "tandem-policy", "format_version": 3, "encoding": "draft-residual", "encoding_version": 1,
+          "max_users": 24, "hidden": 64}
 
 
 @pytest.mark.parametrize("text, reason", [
     # found by fuzz/checkpoint_reader.py
     (json.dumps({**POLICY, "max_users": float("inf")}), "max_users must be an integer"),  # was OverflowError
     (json.dumps({**POLICY, "max_users": 1.0000000000000002}), "max_users must be an integer"),  # was taken as 1
-    (json.dumps({**POLICY, "encoding_version": 1.0}), "encoding 1.0"),  # was taken as 1
+    (json.dumps({**POLICY, "encoding_version": 1.0}), "version 1.0"),  # was taken as 1
     # alike
     (json.dumps({**POLICY, "max_users": "24"}), "max_users must be an integer"),
     (json.dumps({**POLICY, "max_users": True}), "max_users must be an integer"),
-    (json.dumps({**POLICY, "encoding_version": True}), "encoding True"),
+    (json.dumps({**POLICY, "encoding_version": True}), "version True"),
+    (json.dumps({**POLICY, "encoding": "edge-shares"}), "encoding 'edge-shares'"),  # the old shares actor
     (json.dumps({**POLICY, "max_users": 0}), "max_users must lie in"),
     (json.dumps({**POLICY, "format_version": 1}), "checkpoint format 1"),  # RLlib's pickles: never read
-    (json.dumps({**POLICY, "hidden_layers": [10**9]}), "hidden_layers must list"),
-    (json.dumps({**POLICY, "hidden_layers": [256.0]}), "hidden_layers must list"),
+    (json.dumps({**POLICY, "format_version": 2}), "checkpoint format 2"),  # the old MLP actor of shares
+    (json.dumps({**POLICY, "hidden": 10**9}), "hidden must be a layer width"),
+    (json.dumps({**POLICY, "hidden": 64.0}), "hidden must be a layer width"),
+    (json.dumps({**POLICY, "hidden": [64]}), "hidden must be a layer width"),
     ("[" * 5000, "not valid JSON"),  # was RecursionError
 ])
 def test_a_bad_policy_description_is_refused_with_a_checkpoint_error(text: str, reason: str, tmp_path: Path) -> None:

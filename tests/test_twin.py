@@ -192,29 +192,30 @@ def test_profile_measures_the_engines_and_twin_run_compares_policies(prepared, u
     assert refused.returncode == 2 and "cannot read scenario" in refused.stderr
 
 
-def test_the_allocation_game_maps_actions_to_valid_shares_and_rewards_time_in_system():
-    from controller.policies.edge_agent import AgentSpec
-    from controller.twin.agents import EdgeAllocationGame, GameError, agent_id
+def test_the_draft_length_game_maps_any_action_to_valid_decisions_and_is_deterministic():
+    """(Its reward, with known answers: tests/test_marl.py.)"""
+    from controller.policies.draft_agent import CHOICES, AgentSpec
+    from controller.twin.agents import DraftLengthGame, GameError, agent_id
 
     trace = synthetic_trace(np.full(100, 3.0), np.full(100, 2.0), bandwidth_hz=BANDWIDTH)
     busy = scenario(slots=50, users=1, arrivals={"kind": "poisson", "rate_per_user_s": 2.0},
                     edges=[{"id": 0, "capacity": 4}])
-    game = EdgeAllocationGame(DigitalTwin(busy, trace, profile(0.7)), AgentSpec(4), energy_weight=0.1)
+    game = DraftLengthGame(DigitalTwin(busy, trace, profile(0.7)), AgentSpec(4), energy_weight=0.1)
     observations = game.reset(seed=2)
     assert set(observations) == {agent_id(0)} and observations[agent_id(0)].shape == (game.spec.observation_size,)
     rng = np.random.default_rng(0)
     rewards = []
     while True:
-        actions = {agent: rng.uniform(-1, 1, game.spec.action_size) for agent in game.agents}
+        actions = {agent: rng.integers(0, CHOICES, game.spec.max_users) for agent in game.agents}
         decision = game.decision(actions)
-        assert all(a.bandwidth_share > 0 and a.compute_share > 0 for a in decision.allocations)
+        assert all(a.draft_length >= 1 for a in decision.allocations)
         observations, reward, terminated, truncated, _ = game.step(actions)
         rewards.append(reward[agent_id(0)])
         if truncated["__all__"]:
             break
-    assert len(rewards) == 50 and all(r <= 0 for r in rewards) and min(rewards) < 0
+    assert len(rewards) == 50 and np.isfinite(rewards).all() and min(rewards) < 0
     assert game.reset(seed=2)[agent_id(0)].tolist() == game.reset(seed=2)[agent_id(0)].tolist()
-    with pytest.raises(GameError, match="an action of 8 numbers"):
+    with pytest.raises(GameError, match="4 choices per agent"):
         game.step({agent_id(0): np.zeros(3)})
     with pytest.raises(GameError, match="user slots"):
-        EdgeAllocationGame(DigitalTwin(scenario(edges=[{"id": 0, "capacity": 32}]), trace, profile(0.7)), AgentSpec(4))
+        DraftLengthGame(DigitalTwin(scenario(edges=[{"id": 0, "capacity": 32}]), trace, profile(0.7)), AgentSpec(4))

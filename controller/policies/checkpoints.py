@@ -2,15 +2,15 @@
 
 A checkpoint is a folder ``<policy_dir>/<name>/`` holding
 
-    tandem-policy.json    what it is: format, observation encoding, user slots, the network's layer sizes,
-                          how it was trained
+    tandem-policy.json    what it is: format, observation encoding, user slots, the network's width, how it was
+                          trained
     actor.safetensors     the actor's weights (safetensors: tensors and nothing else, no pickle)
 
-The network class is Tandem's own (``ActorNetwork``: the MLP that RLlib's default SAC actor is, layer for layer),
+The network class is Tandem's own (``set_network.SetPolicyNetwork``, the module RLlib trains layer for layer),
 built from the sizes in the JSON and then filled with the tensors; nothing in the folder is ever executed.  RLlib's
 own checkpoints (``RLModule.from_checkpoint``) unpickle ``class_and_ctor_args.pkl`` and ``module_state.pkl``: a
 folder with a crafted pickle would run code inside whatever loads it, so they are never read here — training
-exports the actor into this format (``export_actor``).
+exports the actor into this format (``set_module.export_actor``).
 
 Names, not paths: the controller loads checkpoints only from its configured ``policy_dir``, by a name that is one
 folder in it (``POLICY_NAME``); the name is resolved and must stay inside the directory (no ``..``, no symlink out
@@ -27,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.policies.edge_agent import ENCODING_VERSION, AgentSpec
+from controller.policies.draft_agent import (CHOICES, EDGE_FEATURES, ENCODING, ENCODING_VERSION, USER_FEATURES,
+                                             AgentSpec)
+from controller.policies.set_network import SetNetworkSpec
 
 METADATA = "tandem-policy.json"
 WEIGHTS = "actor.safetensors"
 FORMAT = "tandem-policy"
-FORMAT_VERSION = 2  # 1: RLlib's pickled RLModule checkpoint (no longer read)
+FORMAT_VERSION = 3  # 1: RLlib's pickled RLModule checkpoint; 2: an MLP actor of shares (neither read any more)
 POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SHIPPED_POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
-MAX_HIDDEN_LAYERS = 8
 MAX_LAYER_WIDTH = 4096
 MAX_METADATA_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 256 << 20
@@ -43,23 +44,6 @@ MAX_WEIGHTS_BYTES = 256 << 20
 
 class CheckpointError(ValueError):
     """A policy checkpoint that cannot be used, with the reason."""
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """The actor's shape: observation in, hidden ReLU layers, 2 × action numbers out (mean, log-std)."""
-
-    inputs: int
-    hidden: tuple[int, ...]
-    outputs: int
-
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        sizes = (self.inputs, *self.hidden, self.outputs)
-        shapes = {}
-        for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
-            shapes[f"layers.{layer}.weight"] = (fan_out, fan_in)
-            shapes[f"layers.{layer}.bias"] = (fan_out,)
-        return shapes
 
 
 def policy_folder(policy_dir: Path, name: str) -> Path:
@@ -78,14 +62,19 @@ def policy_folder(policy_dir: Path, name: str) -> Path:
     return folder
 
 
-def read_metadata(folder: Path) -> tuple[AgentSpec, NetworkSpec]:
+def network_spec(hidden: int) -> SetNetworkSpec:
+    """The network of this encoding with ``hidden`` units per layer."""
+    return SetNetworkSpec(USER_FEATURES, EDGE_FEATURES, hidden, CHOICES)
+
+
+def read_metadata(folder: Path) -> tuple[AgentSpec, SetNetworkSpec]:
     """The agent's and the network's shape from ``tandem-policy.json`` (CheckpointError naming the problem)."""
     path = Path(folder) / METADATA
     try:
         with open(path, "rb") as file:
             raw = file.read(MAX_METADATA_BYTES + 1)
     except OSError as error:
-        raise CheckpointError(f"not a tma-masac policy folder: cannot read {METADATA} ({error.strerror})") from None
+        raise CheckpointError(f"not a learned-policy folder: cannot read {METADATA} ({error.strerror})") from None
     if len(raw) > MAX_METADATA_BYTES:
         raise CheckpointError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
     try:
@@ -95,27 +84,26 @@ def read_metadata(folder: Path) -> tuple[AgentSpec, NetworkSpec]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{METADATA} is not a tandem policy description")
     version, max_users = data.get("encoding_version"), data.get("max_users")
-    if not _is_int(version) or version != ENCODING_VERSION:
-        raise CheckpointError(f"{METADATA}: trained with observation encoding {version!r}; this version reads "
-                              f"encoding {ENCODING_VERSION}: train again (tandem train)")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{METADATA}: checkpoint format {data.get('format_version')!r}; this version reads "
                               f"format {FORMAT_VERSION} (weights in {WEIGHTS}): train again or export it")
+    if data.get("encoding") != ENCODING or not _is_int(version) or version != ENCODING_VERSION:
+        raise CheckpointError(f"{METADATA}: trained with observation encoding {data.get('encoding')!r} version "
+                              f"{version!r}; this version reads {ENCODING!r} version {ENCODING_VERSION}: train again "
+                              f"(tandem train)")
     if not _is_int(max_users):
         raise CheckpointError(f"{METADATA}: max_users must be an integer, got {max_users!r}")
     try:
         spec = AgentSpec(max_users)
     except ValueError as error:
         raise CheckpointError(f"{METADATA}: bad max_users ({error})") from None
-    hidden = data.get("hidden_layers")
-    if not (isinstance(hidden, list) and 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
-            and all(_is_int(width) and 1 <= width <= MAX_LAYER_WIDTH for width in hidden)):
-        raise CheckpointError(f"{METADATA}: hidden_layers must list 1 to {MAX_HIDDEN_LAYERS} layer widths in "
-                              f"[1, {MAX_LAYER_WIDTH}]")
-    return spec, NetworkSpec(spec.observation_size, tuple(hidden), 2 * spec.action_size)
+    hidden = data.get("hidden")
+    if not (_is_int(hidden) and 1 <= hidden <= MAX_LAYER_WIDTH):
+        raise CheckpointError(f"{METADATA}: hidden must be a layer width in [1, {MAX_LAYER_WIDTH}], got {hidden!r}")
+    return spec, network_spec(hidden)
 
 
-def write_checkpoint(folder: Path, spec: AgentSpec, network: NetworkSpec, tensors: dict[str, np.ndarray],
+def write_checkpoint(folder: Path, spec: AgentSpec, network: SetNetworkSpec, tensors: dict[str, np.ndarray],
                      training: dict) -> None:
     """Write a checkpoint folder: the description and the weights."""
     from safetensors.numpy import save_file
@@ -124,11 +112,11 @@ def write_checkpoint(folder: Path, spec: AgentSpec, network: NetworkSpec, tensor
     save_file({name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items()},
               str(folder / WEIGHTS))
     (folder / METADATA).write_text(json.dumps({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "encoding_version": ENCODING_VERSION,
-        "max_users": spec.max_users, "hidden_layers": list(network.hidden), "training": training}, indent=2) + "\n")
+        "format": FORMAT, "format_version": FORMAT_VERSION, "encoding": ENCODING, "encoding_version": ENCODING_VERSION,
+        "max_users": spec.max_users, "hidden": network.hidden, "training": training}, indent=2) + "\n")
 
 
-def read_weights(folder: Path, network: NetworkSpec) -> dict[str, np.ndarray]:
+def read_weights(folder: Path, network: SetNetworkSpec) -> dict[str, np.ndarray]:
     """The actor's tensors, each of the shape the network needs (CheckpointError otherwise)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -145,7 +133,7 @@ def read_weights(folder: Path, network: NetworkSpec) -> dict[str, np.ndarray]:
     return check_tensors(network, tensors)
 
 
-def check_tensors(network: NetworkSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def check_tensors(network: SetNetworkSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``tensors`` when they are exactly the network's, each finite and of its shape (CheckpointError otherwise)."""
     expected = network.tensor_shapes()
     if set(tensors) != set(expected):
@@ -155,49 +143,6 @@ def check_tensors(network: NetworkSpec, tensors: dict[str, np.ndarray]) -> dict[
         if tensor.dtype != np.float32 or tensor.shape != shape or not np.all(np.isfinite(tensor)):
             raise CheckpointError(f"{name} must be finite float32 of shape {shape}, got {tensor.dtype} {tensor.shape}")
     return tensors
-
-
-def export_actor(module) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
-    """The hidden layer widths and the tensors (``ActorNetwork`` names) of an RLlib ``DefaultSACTorchRLModule``'s
-    actor: its ``pi_encoder`` MLP and ``pi`` head, linear layers in order."""
-    state = module.get_state()
-    linear = [name[: -len(".weight")] for name in state if name.endswith(".weight")
-              and name.startswith(("pi_encoder.", "pi."))]
-    linear.sort(key=lambda name: (not name.startswith("pi_encoder."), int(name.rsplit(".", 1)[1])))
-    tensors = {}
-    for layer, name in enumerate(linear):
-        tensors[f"layers.{layer}.weight"] = np.asarray(state[f"{name}.weight"], dtype=np.float32)
-        tensors[f"layers.{layer}.bias"] = np.asarray(state[f"{name}.bias"], dtype=np.float32)
-    hidden = tuple(int(tensors[f"layers.{layer}.weight"].shape[0]) for layer in range(len(linear) - 1))
-    return hidden, tensors
-
-
-class ActorNetwork:
-    """The actor as numpy: ReLU hidden layers, a linear output of means then log-stds; the action is tanh(mean).
-
-    Plain numpy (a few small matrix products per slot) needs neither torch nor Ray in the controller."""
-
-    def __init__(self, network: NetworkSpec, tensors: dict[str, np.ndarray]) -> None:
-        """``tensors``: as ``check_tensors`` passed them (float32, the network's shapes)."""
-        self.network = network
-        self._layers = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"])
-                        for i in range(len(network.hidden) + 1)]
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        """The weights by ``NetworkSpec.tensor_shapes`` name (what write_checkpoint stores)."""
-        named = {}
-        for layer, (weight, bias) in enumerate(self._layers):
-            named[f"layers.{layer}.weight"], named[f"layers.{layer}.bias"] = weight, bias
-        return named
-
-    def __call__(self, observations: np.ndarray) -> np.ndarray:
-        values = np.asarray(observations, dtype=np.float32)
-        for index, (weight, bias) in enumerate(self._layers):
-            values = values @ weight.T + bias
-            if index < len(self._layers) - 1:
-                values = np.maximum(values, 0.0)
-        mean = values[..., : self.network.outputs // 2]
-        return np.tanh(mean)
 
 
 def _is_int(value: object) -> bool:

@@ -144,11 +144,6 @@ def _with_outages(costs: PairCosts, members: np.ndarray, edge: int, solve) -> tu
     return proportional_shares(b), proportional_shares(c)  # nobody below the share rule's floor
 
 
-def sequential_shares(costs: PairCosts, members: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
-    """The closed forms (outages at MIN_SHARE): cheap, and the learned policy's prior."""
-    return _with_outages(costs, members, edge, lambda reachable: _sqrt_shares(costs, reachable, edge))
-
-
 def optimal_shares(costs: PairCosts, members: np.ndarray, edge: int, parallel: bool) -> tuple[np.ndarray, np.ndarray]:
     """Bandwidth and compute shares of one edge's ``members`` minimising their summed estimated latency, never
     worse than equal shares."""

@@ -1,24 +1,30 @@
-"""The allocation game over the digital twin: one agent per edge server, the core of the multi-agent environments.
+"""The draft-length game over the digital twin: one agent per edge server, the core of the multi-agent environments.
 
-Every slot the users are associated by TMA (``TmaEqual.associate``: two-phase matching on the latency model), and
-each edge's agent sets the bandwidth and compute shares of the users associated with it (MASAC learns these).
-Observations and actions are ``controller/policies/edge_agent.py``'s encoding, the one the controller's
-``tma-masac`` policy decides with.  This module holds the game in plain numpy, with no RL library, so that it is
-unit-tested on its own and shared by the RLlib ``MultiAgentEnv`` and the PettingZoo wrapper.
+Every slot the heuristic ``max-sinr-hysteresis:draft_lengths=tuned`` decides (``mappo.prior_policy``), and each
+edge's agent moves the draft length of the users with a request on it (``controller/policies/draft_agent.py``,
+the encoding the controller's ``mappo`` policy decides with).  Plain numpy, no RL library: unit-tested on its own
+and shared by the RLlib ``MultiAgentEnv`` and the PettingZoo wrapper.
 
-Reward of an agent: −(seconds its users' requests spent in the system during the slot) / slot length
-− energy_weight × (joules its users' devices spent in the slot).  By Little's law the first term's average is the
-mean number of requests in the system, proportional to the mean end-to-end latency, and unlike latencies of
-completed requests it is paid in the slot the delay happens.
+Reward of an agent, for the requests of the users the slot's decision puts on its edge:
+
+    −(seconds those requests spent in the system during the slot) / slot length − energy weight × their joules
+    + γ·Φ(after) − Φ(before),      Φ = −(tokens they still have to generate × their device's draft seconds per
+                                          token) / slot length,
+
+all divided by the agent's user slots.  The first term averages, by Little's law, to the mean number of requests
+in the system (what time in system measures) and is paid in the slot the delay happens.  The second is
+potential-based shaping (Ng et al., 1999): every token a request gains pays at once what it saves, a lower bound
+on its remaining time, so a draft length's effect shows in its own slot rather than when the request ends,
+hundreds of slots later.  Summed over the agents it telescopes to Φ's changes that no action causes (arrivals),
+so it leaves the team's optimal policy as it is.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from controller.policies.base import Decision
-from controller.policies.edge_agent import AgentSpec, decode, encode
-from controller.policies.tma import TmaEqual
+from controller.policies.draft_agent import AgentSpec, decode, encode, members_of
+from controller.policies.mappo import prior_policy
 from controller.twin.simulator import DigitalTwin
 
 
@@ -30,61 +36,72 @@ def agent_id(edge: int) -> str:
     return f"edge-{edge}"
 
 
-class EdgeAllocationGame:
-    def __init__(self, twin: DigitalTwin, spec: AgentSpec, energy_weight: float = 0.0) -> None:
-        too_many = [e.id for e in twin.scenario.edges if e.capacity > spec.max_users]
-        if too_many:
-            raise GameError(f"edges {too_many} may serve more users (capacity) than the {spec.max_users} user slots "
-                            f"of the agents")
+class DraftLengthGame:
+    def __init__(self, twin: DigitalTwin, spec: AgentSpec, energy_weight: float = 0.0, gamma: float = 0.99) -> None:
+        try:
+            spec.check_capacity((edge.id, edge.capacity) for edge in twin.scenario.edges)
+        except ValueError as error:
+            raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") \
+                from None
         if not np.isfinite(energy_weight) or energy_weight < 0:
             raise GameError(f"energy_weight must be finite and non-negative, got {energy_weight}")
-        self.twin = twin
-        self.spec = spec
-        self.energy_weight = energy_weight
+        if not 0 < gamma <= 1:
+            raise GameError(f"gamma must lie in (0, 1], got {gamma}")
+        self.twin, self.spec = twin, spec
+        self.energy_weight, self.gamma = energy_weight, gamma
         self.edges = [edge.id for edge in twin.scenario.edges]
         self.agents = [agent_id(edge) for edge in self.edges]
-        self._associate = TmaEqual(parallel=twin.parallel)
-        self._observation = self._association = self._costs = None
+        self._draft_s = twin.profile.device.draft_seconds_per_token
+        self._prior = self._observation = self._decision = self._members = None
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         self.twin.reset(seed)
+        self._prior = prior_policy(seed)
         return self._observe()
 
     def _observe(self) -> dict[str, np.ndarray]:
         self._observation = self.twin.observation()
-        self._association, self._costs = self._associate.associate(self._observation)
-        return {agent: encode(self._observation, self._association, self._costs, position, self.spec,
-                              self.energy_weight)
-                for position, agent in enumerate(self.agents)}
+        self._decision = self._prior.decide(self._observation)
+        self._members = members_of(self._observation, self._decision, self.spec)
+        features = encode(self._observation, self._decision, self._members, self.spec, self.energy_weight)
+        return dict(zip(self.agents, features))
 
-    def decision(self, actions: dict[str, np.ndarray]) -> Decision:
-        """TMA's association with the agents' shares (GameError for a missing or misshapen action)."""
+    def decision(self, actions: dict[str, np.ndarray]):
+        """The prior with the agents' draft lengths (GameError for a missing or misshapen action)."""
         missing = [agent for agent in self.agents if agent not in actions]
         if missing:
             raise GameError(f"no action for {', '.join(missing)}")
         try:
-            return decode(self._observation, self._association, self._costs,
-                          {position: actions[agent] for position, agent in enumerate(self.agents)}, self.spec)
+            choices = np.stack([np.asarray(actions[agent]).reshape(-1) for agent in self.agents])
+            return decode(self._observation, self._decision, self._members, choices, self.spec)
         except ValueError as error:
-            raise GameError(str(error)) from None
+            raise GameError(f"actions must be {self.spec.max_users} choices per agent: {error}") from None
+
+    def _potential(self, requests) -> float:
+        tokens = sum(request.remaining for _, request, _ in requests)
+        return -tokens * self._draft_s / self.twin.slot_s
 
     def step(self, actions: dict[str, np.ndarray]):
         """(observations, rewards, terminated, truncated, infos) in the multi-agent convention ("__all__")."""
         decision = self.decision(actions)
         edge_of = {a.user: a.edge for a in decision.allocations}
         begin, end = self.twin.now, self.twin.now + self.twin.slot_s
-        # Every request in the system at the slot's start (running or queued), and its energy so far.
-        present = [(user.index, request, request.energy_j) for user in self.twin.users for request in user.queue]
+        # Every request in the system at the slot's start (running or queued), with its energy so far, by edge.
+        present = {edge: [] for edge in self.edges}
+        for user in self.twin.users:
+            present[edge_of[user.index]] += [(user.index, request, request.energy_j) for request in user.queue]
+        before = {edge: self._potential(requests) for edge, requests in present.items()}
         finished = self.twin.step(decision)
-        busy = {edge: 0.0 for edge in self.edges}
-        energy = {edge: 0.0 for edge in self.edges}
-        for user, request, energy_before in present:
-            edge = edge_of[user]
-            left = request.finished if request.finished is not None else end
-            busy[edge] += max(0.0, min(end, left) - max(begin, request.arrival))
-            energy[edge] += request.energy_j - energy_before
-        rewards = {agent_id(edge): -busy[edge] / self.twin.slot_s - self.energy_weight * energy[edge]
-                   for edge in self.edges}
+        rewards = {}
+        for edge, requests in present.items():
+            busy = energy = 0.0
+            for _, request, energy_before in requests:
+                left = request.finished if request.finished is not None else end
+                busy += max(0.0, min(end, left) - max(begin, request.arrival))
+                energy += request.energy_j - energy_before
+            shaping = self.gamma * self._potential(requests) - before[edge]
+            reward = -busy / self.twin.slot_s - self.energy_weight * energy + shaping
+            rewards[agent_id(edge)] = reward / self.spec.max_users
         over = self.twin.finished
         observations = self._observe() if not over else {
             agent: np.zeros(self.spec.observation_size, dtype=np.float32) for agent in self.agents}

@@ -32,36 +32,43 @@ def add_twin_commands(commands: argparse._SubParsersAction) -> None:
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
-        "train", help="train the tma-masac policy (RLlib SAC, one agent per edge) in the digital twin",
-        description="Association by TMA, allocation by multi-agent SAC (RLlib) on the twin's allocation game "
-        "(docs/twin.md): one agent per edge sharing one network; every episode draws a training trace, a number of "
-        "users and edges and an energy weight. Periodically the actor plays the validation traces next to tma-opt; "
-        "the best one is saved in OUT/best, what `tandem policy set tma-masac --checkpoint OUT/best` and `tandem "
-        "evaluate --checkpoint OUT/best` load. Progress in OUT/progress.jsonl and TensorBoard logs in "
-        "OUT/tensorboard. With --address it runs on an existing Ray cluster.")
+        "train", help="train the mappo policy (RLlib multi-agent PPO, one agent per edge) in the digital twin",
+        description="The best heuristic (max-SINR with hysteresis, each user's draft length from the edge model) "
+        "decides; one agent per edge, all sharing one permutation-equivariant network, moves its users' draft "
+        "lengths by -2..+2 (docs/twin.md). Every episode draws a training trace, a number of users and edges and an "
+        "energy weight. Periodically the actor plays full-horizon validation episodes on every validation trace x "
+        "seed beside the heuristic; the one with the lowest mean time in system is saved in OUT/best, what `tandem "
+        "policy set mappo --checkpoint NAME` (once copied into the controller's policy directory) and `tandem "
+        "evaluate --checkpoint OUT/best` load. Progress in OUT/progress.jsonl, TensorBoard logs in OUT/tensorboard. "
+        "With --address it runs on an existing Ray cluster.")
     train.add_argument("--scenario", type=Path, required=True, help="scenario YAML (see docs/twin.md)")
-    train.add_argument("--iterations", type=int, default=150, help="training iterations (150: about 40 minutes "
-                       "here; each samples 200 environment steps)")
-    train.add_argument("--out", type=Path, help="output folder (default runs/masac-<scenario name>)")
+    train.add_argument("--iterations", type=int, default=100, help="training iterations (100; each samples "
+                       "--batch-size environment steps)")
+    train.add_argument("--out", type=Path, help="output folder (default runs/mappo-<scenario name>)")
     train.add_argument("--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: a local "
                        "Ray on this machine")
     train.add_argument("--train-trace", type=Path, action="append", help="training trace (repeatable; default the "
                        "scenario's)")
     train.add_argument("--validation-trace", type=Path, action="append", help="validation trace (repeatable; "
                        "default the training traces)")
+    train.add_argument("--validation-seeds", type=int, default=4, help="arrival seeds per validation trace; at "
+                       "least 4 trace x seed pairs in all (4)")
     train.add_argument("--users", type=int, nargs=2, metavar=("LOW", "HIGH"), help="users per episode, drawn in "
                        "[LOW, HIGH] (default: the scenario's)")
     train.add_argument("--edges", type=int, nargs="+", help="edge counts to draw from (default: all the scenario's)")
     train.add_argument("--energy-weights", type=float, nargs="+", default=[0.0], help="energy weights (J^-1 in "
                        "units of requests in the system) to draw from (default 0)")
-    train.add_argument("--episode-slots", type=int, default=300, help="slots per training episode (300)")
+    train.add_argument("--episode-slots", type=int, default=300, help="slots per training episode (300; validation "
+                       "always plays the scenario's whole duration)")
     train.add_argument("--max-users", type=int, default=24, help="user slots per agent, at least every edge's "
                        "capacity (24)")
+    train.add_argument("--batch-size", type=int, default=2000, help="environment steps sampled per iteration "
+                       "(2000)")
+    train.add_argument("--epochs", type=int, default=8, help="PPO passes over each batch (8)")
+    train.add_argument("--gamma", type=float, default=0.99, help="discount (0.99)")
     train.add_argument("--eval-every", type=int, default=10, help="validate every N iterations (10)")
     train.add_argument("--env-runners", type=int, default=0, help="Ray env runners sampling in parallel (0: in "
                        "the driver, right for 2 cores)")
-    train.add_argument("--learning-starts", type=int, default=1000, help="environment steps sampled before the "
-                       "first update (1000)")
     train.add_argument("--seed", type=int, default=0, help="seed of episodes and networks (0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
@@ -82,20 +89,22 @@ def run_train(args: argparse.Namespace) -> int:
     from tandem.profiles import ProfileError
     from tandem.traces.format import TraceError
 
-    if args.iterations < 1 or args.eval_every < 1 or min(args.env_runners, args.seed, args.learning_starts) < 0:
-        return fail("--iterations and --eval-every must be at least 1; --env-runners, --learning-starts and --seed "
-                    "non-negative", EXIT_USAGE)
+    if min(args.iterations, args.eval_every, args.batch_size, args.epochs, args.validation_seeds) < 1 or min(
+            args.env_runners, args.seed) < 0:
+        return fail("--iterations, --eval-every, --batch-size, --epochs and --validation-seeds must be at least 1; "
+                    "--env-runners and --seed non-negative", EXIT_USAGE)
     try:
         episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
                                  users=tuple(args.users) if args.users else None, edges=args.edges or [],
                                  energy_weights=args.energy_weights, episode_slots=args.episode_slots,
-                                 max_users=args.max_users)
+                                 max_users=args.max_users, gamma=args.gamma)
         checked = Episodes(episodes)  # every input is read and checked before Ray starts
-        out = args.out or Path("runs") / f"masac-{checked.scenario.name}"
-        settings = TrainSettings(episodes=episodes, validation_traces=args.validation_trace or [], out=out,
-                                 iterations=args.iterations, seed=args.seed, address=args.address,
-                                 eval_every=args.eval_every, env_runners=args.env_runners,
-                                 learning_starts=args.learning_starts)
+        out = args.out or Path("runs") / f"mappo-{checked.scenario.name}"
+        settings = TrainSettings(
+            episodes=episodes, validation_traces=args.validation_trace or [], out=out, iterations=args.iterations,
+            seed=args.seed, address=args.address, eval_every=args.eval_every, env_runners=args.env_runners,
+            validation_seeds=tuple(1_000_001 + i for i in range(args.validation_seeds)),
+            batch_size=args.batch_size, minibatch_size=min(500, args.batch_size), epochs=args.epochs)
     except ValidationError as error:
         return fail(f"invalid training settings: {validation_reasons(error)}", EXIT_USAGE)
     except (ScenarioError, TraceError, ProfileError, GameError, ValueError) as error:
@@ -103,24 +112,44 @@ def run_train(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.iterations, desc="train", unit="it", file=sys.stderr, disable=args.quiet)
 
     def progress(iteration: int, row: dict) -> None:
-        shown = {"return": row.get("episode_return_mean"), "val s": row.get("validation_latency_s"),
-                 "tma-opt s": row.get("baseline_validation_latency_s")}
+        shown = {"return": row.get("episode_return_mean"), "val s": row.get("validation_time_in_system_s"),
+                 "heuristic s": row.get("baseline_validation_time_in_system_s")}
         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
         bar.update()
 
     try:
         result = train(settings, progress)
-    except (ScenarioError, TraceError, ProfileError, GameError) as error:
+    except (ScenarioError, TraceError, ProfileError, GameError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     finally:
         bar.close()
     summary = {"out": str(out), "iterations": result.iterations, "env_steps": result.env_steps,
                "agent_steps": result.agent_steps, "seconds": round(result.seconds, 1),
                "peak_rss_mb": round(result.peak_rss_mb), "best_iteration": result.best_iteration,
-               "best_validation_latency_s": result.best_validation_latency_s,
-               "tma_opt_validation_latency_s": result.baseline_validation_latency_s}
+               "best_validation_time_in_system_s": result.best_validation_time_s,
+               "heuristic_validation_time_in_system_s": result.baseline_validation_time_s}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
+    return EXIT_OK
+
+
+def add_curves_command(commands: argparse._SubParsersAction) -> None:
+    curves = commands.add_parser(
+        "train-curves", help="plot the learning curves of several `tandem train` runs (one per seed) on one PNG",
+        description="Validation mean time in system (each run, and the heuristic it corrects, dashed) and mean "
+        "training-episode return against environment steps, from each run folder's progress.jsonl.")
+    curves.add_argument("runs", type=Path, nargs="+", help="`tandem train` output folders")
+    curves.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
+    curves.set_defaults(handler=run_curves)
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from controller.twin.curves import CurvesError, plot_curves
+
+    try:
+        print(plot_curves(args.runs, args.out))
+    except CurvesError as error:
+        return fail(str(error), EXIT_USAGE)
     return EXIT_OK
 
 
@@ -149,8 +178,8 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--energy-weights", type=float, nargs="+", default=[0.0, 0.5])
     evaluate.add_argument("--policy", action="append", help="policy to play, name[:key=value,...] (repeatable; "
                           "default: " + ", ".join(DEFAULT_EVALUATED) + ")")
-    evaluate.add_argument("--checkpoint", type=Path, help="tma-masac policy folder (default: the shipped one, "
-                          "policies/tma-masac)")
+    evaluate.add_argument("--checkpoint", type=Path, help="mappo policy folder (default: the shipped one, "
+                          "policies/mappo)")
     evaluate.add_argument("--out", type=Path, default=Path("results/evaluate"), help="folder for JSON and plots")
     evaluate.add_argument("--report", type=Path, help="write the Markdown table here (e.g. docs/evaluation.md)")
     evaluate.add_argument("--jobs", type=int, default=2, help="worker processes (2)")
@@ -165,7 +194,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from controller.policies import available
     from controller.policies.checkpoints import SHIPPED_POLICY_DIR
-    from controller.policies.masac import DEFAULT_CHECKPOINT, CheckpointError, LearnedShares
+    from controller.policies.mappo import DEFAULT_CHECKPOINT, CheckpointError, LearnedDraftLengths
     from controller.twin.evaluate import (LEARNED, ORACLE, EvaluationError, EvaluationSettings, aggregate, headline,
                                           policy_spec, run_jobs)
     from controller.twin.load import batched_capacity, best_layouts, device_capacity, with_layout
@@ -207,7 +236,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         checkpoint = None
         if LEARNED in policies:
             checkpoint = args.checkpoint or SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT
-            LearnedShares.from_folder(checkpoint).spec.check_capacity_of(scenario)
+            LearnedDraftLengths.from_folder(checkpoint).spec.check_capacity(
+                (edge.id, edge.capacity) for edge in scenario.edges)
     except (ScenarioError, TraceError, ProfileError, CheckpointError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     settings = EvaluationSettings(

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controller.policies.edge_agent import AgentSpec
-from controller.twin.agents import EdgeAllocationGame, GameError, agent_id
+from controller.policies.draft_agent import CHOICES, AgentSpec
+from controller.twin.agents import DraftLengthGame, GameError, agent_id
 from controller.twin.scenario import Scenario, load_scenario
 from controller.twin.simulator import DigitalTwin
 from tandem.profiles import HardwareProfile, load_profile
@@ -35,6 +35,7 @@ class EpisodeConfig(BaseModel):
     energy_weights: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     episode_slots: int | None = Field(None, ge=2, le=1 << 20, description="default: the scenario's duration")
     max_users: int = Field(24, ge=1, le=1024, description="user slots of each agent")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount of the returns (and of the reward's shaping)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "EpisodeConfig":
@@ -52,13 +53,14 @@ class Episodes:
 
     def __init__(self, config: EpisodeConfig) -> None:
         self.config = config
-        self.scenario: Scenario = load_scenario(config.scenario)
+        self.full_scenario: Scenario = load_scenario(config.scenario)  # its whole duration: validation plays it
+        self.scenario = self.full_scenario  # what training episodes play
         if config.episode_slots is not None:
             self.scenario = self.scenario.model_copy(update={"duration_slots": config.episode_slots})
         self.profile: HardwareProfile = load_profile(self.scenario.profile)
         self.spec = AgentSpec(config.max_users)
         try:
-            self.spec.check_capacity_of(self.scenario)
+            self.spec.check_capacity((edge.id, edge.capacity) for edge in self.scenario.edges)
         except ValueError as error:
             raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") \
                 from None
@@ -87,16 +89,17 @@ class Episodes:
     def _variant(self, users: int, edges: int) -> Scenario:
         return self.scenario.model_copy(update={"users": users, "edges": self.scenario.edges[:edges]})
 
-    def game(self, seed: int) -> EdgeAllocationGame:
+    def game(self, seed: int) -> DraftLengthGame:
         """The game of the episode with this seed (the caller resets it with the same seed)."""
         rng = np.random.default_rng(seed)
         trace = self.traces[int(rng.integers(len(self.traces)))]
         users = int(rng.integers(self.user_range[0], self.user_range[1] + 1))
         edges = int(rng.choice(self.edge_counts))
         weight = float(rng.choice(self.config.energy_weights))
-        return EdgeAllocationGame(DigitalTwin(self._variant(users, edges), trace, self.profile), self.spec, weight)
+        return DraftLengthGame(DigitalTwin(self._variant(users, edges), trace, self.profile), self.spec, weight,
+                               self.config.gamma)
 
-    def begin(self, seeds: np.random.Generator) -> tuple[EdgeAllocationGame, dict[str, np.ndarray]]:
+    def begin(self, seeds: np.random.Generator) -> tuple[DraftLengthGame, dict[str, np.ndarray]]:
         """A new episode, its seed drawn from ``seeds``: the game, reset, and its first observations."""
         episode_seed = int(seeds.integers(1 << 31))
         game = self.game(episode_seed)
@@ -107,11 +110,11 @@ OBSERVATION_BOUND = 10.0  # every feature of the encoding lies well inside it; t
 
 
 def spaces(spec: AgentSpec):
-    """(observation space, action space) of every agent (gymnasium Boxes)."""
-    from gymnasium.spaces import Box
+    """(observation space, action space) of every agent: a Box, and a choice per member slot."""
+    from gymnasium.spaces import Box, MultiDiscrete
 
     return (Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, (spec.observation_size,), np.float32),
-            Box(-1.0, 1.0, (spec.action_size,), np.float32))
+            MultiDiscrete([CHOICES] * spec.max_users))
 
 
 def bounded(observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

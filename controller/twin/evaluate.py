@@ -7,9 +7,9 @@ in system / time in system of the reference, unfinished requests counted to the 
 with a 95% confidence interval (Student t over replicates).  A replicate in which a policy completed no request
 is an error (EvaluationError naming it), never a dropped NaN: lengthen the scenario or lower its load.  Policies
 that ignore energy decide the same at every energy weight, so they are played once per cell and reported under
-each weight; ``tma-masac`` reads the weight in its observation and is played at each.  A policy is named with optional parameters, ``name:key=value,...``
-(``max-sinr-hysteresis:draft_lengths=tuned``: one lever on the baseline's association); ``oracle-lookahead`` is
-the twin's oracle (controller/twin/oracle.py).  The reference "strongest non-learned policy" is, per cell, the
+each weight; ``mappo`` reads the weight in its observation and is played at each.  A policy is named with
+optional parameters, ``name:key=value,...`` (``max-sinr-hysteresis:draft_lengths=tuned``: one lever on the
+baseline's association); ``oracle-lookahead`` is the twin's oracle (controller/twin/oracle.py).  The reference "strongest non-learned policy" is, per cell, the
 non-learned policy with the lowest mean time in system there; the baseline is max-SINR with handover hysteresis.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 BASELINE = "max-sinr-hysteresis"
-LEARNED = "tma-masac"
+LEARNED = "mappo"
 HEADLINE = "mean_time_in_system_s"  # what reductions compare: every request, unfinished ones to the horizon
 METRICS = ("mean_latency_s", "p95_latency_s", "mean_ttft_s", "mean_energy_j", "migrations", HEADLINE)
 
@@ -95,7 +95,7 @@ _context: dict = {}
 def _load(settings: EvaluationSettings) -> None:
     """Per worker process: scenario, traces, profile and the actor, read once."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    from controller.policies.masac import LearnedShares
+    from controller.policies.mappo import LearnedDraftLengths
     from controller.twin.scenario import load_scenario
     from tandem.profiles import load_profile
     from tandem.traces.format import load_trace
@@ -104,10 +104,7 @@ def _load(settings: EvaluationSettings) -> None:
     _context.update(settings=settings, scenario=scenario, profile=load_profile(scenario.profile),
                     traces=[load_trace(path) for path in settings.traces])
     if LEARNED in settings.policies:
-        import torch
-
-        torch.set_num_threads(1)
-        _context["actor"] = LearnedShares.from_folder(settings.checkpoint) if settings.checkpoint else None
+        _context["actor"] = LearnedDraftLengths.from_folder(settings.checkpoint) if settings.checkpoint else None
 
 
 def variant_of(job: Job):
@@ -124,7 +121,7 @@ def variant_of(job: Job):
 
 def play(job: Job) -> tuple[Job, dict]:
     from controller.policies import make_policy
-    from controller.policies.masac import TmaMasac
+    from controller.policies.mappo import Mappo
     from controller.twin.oracle import LookaheadOracle
     from controller.twin.simulator import DigitalTwin
 
@@ -132,7 +129,7 @@ def play(job: Job) -> tuple[Job, dict]:
     twin = DigitalTwin(variant_of(job), _context["traces"][job.trace], _context["profile"], seed=job.seed)
     name, params = policy_spec(job.policy)
     if name == LEARNED:
-        policy = TmaMasac(seed=job.seed, actor=_context["actor"], energy_weight=job.energy_weight, parallel=parallel)
+        policy = Mappo(seed=job.seed, actor=_context["actor"], energy_weight=job.energy_weight)
     elif name == ORACLE:
         policy = LookaheadOracle(twin, parallel=parallel, **params)
     elif name.startswith("tma-"):

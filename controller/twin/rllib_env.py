@@ -1,6 +1,6 @@
 """The allocation game as an RLlib ``MultiAgentEnv``: one agent per edge server (``edge-<id>``), the episode's game
 from ``Episodes`` (traces, users, edges and energy weight drawn per episode), observations and actions as
-``controller/policies/edge_agent.py`` documents them.  ``env_config`` is an ``EpisodeConfig`` as a dict, plus
+``controller/policies/draft_agent.py`` documents them.  ``env_config`` is an ``EpisodeConfig`` as a dict, plus
 ``seed`` (the episode seeds of each env runner follow from it and the runner's index)."""
 
 from __future__ import annotations

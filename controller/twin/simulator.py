@@ -144,6 +144,7 @@ class DigitalTwin:
         self.arrival_rng, self.length_rng = np.random.default_rng(arrivals), np.random.default_rng(lengths)
         user_ids = self.scenario.user_ids()
         self.slot = 0
+        self._observed: Observation | None = None
         self.users = [_User(u, np.random.default_rng(stream)) for u, stream in zip(user_ids,
                                                                                   acceptance.spawn(len(user_ids)))]
         self.done: list[Request] = []
@@ -218,8 +219,11 @@ class DigitalTwin:
             max_draft_length=self.scenario.longest_draft)
 
     def observation(self) -> Observation:
-        """What the controller would see at the start of this slot."""
-        return Observation(self.slot, self._edge_states(), tuple(self._user_state(u) for u in self.users))
+        """What the controller would see at the start of this slot (built once per slot: the policy and the slot's
+        play read the same one)."""
+        if self._observed is None or self._observed.slot != self.slot:
+            self._observed = Observation(self.slot, self._edge_states(), tuple(self._user_state(u) for u in self.users))
+        return self._observed
 
     def step(self, decision: Decision) -> list[Request]:
         """Play one slot under ``decision``; returns the requests that finished in it."""

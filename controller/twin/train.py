@@ -1,16 +1,19 @@
-"""MASAC: RLlib's SAC in multi-agent mode on the twin's allocation game (association by TMA).
+"""MAPPO: RLlib's PPO in multi-agent mode on the twin's draft-length game (``controller/twin/agents.py``).
 
-Every edge's agent maps to one module, ``edge`` (parameter sharing: the edges are alike, and a shared module
-serves any number of them, so one training covers 3, 4 or 5 edges).  Each iteration samples the environment
-and updates the actor, the twin Q-networks and the entropy weight (SAC, Haarnoja et al. 2018); every
-``eval_every`` iterations the current actor plays the validation traces in the twin as ``tma-masac`` (the same
-code the controller runs) next to ``tma-opt``, and the checkpoint with the lowest validation latency is kept.
+Every edge's agent maps to one module, ``edge`` (parameter sharing: the edges are alike, and the module is
+permutation-equivariant over members, so one training covers any number of users and 3, 4 or 5 edges).  The module
+is ``set_module.SetPolicyModule``; the action is a residual over the best heuristic, so training starts from it.
+Each iteration samples the environment and runs PPO's epochs over the batch; every ``eval_every`` iterations the
+current actor plays full-horizon validation episodes (the scenario's whole duration, drain included) on every
+validation trace × seed pair next to the heuristic it corrects, and the checkpoint with the lowest mean time in
+system (every request, unfinished ones counted to the end) is kept, its completion reported beside it.
 
 Output folder:
     checkpoint/             the latest RLlib checkpoint (Algorithm.save_to_path)
-    best/                   the actor of the best iteration by validation latency (what ``tma-masac`` loads)
-    tensorboard/            TensorBoard event files (returns, losses, validation latency)
+    best/                   the actor of the best iteration by validation time in system (what ``mappo`` loads)
+    tensorboard/            TensorBoard event files (returns, losses, validation)
     progress.jsonl          one line per iteration
+    curves.png              validation time in system and training return against environment steps
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ from typing import Callable
 
 import numpy as np
 
-from controller.policies.masac import MODULE_ID, LearnedShares
+from controller.policies.checkpoints import network_spec
+from controller.policies.draft_agent import CHOICES, EDGE_FEATURES, USER_FEATURES
+from controller.policies.mappo import MODULE_ID, LearnedDraftLengths, Mappo, prior_policy
+from controller.twin.curves import plot_curves
 from controller.twin.episodes import EpisodeConfig, Episodes
 
-BASELINE = "tma-opt"
+BASELINE = "max-sinr-hysteresis:draft_lengths=tuned"  # the heuristic the actor corrects
+MIN_VALIDATION_EPISODES = 4
 
 
 @dataclass(frozen=True)
@@ -41,15 +48,15 @@ class TrainSettings:
     seed: int = 0
     address: str | None = None
     eval_every: int = 10
-    validation_seeds: tuple[int, ...] = (1_000_001,)
+    validation_seeds: tuple[int, ...] = (1_000_001, 1_000_002, 1_000_003, 1_000_004)
     env_runners: int = 0  # 0: sample in the driver (2 cores here); more on a cluster
-    hidden: tuple[int, ...] = (256, 256)
-    batch_size: int = 256
-    learning_starts: int = 1000
-    steps_per_update: int = 8  # environment steps sampled between two SAC updates (each of batch_size samples)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    gamma: float = 0.95
+    envs_per_runner: int = 1
+    hidden: int = 64
+    batch_size: int = 2000  # environment steps per iteration
+    minibatch_size: int = 500
+    epochs: int = 8  # PPO passes over each batch: every agent-step is used in this many updates
+    lr: float = 3e-4
+    entropy: float = 0.001  # small: the actor starts at the heuristic and explores near it
 
 
 @dataclass
@@ -60,57 +67,66 @@ class TrainResult:
     seconds: float
     peak_rss_mb: float
     best_iteration: int | None
-    best_validation_latency_s: float | None
-    baseline_validation_latency_s: float | None
+    best_validation_time_s: float | None
+    baseline_validation_time_s: float | None
     history: list[dict] = field(default_factory=list)
 
 
-def sac_config(settings: TrainSettings):
-    from ray.rllib.algorithms.sac import SACConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+def ppo_config(settings: TrainSettings):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from controller.twin.rllib_env import TwinMultiAgentEnv
+    from controller.twin.set_module import SetPolicyModule
 
     env_config = settings.episodes.model_dump(mode="json") | {"seed": settings.seed}
+    module = RLModuleSpec(module_class=SetPolicyModule, model_config={
+        "user_features": USER_FEATURES, "edge_features": EDGE_FEATURES, "hidden": settings.hidden,
+        "choices": CHOICES, "max_users": settings.episodes.max_users})
     return (
-        SACConfig()
+        PPOConfig()
         .environment(TwinMultiAgentEnv, env_config=env_config)
         .framework("torch")
-        .env_runners(num_env_runners=settings.env_runners, num_envs_per_env_runner=1,
-                     rollout_fragment_length=settings.steps_per_update)
-        .training(
-            actor_lr=settings.actor_lr, critic_lr=settings.critic_lr, alpha_lr=3e-4, gamma=settings.gamma,
-            initial_alpha=0.1, train_batch_size_per_learner=settings.batch_size,
-            num_steps_sampled_before_learning_starts=settings.learning_starts,
-            replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 200_000},
-        )
+        .env_runners(num_env_runners=settings.env_runners, num_envs_per_env_runner=settings.envs_per_runner)
+        .training(lr=settings.lr, gamma=settings.episodes.gamma, lambda_=0.95,
+                  train_batch_size_per_learner=settings.batch_size, minibatch_size=settings.minibatch_size,
+                  num_epochs=settings.epochs, entropy_coeff=settings.entropy, clip_param=0.2, vf_clip_param=100.0,
+                  use_kl_loss=False)
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=lambda agent, episode, **kw: MODULE_ID)
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden), fcnet_activation="relu"))
-        .reporting(min_sample_timesteps_per_iteration=200, min_time_s_per_iteration=0)
+        .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={MODULE_ID: module}))
+        .reporting(min_sample_timesteps_per_iteration=0, min_time_s_per_iteration=0)
         .debugging(seed=settings.seed, log_level="ERROR")
     )
 
 
-def validation_latency(episodes: Episodes, traces: list, seeds: tuple[int, ...], decide_with) -> float:
-    """Mean end-to-end latency (s) over validation traces and seeds, the scenario's full users and edges."""
+@dataclass(frozen=True)
+class Validation:
+    time_in_system_s: float  # mean over the episodes of their mean time in system
+    completion: float  # completed / arrived, over every episode
+
+
+def validate(episodes: Episodes, traces: list, seeds: tuple[int, ...], make_policy) -> Validation:
+    """Full-horizon episodes (the scenario's whole duration, its drain included) on every trace × seed."""
     from controller.twin.simulator import DigitalTwin
 
-    latencies = []
+    times, completed, arrived = [], 0, 0
     for trace in traces:
         for seed in seeds:
-            twin = DigitalTwin(episodes.scenario, trace, episodes.profile, seed=seed)
-            latencies.append(twin.run(decide_with()).summary().mean_latency_s)
-    return float(np.mean(latencies))
+            twin = DigitalTwin(episodes.full_scenario, trace, episodes.profile, seed=seed)
+            summary = twin.run(make_policy(seed)).summary()
+            times.append(summary.mean_time_in_system_s)
+            completed, arrived = completed + summary.completed, arrived + summary.completed + summary.unfinished
+    return Validation(float(np.mean(times)), completed / max(arrived, 1))
 
 
 def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambda i, row: None) -> TrainResult:
-    """Run MASAC; raises GameError/ScenarioError/TraceError/ProfileError (bad inputs) before Ray starts."""
+    """Run MAPPO; raises GameError/ScenarioError/TraceError/ProfileError (bad inputs) before Ray starts."""
     import ray
     import torch
     from tensorboardX import SummaryWriter
 
-    from controller.policies import make_policy
-    from controller.policies.masac import TmaMasac
+    from controller.twin.set_module import export_actor
     from tandem.traces.format import load_trace
 
     os.environ["OMP_NUM_THREADS"] = "1"  # 10-20x faster for these small networks on a few cores
@@ -118,8 +134,10 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     episodes = Episodes(settings.episodes)  # validates scenario, traces and profile here, with a clear error
     validation = [load_trace(path) for path in settings.validation_traces] or episodes.traces
     for trace in validation:
-        episodes.scenario.check_against(trace.metadata.num_users, trace.metadata.num_edges)
-    parallel = episodes.scenario.mode == "psd"
+        episodes.full_scenario.check_against(trace.metadata.num_users, trace.metadata.num_edges)
+    if len(validation) * len(settings.validation_seeds) < MIN_VALIDATION_EPISODES:
+        raise ValueError(f"validation needs at least {MIN_VALIDATION_EPISODES} trace x seed pairs, got "
+                         f"{len(validation)} x {len(settings.validation_seeds)}")
     settings.out.mkdir(parents=True, exist_ok=True)
     runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     if settings.address:
@@ -129,32 +147,37 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                  log_to_driver=False, configure_logging=False)
     writer = SummaryWriter(str(settings.out / "tensorboard"))
     started = time.monotonic()
-    baseline = validation_latency(episodes, validation, settings.validation_seeds,
-                                  lambda: make_policy(BASELINE, parallel=parallel))
-    best_latency, best_iteration, history = None, None, []
+    baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
+    best_time, best_iteration, history = None, None, []
+    network = network_spec(settings.hidden)
     try:
-        algorithm = sac_config(settings).build_algo()
+        algorithm = ppo_config(settings).build_algo()
         with (settings.out / "progress.jsonl").open("w") as log:
             for iteration in range(1, settings.iterations + 1):
                 result = algorithm.train()
                 row = _row(iteration, result, time.monotonic() - started)
                 if iteration % settings.eval_every == 0 or iteration == settings.iterations:
-                    actor = LearnedShares.from_module(algorithm.get_module(MODULE_ID), episodes.spec)
-                    row["validation_latency_s"] = validation_latency(
-                        episodes, validation, settings.validation_seeds,
-                        lambda: TmaMasac(actor=actor, parallel=parallel))
-                    row["baseline_validation_latency_s"] = baseline
+                    actor = LearnedDraftLengths.from_tensors(export_actor(algorithm.get_module(MODULE_ID)), network,
+                                                             episodes.spec)
+                    checked = validate(episodes, validation, settings.validation_seeds,
+                                       lambda seed: Mappo(seed=seed, actor=actor))
+                    row |= {"validation_time_in_system_s": checked.time_in_system_s,
+                            "validation_completion": checked.completion,
+                            "baseline_validation_time_in_system_s": baseline.time_in_system_s,
+                            "baseline_validation_completion": baseline.completion}
                     algorithm.save_to_path(str((settings.out / "checkpoint").resolve()))
-                    if best_latency is None or row["validation_latency_s"] < best_latency:
-                        best_latency, best_iteration = row["validation_latency_s"], iteration
+                    if best_time is None or checked.time_in_system_s < best_time:
+                        best_time, best_iteration = checked.time_in_system_s, iteration
                         shutil.rmtree(settings.out / "best", ignore_errors=True)
                         actor.save(settings.out / "best", {
                             "scenario": episodes.scenario.name, "iteration": iteration,
-                            "validation_latency_s": best_latency,
+                            "env_steps": row.get("env_steps"), "validation_time_in_system_s": best_time,
+                            "validation_completion": checked.completion,
+                            "baseline": BASELINE, "baseline_validation_time_in_system_s": baseline.time_in_system_s,
                             "episodes": settings.episodes.model_dump(mode="json")})
                 for key, value in row.items():
                     if isinstance(value, (int, float)) and key != "iteration":
-                        writer.add_scalar(key, value, iteration)
+                        writer.add_scalar(key, value, row.get("env_steps", iteration))
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 history.append(row)
@@ -163,12 +186,14 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     finally:
         writer.close()
         ray.shutdown()
+    if history:
+        plot_curves([settings.out], settings.out / "curves.png")
     last = history[-1] if history else {}
     return TrainResult(
         iterations=len(history), env_steps=int(last.get("env_steps", 0)), agent_steps=int(last.get("agent_steps", 0)),
         seconds=time.monotonic() - started, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        best_iteration=best_iteration, best_validation_latency_s=best_latency, baseline_validation_latency_s=baseline,
-        history=history)
+        best_iteration=best_iteration, best_validation_time_s=best_time,
+        baseline_validation_time_s=baseline.time_in_system_s, history=history)
 
 
 def _row(iteration: int, result: dict, seconds: float) -> dict:
@@ -180,7 +205,7 @@ def _row(iteration: int, result: dict, seconds: float) -> dict:
            "episode_return_mean": runners.get("episode_return_mean")}
     if isinstance(row["agent_steps"], dict):
         row["agent_steps"] = sum(row["agent_steps"].values())
-    for key in ("qf_loss", "policy_loss", "alpha_loss", "alpha_value"):
+    for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
         if key in learner:
             row[key] = float(learner[key])
     return {key: value for key, value in row.items() if value is not None}

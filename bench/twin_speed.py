@@ -1,0 +1,102 @@
+"""Environment steps per second of the training game at 50 users x 5 edges (the shipped scenario), and where the
+time goes: the twin's slot alone under a fixed decision, the heuristic's decision, and the whole game step (the
+heuristic, the agents' encoding, the twin and the reward) with "no change" actions.
+
+Each measure plays ``--slots`` slots from the start of a seeded episode (arrivals begin at once: the shipped
+scenario's Poisson load); medians over ``--repeats``.  Prints a table, writes results/twin_speed.json.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/twin_speed.py [--slots 300] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from controller.policies.draft_agent import SHIFT, AgentSpec  # noqa: E402
+from controller.policies.mappo import prior_policy  # noqa: E402
+from controller.twin.agents import DraftLengthGame  # noqa: E402
+from controller.twin.scenario import load_scenario  # noqa: E402
+from controller.twin.simulator import DigitalTwin  # noqa: E402
+from tandem.profiles import load_profile  # noqa: E402
+from tandem.traces.format import load_trace  # noqa: E402
+
+
+def per_second(slots: int, seconds: float) -> float:
+    return slots / seconds if seconds > 0 else float("nan")
+
+
+def twin_alone(twin: DigitalTwin, slots: int) -> float:
+    """The slot under the first slot's decision, repeated: the twin's own cost."""
+    twin.reset(0)
+    decision = prior_policy().decide(twin.observation())
+    started = time.perf_counter()
+    for _ in range(slots):
+        twin.step(decision)
+    return per_second(slots, time.perf_counter() - started)
+
+
+def heuristic(twin: DigitalTwin, slots: int) -> tuple[float, float]:
+    """(slots/s of the twin driven by the heuristic, decisions/s of the heuristic alone)."""
+    twin.reset(0)
+    policy, deciding = prior_policy(), 0.0
+    started = time.perf_counter()
+    for _ in range(slots):
+        observation = twin.observation()
+        before = time.perf_counter()
+        decision = policy.decide(observation)
+        deciding += time.perf_counter() - before
+        twin.step(decision)
+    return per_second(slots, time.perf_counter() - started), per_second(slots, deciding)
+
+
+def game(twin: DigitalTwin, slots: int) -> float:
+    play = DraftLengthGame(twin, AgentSpec(24))
+    play.reset(0)
+    keep = {agent: np.full(24, SHIFT) for agent in play.agents}
+    started = time.perf_counter()
+    for _ in range(slots):
+        play.step(keep)
+    return per_second(slots, time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", type=Path, default=ROOT / "configs" / "twin-umi.yaml")
+    parser.add_argument("--trace", type=Path, default=ROOT / "traces" / "umi-5x50-s10.npz")
+    parser.add_argument("--slots", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "twin_speed.json")
+    args = parser.parse_args()
+    scenario = load_scenario(args.scenario)
+    twin = DigitalTwin(scenario, load_trace(args.trace), load_profile(scenario.profile))
+    runs = {"twin slot alone": [], "twin + heuristic": [], "heuristic decision alone": [], "game step": []}
+    for _ in range(args.repeats):
+        runs["twin slot alone"].append(twin_alone(twin, args.slots))
+        with_policy, deciding = heuristic(twin, args.slots)
+        runs["twin + heuristic"].append(with_policy)
+        runs["heuristic decision alone"].append(deciding)
+        runs["game step"].append(game(twin, args.slots))
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    print(f"{scenario.users} users x {len(scenario.edges)} edges, {args.slots} slots, median of {args.repeats}:")
+    for name, value in medians.items():
+        print(f"  {name:<26} {value:8.1f} per second")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps({"users": scenario.users, "edges": len(scenario.edges), "slots": args.slots,
+                                    "repeats": args.repeats, "per_second": medians, "runs": runs}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""An edge's draft-length agent: what it observes and how its action changes its users' draft lengths.
+
+One encoding, used where the agent is trained (the twin's ``DraftLengthGame``) and where it decides (the
+controller's ``mappo`` policy), so a trained network reads in the daemon exactly what it read in training.
+
+The agent acts on the one lever the twin measured headroom for (docs/evaluation.md): each user's draft length.
+It is a residual over the best heuristic, ``max-sinr-hysteresis:draft_lengths=tuned`` (the cell's handover, equal
+shares, each user's k from the closed form on the edge model): a zero action is that heuristic.  Association and
+shares stay the heuristic's (the sweep found no headroom in them).
+
+Members of an edge: the users the prior associates with it that have a request (idle users' k changes nothing),
+in the observation's order; the network is permutation-equivariant, so the order means nothing.
+
+Observation (``EDGE_FEATURES + max_users × USER_FEATURES`` float32, absent slots zero):
+    edge:  members / max_users, compute scale × 5, bandwidth / 100 MHz, energy weight
+    user:  present (1), uplink and downlink spectral efficiency to the edge / 10 bit/s/Hz, log1p(pending tokens)
+           / 7, log1p(context tokens) / 9, draft seconds per token × 10, acceptance, the prior's k / 8, and 1 when
+           the request's context is not on this edge yet (its next round pays a prefill there)
+Action (``max_users`` choices in 0..CHOICES−1): member i's k = prior k + choice − SHIFT, clipped to [1, the
+longest block the device drafts]; the slots beyond the members are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from controller.policies.base import Allocation, Decision, Observation
+
+EDGE_FEATURES = 4
+USER_FEATURES = 9
+CHOICES = 5  # a change of k by −2..+2
+SHIFT = CHOICES // 2  # the choice that keeps the prior's k
+ENCODING = "draft-residual"
+ENCODING_VERSION = 1  # bump when the features or the action mapping change: old checkpoints are then refused
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """The shape of an agent: how many members it has slots for."""
+
+    max_users: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_users <= 1024:
+            raise ValueError(f"max_users must lie in [1, 1024], got {self.max_users}")
+
+    @property
+    def observation_size(self) -> int:
+        return EDGE_FEATURES + self.max_users * USER_FEATURES
+
+    def check_capacity(self, capacities) -> None:
+        """ValueError when an edge (id, capacity) may serve more users than the agent has slots for."""
+        for edge, capacity in capacities:
+            if capacity > self.max_users:
+                raise ValueError(f"edge {edge} may serve {capacity} users; the policy was trained for at most "
+                                 f"{self.max_users} per edge")
+
+
+@dataclass(frozen=True)
+class Members:
+    """Each edge's members (positions in the observation's users), by edge position."""
+
+    of_edge: tuple[np.ndarray, ...]
+
+
+def members_of(observation: Observation, prior: Decision, spec: AgentSpec) -> Members:
+    """The busy users the prior puts on each edge; ValueError when an edge has more than the agent's slots."""
+    position = {edge.edge: i for i, edge in enumerate(observation.edges)}
+    by_user = {a.user: a for a in prior.allocations}
+    edge_of = np.array([position[by_user[user.user].edge] for user in observation.users], dtype=int)
+    busy = np.array([user.busy for user in observation.users], dtype=bool)
+    members = []
+    for index, edge in enumerate(observation.edges):
+        rows = np.flatnonzero((edge_of == index) & busy)
+        if len(rows) > spec.max_users:
+            raise ValueError(f"edge {edge.edge} serves {len(rows)} users with a request; the policy was trained for "
+                             f"at most {spec.max_users}")
+        members.append(rows)
+    return Members(tuple(members))
+
+
+def encode(observation: Observation, prior: Decision, members: Members, spec: AgentSpec,
+           energy_weight: float) -> np.ndarray:
+    """[edges, observation_size] float32: every edge agent's observation."""
+    by_user = {a.user: a for a in prior.allocations}
+    features = np.zeros((len(observation.edges), spec.observation_size), dtype=np.float32)
+    for position, (edge, rows) in enumerate(zip(observation.edges, members.of_edge)):
+        features[position, :EDGE_FEATURES] = (len(rows) / spec.max_users, edge.timing.compute_scale * 5,
+                                              edge.bandwidth_hz / 1e8, energy_weight)
+        if not len(rows):
+            continue
+        users = [observation.users[row] for row in rows]
+        per_user = np.column_stack([
+            np.ones(len(rows)),
+            np.minimum([u.se_up[position] for u in users], 100.0) / 10,
+            np.minimum([u.se_down[position] for u in users], 100.0) / 10,
+            np.log1p([u.pending_tokens for u in users]) / 7,
+            np.log1p([u.context_tokens for u in users]) / 9,
+            np.minimum([u.draft_s_per_token for u in users], 10.0) * 10,
+            [u.acceptance for u in users],
+            [by_user[u.user].draft_length / 8 for u in users],
+            [float(u.edge != position) for u in users]])
+        features[position, EDGE_FEATURES:EDGE_FEATURES + per_user.size] = per_user.ravel()
+    return features
+
+
+def decode(observation: Observation, prior: Decision, members: Members, choices: np.ndarray,
+           spec: AgentSpec) -> Decision:
+    """The prior with each member's k moved by its choice (``choices``: [edges, max_users] integers; a value
+    outside 0..CHOICES−1 is clipped).  ValueError for a misshapen array."""
+    choices = np.asarray(choices)
+    if choices.shape != (len(observation.edges), spec.max_users):
+        raise ValueError(f"choices of shape ({len(observation.edges)}, {spec.max_users}) are needed, got "
+                         f"{choices.shape}")
+    change = np.zeros(len(observation.users), dtype=int)
+    for position, rows in enumerate(members.of_edge):
+        change[rows] = np.clip(np.nan_to_num(choices[position, :len(rows)]), 0, CHOICES - 1).astype(int) - SHIFT
+    by_user = {a.user: a for a in prior.allocations}
+    allocations = []
+    for user, delta in zip(observation.users, change.tolist()):
+        allocation = by_user[user.user]
+        longest = user.max_draft_length or user.draft_length
+        length = int(min(max(allocation.draft_length + delta, 1), max(longest, allocation.draft_length)))
+        allocations.append(Allocation(allocation.user, allocation.edge, allocation.bandwidth_share,
+                                      allocation.compute_share, length))
+    return Decision(prior.slot, tuple(allocations))
