@@ -126,9 +126,15 @@ def drafting_residue(draft: np.ndarray, token: np.ndarray, remote: np.ndarray) -
     """psd: how long the device is still busy with the draft token in progress when a verdict arrives — half a
     token on average while it is drafting ahead (k + 1 tokens take draft + token), none once it has stopped (a
     linear ramp over the last token, so that the estimate is smooth in the remote time)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drafting = np.where(token > 0, np.clip((draft + token - remote) / token, 0.0, 1.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # minimum(maximum()): np.clip's overhead, in a hot loop
+        drafting = np.where(token > 0, np.minimum(np.maximum((draft + token - remote) / token, 0.0), 1.0), 0.0)
     return 0.5 * token * drafting
+
+
+def _kept_and_redrafted(draft: np.ndarray, token: np.ndarray, remote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """psd's round when its speculation survives (the guessed bonus and the next block were drafted ahead) and when
+    it does not (the token in progress finishes, then the re-draft)."""
+    return np.maximum(draft + token, remote), draft + remote + drafting_residue(draft, token, remote)
 
 
 def round_given(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, survived, parallel: bool) -> np.ndarray:
@@ -136,15 +142,16 @@ def round_given(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, surviv
     given whether psd's speculation ``survived`` the verdict."""
     if not parallel:
         return draft + remote
-    kept = np.maximum(draft + token, remote)  # the guessed bonus and the next block were drafted ahead
-    redrafted = draft + remote + drafting_residue(draft, token, remote)
+    kept, redrafted = _kept_and_redrafted(draft, token, remote)
     return np.where(survived, kept, redrafted)
 
 
 def round_of(draft: np.ndarray, token: np.ndarray, remote: np.ndarray, hit: np.ndarray, parallel: bool) -> np.ndarray:
     """The expected round: the speculation survives with probability ``hit``."""
-    return (hit * round_given(draft, token, remote, True, parallel)
-            + (1.0 - hit) * round_given(draft, token, remote, False, parallel))
+    if not parallel:
+        return round_given(draft, token, remote, False, parallel)
+    kept, redrafted = _kept_and_redrafted(draft, token, remote)
+    return hit * kept + (1.0 - hit) * redrafted
 
 
 def gap_seconds(draft: np.ndarray, token: np.ndarray, comm: np.ndarray, hit: np.ndarray,

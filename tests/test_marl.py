@@ -55,8 +55,11 @@ def test_no_change_is_the_heuristic_and_any_action_gives_valid_draft_lengths():
     assert (features[:, 3] == 0.5).all()  # the energy weight
     with pytest.raises(ValueError, match="choices of shape"):
         decode(obs, prior, members, np.zeros((2, 3)), spec)
-    with pytest.raises(ValueError, match="trained for at most 1"):
-        members_of(obs, prior, AgentSpec(1))
+    one = AgentSpec(1)  # more busy users on an edge than slots: the first are members, the rest keep the heuristic
+    few = members_of(obs, prior, one)
+    assert [len(rows) for rows in few.of_edge] == [min(1, len(rows)) for rows in members.of_edge]
+    assert max(len(rows) for rows in members.of_edge) > 1
+    assert decode(obs, prior, few, np.full((2, 1), SHIFT), one) == prior
 
 
 def test_the_network_is_permutation_equivariant_and_ignores_empty_slots():
@@ -236,11 +239,12 @@ def test_a_corrupted_checkpoint_or_a_scenario_beyond_the_policy_is_refused(train
     done = run_tandem("evaluate", "--scenario", str(big), "--trace", str(umi_trace), "--users", "4", "--edges", "3",
                       "--checkpoint", str(trained_policy), "--quiet", "--out", str(tmp_path / "eval"))
     assert done.returncode == 2 and "trained for at most 4 per edge" in done.stderr
-    crowded = observation(users=12, edges=1)
+    with pytest.raises(ValueError, match="trained for at most 4"):  # a topology with larger edges
+        Mappo(checkpoint=trained_policy.name, policy_dir=trained_policy.parent).decide(observation(users=3, edges=1))
+    crowded = observation(users=12, edges=1)  # 12 busy users crowd one edge of capacity 4: decided, not refused
     crowded = Observation(0, (EdgeState(0, 1e6, edge_timing(0.1), 4),), tuple(
         UserState(u.user, u.se_up, u.se_down, 0.02, 0.7, 4, pending_tokens=50) for u in crowded.users))
-    with pytest.raises(ValueError, match="trained for at most 4"):
-        Mappo(checkpoint=trained_policy.name, policy_dir=trained_policy.parent).decide(crowded)
+    Mappo(checkpoint=trained_policy.name, policy_dir=trained_policy.parent).decide(crowded).check(crowded)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nusers: [1, 1]\n")
     done = run_tandem("train", "--scenario", str(bad), "--iterations", "1")

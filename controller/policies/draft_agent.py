@@ -9,7 +9,9 @@ shares, each user's k from the closed form on the edge model): a zero action is 
 shares stay the heuristic's (the sweep found no headroom in them).
 
 Members of an edge: the users the prior associates with it that have a request (idle users' k changes nothing),
-in the observation's order; the network is permutation-equivariant, so the order means nothing.
+in the observation's order, at most ``max_users`` of them: the heuristic's handover ignores an edge's capacity, so
+more may crowd one edge, and those beyond the agent's slots keep the heuristic's k.  The network is
+permutation-equivariant, so the order means nothing else.
 
 Observation (``EDGE_FEATURES + max_users × USER_FEATURES`` float32, absent slots zero):
     edge:  members / max_users, compute scale × 5, bandwidth / 100 MHz, energy weight
@@ -66,18 +68,14 @@ class Members:
 
 
 def members_of(observation: Observation, prior: Decision, spec: AgentSpec) -> Members:
-    """The busy users the prior puts on each edge; ValueError when an edge has more than the agent's slots."""
+    """The busy users the prior puts on each edge, the first ``max_users`` of them."""
     position = {edge.edge: i for i, edge in enumerate(observation.edges)}
     by_user = {a.user: a for a in prior.allocations}
     edge_of = np.array([position[by_user[user.user].edge] for user in observation.users], dtype=int)
     busy = np.array([user.busy for user in observation.users], dtype=bool)
     members = []
-    for index, edge in enumerate(observation.edges):
-        rows = np.flatnonzero((edge_of == index) & busy)
-        if len(rows) > spec.max_users:
-            raise ValueError(f"edge {edge.edge} serves {len(rows)} users with a request; the policy was trained for "
-                             f"at most {spec.max_users}")
-        members.append(rows)
+    for index in range(len(observation.edges)):
+        members.append(np.flatnonzero((edge_of == index) & busy)[:spec.max_users])
     return Members(tuple(members))
 
 
