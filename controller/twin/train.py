@@ -143,8 +143,9 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     if settings.address:
         ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(num_cpus=max(2, settings.env_runners + 1), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=False)
+        # "local": a Ray of its own, never a cluster some earlier `ray start` left recorded in /tmp/ray.
+        ray.init(address="local", num_cpus=max(2, settings.env_runners + 1), include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
     writer = SummaryWriter(str(settings.out / "tensorboard"))
     started = time.monotonic()
     baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
