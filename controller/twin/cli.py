@@ -69,6 +69,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-every", type=int, default=10, help="validate every N iterations (10)")
     train.add_argument("--env-runners", type=int, default=0, help="Ray env runners sampling in parallel (0: in "
                        "the driver, right for 2 cores)")
+    train.add_argument("--envs-per-runner", type=int, default=1, help="environments each runner steps in turn (1)")
     train.add_argument("--seed", type=int, default=0, help="seed of episodes and networks (0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
@@ -89,10 +90,10 @@ def run_train(args: argparse.Namespace) -> int:
     from tandem.profiles import ProfileError
     from tandem.traces.format import TraceError
 
-    if min(args.iterations, args.eval_every, args.batch_size, args.epochs, args.validation_seeds) < 1 or min(
-            args.env_runners, args.seed) < 0:
-        return fail("--iterations, --eval-every, --batch-size, --epochs and --validation-seeds must be at least 1; "
-                    "--env-runners and --seed non-negative", EXIT_USAGE)
+    if min(args.iterations, args.eval_every, args.batch_size, args.epochs, args.validation_seeds,
+           args.envs_per_runner) < 1 or min(args.env_runners, args.seed) < 0:
+        return fail("--iterations, --eval-every, --batch-size, --epochs, --validation-seeds and --envs-per-runner "
+                    "must be at least 1; --env-runners and --seed non-negative", EXIT_USAGE)
     try:
         episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
                                  users=tuple(args.users) if args.users else None, edges=args.edges or [],
@@ -103,6 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
         settings = TrainSettings(
             episodes=episodes, validation_traces=args.validation_trace or [], out=out, iterations=args.iterations,
             seed=args.seed, address=args.address, eval_every=args.eval_every, env_runners=args.env_runners,
+            envs_per_runner=args.envs_per_runner,
             validation_seeds=tuple(1_000_001 + i for i in range(args.validation_seeds)),
             batch_size=args.batch_size, minibatch_size=min(500, args.batch_size), epochs=args.epochs)
     except ValidationError as error:
