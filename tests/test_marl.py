@@ -127,7 +127,7 @@ def test_the_rllib_environment_passes_rllib_checks(episode_config):
 
     from controller.twin.rllib_env import TwinMultiAgentEnv
 
-    env = TwinMultiAgentEnv(episode_config | {"seed": 3})
+    env = TwinMultiAgentEnv(episode_config | {"seed": 3, "loads": [0.3, 0.6]})
     check_multiagent_environments(env)
     first, _ = env.reset(seed=7)
     again, _ = env.reset(seed=7)
@@ -156,7 +156,10 @@ def test_an_episode_config_that_does_not_fit_is_refused(episode_config, umi_trac
     small = write_twin_scenario(tmp_path, umi_trace, capacity=1)
     with pytest.raises(GameError, match="do not fit the capacity"):
         Episodes(EpisodeConfig.model_validate(episode_config | {"scenario": str(small)}))
-    for bad in ({"energy_weights": [float("nan")]}, {"gamma": 0.0}, {"gamma": 1.5}):
+    rates = [Episodes(EpisodeConfig.model_validate(episode_config | {"loads": [load]})).game(1).twin.scenario
+             .arrivals.rate_per_user_s for load in (0.4, 0.8)]  # the same episode (seed) at twice the load
+    assert rates[1] == pytest.approx(2 * rates[0])
+    for bad in ({"energy_weights": [float("nan")]}, {"gamma": 0.0}, {"gamma": 1.5}, {"loads": [0.0]}):
         with pytest.raises(ValidationError):
             EpisodeConfig.model_validate(episode_config | bad)
 

@@ -58,6 +58,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--edges", type=int, nargs="+", help="edge counts to draw from (default: all the scenario's)")
     train.add_argument("--energy-weights", type=float, nargs="+", default=[0.0], help="energy weights (J^-1 in "
                        "units of requests in the system) to draw from (default 0)")
+    train.add_argument("--loads", type=float, nargs="+", help="offered loads (offered work over the edges' batched "
+                       "capacity, as in `tandem evaluate`) to draw from per episode (default: the scenario's arrivals)")
     train.add_argument("--episode-slots", type=int, default=300, help="slots per training episode (300; validation "
                        "always plays the scenario's whole duration)")
     train.add_argument("--max-users", type=int, default=24, help="user slots per agent, at least every edge's "
@@ -98,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
                                  users=tuple(args.users) if args.users else None, edges=args.edges or [],
                                  energy_weights=args.energy_weights, episode_slots=args.episode_slots,
-                                 max_users=args.max_users, gamma=args.gamma)
+                                 max_users=args.max_users, gamma=args.gamma, loads=args.loads or [])
         checked = Episodes(episodes)  # every input is read and checked before Ray starts
         out = args.out or Path("runs") / f"mappo-{checked.scenario.name}"
         settings = TrainSettings(

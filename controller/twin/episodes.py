@@ -2,7 +2,7 @@
 
 One scenario file fixes the hardware, the workload and the edges; every episode then draws, from its seed, one of
 the training traces, a number of users (the first N of the trace), a number of edges (the first E of the
-scenario) and an energy weight, so that one policy (parameters shared by every edge's agent) learns the whole
+scenario), an offered load (when ``loads`` are given) and an energy weight, so that one policy (parameters shared by every edge's agent) learns the whole
 evaluation grid.  The same seed always gives the same game.
 """
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.policies.draft_agent import CHOICES, AgentSpec
 from controller.twin.agents import DraftLengthGame, GameError, agent_id
+from controller.twin.load import at_load
 from controller.twin.scenario import Scenario, load_scenario
 from controller.twin.simulator import DigitalTwin
 from tandem.profiles import HardwareProfile, load_profile
@@ -33,6 +34,8 @@ class EpisodeConfig(BaseModel):
                                           "scenario's)")
     edges: list[int] = Field(default_factory=list, description="edge counts to draw from (default: all edges)")
     energy_weights: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    loads: list[float] = Field(default_factory=list, description="offered loads to draw from (controller/twin/load.py; "
+                               "default: the scenario's arrivals)")
     episode_slots: int | None = Field(None, ge=2, le=1 << 20, description="default: the scenario's duration")
     max_users: int = Field(24, ge=1, le=1024, description="user slots of each agent")
     gamma: float = Field(0.99, gt=0, le=1, description="discount of the returns (and of the reward's shaping)")
@@ -45,6 +48,8 @@ class EpisodeConfig(BaseModel):
             raise ValueError("edge counts must be at least 1")
         if any(not np.isfinite(w) or w < 0 for w in self.energy_weights):
             raise ValueError("energy weights must be finite and non-negative")
+        if any(not 0 < load < 100 for load in self.loads):
+            raise ValueError("loads must lie in (0, 100)")
         return self
 
 
@@ -96,8 +101,10 @@ class Episodes:
         users = int(rng.integers(self.user_range[0], self.user_range[1] + 1))
         edges = int(rng.choice(self.edge_counts))
         weight = float(rng.choice(self.config.energy_weights))
-        return DraftLengthGame(DigitalTwin(self._variant(users, edges), trace, self.profile), self.spec, weight,
-                               self.config.gamma)
+        variant = self._variant(users, edges)
+        if self.config.loads:
+            variant = at_load(variant, self.profile, float(rng.choice(self.config.loads)))
+        return DraftLengthGame(DigitalTwin(variant, trace, self.profile), self.spec, weight, self.config.gamma)
 
     def begin(self, seeds: np.random.Generator) -> tuple[DraftLengthGame, dict[str, np.ndarray]]:
         """A new episode, its seed drawn from ``seeds``: the game, reset, and its first observations."""
