@@ -167,7 +167,8 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                             "baseline_validation_time_in_system_s": baseline.time_in_system_s,
                             "baseline_validation_completion": baseline.completion}
                     algorithm.save_to_path(str((settings.out / "checkpoint").resolve()))
-                    if best_time is None or checked.time_in_system_s < best_time:
+                    # A tie keeps the later actor: as good on validation, and trained longer.
+                    if best_time is None or checked.time_in_system_s <= best_time:
                         best_time, best_iteration = checked.time_in_system_s, iteration
                         shutil.rmtree(settings.out / "best", ignore_errors=True)
                         actor.save(settings.out / "best", {
@@ -187,8 +188,8 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     finally:
         writer.close()
         ray.shutdown()
-    if history:
-        plot_curves([settings.out], settings.out / "curves.png")
+        if history:  # an interrupted run too: its curves so far
+            plot_curves([settings.out], settings.out / "curves.png")
     last = history[-1] if history else {}
     return TrainResult(
         iterations=len(history), env_steps=int(last.get("env_steps", 0)), agent_steps=int(last.get("agent_steps", 0)),
