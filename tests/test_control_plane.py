@@ -22,6 +22,8 @@ import grpc
 import pytest
 import yaml
 
+from controller.policies.checkpoints import SHIPPED_POLICY_DIR
+from controller.policies.mappo import DEFAULT_CHECKPOINT
 from controller.state import ControllerState
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
@@ -62,7 +64,7 @@ class Daemons:
         self.token_file = root / "admin-token"
         write_private(self.token_file, TOKEN.encode())  # 0600: a token others can read is refused
         self.policy_dir = root / "policies"  # the controller's checkpoints, by folder name
-        self.policy_dir.mkdir()
+        shutil.copytree(SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT, self.policy_dir / DEFAULT_CHECKPOINT)  # mappo's
 
     def _edge(self, index: int) -> EdgeProcess:
         return EdgeProcess(["--engine", "llamacpp", "--data-dir", str(self.data_dir), "--edge-id", str(index),
@@ -277,7 +279,7 @@ def test_policy_swap_under_load_keeps_sessions_lossless(testbed, draft, prepared
     threads = [threading.Thread(target=device, args=(user,)) for user in range(2)]
     for thread in threads:
         thread.start()
-    swaps = ["tma-opt", "mappo", "max-sinr-equal", "random", "alternate", "tma-equal"]  # mappo: the shipped one
+    swaps = ["tma-opt", "mappo", "max-sinr-equal", "random", "alternate", "tma-equal"]  # mappo: the shipped actor
     while any(thread.is_alive() for thread in threads) and swaps:
         time.sleep(SLOT_S)
         set_policy(testbed, swaps.pop(0))
