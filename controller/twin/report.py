@@ -165,8 +165,9 @@ def markdown(rows: list[dict], headlines: dict, command: str, meta: dict) -> str
             lines.append(f"- **{LEARNED}, {mode.upper()}, energy weight {weight}**: it cuts mean time in system "
                          f"against {BASELINE} by {h['average_reduction_vs_baseline']:.1%} on average over the "
                          f"{h['cells']} cells ({h['best_reduction_vs_baseline']:.1%} in its best cell, "
-                         f"{h['best_cell']}: a maximum over noisy cells, not a headline); its margin over tma-opt "
-                         f"averages {h['average_margin_over_tma_opt']:+.1%} (significantly better in "
-                         f"{h['cells_significantly_better_than_tma_opt']} of {h['cells']} cells, significantly "
-                         f"worse in {h['cells_significantly_worse_than_tma_opt']}, at 95%).")
+                         f"{h['best_cell']}: a maximum over noisy cells, not a headline); its margin over each "
+                         f"cell's strongest non-learned policy averages {h['average_margin_over_strongest']:+.1%} "
+                         f"(significantly better in {h['cells_significantly_better_than_strongest']} of "
+                         f"{h['cells']} cells, significantly worse in "
+                         f"{h['cells_significantly_worse_than_strongest']}, at 95%).")
     return "\n".join(lines) + "\n"
