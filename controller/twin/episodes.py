@@ -2,8 +2,8 @@
 
 One scenario file fixes the hardware, the workload and the edges; every episode then draws, from its seed, one of
 the training traces, a number of users (the first N of the trace), a number of edges (the first E of the
-scenario), an offered load (when ``loads`` are given) and an energy weight, so that one policy (parameters shared by every edge's agent) learns the whole
-evaluation grid.  The same seed always gives the same game.
+scenario), an offered load (when ``loads`` are given) and an energy weight, so that one policy (parameters
+shared by every edge's agent) learns the whole evaluation grid.  The same seed always gives the same game.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ is an error (EvaluationError naming it), never a dropped NaN: lengthen the scena
 that ignore energy decide the same at every energy weight, so they are played once per cell and reported under
 each weight; ``mappo`` reads the weight in its observation and is played at each.  A policy is named with
 optional parameters, ``name:key=value,...`` (``max-sinr-hysteresis:draft_lengths=tuned``: one lever on the
-baseline's association); ``oracle-lookahead`` is the twin's oracle (controller/twin/oracle.py).  The reference "strongest non-learned policy" is, per cell, the
-non-learned policy with the lowest mean time in system there; the baseline is max-SINR with handover hysteresis.
+baseline's association); ``oracle-lookahead`` is the twin's oracle (controller/twin/oracle.py).  The reference
+"strongest non-learned policy" is, per cell, the non-learned policy with the lowest mean time in system there; the
+baseline is max-SINR with handover hysteresis.
 """
 
 from __future__ import annotations
