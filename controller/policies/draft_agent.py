@@ -36,6 +36,7 @@ CHOICES = 5  # a change of k by −2..+2
 SHIFT = CHOICES // 2  # the choice that keeps the prior's k
 ENCODING = "draft-residual"
 ENCODING_VERSION = 1  # bump when the features or the action mapping change: old checkpoints are then refused
+OBSERVATION_BOUND = 10.0  # every feature is clipped to ±this (the spaces' bounds), in training and in the daemon
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def members_of(observation: Observation, prior: Decision, spec: AgentSpec) -> Me
 
 def encode(observation: Observation, prior: Decision, members: Members, spec: AgentSpec,
            energy_weight: float) -> np.ndarray:
-    """[edges, observation_size] float32: every edge agent's observation."""
+    """[edges, observation_size] float32: every edge agent's observation, each feature within ±OBSERVATION_BOUND."""
     by_user = {a.user: a for a in prior.allocations}
     features = np.zeros((len(observation.edges), spec.observation_size), dtype=np.float32)
     for position, (edge, rows) in enumerate(zip(observation.edges, members.of_edge)):
@@ -101,7 +102,7 @@ def encode(observation: Observation, prior: Decision, members: Members, spec: Ag
             [by_user[u.user].draft_length / 8 for u in users],
             [float(u.edge != position) for u in users]])
         features[position, EDGE_FEATURES:EDGE_FEATURES + per_user.size] = per_user.ravel()
-    return features
+    return np.clip(features, -OBSERVATION_BOUND, OBSERVATION_BOUND)
 
 
 def decode(observation: Observation, prior: Decision, members: Members, choices: np.ndarray,

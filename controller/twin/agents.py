@@ -103,8 +103,9 @@ class DraftLengthGame:
             reward = -busy / self.twin.slot_s - self.energy_weight * energy + shaping
             rewards[agent_id(edge)] = reward / self.spec.max_users
         over = self.twin.finished
-        observations = self._observe() if not over else {
-            agent: np.zeros(self.spec.observation_size, dtype=np.float32) for agent in self.agents}
+        # The last observation is a real one even when the episode is cut at its horizon: PPO bootstraps the
+        # truncated return from its value, which a made-up (zero) observation would make arbitrary.
+        observations = self._observe()
         infos = {agent: {"finished_requests": len(finished)} for agent in self.agents}
         terminated = {agent: False for agent in self.agents} | {"__all__": False}
         truncated = {agent: over for agent in self.agents} | {"__all__": over}

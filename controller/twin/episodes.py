@@ -12,9 +12,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controller.policies.draft_agent import CHOICES, AgentSpec
+from controller.policies.draft_agent import CHOICES, OBSERVATION_BOUND, AgentSpec
 from controller.twin.agents import DraftLengthGame, GameError, agent_id
 from controller.twin.load import at_load
 from controller.twin.scenario import Scenario, load_scenario
@@ -39,6 +39,16 @@ class EpisodeConfig(BaseModel):
     episode_slots: int | None = Field(None, ge=2, le=1 << 20, description="default: the scenario's duration")
     max_users: int = Field(24, ge=1, le=1024, description="user slots of each agent")
     gamma: float = Field(0.99, gt=0, le=1, description="discount of the returns (and of the reward's shaping)")
+
+    @field_validator("scenario")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.resolve()  # a Ray cluster's env runners do not start in the driver's working directory
+
+    @field_validator("traces")
+    @classmethod
+    def _all_absolute(cls, paths: list[Path]) -> list[Path]:
+        return [path.resolve() for path in paths]
 
     @model_validator(mode="after")
     def _ranges(self) -> "EpisodeConfig":
@@ -110,10 +120,7 @@ class Episodes:
         """A new episode, its seed drawn from ``seeds``: the game, reset, and its first observations."""
         episode_seed = int(seeds.integers(1 << 31))
         game = self.game(episode_seed)
-        return game, bounded(game.reset(episode_seed))
-
-
-OBSERVATION_BOUND = 10.0  # every feature of the encoding lies well inside it; the spaces clip to it
+        return game, game.reset(episode_seed)
 
 
 def spaces(spec: AgentSpec):
@@ -122,7 +129,3 @@ def spaces(spec: AgentSpec):
 
     return (Box(-OBSERVATION_BOUND, OBSERVATION_BOUND, (spec.observation_size,), np.float32),
             MultiDiscrete([CHOICES] * spec.max_users))
-
-
-def bounded(observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {agent: np.clip(obs, -OBSERVATION_BOUND, OBSERVATION_BOUND) for agent, obs in observations.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from controller.twin.episodes import EpisodeConfig, Episodes, bounded, spaces
+from controller.twin.episodes import EpisodeConfig, Episodes, spaces
 
 
 class TwinParallelEnv(ParallelEnv):
@@ -39,4 +39,4 @@ class TwinParallelEnv(ParallelEnv):
         truncated.pop("__all__")
         if any(terminated.values()) or any(truncated.values()):
             self.agents = []
-        return bounded(observations), rewards, terminated, truncated, infos
+        return observations, rewards, terminated, truncated, infos

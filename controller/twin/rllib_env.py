@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from controller.twin.episodes import EpisodeConfig, Episodes, bounded, spaces
+from controller.twin.episodes import EpisodeConfig, Episodes, spaces
 
 
 class TwinMultiAgentEnv(MultiAgentEnv):
@@ -37,4 +37,4 @@ class TwinMultiAgentEnv(MultiAgentEnv):
         observations, rewards, terminated, truncated, infos = self.game.step(action_dict)
         if truncated["__all__"] or terminated["__all__"]:
             self.agents = []
-        return bounded(observations), rewards, terminated, truncated, infos
+        return observations, rewards, terminated, truncated, infos

@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,12 +147,12 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
         # "local": a Ray of its own, never a cluster some earlier `ray start` left recorded in /tmp/ray.
         ray.init(address="local", num_cpus=max(2, settings.env_runners + 1), include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
-    writer = SummaryWriter(str(settings.out / "tensorboard"))
     started = time.monotonic()
-    baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
-    best_time, best_iteration, history = None, None, []
+    best_time, best_iteration, history, writer = None, None, [], None
     network = network_spec(settings.hidden)
     try:
+        writer = SummaryWriter(str(settings.out / "tensorboard"))
+        baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
         algorithm = ppo_config(settings).build_algo()
         with (settings.out / "progress.jsonl").open("w") as log:
             for iteration in range(1, settings.iterations + 1):
@@ -170,13 +171,12 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                     # A tie keeps the later actor: as good on validation, and trained longer.
                     if best_time is None or checked.time_in_system_s <= best_time:
                         best_time, best_iteration = checked.time_in_system_s, iteration
-                        shutil.rmtree(settings.out / "best", ignore_errors=True)
-                        actor.save(settings.out / "best", {
+                        _replace_folder(settings.out / "best", lambda folder: actor.save(folder, {
                             "scenario": episodes.scenario.name, "iteration": iteration,
                             "env_steps": row.get("env_steps"), "validation_time_in_system_s": best_time,
                             "validation_completion": checked.completion,
                             "baseline": BASELINE, "baseline_validation_time_in_system_s": baseline.time_in_system_s,
-                            "episodes": settings.episodes.model_dump(mode="json")})
+                            "episodes": settings.episodes.model_dump(mode="json")}))
                 for key, value in row.items():
                     if isinstance(value, (int, float)) and key != "iteration":
                         writer.add_scalar(key, value, row.get("env_steps", iteration))
@@ -186,16 +186,33 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                 progress(iteration, row)
         algorithm.stop()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         ray.shutdown()
-        if history:  # an interrupted run too: its curves so far
-            plot_curves([settings.out], settings.out / "curves.png")
+        if history:  # an interrupted run too: its curves so far, never at the cost of the run's own error
+            try:
+                plot_curves([settings.out], settings.out / "curves.png")
+            except Exception as error:  # noqa: BLE001 - a plot must not hide why training stopped
+                print(f"tandem train: could not plot the curves: {error}", file=sys.stderr)
     last = history[-1] if history else {}
     return TrainResult(
         iterations=len(history), env_steps=int(last.get("env_steps", 0)), agent_steps=int(last.get("agent_steps", 0)),
         seconds=time.monotonic() - started, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         best_iteration=best_iteration, best_validation_time_s=best_time,
         baseline_validation_time_s=baseline.time_in_system_s, history=history)
+
+
+def _replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """Write a checkpoint beside ``folder``, then swap it in: an interruption never leaves no best actor."""
+    fresh = folder.with_name(folder.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    write(fresh)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    fresh.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _row(iteration: int, result: dict, seconds: float) -> dict:
