@@ -53,8 +53,15 @@ class AgentSpec:
     def observation_size(self) -> int:
         return EDGE_FEATURES + self.max_users * USER_FEATURES
 
-    def check_capacity(self, capacities) -> None:
-        """ValueError when an edge (id, capacity) may serve more users than the agent has slots for."""
+    def check_capacity(self, observation: Observation) -> None:
+        """ValueError when an edge may serve more users than the agent has slots for."""
+        self._check((edge.edge, edge.capacity) for edge in observation.edges)
+
+    def check_capacity_of(self, scenario) -> None:
+        """The same check on a twin scenario's edges."""
+        self._check((edge.id, edge.capacity) for edge in scenario.edges)
+
+    def _check(self, capacities) -> None:
         for edge, capacity in capacities:
             if capacity > self.max_users:
                 raise ValueError(f"edge {edge} may serve {capacity} users; the policy was trained for at most "

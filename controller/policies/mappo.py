@@ -78,7 +78,7 @@ class Mappo(Policy):
 
     def decide(self, observation: Observation) -> Decision:
         spec = self.actor.spec
-        spec.check_capacity((edge.edge, edge.capacity) for edge in observation.edges)
+        spec.check_capacity(observation)
         prior = self.prior.decide(observation)
         members = members_of(observation, prior, spec)
         choices = self.actor(encode(observation, prior, members, spec, self.energy_weight))

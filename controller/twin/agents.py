@@ -36,13 +36,17 @@ def agent_id(edge: int) -> str:
     return f"edge-{edge}"
 
 
+def check_slots(spec: AgentSpec, scenario) -> None:
+    """GameError when the scenario's edges may hold more users than the agents have slots for."""
+    try:
+        spec.check_capacity_of(scenario)
+    except ValueError as error:
+        raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") from None
+
+
 class DraftLengthGame:
     def __init__(self, twin: DigitalTwin, spec: AgentSpec, energy_weight: float = 0.0, gamma: float = 0.99) -> None:
-        try:
-            spec.check_capacity((edge.id, edge.capacity) for edge in twin.scenario.edges)
-        except ValueError as error:
-            raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") \
-                from None
+        check_slots(spec, twin.scenario)
         if not np.isfinite(energy_weight) or energy_weight < 0:
             raise GameError(f"energy_weight must be finite and non-negative, got {energy_weight}")
         if not 0 < gamma <= 1:
@@ -78,7 +82,7 @@ class DraftLengthGame:
             raise GameError(f"actions must be {self.spec.max_users} choices per agent: {error}") from None
 
     def _potential(self, requests) -> float:
-        tokens = sum(request.remaining for _, request, _ in requests)
+        tokens = sum(request.remaining for request, _ in requests)
         return -tokens * self._draft_s / self.twin.slot_s
 
     def step(self, actions: dict[str, np.ndarray]):
@@ -89,13 +93,13 @@ class DraftLengthGame:
         # Every request in the system at the slot's start (running or queued), with its energy so far, by edge.
         present = {edge: [] for edge in self.edges}
         for user in self.twin.users:
-            present[edge_of[user.index]] += [(user.index, request, request.energy_j) for request in user.queue]
+            present[edge_of[user.index]] += [(request, request.energy_j) for request in user.queue]
         before = {edge: self._potential(requests) for edge, requests in present.items()}
         finished = self.twin.step(decision)
         rewards = {}
         for edge, requests in present.items():
             busy = energy = 0.0
-            for _, request, energy_before in requests:
+            for request, energy_before in requests:
                 left = request.finished if request.finished is not None else end
                 busy += max(0.0, min(end, left) - max(begin, request.arrival))
                 energy += request.energy_j - energy_before

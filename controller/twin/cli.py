@@ -240,8 +240,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         checkpoint = None
         if LEARNED in policies:
             checkpoint = args.checkpoint or SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT
-            LearnedDraftLengths.from_folder(checkpoint).spec.check_capacity(
-                (edge.id, edge.capacity) for edge in scenario.edges)
+            LearnedDraftLengths.from_folder(checkpoint).spec.check_capacity_of(scenario)
     except (ScenarioError, TraceError, ProfileError, CheckpointError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     settings = EvaluationSettings(

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.policies.draft_agent import CHOICES, OBSERVATION_BOUND, AgentSpec
-from controller.twin.agents import DraftLengthGame, GameError, agent_id
+from controller.twin.agents import DraftLengthGame, GameError, agent_id, check_slots
 from controller.twin.load import at_load
 from controller.twin.scenario import Scenario, load_scenario
 from controller.twin.simulator import DigitalTwin
@@ -74,11 +74,7 @@ class Episodes:
             self.scenario = self.scenario.model_copy(update={"duration_slots": config.episode_slots})
         self.profile: HardwareProfile = load_profile(self.scenario.profile)
         self.spec = AgentSpec(config.max_users)
-        try:
-            self.spec.check_capacity((edge.id, edge.capacity) for edge in self.scenario.edges)
-        except ValueError as error:
-            raise GameError(f"{error}: give the agents more user slots (max_users) or the edges less capacity") \
-                from None
+        check_slots(self.spec, self.scenario)
         self.edge_counts = config.edges or [len(self.scenario.edges)]
         if max(self.edge_counts) > len(self.scenario.edges):
             raise GameError(f"edge counts {self.edge_counts}: the scenario has {len(self.scenario.edges)} edges")

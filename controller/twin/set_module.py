@@ -22,7 +22,12 @@ from controller.policies.draft_agent import SHIFT
 from controller.policies.set_network import ACTOR_LAYERS, SetNetworkSpec
 
 EMPTY_SLOT_LOGIT = -1e4  # an empty slot's other choices: exp() of it is 0 in float32
-INITIAL_BIAS = (-3.0, -1.5, 0.0, -1.5, -3.0)  # about 0.8 on "no change" with 5 choices
+INITIAL_BIAS_PER_STEP = -1.5  # a choice's starting logit per step of k away from "no change": ~0.8 on it with 5
+
+
+def _key(name: str) -> str:
+    """A ``set_network`` layer name as a ``ModuleDict`` key (which may not hold dots)."""
+    return name.replace(".", "_")
 
 
 class SetPolicyModule(TorchRLModule, ValueFunctionAPI):
@@ -34,15 +39,12 @@ class SetPolicyModule(TorchRLModule, ValueFunctionAPI):
                                    config["choices"])
         self.max_users = int(config["max_users"])
         shapes = self.spec.tensor_shapes()
-        self.actor = nn.ModuleDict({name.replace(".", "_"): nn.Linear(shapes[f"{name}.weight"][1],
-                                                                      shapes[f"{name}.weight"][0])
+        self.actor = nn.ModuleDict({_key(name): nn.Linear(shapes[f"{name}.weight"][1], shapes[f"{name}.weight"][0])
                                     for name in ACTOR_LAYERS})
-        last = self.actor["policy_1"]
+        last = self.actor[_key(ACTOR_LAYERS[-1])]
         nn.init.normal_(last.weight, std=0.01)
-        bias = np.full(self.spec.choices, INITIAL_BIAS[0], dtype=np.float32)
-        bias[:len(INITIAL_BIAS)] = INITIAL_BIAS[:self.spec.choices]
         with torch.no_grad():
-            last.bias.copy_(torch.from_numpy(bias))
+            last.bias.copy_(INITIAL_BIAS_PER_STEP * (torch.arange(self.spec.choices) - SHIFT).abs().float())
         h = self.spec.hidden
         self.value = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
         self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
@@ -52,7 +54,7 @@ class SetPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.register_buffer("_empty_logits", empty, persistent=False)
 
     def _layer(self, name: str, values: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        out = self.actor[name.replace(".", "_")](values)
+        out = self.actor[_key(name)](values)
         return torch.relu(out) if relu else out
 
     def _embed(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,7 +94,7 @@ def export_actor(module: SetPolicyModule) -> dict[str, np.ndarray]:
     """The actor's tensors by ``SetNetworkSpec.tensor_shapes`` name (what a checkpoint stores)."""
     tensors = {}
     for name in ACTOR_LAYERS:
-        layer = module.actor[name.replace(".", "_")]
+        layer = module.actor[_key(name)]
         tensors[f"{name}.weight"] = layer.weight.detach().cpu().numpy().astype(np.float32)
         tensors[f"{name}.bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
     return tensors
