@@ -31,6 +31,7 @@ from tandem.edge_model import EdgeTiming, Rounds, edge_rounds, hit_probability, 
 
 
 BITS_UP_PER_TOKEN = 8 * 6.0  # a drafted token's share of a block message (measured ~21 B per k=4 block)
+BITS_DOWN_PER_ROUND = 8 * 20.0  # a verdict (measured ~20 B)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class UserState:
     draft_length: int  # k, the length the device asks for
     pending_tokens: int  # tokens the current request still has to produce (0: idle, no request)
     bits_up_per_token: float = BITS_UP_PER_TOKEN
-    bits_down_per_round: float = 8 * 20.0  # a verdict (measured ~20 B)
+    bits_down_per_round: float = BITS_DOWN_PER_ROUND
     rtt_s: float = 0.0  # base round-trip of the radio link and the network behind it
     edge: int | None = None  # position of the edge holding the request's context (None: nowhere yet)
     context_tokens: int = 0  # prompt + committed tokens a move would re-prefill (0: unknown, moves cost nothing)

@@ -77,31 +77,54 @@ class EdgeTiming:
         return self.profile.prefill_seconds_per_token * np.asarray(tokens, dtype=float) / self.compute_scale
 
 
-def fair_tokens(demand: np.ndarray, weights: np.ndarray, budget: float) -> np.ndarray:
+def group_sums(groups: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """[count] the sum of ``values`` over each group (``groups``: a group id per element)."""
+    return np.bincount(groups, weights=values, minlength=count)
+
+
+def group_max(groups: np.ndarray, values: np.ndarray, count: int, empty: float = 0.0) -> np.ndarray:
+    """[count] the largest of ``values`` in each group (``empty`` for a group without elements)."""
+    largest = np.full(count, empty, dtype=float)
+    np.maximum.at(largest, groups, values)
+    return largest
+
+
+def fair_tokens(demand: np.ndarray, weights: np.ndarray, budget: np.ndarray | float,
+                groups: np.ndarray | None = None) -> np.ndarray:
     """Tokens per step each user gets when every user keeps a block of ``demand`` tokens waiting: the step budget
     divided by weight, max-min fair (water-filling) — nobody gets more than its block needs.  A block larger than
-    the budget still runs (a step always takes its first job), so the budget is at least the largest block."""
+    the budget still runs (a step always takes its first job), so the budget is at least the largest block.
+
+    ``groups`` (default: one): which edge each user is on, the water-filling of every edge at once (``budget``:
+    an array indexed by group id, or one for all); a pass settles or caps members of every group still open."""
     demand = np.asarray(demand, dtype=float)
     weights = np.maximum(np.asarray(weights, dtype=float), 1e-12)
+    groups = np.zeros(len(demand), dtype=int) if groups is None else np.asarray(groups, dtype=int)
+    budget = np.asarray(budget, dtype=float)
+    count = len(budget) if budget.ndim else int(groups.max(initial=-1)) + 1
+    left = np.maximum(np.broadcast_to(budget, (count,)), group_max(groups, demand, count))
     tokens = np.zeros_like(demand)
     open_ = np.ones(len(demand), dtype=bool)
-    left = max(float(budget), float(demand.max(initial=0.0)))
-    while open_.any() and left > 1e-12:
-        fill = left * weights[open_] / weights[open_].sum()
-        capped = fill >= demand[open_] - tokens[open_]
-        if not capped.any():
-            tokens[open_] += fill
+    while True:
+        live = open_ & (left > 1e-12)[groups]
+        if not live.any():
             break
-        members = np.flatnonzero(open_)[capped]
-        left -= float((demand[members] - tokens[members]).sum())
-        tokens[members] = demand[members]
-        open_[members] = False
+        fill = np.zeros_like(demand)
+        fill[live] = left[groups[live]] * weights[live] / group_sums(groups[live], weights[live],
+                                                                                   count)[groups[live]]
+        capped = live & (fill >= demand - tokens)
+        settled = live & (group_sums(groups[capped], np.ones(capped.sum()), count) == 0)[groups]
+        tokens[settled] += fill[settled]  # nobody capped: the budget is shared out, the group is done
+        left -= group_sums(groups[capped], demand[capped] - tokens[capped], count)
+        tokens[capped] = demand[capped]
+        open_ &= ~(settled | capped)
     return np.maximum(tokens, 1e-9)
 
 
-def steps_between_services(demand: np.ndarray, weights: np.ndarray, budget: float) -> np.ndarray:
+def steps_between_services(demand: np.ndarray, weights: np.ndarray, budget: np.ndarray | float,
+                           groups: np.ndarray | None = None) -> np.ndarray:
     """steps_u: engine steps per block of each user on an edge whose users all keep a block waiting (>= 1)."""
-    return np.maximum(1.0, np.asarray(demand, dtype=float) / fair_tokens(demand, weights, budget))
+    return np.maximum(1.0, np.asarray(demand, dtype=float) / fair_tokens(demand, weights, budget, groups))
 
 
 def hit_probability(acceptance: np.ndarray, draft_length: np.ndarray) -> np.ndarray:

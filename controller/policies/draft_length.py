@@ -14,11 +14,13 @@ One pass per edge, vectorised over users and candidate lengths.  Idle users keep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from controller.estimator import pair_costs, served, tokens_per_round
 from controller.policies.base import Allocation, Decision, Observation
-from tandem.edge_model import gap_seconds, hit_probability, remote_seconds, round_of
+from tandem.edge_model import Rounds, gap_seconds, hit_probability, remote_seconds, round_of
 
 LONGEST_CANDIDATE = 16
 
@@ -43,31 +45,44 @@ def tune_draft_lengths(observation: Observation, decision: Decision, parallel: b
             continue
         state = served(costs, rows, int(edge), b[rows], c[rows], parallel)
         timing = observation.edges[edge].timing
-        longest = np.array([users[r].max_draft_length or users[r].draft_length for r in rows])
-        k = np.arange(1, LONGEST_CANDIDATE + 1, dtype=float)[None, :]  # [1, K]
-        current = costs.k[rows][:, None]
         others = np.array([np.delete(costs.k[rows], i).max(initial=0.0) for i in range(len(rows))])[:, None]
-        step = timing.step_seconds(state.blocks_per_step[:, None], np.maximum(k, others))
         # A k-token block: k tokens' share of the block message up, the verdict down.
-        se_up = np.array([users[r].se_up[edge] for r in rows])[:, None]
-        per_token_up = np.array([users[r].bits_up_per_token for r in rows])[:, None] / (
-            b[rows, None] * observation.edges[edge].bandwidth_hz * se_up)
-        comm = costs.comm[rows, edge][:, None] / b[rows, None] + costs.rtt[rows, None] + (k - current) * per_token_up
-        token = (costs.draft[rows] / costs.k[rows])[:, None]
-        draft = k * token
-        acceptance = np.array([users[r].acceptance for r in rows])[:, None]
-        hit = hit_probability(acceptance, k)
-        remote = remote_seconds(comm, step, state.busy_others[:, None],
-                                gap_seconds(draft, token, comm, hit, parallel))
-        steps = state.cycle_s[:, None] / state.step_s[:, None] * (k + 1) / (current + 1)
-        steps = np.where(state.cycle_s[:, None] > state.step_s[:, None] * (1 + 1e-9), np.maximum(1.0, steps), 1.0)
-        rounds = np.maximum(round_of(draft, token, remote, hit, parallel), steps * step)
-        per_token = rounds / tokens_per_round(acceptance, k)
-        per_token[k > longest[:, None]] = np.inf
-        lengths[rows] = np.argmin(per_token, axis=1) + 1
+        se_up = np.array([users[r].se_up[edge] for r in rows])
+        lengths[rows] = best_lengths(
+            lambda k, blocks=state.blocks_per_step[:, None], others=others: timing.step_seconds(
+                blocks, np.maximum(k, others)),
+            state, costs.comm[rows, edge] / b[rows] + costs.rtt[rows],
+            np.array([users[r].bits_up_per_token for r in rows]) / (b[rows] * observation.edges[edge].bandwidth_hz
+                                                                     * se_up),
+            costs.k[rows], costs.draft[rows] / costs.k[rows], np.array([users[r].acceptance for r in rows]),
+            np.array([users[r].max_draft_length or users[r].draft_length for r in rows]), parallel)
     return Decision(decision.slot, tuple(
         Allocation(a.user, a.edge, a.bandwidth_share, a.compute_share, int(length))
         for a, length in zip(chosen, lengths)))
+
+
+def best_lengths(step_of: Callable[[np.ndarray], np.ndarray], state: Rounds, comm: np.ndarray,
+                 per_token_up: np.ndarray, current: np.ndarray, token: np.ndarray, acceptance: np.ndarray,
+                 longest: np.ndarray, parallel: bool) -> np.ndarray:
+    """Each user's k in 1..its ``longest`` with the fewest expected seconds per emitted token, its edge's load held
+    at ``state`` (arrays over users, whatever edges they are on).
+
+    ``step_of(k)``: [users, K] the step a block of each candidate length k ([1, K]) joins; ``comm``: the link's
+    part of a round at the ``current`` length (uplink + downlink at the user's share, and the rtt);
+    ``per_token_up``: a drafted token's upload; ``token``: t_draft."""
+    k = np.arange(1, LONGEST_CANDIDATE + 1, dtype=float)[None, :]  # [1, K]
+    current, token, acceptance = current[:, None], token[:, None], acceptance[:, None]
+    step = step_of(k)
+    comm = comm[:, None] + (k - current) * per_token_up[:, None]
+    draft = k * token
+    hit = hit_probability(acceptance, k)
+    remote = remote_seconds(comm, step, state.busy_others[:, None], gap_seconds(draft, token, comm, hit, parallel))
+    cycle, step_s = state.cycle_s[:, None], state.step_s[:, None]
+    steps = np.where(cycle > step_s * (1 + 1e-9), np.maximum(1.0, cycle / step_s * (k + 1) / (current + 1)), 1.0)
+    rounds = np.maximum(round_of(draft, token, remote, hit, parallel), steps * step)
+    per_token = rounds / tokens_per_round(acceptance, k)
+    per_token[k > longest[:, None]] = np.inf
+    return np.argmin(per_token, axis=1) + 1
 
 
 DRAFT_LENGTHS = ("fixed", "tuned")
