@@ -187,7 +187,8 @@ def trained_policy(umi_trace, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mappo")
     scenario = write_twin_scenario(folder, umi_trace)
     done = run_tandem("train", "--scenario", str(scenario), "--iterations", "3", "--eval-every", "3",
-                      "--batch-size", "200", "--max-users", "4", "--episode-slots", "40",
+                      "--batch-size", "200", "--batch-envs", "4", "--minibatch-size", "128", "--max-users", "4",
+                      "--episode-slots", "40",
                       "--energy-weights", "0", "0.5", "--out", str(folder / "run"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "run" / "best"

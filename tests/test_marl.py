@@ -119,7 +119,7 @@ def test_the_reward_pays_a_requests_tokens_in_the_slot_they_are_made(umi_trace, 
 def episode_config(umi_trace, tmp_path_factory):
     folder = tmp_path_factory.mktemp("marl")
     return {"scenario": str(write_twin_scenario(folder, umi_trace, slots=30)), "users": (2, 4), "edges": [2, 3],
-            "energy_weights": [0.0, 0.5], "max_users": 4}
+            "energy_weights": [0.0, 0.5], "max_users": 4, "batch_envs": 3}
 
 
 def test_the_rllib_environment_passes_rllib_checks(episode_config):

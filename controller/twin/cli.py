@@ -64,8 +64,10 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        "always plays the scenario's whole duration)")
     train.add_argument("--max-users", type=int, default=24, help="user slots per agent, at least every edge's "
                        "capacity (24)")
-    train.add_argument("--batch-size", type=int, default=2000, help="environment steps sampled per iteration "
-                       "(2000)")
+    train.add_argument("--batch-size", type=int, default=8192, help="environment steps (twin slots) sampled per "
+                       "iteration (8192)")
+    train.add_argument("--minibatch-size", type=int, default=4096, help="agent steps per PPO update (4096)")
+    train.add_argument("--batch-envs", type=int, default=32, help="episodes the batched twin steps at once (32)")
     train.add_argument("--epochs", type=int, default=8, help="PPO passes over each batch (8)")
     train.add_argument("--gamma", type=float, default=0.99, help="discount (0.99)")
     train.add_argument("--eval-every", type=int, default=10, help="validate every N iterations (10)")
@@ -92,15 +94,16 @@ def run_train(args: argparse.Namespace) -> int:
     from tandem.profiles import ProfileError
     from tandem.traces.format import TraceError
 
-    if min(args.iterations, args.eval_every, args.batch_size, args.epochs, args.validation_seeds,
-           args.envs_per_runner) < 1 or min(args.env_runners, args.seed) < 0:
-        return fail("--iterations, --eval-every, --batch-size, --epochs, --validation-seeds and --envs-per-runner "
-                    "must be at least 1; --env-runners and --seed non-negative", EXIT_USAGE)
+    if min(args.iterations, args.eval_every, args.batch_size, args.minibatch_size, args.epochs,
+           args.validation_seeds, args.envs_per_runner) < 1 or min(args.env_runners, args.seed) < 0:
+        return fail("--iterations, --eval-every, --batch-size, --minibatch-size, --epochs, --validation-seeds and "
+                    "--envs-per-runner must be at least 1; --env-runners and --seed non-negative", EXIT_USAGE)
     try:
         episodes = EpisodeConfig(scenario=args.scenario, traces=args.train_trace or [],
                                  users=tuple(args.users) if args.users else None, edges=args.edges or [],
                                  energy_weights=args.energy_weights, episode_slots=args.episode_slots,
-                                 max_users=args.max_users, gamma=args.gamma, loads=args.loads or [])
+                                 max_users=args.max_users, gamma=args.gamma, loads=args.loads or [],
+                                 batch_envs=args.batch_envs)
         checked = Episodes(episodes)  # every input is read and checked before Ray starts
         out = args.out or Path("runs") / f"mappo-{checked.scenario.name}"
         settings = TrainSettings(
@@ -108,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed, address=args.address, eval_every=args.eval_every, env_runners=args.env_runners,
             envs_per_runner=args.envs_per_runner,
             validation_seeds=tuple(1_000_001 + i for i in range(args.validation_seeds)),
-            batch_size=args.batch_size, minibatch_size=min(500, args.batch_size), epochs=args.epochs)
+            batch_size=args.batch_size, minibatch_size=args.minibatch_size, epochs=args.epochs)
     except ValidationError as error:
         return fail(f"invalid training settings: {validation_reasons(error)}", EXIT_USAGE)
     except (ScenarioError, TraceError, ProfileError, GameError, ValueError) as error:

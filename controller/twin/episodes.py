@@ -4,6 +4,10 @@ One scenario file fixes the hardware, the workload and the edges; every episode 
 the training traces, a number of users (the first N of the trace), a number of edges (the first E of the
 scenario), an offered load (when ``loads`` are given) and an energy weight, so that one policy (parameters
 shared by every edge's agent) learns the whole evaluation grid.  The same seed always gives the same game.
+
+Training plays episodes in batches (``batch``: ``batch_envs`` of them stepped at once by the batched twin,
+batch_game.py): the episodes of a batch share their number of users and edges, and each draws its own trace, load,
+energy weight and seed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from controller.policies.draft_agent import CHOICES, OBSERVATION_BOUND, AgentSpec
 from controller.twin.agents import DraftLengthGame, GameError, agent_id, check_slots
+from controller.twin.batch import BatchTwin
+from controller.twin.batch_game import BatchDraftGame
 from controller.twin.load import at_load
 from controller.twin.scenario import Scenario, load_scenario
 from controller.twin.simulator import DigitalTwin
@@ -39,6 +45,7 @@ class EpisodeConfig(BaseModel):
     episode_slots: int | None = Field(None, ge=2, le=1 << 20, description="default: the scenario's duration")
     max_users: int = Field(24, ge=1, le=1024, description="user slots of each agent")
     gamma: float = Field(0.99, gt=0, le=1, description="discount of the returns (and of the reward's shaping)")
+    batch_envs: int = Field(32, ge=1, le=4096, description="episodes the batched twin steps at once (training)")
 
     @field_validator("scenario")
     @classmethod
@@ -112,11 +119,34 @@ class Episodes:
             variant = at_load(variant, self.profile, float(rng.choice(self.config.loads)))
         return DraftLengthGame(DigitalTwin(variant, trace, self.profile), self.spec, weight, self.config.gamma)
 
+    def batch(self, seed: int) -> tuple[BatchDraftGame, list[int]]:
+        """The batch of ``batch_envs`` episodes with this seed, and each episode's seed (the caller resets the game
+        with them)."""
+        rng = np.random.default_rng(seed)
+        size = self.config.batch_envs
+        users = int(rng.integers(self.user_range[0], self.user_range[1] + 1))
+        variant = self._variant(users, int(rng.choice(self.edge_counts)))
+        traces = [self.traces[int(index)] for index in rng.integers(len(self.traces), size=size)]
+        weights = rng.choice(self.config.energy_weights, size)
+        scenarios = ([at_load(variant, self.profile, float(load)) for load in rng.choice(self.config.loads, size)]
+                     if self.config.loads else [variant] * size)
+        game = BatchDraftGame(BatchTwin(scenarios, traces, self.profile), self.spec, weights, self.config.gamma)
+        return game, [int(value) for value in rng.integers(1 << 31, size=size)]
+
+    def batch_agents(self) -> list[str]:
+        """Every agent a batch may have: each episode's edges."""
+        return [batch_agent_id(agent, index) for index in range(self.config.batch_envs) for agent in self.agents]
+
     def begin(self, seeds: np.random.Generator) -> tuple[DraftLengthGame, dict[str, np.ndarray]]:
         """A new episode, its seed drawn from ``seeds``: the game, reset, and its first observations."""
         episode_seed = int(seeds.integers(1 << 31))
         game = self.game(episode_seed)
         return game, game.reset(episode_seed)
+
+
+def batch_agent_id(agent: str, episode: int) -> str:
+    """An edge's agent in one episode of a batch."""
+    return f"{agent}/{episode}"
 
 
 def spaces(spec: AgentSpec):

@@ -1,14 +1,16 @@
-"""The allocation game as an RLlib ``MultiAgentEnv``: one agent per edge server (``edge-<id>``), the episode's game
-from ``Episodes`` (traces, users, edges and energy weight drawn per episode), observations and actions as
-``controller/policies/draft_agent.py`` documents them.  ``env_config`` is an ``EpisodeConfig`` as a dict, plus
-``seed`` (the episode seeds of each env runner follow from it and the runner's index)."""
+"""The draft-length game as an RLlib ``MultiAgentEnv``: a batch of episodes stepped at once by the batched twin
+(``Episodes.batch``; controller/twin/batch_game.py), one agent per edge per episode (``edge-<id>/<episode>``, all
+mapped to one module), observations and actions as ``controller/policies/draft_agent.py`` documents them.  One
+RLlib environment step is ``batch_envs`` twin slots.  ``env_config`` is an ``EpisodeConfig`` as a dict, plus
+``seed`` (each env runner's batch seeds follow from it and the runner's index)."""
 
 from __future__ import annotations
 
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from controller.twin.episodes import EpisodeConfig, Episodes, spaces
+from controller.twin.agents import GameError
+from controller.twin.episodes import EpisodeConfig, Episodes, batch_agent_id, spaces
 
 
 class TwinMultiAgentEnv(MultiAgentEnv):
@@ -19,22 +21,43 @@ class TwinMultiAgentEnv(MultiAgentEnv):
         worker = (getattr(config, "worker_index", 0), getattr(config, "vector_index", 0))
         self.episodes = Episodes(EpisodeConfig.model_validate(config))
         observation_space, action_space = spaces(self.episodes.spec)
-        self.possible_agents = self.episodes.agents
+        self.possible_agents = self.episodes.batch_agents()
         self.agents = list(self.possible_agents)
         self.observation_spaces = {agent: observation_space for agent in self.possible_agents}
         self.action_spaces = {agent: action_space for agent in self.possible_agents}
         self._seeds = np.random.default_rng([base_seed, *worker])
         self.game = None
 
+    def _named(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """[episodes, edges, ...] as a dict by agent id."""
+        return {agent: values[episode, edge] for agent, (episode, edge) in zip(self.agents, self._index)}
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._seeds = np.random.default_rng(seed)
-        self.game, observations = self.episodes.begin(self._seeds)
-        self.agents = list(self.game.agents)
-        return observations, {agent: {} for agent in observations}
+        self.game, seeds = self.episodes.batch(int(self._seeds.integers(1 << 31)))
+        observations = self.game.reset(seeds)
+        edges = self.episodes.agents[:self.game.twin.edges]
+        self._index = [(episode, edge) for episode in range(self.game.twin.envs) for edge in range(len(edges))]
+        self.agents = [batch_agent_id(edges[edge], episode) for episode, edge in self._index]
+        return self._named(observations), {agent: {} for agent in self.agents}
 
     def step(self, action_dict: dict[str, np.ndarray]):
-        observations, rewards, terminated, truncated, infos = self.game.step(action_dict)
-        if truncated["__all__"] or terminated["__all__"]:
+        missing = [agent for agent in self.agents if agent not in action_dict]
+        if missing:
+            raise GameError(f"no action for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        twin, size = self.game.twin, self.episodes.spec.max_users
+        try:
+            choices = np.stack([np.asarray(action_dict[agent]).reshape(size) for agent in self.agents])
+        except ValueError as error:
+            raise GameError(f"actions must be {size} choices per agent: {error}") from None
+        observations, rewards, over = self.game.step(choices.reshape(twin.envs, twin.edges, size))
+        named = self._named(observations)
+        rewards = {agent: float(value) for agent, value in self._named(rewards).items()}
+        # The last observation is a real one even when the episodes are cut at their horizon: PPO bootstraps the
+        # truncated return from its value.
+        terminated = {agent: False for agent in self.agents} | {"__all__": False}
+        truncated = {agent: over for agent in self.agents} | {"__all__": over}
+        if over:
             self.agents = []
-        return observations, rewards, terminated, truncated, infos
+        return named, rewards, terminated, truncated, {}

@@ -192,6 +192,11 @@ class DigitalTwin:
         for request in self._requests[self.slot]:
             queues[request.user].append(request)
 
+    @property
+    def requests_by_slot(self) -> list[list[Request]]:
+        """Every request of the run by arrival slot, drawn at reset (the batched twin replays them in tests)."""
+        return self._requests
+
     def upcoming(self, slots: int) -> list[Request]:
         """The requests arriving in the next ``slots`` slots (after this one): what only an oracle knows."""
         return [request for later in self._requests[self.slot + 1:self.slot + 1 + slots] for request in later]

@@ -53,8 +53,8 @@ class TrainSettings:
     env_runners: int = 0  # 0: sample in the driver (2 cores here); more on a cluster
     envs_per_runner: int = 1
     hidden: int = 64
-    batch_size: int = 2000  # environment steps per iteration
-    minibatch_size: int = 500
+    batch_size: int = 8192  # environment steps (twin slots) per iteration
+    minibatch_size: int = 4096  # agent steps per update
     epochs: int = 8  # PPO passes over each batch: every agent-step is used in this many updates
     lr: float = 3e-4
     entropy: float = 0.001  # small: the actor starts at the heuristic and explores near it
@@ -73,7 +73,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def ppo_config(settings: TrainSettings):
+def ppo_config(settings: TrainSettings, edge_counts: list[int]):
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -91,14 +91,22 @@ def ppo_config(settings: TrainSettings):
         .framework("torch")
         .env_runners(num_env_runners=settings.env_runners, num_envs_per_env_runner=settings.envs_per_runner)
         .training(lr=settings.lr, gamma=settings.episodes.gamma, lambda_=0.95,
-                  train_batch_size_per_learner=settings.batch_size, minibatch_size=settings.minibatch_size,
+                  train_batch_size_per_learner=agent_steps(settings.batch_size, edge_counts),
+                  minibatch_size=settings.minibatch_size,
                   num_epochs=settings.epochs, entropy_coeff=settings.entropy, clip_param=0.2, vf_clip_param=100.0,
                   use_kl_loss=False)
-        .multi_agent(policies={MODULE_ID}, policy_mapping_fn=lambda agent, episode, **kw: MODULE_ID)
+        # Counted in agent steps: a batch then holds what the learner's minibatches (agent steps) split.
+        .multi_agent(policies={MODULE_ID}, policy_mapping_fn=lambda agent, episode, **kw: MODULE_ID,
+                     count_steps_by="agent_steps")
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={MODULE_ID: module}))
         .reporting(min_sample_timesteps_per_iteration=0, min_time_s_per_iteration=0)
         .debugging(seed=settings.seed, log_level="ERROR")
     )
+
+
+def agent_steps(slots: int, edge_counts: list[int]) -> int:
+    """The agent steps of ``slots`` twin slots: one per edge of each episode (the mean of the edge counts drawn)."""
+    return max(1, round(slots * float(np.mean(edge_counts))))
 
 
 @dataclass(frozen=True)
@@ -153,11 +161,11 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     try:
         writer = SummaryWriter(str(settings.out / "tensorboard"))
         baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
-        algorithm = ppo_config(settings).build_algo()
+        algorithm = ppo_config(settings, episodes.edge_counts).build_algo()
         with (settings.out / "progress.jsonl").open("w") as log:
             for iteration in range(1, settings.iterations + 1):
                 result = algorithm.train()
-                row = _row(iteration, result, time.monotonic() - started)
+                row = _row(iteration, result, time.monotonic() - started, settings.episodes.batch_envs)
                 if iteration % settings.eval_every == 0 or iteration == settings.iterations:
                     actor = LearnedDraftLengths.from_tensors(export_actor(algorithm.get_module(MODULE_ID)), network,
                                                              episodes.spec)
@@ -215,11 +223,12 @@ def _replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _row(iteration: int, result: dict, seconds: float) -> dict:
+def _row(iteration: int, result: dict, seconds: float, batch_envs: int) -> dict:
+    """One line of progress; ``env_steps`` counts twin slots (RLlib's steps × the episodes of a batch)."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(MODULE_ID, {})
     row = {"iteration": iteration, "seconds": round(seconds, 1),
-           "env_steps": runners.get("num_env_steps_sampled_lifetime", 0),
+           "env_steps": runners.get("num_env_steps_sampled_lifetime", 0) * batch_envs,
            "agent_steps": runners.get("num_agent_steps_sampled_lifetime", {}),
            "episode_return_mean": runners.get("episode_return_mean")}
     if isinstance(row["agent_steps"], dict):
