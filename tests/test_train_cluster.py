@@ -73,7 +73,8 @@ def test_training_runs_on_a_two_node_ray_cluster(two_node_cluster, umi_trace, tm
         monkeypatch.setenv(name, two_node_cluster[name])
     scenario = write_twin_scenario(tmp_path, umi_trace)
     done = run_tandem("train", "--scenario", str(scenario), "--iterations", "2", "--eval-every", "2",
-                      "--batch-size", "200", "--max-users", "4", "--episode-slots", "40", "--env-runners", "1",
+                      "--batch-size", "200", "--batch-envs", "4", "--minibatch-size", "128", "--max-users", "4",
+                      "--episode-slots", "40", "--env-runners", "1",
                       "--address", f"127.0.0.1:{PORT}", "--out", str(tmp_path / "run"), "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

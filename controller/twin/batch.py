@@ -35,6 +35,10 @@ from tandem.shares import MIN_SHARE
 from tandem.traces.format import ChannelTrace
 
 
+# Each episode's random streams, from its seed: its requests, and (for the batch) the acceptance draws.
+REQUEST_STREAM, ACCEPTANCE_STREAM = 1, 2
+
+
 @dataclass
 class Requests:
     """Every request of the batch (flat over environments), and each user's queue of them."""
@@ -72,7 +76,7 @@ def draw_requests(scenarios: list[Scenario], users: int, slot_s: float, seeds: l
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("env", "user", "arrival", "arrival_slot", "prompt",
                                                                  "answer")}
     for env, (scenario, seed) in enumerate(zip(scenarios, seeds)):
-        rng = np.random.default_rng([seed, 7])
+        rng = np.random.default_rng([seed, REQUEST_STREAM])
         arrivals, duration = scenario.arrivals, scenario.duration_slots
         if arrivals.kind == "once":
             at_slot = int(arrivals.at_s // slot_s)
@@ -174,7 +178,7 @@ class BatchTwin:
         if len(seeds) != self.envs:
             raise ValueError(f"{self.envs} seeds are needed, got {len(seeds)}")
         self.requests = requests or draw_requests(self.scenarios, self.users, self.slot_s, seeds)
-        self.rng = np.random.default_rng([*seeds, 11])
+        self.rng = np.random.default_rng([*seeds, ACCEPTANCE_STREAM])
         self.slot = 0
         self.head = np.zeros(self.envs * self.users, dtype=np.int64)  # each user's first unfinished request
         self.clock = np.zeros(self.envs * self.users)  # when each user's next round may start

@@ -58,23 +58,26 @@ class SetPolicyModule(TorchRLModule, ValueFunctionAPI):
         return torch.relu(out) if relu else out
 
     def _embed(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(member embeddings [B, slots, h], context [B, h], present [B, slots])."""
+        """(the members' embeddings [members, h], context [B, h], present [B, slots]).  Only the slots that hold a
+        member go through the per-member layers (most slots are empty: a quarter or so are filled in training)."""
         spec = self.spec
         edge = obs[:, :spec.edge_features]
         users = obs[:, spec.edge_features:].reshape(obs.shape[0], -1, spec.user_features)
         present = users[..., 0] > 0.5
-        h = self._layer("encoder.1", self._layer("encoder.0", users))
-        mask = present.unsqueeze(-1).to(h.dtype)
-        mean = (h * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        peak = (h * mask).max(dim=1).values  # h >= 0 after ReLU, so masked slots (0) never win over a member
+        members = self._layer("encoder.1", self._layer("encoder.0", users[present]))
+        h = members.new_zeros(users.shape[0], users.shape[1], members.shape[-1]).index_put((present,), members)
+        count = present.sum(dim=1, keepdim=True).to(h.dtype)
+        mean = h.sum(dim=1) / count.clamp(min=1.0)
+        peak = h.max(dim=1).values  # h >= 0 after ReLU, so empty slots (0) never win over a member
         context = self._layer("context.0", torch.cat([edge, mean, peak], dim=-1))
-        return h, context, present
+        return members, context, present
 
-    def _logits(self, h: torch.Tensor, context: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        joined = torch.cat([h, context.unsqueeze(1).expand(-1, h.shape[1], -1)], dim=-1)
+    def _logits(self, members: torch.Tensor, context: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        row = present.nonzero(as_tuple=True)[0]  # each member's observation
+        joined = torch.cat([members, context[row]], dim=-1)
         logits = self._layer("policy.1", self._layer("policy.0", joined), relu=False)
-        logits = torch.where(present.unsqueeze(-1), logits, self._empty_logits)
-        return logits.reshape(logits.shape[0], -1)
+        full = self._empty_logits.expand(*present.shape, -1).index_put((present,), logits)
+        return full.reshape(full.shape[0], -1)
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         h, context, present = self._embed(batch[Columns.OBS])

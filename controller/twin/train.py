@@ -224,13 +224,15 @@ def _replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
 
 def _row(iteration: int, result: dict, seconds: float, batch_envs: int) -> dict:
-    """One line of progress; ``env_steps`` counts twin slots (RLlib's steps × the episodes of a batch)."""
+    """One line of progress; ``env_steps`` counts twin slots (RLlib's steps × the episodes of a batch) and the
+    return is one episode's (RLlib's episode is a batch of them)."""
     runners = result.get("env_runners", {})
     learner = result.get("learners", {}).get(MODULE_ID, {})
+    batch_return = runners.get("episode_return_mean")
     row = {"iteration": iteration, "seconds": round(seconds, 1),
            "env_steps": runners.get("num_env_steps_sampled_lifetime", 0) * batch_envs,
            "agent_steps": runners.get("num_agent_steps_sampled_lifetime", {}),
-           "episode_return_mean": runners.get("episode_return_mean")}
+           "episode_return_mean": None if batch_return is None else batch_return / batch_envs}
     if isinstance(row["agent_steps"], dict):
         row["agent_steps"] = sum(row["agent_steps"].values())
     for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
