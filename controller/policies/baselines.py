@@ -54,10 +54,15 @@ class Alternate(Policy):
         return equal_shares(observation, (users + observation.slot) % len(observation.edges))
 
 
-def _downlink_sinr_db(observation: Observation) -> np.ndarray:
-    """[U, E] downlink SINR in dB from the spectral efficiencies (Shannon: SINR = 2^SE − 1; an outage is −inf)."""
+def sinr_db(spectral_efficiency: np.ndarray) -> np.ndarray:
+    """SINR in dB from spectral efficiencies (Shannon: SINR = 2^SE − 1; an outage is −inf)."""
     with np.errstate(divide="ignore"):
-        return 10 * np.log10(np.exp2(np.minimum(_downlink_se(observation), 60.0)) - 1.0)
+        return 10 * np.log10(np.exp2(np.minimum(spectral_efficiency, 60.0)) - 1.0)
+
+
+def _downlink_sinr_db(observation: Observation) -> np.ndarray:
+    """[U, E] downlink SINR in dB of every user to every edge."""
+    return sinr_db(_downlink_se(observation))
 
 
 class MaxSinrHysteresis(Policy):

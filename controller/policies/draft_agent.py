@@ -87,27 +87,48 @@ def members_of(observation: Observation, prior: Decision, spec: AgentSpec) -> Me
     return Members(tuple(members))
 
 
+def edge_features(members: np.ndarray, compute_scale: np.ndarray, bandwidth_hz: np.ndarray,
+                  energy_weight: np.ndarray, spec: AgentSpec) -> np.ndarray:
+    """[edges, EDGE_FEATURES] (arrays over edges): the one definition of an agent's edge features."""
+    return np.column_stack([np.asarray(members) / spec.max_users, np.asarray(compute_scale) * 5,
+                            np.asarray(bandwidth_hz) / 1e8, np.broadcast_to(energy_weight, np.shape(members))])
+
+
+def user_features(se_up: np.ndarray, se_down: np.ndarray, pending: np.ndarray, context: np.ndarray,
+                  draft_s_per_token: np.ndarray, acceptance: np.ndarray, prior_k: np.ndarray,
+                  elsewhere: np.ndarray) -> np.ndarray:
+    """[members, USER_FEATURES] (arrays over members): the one definition of a member's features."""
+    count = len(se_up)
+    return np.column_stack([
+        np.ones(count), np.minimum(se_up, 100.0) / 10, np.minimum(se_down, 100.0) / 10, np.log1p(pending) / 7,
+        np.log1p(context) / 9, np.broadcast_to(np.minimum(draft_s_per_token, 10.0) * 10, count),
+        np.broadcast_to(acceptance, count), np.asarray(prior_k) / 8, np.asarray(elsewhere, dtype=float)])
+
+
+def moved_lengths(prior_k: np.ndarray, choices: np.ndarray, longest: np.ndarray) -> np.ndarray:
+    """Members' k: the prior's moved by their choices (clipped to 0..CHOICES−1), within [1, the longest block the
+    device drafts] (or the prior's k, when a policy set it longer)."""
+    change = np.clip(np.nan_to_num(choices), 0, CHOICES - 1).astype(int) - SHIFT
+    return np.minimum(np.maximum(prior_k + change, 1), np.maximum(longest, prior_k)).astype(int)
+
+
 def encode(observation: Observation, prior: Decision, members: Members, spec: AgentSpec,
            energy_weight: float) -> np.ndarray:
     """[edges, observation_size] float32: every edge agent's observation, each feature within ±OBSERVATION_BOUND."""
     by_user = {a.user: a for a in prior.allocations}
     features = np.zeros((len(observation.edges), spec.observation_size), dtype=np.float32)
-    for position, (edge, rows) in enumerate(zip(observation.edges, members.of_edge)):
-        features[position, :EDGE_FEATURES] = (len(rows) / spec.max_users, edge.timing.compute_scale * 5,
-                                              edge.bandwidth_hz / 1e8, energy_weight)
+    features[:, :EDGE_FEATURES] = edge_features(
+        np.array([len(rows) for rows in members.of_edge]), [edge.timing.compute_scale for edge in observation.edges],
+        [edge.bandwidth_hz for edge in observation.edges], energy_weight, spec)
+    for position, rows in enumerate(members.of_edge):
         if not len(rows):
             continue
         users = [observation.users[row] for row in rows]
-        per_user = np.column_stack([
-            np.ones(len(rows)),
-            np.minimum([u.se_up[position] for u in users], 100.0) / 10,
-            np.minimum([u.se_down[position] for u in users], 100.0) / 10,
-            np.log1p([u.pending_tokens for u in users]) / 7,
-            np.log1p([u.context_tokens for u in users]) / 9,
-            np.minimum([u.draft_s_per_token for u in users], 10.0) * 10,
-            [u.acceptance for u in users],
-            [by_user[u.user].draft_length / 8 for u in users],
-            [float(u.edge != position) for u in users]])
+        per_user = user_features(
+            np.array([u.se_up[position] for u in users]), np.array([u.se_down[position] for u in users]),
+            np.array([u.pending_tokens for u in users]), np.array([u.context_tokens for u in users]),
+            np.array([u.draft_s_per_token for u in users]), np.array([u.acceptance for u in users]),
+            np.array([by_user[u.user].draft_length for u in users]), np.array([u.edge != position for u in users]))
         features[position, EDGE_FEATURES:EDGE_FEATURES + per_user.size] = per_user.ravel()
     return np.clip(features, -OBSERVATION_BOUND, OBSERVATION_BOUND)
 
@@ -120,15 +141,15 @@ def decode(observation: Observation, prior: Decision, members: Members, choices:
     if choices.shape != (len(observation.edges), spec.max_users):
         raise ValueError(f"choices of shape ({len(observation.edges)}, {spec.max_users}) are needed, got "
                          f"{choices.shape}")
-    change = np.zeros(len(observation.users), dtype=int)
-    for position, rows in enumerate(members.of_edge):
-        change[rows] = np.clip(np.nan_to_num(choices[position, :len(rows)]), 0, CHOICES - 1).astype(int) - SHIFT
     by_user = {a.user: a for a in prior.allocations}
+    lengths = np.array([by_user[user.user].draft_length for user in observation.users])
+    for position, rows in enumerate(members.of_edge):
+        longest = np.array([observation.users[row].max_draft_length or observation.users[row].draft_length
+                            for row in rows], dtype=int)
+        lengths[rows] = moved_lengths(lengths[rows], choices[position, :len(rows)], longest)
     allocations = []
-    for user, delta in zip(observation.users, change.tolist()):
+    for user, length in zip(observation.users, lengths.tolist()):
         allocation = by_user[user.user]
-        longest = user.max_draft_length or user.draft_length
-        length = int(min(max(allocation.draft_length + delta, 1), max(longest, allocation.draft_length)))
         allocations.append(Allocation(allocation.user, allocation.edge, allocation.bandwidth_share,
-                                      allocation.compute_share, length))
+                                      allocation.compute_share, int(length)))
     return Decision(prior.slot, tuple(allocations))

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.policies.draft_agent import (CHOICES, EDGE_FEATURES, OBSERVATION_BOUND, SHIFT, USER_FEATURES,
-                                             AgentSpec)
+from controller.policies.baselines import sinr_db
+from controller.policies.draft_agent import (EDGE_FEATURES, OBSERVATION_BOUND, USER_FEATURES, AgentSpec,
+                                             edge_features, moved_lengths, user_features)
 from controller.policies.draft_length import best_lengths
+from controller.policies.mappo import prior_policy
 from controller.twin.agents import check_slots
 from controller.twin.batch import BatchTwin
 from tandem.edge_model import group_max, group_sums
-
-# The prior's handover (MaxSinrHysteresis' defaults: the heuristic the agents correct).
-OFFSET_DB, TIME_TO_TRIGGER = 3.0, 3
 
 
 class BatchPrior:
@@ -29,6 +28,8 @@ class BatchPrior:
 
     def __init__(self, twin: BatchTwin) -> None:
         self.twin = twin
+        handover = prior_policy()  # its parameters: the one heuristic the agents correct
+        self.offset_db, self.time_to_trigger = handover.offset_db, handover.time_to_trigger
         size = twin.envs * twin.users
         self.serving = np.full(size, -1)
         self.candidate = np.full(size, -1)
@@ -36,15 +37,14 @@ class BatchPrior:
 
     def association(self) -> np.ndarray:
         """[N·U] each user's edge position after this slot's handovers (3GPP A3 with the policy's defaults)."""
-        with np.errstate(divide="ignore"):
-            sinr = 10 * np.log10(np.exp2(np.minimum(self.twin.observe().se_down, 60.0)) - 1.0)
+        sinr = sinr_db(self.twin.observe().se_down)
         rows = np.arange(len(sinr))
         best = np.argmax(sinr, axis=1)
         serving = self.serving
         lost = (serving < 0) | ~np.isfinite(sinr[rows, np.maximum(serving, 0)])
-        better = ~lost & (sinr[rows, best] > sinr[rows, np.maximum(serving, 0)] + OFFSET_DB)
+        better = ~lost & (sinr[rows, best] > sinr[rows, np.maximum(serving, 0)] + self.offset_db)
         slots = np.where(self.candidate == best, self.candidate_slots + 1, 1)
-        trigger = better & (slots >= TIME_TO_TRIGGER)
+        trigger = better & (slots >= self.time_to_trigger)
         self.serving = np.where(lost | trigger, best, serving)
         self.candidate = np.where(better, best, -1)
         self.candidate_slots = np.where(better, np.where(trigger, 0, slots), 0)
@@ -116,21 +116,14 @@ class BatchDraftGame:
         features = np.zeros((count, spec.observation_size), dtype=np.float32)
         edge_of_group = np.tile(np.arange(twin.edges), twin.envs)
         env_of_group = np.repeat(np.arange(twin.envs), twin.edges)
-        members = np.bincount(self._member_groups, minlength=count)
-        features[:, :EDGE_FEATURES] = np.column_stack([
-            members / spec.max_users, twin.compute_scale[edge_of_group] * 5,
-            twin.bandwidth[env_of_group, edge_of_group] / 1e8, self.energy_weights[env_of_group]])
+        features[:, :EDGE_FEATURES] = edge_features(
+            np.bincount(self._member_groups, minlength=count), twin.compute_scale[edge_of_group],
+            twin.bandwidth[env_of_group, edge_of_group], self.energy_weights[env_of_group], spec)
         edge = self._association[rows]
-        per_user = np.column_stack([
-            np.ones(len(rows)),
-            np.minimum(observed.se_up[rows, edge], 100.0) / 10,
-            np.minimum(observed.se_down[rows, edge], 100.0) / 10,
-            np.log1p(observed.pending[rows]) / 7,
-            np.log1p(observed.context[rows]) / 9,
-            np.full(len(rows), min(self._draft_s, 10.0) * 10),
-            np.full(len(rows), twin.profile.acceptance.per_token),
-            self._prior_k[rows] / 8,
-            (observed.context_edge[rows] != edge).astype(float)])
+        per_user = user_features(
+            observed.se_up[rows, edge], observed.se_down[rows, edge], observed.pending[rows], observed.context[rows],
+            self._draft_s, twin.profile.acceptance.per_token, self._prior_k[rows],
+            observed.context_edge[rows] != edge)
         columns = EDGE_FEATURES + self._rank[:, None] * USER_FEATURES + np.arange(USER_FEATURES)[None, :]
         features[self._member_groups[:, None], columns] = per_user
         return np.clip(features, -OBSERVATION_BOUND, OBSERVATION_BOUND).reshape(twin.envs, twin.edges, -1)
@@ -141,9 +134,8 @@ class BatchDraftGame:
         choices = np.asarray(choices).reshape(twin.envs * twin.edges, self.spec.max_users)
         lengths = self._prior_k.copy()
         rows = self._members
-        change = np.clip(np.nan_to_num(choices[self._member_groups, self._rank]), 0, CHOICES - 1).astype(int) - SHIFT
-        longest = max(twin.scenario.longest_draft, 1)
-        lengths[rows] = np.minimum(np.maximum(lengths[rows] + change, 1), np.maximum(longest, lengths[rows]))
+        lengths[rows] = moved_lengths(lengths[rows], choices[self._member_groups, self._rank],
+                                      twin.scenario.longest_draft)
         return lengths
 
     def _present(self) -> np.ndarray:
