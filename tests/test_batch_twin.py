@@ -139,3 +139,15 @@ def test_the_rllib_environment_refuses_missing_or_misshapen_actions(umi_trace, t
         over, steps = truncated["__all__"], steps + 1
         assert all(np.isfinite(value) for value in rewards.values())
     assert steps == 20 and env.agents == []
+    # Batches of 2 or 3 edges: every agent acts at every step; an absent edge's agent sees nothing and gets 0.
+    env = TwinMultiAgentEnv({"scenario": str(write_twin_scenario(tmp_path, umi_trace, slots=5)), "max_users": 4,
+                             "batch_envs": 2, "edges": [2, 3], "seed": 2})
+    drawn = set()
+    for _ in range(8):
+        observations, _ = env.reset()
+        assert set(observations) == set(env.possible_agents) and len(observations) == 2 * 3
+        drawn.add(env.game.twin.edges)
+        _, rewards, *_ = env.step({agent: np.full(4, 4) for agent in env.agents})
+        if env.game.twin.edges == 2:
+            assert not observations["edge-2/0"].any() and rewards["edge-2/1"] == 0.0
+    assert drawn == {2, 3}

@@ -2,7 +2,12 @@
 (``Episodes.batch``; controller/twin/batch_game.py), one agent per edge per episode (``edge-<id>/<episode>``, all
 mapped to one module), observations and actions as ``controller/policies/draft_agent.py`` documents them.  One
 RLlib environment step is ``batch_envs`` twin slots.  ``env_config`` is an ``EpisodeConfig`` as a dict, plus
-``seed`` (each env runner's batch seeds follow from it and the runner's index)."""
+``seed`` (each env runner's batch seeds follow from it and the runner's index).
+
+Every agent acts at every step, whatever number of edges a batch drew: the agents of the edges a batch does not
+have see an empty edge (zero observation: no members, so no choice is sampled from them — the module pins empty
+slots to "no change") and get 0.  So each step has the same agents (RLlib's per-agent step counters, which a
+missing agent turns into NaN, stay whole) and its twin slots are exactly ``batch_envs``."""
 
 from __future__ import annotations
 
@@ -29,18 +34,17 @@ class TwinMultiAgentEnv(MultiAgentEnv):
         self.game = None
 
     def _named(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        """[episodes, edges, ...] as a dict by agent id."""
-        return {agent: values[episode, edge] for agent, (episode, edge) in zip(self.agents, self._index)}
+        """[episodes, edges of the batch, ...] as a dict over every agent (an absent edge's: zeros)."""
+        padded = np.zeros((values.shape[0], len(self.episodes.agents), *values.shape[2:]), dtype=values.dtype)
+        padded[:, :values.shape[1]] = values
+        return dict(zip(self.agents, padded.reshape(-1, *values.shape[2:])))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._seeds = np.random.default_rng(seed)
         self.game, seeds = self.episodes.batch(int(self._seeds.integers(1 << 31)))
-        observations = self.game.reset(seeds)
-        edges = self.episodes.agents[:self.game.twin.edges]
-        self._index = [(episode, edge) for episode in range(self.game.twin.envs) for edge in range(len(edges))]
-        self.agents = [batch_agent_id(edges[edge], episode) for episode, edge in self._index]
-        return self._named(observations), {agent: {} for agent in self.agents}
+        self.agents = list(self.possible_agents)
+        return self._named(self.game.reset(seeds)), {agent: {} for agent in self.agents}
 
     def step(self, action_dict: dict[str, np.ndarray]):
         missing = [agent for agent in self.agents if agent not in action_dict]
@@ -51,7 +55,8 @@ class TwinMultiAgentEnv(MultiAgentEnv):
             choices = np.stack([np.asarray(action_dict[agent]).reshape(size) for agent in self.agents])
         except ValueError as error:
             raise GameError(f"actions must be {size} choices per agent: {error}") from None
-        observations, rewards, over = self.game.step(choices.reshape(twin.envs, twin.edges, size))
+        choices = choices.reshape(twin.envs, len(self.episodes.agents), size)[:, :twin.edges]
+        observations, rewards, over = self.game.step(choices)
         named = self._named(observations)
         rewards = {agent: float(value) for agent, value in self._named(rewards).items()}
         # The last observation is a real one even when the episodes are cut at their horizon: PPO bootstraps the

@@ -105,8 +105,8 @@ def ppo_config(settings: TrainSettings, edge_counts: list[int]):
 
 
 def agent_steps(slots: int, edge_counts: list[int]) -> int:
-    """The agent steps of ``slots`` twin slots: one per edge of each episode (the mean of the edge counts drawn)."""
-    return max(1, round(slots * float(np.mean(edge_counts))))
+    """The agent steps of ``slots`` twin slots: one per edge of each episode, the most edges (rllib_env.py)."""
+    return max(1, slots * max(edge_counts))
 
 
 @dataclass(frozen=True)
