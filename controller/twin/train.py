@@ -232,7 +232,9 @@ def _row(iteration: int, result: dict, seconds: float, batch_envs: int) -> dict:
     row = {"iteration": iteration, "seconds": round(seconds, 1),
            "env_steps": runners.get("num_env_steps_sampled_lifetime", 0) * batch_envs,
            "agent_steps": runners.get("num_agent_steps_sampled_lifetime", {}),
-           "episode_return_mean": None if batch_return is None else batch_return / batch_envs}
+           # None (left out) while no episode has ended yet: RLlib reports NaN for an empty window.
+           "episode_return_mean": batch_return / batch_envs if batch_return is not None and np.isfinite(batch_return)
+           else None}
     if isinstance(row["agent_steps"], dict):
         row["agent_steps"] = sum(row["agent_steps"].values())
     for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
