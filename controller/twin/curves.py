@@ -8,6 +8,7 @@ from each run's ``progress.jsonl``; a run that has not validated yet shows only 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -42,7 +43,8 @@ def plot_curves(runs: list[Path], out: Path) -> Path:
                             label=name)
             validation.plot(steps, [row["baseline_validation_time_in_system_s"] for row in checked], "--",
                             color=color, alpha=0.6, label=f"{name}: heuristic")
-        trained = [row for row in rows if "episode_return_mean" in row]
+        # Finite returns only: RLlib reports NaN for an iteration in which no episode ended.
+        trained = [row for row in rows if math.isfinite(row.get("episode_return_mean", math.nan))]
         returns.plot([row["env_steps"] for row in trained], [row["episode_return_mean"] for row in trained],
                      color=color, label=name)
     validation.set(xlabel="environment steps", ylabel="validation mean time in system (s)",
