@@ -36,6 +36,19 @@ def agent_id(edge: int) -> str:
     return f"edge-{edge}"
 
 
+def potential(tokens_left, draft_s_per_token: float, slot_s: float):
+    """Φ of the requests an agent has: −(tokens they still have to generate × draft seconds per token) / slot."""
+    return -tokens_left * draft_s_per_token / slot_s
+
+
+def edge_reward(request_seconds, energy_j, potential_before, potential_after, slot_s: float, energy_weight,
+                gamma: float, max_users: int):
+    """An agent's reward for a slot (the module docstring's), from its requests' seconds in the system during the
+    slot, their joules and Φ before and after it (scalars, or arrays over agents)."""
+    shaping = gamma * potential_after - potential_before
+    return (-request_seconds / slot_s - energy_weight * energy_j + shaping) / max_users
+
+
 def check_slots(spec: AgentSpec, scenario) -> None:
     """GameError when the scenario's edges may hold more users than the agents have slots for."""
     try:
@@ -82,8 +95,7 @@ class DraftLengthGame:
             raise GameError(f"actions must be {self.spec.max_users} choices per agent: {error}") from None
 
     def _potential(self, requests) -> float:
-        tokens = sum(request.remaining for request, _ in requests)
-        return -tokens * self._draft_s / self.twin.slot_s
+        return potential(sum(request.remaining for request, _ in requests), self._draft_s, self.twin.slot_s)
 
     def step(self, actions: dict[str, np.ndarray]):
         """(observations, rewards, terminated, truncated, infos) in the multi-agent convention ("__all__")."""
@@ -103,9 +115,9 @@ class DraftLengthGame:
                 left = request.finished if request.finished is not None else end
                 busy += max(0.0, min(end, left) - max(begin, request.arrival))
                 energy += request.energy_j - energy_before
-            shaping = self.gamma * self._potential(requests) - before[edge]
-            reward = -busy / self.twin.slot_s - self.energy_weight * energy + shaping
-            rewards[agent_id(edge)] = reward / self.spec.max_users
+            rewards[agent_id(edge)] = edge_reward(busy, energy, before[edge], self._potential(requests),
+                                                  self.twin.slot_s, self.energy_weight, self.gamma,
+                                                  self.spec.max_users)
         over = self.twin.finished
         # The last observation is a real one even when the episode is cut at its horizon: PPO bootstraps the
         # truncated return from its value, which a made-up (zero) observation would make arbitrary.

@@ -28,7 +28,7 @@ import numpy as np
 
 from controller.estimator import BITS_DOWN_PER_ROUND, BITS_UP_PER_TOKEN
 from controller.twin.scenario import Scenario, ScenarioError
-from controller.twin.simulator import DOWN, UP, Request
+from controller.twin.simulator import DOWN, UP, Request, SlotClock
 from tandem.edge_model import Rounds, group_max, group_sums, round_given, solve_rounds, steps_between_services
 from tandem.profiles import HardwareProfile
 from tandem.shares import MIN_SHARE
@@ -141,7 +141,7 @@ class Slot:
         return self.current >= 0
 
 
-class BatchTwin:
+class BatchTwin(SlotClock):
     def __init__(self, scenarios: list[Scenario], traces: list[ChannelTrace], profile: HardwareProfile) -> None:
         """One scenario and one trace per environment; the scenarios differ in their arrival process at most."""
         if not scenarios or len(scenarios) != len(traces):
@@ -165,7 +165,8 @@ class BatchTwin:
         stacked = np.stack([trace.se[:, :, users][..., edges] for trace in unique.values()])
         self._se = stacked
         self._trace_of = np.array([list(unique).index(id(trace)) for trace in traces])
-        self.bandwidth = np.stack([np.asarray(trace.metadata.edge_bandwidth_hz, dtype=float)[edges] for trace in traces])
+        self.bandwidth = np.stack([np.asarray(trace.metadata.edge_bandwidth_hz, dtype=float)[edges]
+                                   for trace in traces])
         self.compute_scale = np.array([edge.compute_scale for edge in scenario.edges], dtype=float)
         self.step_tokens = np.array([edge.step_tokens for edge in scenario.edges], dtype=float)
         self.env_of = np.repeat(np.arange(self.envs), self.users)  # [N·U]
@@ -184,14 +185,6 @@ class BatchTwin:
         self.clock = np.zeros(self.envs * self.users)  # when each user's next round may start
         self._observed: Slot | None = None
         return self.observe()
-
-    @property
-    def now(self) -> float:
-        return self.slot * self.slot_s
-
-    @property
-    def finished(self) -> bool:
-        return self.slot >= self.scenario.duration_slots
 
     def _current(self) -> np.ndarray:
         queue = self.requests.queue

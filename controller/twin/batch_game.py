@@ -18,7 +18,7 @@ from controller.policies.draft_agent import (EDGE_FEATURES, OBSERVATION_BOUND, U
                                              edge_features, moved_lengths, user_features)
 from controller.policies.draft_length import best_lengths
 from controller.policies.mappo import prior_policy
-from controller.twin.agents import check_slots
+from controller.twin.agents import check_slots, edge_reward, potential
 from controller.twin.batch import BatchTwin
 from tandem.edge_model import group_max, group_sums
 
@@ -151,14 +151,14 @@ class BatchDraftGame:
         present = self._present()
         groups = twin.groups(self._association)[r.env[present] * twin.users + r.user[present]]
         before_energy = r.energy_j[present].copy()
-        before = -group_sums(groups, r.remaining[present] * self._draft_s / twin.slot_s, count)
+        before = potential(group_sums(groups, r.remaining[present], count), self._draft_s, twin.slot_s)
         begin, end = twin.now, twin.now + twin.slot_s
         twin.step(self._association, lengths)
         left = np.where(np.isnan(r.finished[present]), end, r.finished[present])
         busy = np.maximum(0.0, np.minimum(end, left) - np.maximum(begin, r.arrival[present]))
         energy = group_sums(groups, r.energy_j[present] - before_energy, count)
-        after = -group_sums(groups, r.remaining[present] * self._draft_s / twin.slot_s, count)
-        weights = np.repeat(self.energy_weights, twin.edges)
-        rewards = (-group_sums(groups, busy, count) / twin.slot_s - weights * energy + self.gamma * after - before)
+        after = potential(group_sums(groups, r.remaining[present], count), self._draft_s, twin.slot_s)
+        rewards = edge_reward(group_sums(groups, busy, count), energy, before, after, twin.slot_s,
+                              np.repeat(self.energy_weights, twin.edges), self.gamma, self.spec.max_users)
         observations = self._observe()
-        return observations, (rewards / self.spec.max_users).reshape(twin.envs, twin.edges), twin.finished
+        return observations, rewards.reshape(twin.envs, twin.edges), twin.finished

@@ -134,7 +134,7 @@ class Episodes:
         return game, [int(value) for value in rng.integers(1 << 31, size=size)]
 
     def batch_agents(self) -> list[str]:
-        """Every agent a batch may have: each episode's edges."""
+        """The agents of every batch: each episode's edges, the most edges (those a batch lacks act on nothing)."""
         return [batch_agent_id(agent, index) for index in range(self.config.batch_envs) for agent in self.agents]
 
     def begin(self, seeds: np.random.Generator) -> tuple[DraftLengthGame, dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from controller.twin.agents import GameError
-from controller.twin.episodes import EpisodeConfig, Episodes, batch_agent_id, spaces
+from controller.twin.episodes import EpisodeConfig, Episodes, spaces
 
 
 class TwinMultiAgentEnv(MultiAgentEnv):

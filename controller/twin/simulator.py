@@ -123,7 +123,23 @@ class TwinSummary:
         return dict(self.__dict__)
 
 
-class DigitalTwin:
+class SlotClock:
+    """A twin's time: ``slot`` slots of ``slot_s`` played, out of its scenario's duration."""
+
+    slot: int
+    slot_s: float
+    scenario: Scenario
+
+    @property
+    def now(self) -> float:
+        return self.slot * self.slot_s
+
+    @property
+    def finished(self) -> bool:
+        return self.slot >= self.scenario.duration_slots
+
+
+class DigitalTwin(SlotClock):
     def __init__(self, scenario: Scenario, trace: ChannelTrace, profile: HardwareProfile, seed: int = 0,
                  arrivals: dict[int, list[float]] | None = None, trace_offset: int = 0) -> None:
         """``arrivals``: each user's request times (s), replacing the scenario's arrival process, and
@@ -151,14 +167,6 @@ class DigitalTwin:
         self._requests = self._draw_requests()
         self._arrivals()
         return self.observation()
-
-    @property
-    def now(self) -> float:
-        return self.slot * self.slot_s
-
-    @property
-    def finished(self) -> bool:
-        return self.slot >= self.scenario.duration_slots
 
     def _trace_slot(self) -> int:
         return (self.slot + self.trace_offset) % self.trace.metadata.num_slots

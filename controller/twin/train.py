@@ -73,7 +73,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def ppo_config(settings: TrainSettings, edge_counts: list[int]):
+def ppo_config(settings: TrainSettings, agents_per_episode: int):
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -91,7 +91,7 @@ def ppo_config(settings: TrainSettings, edge_counts: list[int]):
         .framework("torch")
         .env_runners(num_env_runners=settings.env_runners, num_envs_per_env_runner=settings.envs_per_runner)
         .training(lr=settings.lr, gamma=settings.episodes.gamma, lambda_=0.95,
-                  train_batch_size_per_learner=agent_steps(settings.batch_size, edge_counts),
+                  train_batch_size_per_learner=max(1, settings.batch_size * agents_per_episode),
                   minibatch_size=settings.minibatch_size,
                   num_epochs=settings.epochs, entropy_coeff=settings.entropy, clip_param=0.2, vf_clip_param=100.0,
                   use_kl_loss=False)
@@ -102,11 +102,6 @@ def ppo_config(settings: TrainSettings, edge_counts: list[int]):
         .reporting(min_sample_timesteps_per_iteration=0, min_time_s_per_iteration=0)
         .debugging(seed=settings.seed, log_level="ERROR")
     )
-
-
-def agent_steps(slots: int, edge_counts: list[int]) -> int:
-    """The agent steps of ``slots`` twin slots: one per edge of each episode, the most edges (rllib_env.py)."""
-    return max(1, slots * max(edge_counts))
 
 
 @dataclass(frozen=True)
@@ -161,7 +156,7 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     try:
         writer = SummaryWriter(str(settings.out / "tensorboard"))
         baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
-        algorithm = ppo_config(settings, episodes.edge_counts).build_algo()
+        algorithm = ppo_config(settings, len(episodes.agents)).build_algo()  # every agent acts each step (rllib_env.py)
         with (settings.out / "progress.jsonl").open("w") as log:
             for iteration in range(1, settings.iterations + 1):
                 result = algorithm.train()
