@@ -11,7 +11,7 @@ demo: setup
 	.venv/bin/tandem demo
 
 test: setup images
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25  # the 25 slowest tests, so the suite keeps to its budget
 
 images: setup  # the compose testbed: Docker (installed and started if needed) and the images built from deploy/
 	bash scripts/setup-docker.sh

@@ -30,7 +30,7 @@ from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
 from testbed.phases import set_policy  # noqa: E402
 from testbed.resources import ResourceSampler  # noqa: E402
 
-NEAR_TIE = 0.3  # largest top-2 log-probability gap seen to flip between batch shapes (tests/teacher_forcing.py)
+NEAR_TIE = 0.3  # largest top-2 log-probability gap seen to flip between batch shapes (harness/teacher_forcing.py)
 
 
 def teacher_force(bed: Testbed, records: list[dict], sample: int) -> dict:

@@ -19,7 +19,7 @@ a window of a whole number of trace loops keeps the windows comparable.
 Every answer is checked for losslessness cheaply: greedy PSD (and edge-only) tokens must equal the edge-only
 reference of the same prompt, computed once per prompt before the soak (a cancelled session's committed tokens
 must be a prefix of it).  Where they differ, the first differing position is scored on the edge: a top-2 gap
-within tests/teacher_forcing.py's NEAR_TIE_EPSILON is a near-tie that a block and a one-token step decided
+within harness/teacher_forcing.py's NEAR_TIE_EPSILON is a near-tie that a block and a one-token step decided
 differently (counted, not an error); a wider one is a lossy answer (an error).
 
     .venv/bin/python bench/soak.py                          # 30 minutes, results/soak.json
@@ -60,7 +60,7 @@ from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
 from testbed.metrics import scrape, total  # noqa: E402
 from testbed.processes import EdgeProcess, LinkEmuProcess  # noqa: E402
 from testbed.resources import usage  # noqa: E402
-from tests.teacher_forcing import NEAR_TIE_EPSILON  # noqa: E402
+from harness.teacher_forcing import NEAR_TIE_EPSILON  # noqa: E402
 
 KINDS = ("psd", "edge-only", "cancel")
 GREEDY = SamplingConfig()

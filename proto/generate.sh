@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the committed Python stubs of the wire contracts (tandem/wire/v1/) from proto/.
-# The stubs are committed so that installing Tandem needs no protoc; tests/test_wire_stubs.py fails when they
+# The stubs are committed so that installing Tandem needs no protoc; tests/system/test_wire_stubs.py fails when they
 # are stale. Run from anywhere: bash proto/generate.sh [OUTPUT_ROOT]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1,44 +1,34 @@
-"""Session-scoped daemons: each target engine starts once per test run (vLLM takes ~30-60 s on CPU)."""
+"""Fixtures shared by the whole suite.
+
+``tests/unit`` holds pure logic on synthetic inputs: no daemon, no socket, no child process in the test itself,
+seconds each. ``tests/system`` holds everything that runs the real thing: daemons over loopback, the CLI in child
+processes, Docker, Ray. The daemons here are session-scoped, so each target engine starts once per run (vLLM takes
+~30-60 s on CPU); helpers the benchmarks use too live in the ``harness`` package.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
-from tandem.edge_model import DEFAULT_STEP_TOKENS, EdgeTiming
+from harness.clients import ADMIN_TOKEN, run_tandem
+from harness.daemons import edge_process
+from harness.figures import REPORT
+from harness.paths import RESULTS
+from harness.scenarios import write_twin_scenario
 from tandem.models import default_data_dir, prepare_models
-from tandem.profiles import SHIPPED_PROFILE, load_profile
-from tandem.rpc import bearer_metadata
-from testbed.processes import EdgeProcess, LinkEmuProcess, vllm_cores
+from testbed.processes import LinkEmuProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 # The shared daemons and clients of the tests talk plaintext over loopback, asked for explicitly (each daemon logs it
-# as a warning); tests/test_security.py starts its own daemons with mutual TLS, and the testbed runs TLS throughout.
+# as a warning); tests/system/test_security.py starts its own daemons with mutual TLS, and the testbed runs TLS
+# throughout. Every daemon a test starts takes the admin token from the environment (harness.clients).
 os.environ["TANDEM_INSECURE"] = "1"
-# In plaintext, admin-only services (EdgeControl, LinkControl, ControllerAdmin) answer only the daemon's admin token
-# (without one they refuse every call): every daemon a test starts takes this one from the environment, and tests
-# calling those services send it (ADMIN_AUTH, with_admin_token).
-ADMIN_TOKEN = "tests-plaintext-admin-token"
 os.environ["TANDEM_ADMIN_TOKEN"] = ADMIN_TOKEN
-ADMIN_AUTH = bearer_metadata(ADMIN_TOKEN)
-RESULTS = ROOT / "results"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-GPU_EDGE = load_profile(SHIPPED_PROFILE).edge  # the paper's edge: an 8B target on an H100, 7.25 ms per k=4 block
-
-
-def edge_timing(compute_scale: float = 1.0, step_tokens: int = DEFAULT_STEP_TOKENS) -> EdgeTiming:
-    """An edge of the shipped profile at this share of its GPU, for observations built by hand."""
-    return EdgeTiming(GPU_EDGE, compute_scale, step_tokens)
-
-
-REPORT: dict[str, dict] = {}  # figures the tests measured (near-ties, ...), printed at the end and saved
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -60,19 +50,9 @@ def prepared(data_dir):
     return prepare_models(data_dir, progress=lambda message: None)
 
 
-def _edge(engine: str, data_dir: Path, tmp_path_factory, extra: list[str] = ()) -> EdgeProcess:
-    logs = tmp_path_factory.mktemp("logs")
-    env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(), "OMP_NUM_THREADS": "1"} if engine == "vllm" else {}
-    verification_log = logs / f"verification-{engine}.jsonl"
-    args = ["--engine", engine, "--data-dir", str(data_dir), "--metrics-port", "0", "--idle-timeout", "30",
-            "--max-sessions", "64", "--verification-log", str(verification_log), *extra]
-    return EdgeProcess(args, log_path=logs / f"edge-{engine}.log", env=env)
-
-
-
 @pytest.fixture(scope="session")
 def llamacpp_edge(prepared, data_dir, tmp_path_factory):
-    with _edge("llamacpp", data_dir, tmp_path_factory) as edge:
+    with edge_process("llamacpp", data_dir, tmp_path_factory.mktemp("logs")) as edge:
         yield edge
 
 
@@ -80,7 +60,7 @@ def llamacpp_edge(prepared, data_dir, tmp_path_factory):
 def vllm_edge(prepared, data_dir, tmp_path_factory):
     if not HAVE_VLLM:
         pytest.skip("vllm is not installed")
-    with _edge("vllm", data_dir, tmp_path_factory) as edge:
+    with edge_process("vllm", data_dir, tmp_path_factory.mktemp("logs")) as edge:
         yield edge
 
 
@@ -104,29 +84,6 @@ def connection(edge):
     conn = EdgeConnection(edge.address)
     yield conn
     conn.close()
-
-
-class _AdminToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds the tests' admin token to every call (one method: the four kinds share its signature)."""
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(details._replace(metadata=(*(details.metadata or ()), *ADMIN_AUTH)), request)
-
-    intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = intercept_unary_unary
-
-
-def with_admin_token(channel: grpc.Channel) -> grpc.Channel:
-    """``channel``, its calls carrying the tests' admin token (for plaintext EdgeControl and LinkControl stubs)."""
-    return grpc.intercept_channel(channel, _AdminToken())
-
-
-def run_tandem(*args: str, stdin: str | None = None, timeout: float = 600,
-               env_token: str | None = None) -> subprocess.CompletedProcess:
-    """The `tandem` CLI in a child process (``env_token``: its $TANDEM_ADMIN_TOKEN)."""
-    env = {**os.environ, "TANDEM_ADMIN_TOKEN": env_token} if env_token is not None else None
-    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -163,23 +120,6 @@ def linkemu_links(umi_trace, tmp_path_factory):
         process.stop()
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_twin_scenario(folder: Path, trace: Path, users: int = 4, capacity: int = 4, slots: int = 60) -> Path:
-    """A scenario on ``trace`` with the shipped phone/GPU profile, 3 edges and a busy Poisson workload."""
-    import yaml
-
-    path = folder / f"scenario-{users}-{capacity}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "test", "trace": str(trace), "profile": str(REPO / "profiles" / "phone-1b-gpu-8b.yaml"),
-        "users": users, "edges": [{"id": e, "capacity": capacity, "compute_scale": 0.1} for e in range(3)],
-        "duration_slots": slots, "arrivals": {"kind": "poisson", "rate_per_user_s": 0.5},
-        "prompt_tokens": {"kind": "uniform", "low": 32, "high": 128},
-        "answer_tokens": {"kind": "uniform", "low": 16, "high": 64}}))
-    return path
-
-
 @pytest.fixture(scope="session")
 def trained_policy(umi_trace, tmp_path_factory) -> Path:
     """A few iterations of `tandem train` (multi-agent PPO on RLlib) on the Sionna test trace: the policy folder it
@@ -197,17 +137,10 @@ def trained_policy(umi_trace, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> Path:
     """A development CA and certificates (edge-0/1, linkemu, controller, admin, health, device-0..3) for the tests
-    that run daemons over mutual TLS and leave the credentials as they are (tests/test_rotation.py and
-    tests/test_security.py make their own)."""
+    that run daemons over mutual TLS and leave the credentials as they are (test_rotation.py and test_security.py
+    make their own)."""
     from tandem.certs import init_certs
 
     folder = tmp_path_factory.mktemp("pki")
     init_certs(folder, edges=2, devices=4)
     return folder
-
-
-def creds(pki: Path, name: str):
-    """The Transport of identity ``name`` from a folder made by `tandem certs init`."""
-    from tandem.tls import TlsSettings, load_transport
-
-    return load_transport(TlsSettings(dir=pki, name=name), name)

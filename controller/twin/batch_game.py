@@ -5,7 +5,7 @@ The same game: each slot the heuristic ``max-sinr-hysteresis:draft_lengths=tuned
 shares, each busy user's k from ``draft_length.best_lengths`` on the edge model), each edge's agent sees its members
 as ``draft_agent.encode`` shows them and moves their k as ``draft_agent.decode`` does, and the reward is agents.py's
 (time in system paid in its slot, energy, potential-based shaping).  Here the prior, the encoding, the decoding and
-the reward are array code over environments × users; tests/test_batch_twin.py checks them against the scalar
+the reward are array code over environments × users; tests/unit/test_batch_twin.py checks them against the scalar
 game's, observation for observation and reward for reward.
 """
 
