@@ -26,7 +26,7 @@ from controller.policies.mappo import LearnedDraftLengths, prior_policy  # noqa:
 from controller.twin.scenario import load_scenario  # noqa: E402
 from controller.twin.simulator import DigitalTwin  # noqa: E402
 from tandem.profiles import load_profile  # noqa: E402
-from tandem.traces.format import load_trace  # noqa: E402
+from tandem.trace_format import load_trace  # noqa: E402
 
 
 def margins(actor: LearnedDraftLengths, twin: DigitalTwin, seed: int) -> np.ndarray:

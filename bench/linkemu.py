@@ -28,8 +28,8 @@ os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.proxy import ProxyThread  # noqa: E402
-from tandem.traces.format import save_trace  # noqa: E402
-from tandem.traces.synthetic import synthetic_trace  # noqa: E402
+from tandem.trace_format import save_trace  # noqa: E402
+from toolbox.traces.synthetic import synthetic_trace  # noqa: E402
 
 
 class EchoServer:

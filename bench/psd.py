@@ -31,10 +31,11 @@ from device_client.link import EdgeConnection  # noqa: E402
 from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
 from linkemu.shaper import FixedShaper  # noqa: E402
-from tandem.models import convert_gguf_to_hf, default_data_dir, prepare_models  # noqa: E402
+from tandem.models import default_data_dir  # noqa: E402
+from toolbox.models import convert_gguf_to_hf, prepare_models  # noqa: E402
 from testbed.processes import EdgeProcess, vllm_cores  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402
-from tandem.traces.format import load_trace  # noqa: E402
+from tandem.trace_format import load_trace  # noqa: E402
 
 PROMPTS = (
     "Explain why the sky is blue.",

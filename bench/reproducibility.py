@@ -43,7 +43,8 @@ from device_client.generate import GenerationRequest, generate  # noqa: E402
 from device_client.link import EdgeConnection  # noqa: E402
 from edge_server.engines.base import ScoreRequest  # noqa: E402
 from tandem.llamacpp import LlamaContext  # noqa: E402
-from tandem.models import default_data_dir, prepare_models  # noqa: E402
+from tandem.models import default_data_dir  # noqa: E402
+from toolbox.models import prepare_models  # noqa: E402
 from testbed.processes import EdgeProcess, vllm_cores  # noqa: E402
 from tandem.sampling import Candidates, SamplingConfig  # noqa: E402
 from tandem.verification_log import first_divergence, logprob_difference, read_log  # noqa: E402

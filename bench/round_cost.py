@@ -33,7 +33,8 @@ from device_client.link import EdgeConnection  # noqa: E402
 from device_client.pacing import PacedDraftEngine  # noqa: E402
 from device_client.routing import FixedRoute  # noqa: E402
 from tandem.edge_model import EdgeTiming, edge_rounds, hit_probability  # noqa: E402
-from tandem.models import default_data_dir, prepare_models  # noqa: E402
+from tandem.models import default_data_dir  # noqa: E402
+from toolbox.models import prepare_models  # noqa: E402
 from tandem.pacing import Pacer  # noqa: E402
 from tandem.profiles import load_profile  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402

@@ -52,9 +52,10 @@ from device_client.edge_handle import EdgeError, SessionSpec  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
 from device_client.link import EdgeConnection, EdgeUnreachable  # noqa: E402
 from device_client.workload import Workload  # noqa: E402
-from tandem.models import default_data_dir, prepare_models  # noqa: E402
+from tandem.models import default_data_dir  # noqa: E402
+from toolbox.models import prepare_models  # noqa: E402
 from tandem.sampling import PositionRandom, SamplingConfig  # noqa: E402
-from tandem.traces.format import load_trace  # noqa: E402
+from tandem.trace_format import load_trace  # noqa: E402
 from testbed.bed import Testbed  # noqa: E402
 from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
 from testbed.metrics import scrape, total  # noqa: E402

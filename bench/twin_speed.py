@@ -35,7 +35,7 @@ from controller.twin.batch_game import BatchDraftGame  # noqa: E402
 from controller.twin.scenario import load_scenario  # noqa: E402
 from controller.twin.simulator import DigitalTwin  # noqa: E402
 from tandem.profiles import load_profile  # noqa: E402
-from tandem.traces.format import load_trace  # noqa: E402
+from tandem.trace_format import load_trace  # noqa: E402
 
 
 def per_second(slots: int, seconds: float) -> float:

@@ -2,7 +2,8 @@
 
 import sys
 
-from tandem.cli import main
+from controller.commands import register
+from tandem.commands import run_package_command
 
 if __name__ == "__main__":
-    sys.exit(main(["controller", "serve", *sys.argv[1:]]))
+    sys.exit(run_package_command(register, ["controller", "serve"], "python -m controller"))

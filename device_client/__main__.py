@@ -2,7 +2,8 @@
 
 import sys
 
-from tandem.cli import main
+from device_client.commands import register
+from tandem.commands import run_package_command
 
 if __name__ == "__main__":
-    sys.exit(main(["generate", *sys.argv[1:]]))
+    sys.exit(run_package_command(register, ["generate"], "python -m device_client"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_client.decoding import MODES
 from device_client.generate import GenerationRequest, IncompatibleEdge, generate
 from device_client.link import EdgeConnection, EdgeError, EdgeUnreachable
 from device_client.routing import ControllerRefused, ControllerUnreachable, FixedRoute, Route
@@ -18,7 +17,7 @@ from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.sampling import SamplingConfig
-from tandem.tls import TlsError, add_tls_arguments, tls_overrides, transport_from_args
+from tandem.tls import TlsError, tls_overrides, transport_from_args
 
 
 class GenerateArgs(BaseModel):
@@ -37,53 +36,6 @@ class GenerateArgs(BaseModel):
     draft_length: int = Field(ge=1, le=256)
     threads: int = Field(ge=1, le=256)
     prompt: str = Field(min_length=1)
-
-
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the user's message (the chat template is applied); '-' reads stdin")
-    target = parser.add_argument_group("where to decode", "one edge (--edge), or whichever edges the controller "
-                                       "associates this user with (--controller and --user): the request moves "
-                                       "between edges losslessly when the association changes or an edge fails")
-    target.add_argument("--edge", help="edge server address HOST:PORT")
-    target.add_argument("--edge-id", type=int, help="with --edge: the edge expected there; over TLS only the "
-                        "certificate of that edge (edge-N) is accepted (default: any edge of the deployment)")
-    target.add_argument("--controller", help="controller address HOST:PORT")
-    target.add_argument("--user", type=int, help="this device's user id in the controller's topology")
-    target.add_argument("--via", help="with --controller: reach every edge through this address (the device's "
-                        "radio link, e.g. its port on `tandem linkemu serve`) instead of the edge's own")
-    parser.add_argument("--mode", choices=MODES, default="psd",
-                        help="psd: draft while verifying (default); sd: draft, then wait; edge-only: the edge "
-                             "decodes alone")
-    parser.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the sampler (default 0). Every answer is an exact sample of the target's "
-                        "distribution. The same seed gives the same answer wherever the target engine computes the "
-                        "same numbers; under load on CPUs whose kernels depend on the batch shape (vLLM bf16 on AMX) "
-                        "it may part at a near-even decision and continue as another equally valid sample "
-                        "(docs/design.md, Reproducibility)")
-    parser.add_argument("--draft-length", type=int, default=4,
-                        help="tokens per drafted block (default 4); with --controller the longest block, the "
-                        "controller may ask for shorter ones")
-    parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
-    parser.add_argument("--raw-prompt", action="store_true", help="send the prompt without the chat template")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with the text and figures")
-    parser.add_argument("--draft", type=Path, help="draft GGUF (default: the one `tandem models prepare` made)")
-    parser.add_argument("--data-dir", type=Path, help="where prepared models live (default ~/.cache/tandem)")
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for drafting (default 1)")
-    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the edge")
-    link = parser.add_argument_group(
-        "link emulation", "reach the edge through an in-process trace-driven link emulator (see `tandem linkemu "
-        "serve`): rate = share x edge bandwidth x the trace's spectral efficiency, slot by slot")
-    link.add_argument("--trace", type=Path, help="channel trace file (from `tandem traces generate`)")
-    link.add_argument("--trace-user", type=int, default=0, help="the user in the trace (default 0)")
-    link.add_argument("--trace-edge", type=int, default=0, help="the edge in the trace (default 0)")
-    link.add_argument("--share", type=float, default=1.0, help="share of the edge's bandwidth (default 1)")
-    link.add_argument("--base-delay-ms", type=float, default=5.0, help="one-way base delay (default 5)")
-    link.add_argument("--speedup", type=float, default=1.0, help="play the trace faster (default 1)")
-    add_tls_arguments(parser, "device-<user>, else device-0")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -152,7 +104,7 @@ def _trace_link(args: argparse.Namespace, edge: str):
         return None
     from linkemu.emulator import LinkEmulator
     from linkemu.proxy import ProxyThread
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     emulator = LinkEmulator.single_link(load_trace(args.trace), args.trace, edge, args.trace_user, args.trace_edge,
                                         args.share, args.base_delay_ms, args.speedup)
@@ -197,24 +149,6 @@ def _summary_line(s: dict) -> str:
         parts.append(f"{s['migrations']} migrations over {len(set(s['edges']))} edges")
     parts.append(f"{s['bytes_up']} B up / {s['bytes_down']} B down")
     return f"[{s['mode']}] " + ", ".join(parts)
-
-
-def add_fleet_commands(commands) -> None:
-    devices = commands.add_parser("devices", help="emulated devices running a workload (the testbed's users)")
-    actions = devices.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
-    run = actions.add_parser(
-        "run", help="run many emulated devices in one process, each a user with its own draft model, route and link",
-        description="Every device follows the controller's allocation of its user, reaches the edges through its "
-        "link (`via`, its port on the link emulator), drafts with its own llama.cpp context (paced like the "
-        "profile's phone with pacing.dilation > 0) and sends the workload's requests (Poisson arrivals over the "
-        "prompt set, seeded per user). Prints a TANDEM-READY line once every device has its allocation; with "
-        "workload.until_s set it exits when the last request finished, printing a summary. Config: "
-        "device_client/fleet.py (FleetConfig).")
-    run.add_argument("--config", type=Path, required=True, help="fleet YAML (controller, users, workload, pacing)")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
-    run.add_argument("--results", type=Path, help="append one JSON line per finished request here")
-    add_tls_arguments(run, "device-<user> for each user")
-    run.set_defaults(handler=run_fleet)
 
 
 def run_fleet(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import atheris
 
 from common import main, rejected, scratch_file
 
-with atheris.instrument_imports(include=["tandem.cli_support", "tandem.profiles", "tandem.traces.scenario",
+with atheris.instrument_imports(include=["tandem.cli_support", "tandem.profiles", "toolbox.traces.radio_scenario",
                                          "controller.config", "controller.twin.scenario", "edge_server.config",
                                          "linkemu.config", "testbed.config", "yaml"]):
     from controller.config import ControllerConfig
@@ -30,8 +30,8 @@ with atheris.instrument_imports(include=["tandem.cli_support", "tandem.profiles"
     from linkemu.config import LinkEmuConfig
     from tandem.cli_support import UsageError, build_config
     from tandem.profiles import ProfileError, load_profile
-    from tandem.traces.scenario import ScenarioError as TraceScenarioError
-    from tandem.traces.scenario import load_scenario as load_trace_scenario
+    from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
+    from toolbox.traces.radio_scenario import load_scenario as load_trace_scenario
     from testbed.config import load_testbed_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,10 +20,10 @@ import numpy as np
 
 from common import edgy_float, edited_json, main, rejected, scratch_file
 
-with atheris.instrument_imports(include=["tandem.traces", "zipfile", "json"]):
-    from tandem.traces.format import (ARRAYS, DIRECTIONS, FORMAT_NAME, ChannelTrace, TraceError, TraceMetadata,
+with atheris.instrument_imports(include=["toolbox.traces", "zipfile", "json"]):
+    from tandem.trace_format import (ARRAYS, DIRECTIONS, FORMAT_NAME, ChannelTrace, TraceError, TraceMetadata,
                                       load_trace, save_trace)
-    from tandem.traces.synthetic import synthetic_trace
+    from toolbox.traces.synthetic import synthetic_trace
 
 BASE = synthetic_trace(np.array([[[1.5, 0.0], [2.0, 3.0]], [[0.5, 4.0], [0.0, 1.0]]]),
                        np.array([[[1.0, 2.0], [0.0, 0.5]], [[3.0, 0.0], [1.0, 2.5]]]), slot_ms=50.0)  # T=2, U=2, E=2

@@ -6,7 +6,7 @@ One interceptor (``Guard``) wraps every method of a server:
   and one log line per method and minute (``QuietLog``), instead of gRPC's INTERNAL/UNKNOWN and a traceback per
   message.  Servicers therefore only ever see parsed messages.
 * **Access** — each service (or method) names the roles that may call it (``Access``).  Over TLS a caller's roles
-  come from its client certificate only (mutual TLS: the common name is the identity, tandem/certs.py
+  come from its client certificate only (mutual TLS: the common name is the identity, tandem/identity.py
   ``role_of``): a call without a role the method needs is refused (UNAUTHENTICATED without a certificate,
   PERMISSION_DENIED with the wrong one), and the admin bearer token grants nothing — admin is a role, held by the
   ``admin`` certificate, not a secret any certificate could add.  In plaintext (``--insecure``, development only)
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tandem.certs import ADMIN_ROLES, device_user, role_of
+from tandem.identity import ADMIN_ROLES, device_user, role_of
 from tandem.tls import SERVER_KEEPALIVE, Transport
 
 log = logging.getLogger(__name__)

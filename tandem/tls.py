@@ -32,7 +32,7 @@ import grpc
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tandem.certs import SERVER_NAMES, CertError, check_key_pair, edge_server_name, identity_files
+from tandem.identity import SERVER_NAMES, CertError, check_key_pair, edge_server_name, identity_files
 from tandem.private_files import PrivateFileError, read_private
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,13 @@ import yaml
 
 from controller.twin.scenario import Scenario, TwinEdge, load_scenario
 from tandem.auth import ADMIN_TOKEN_ENV, read_token_file
-from tandem.certs import init_certs
+from toolbox.certs import init_certs
 from tandem.cli_support import UsageError
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.private_files import write_private
 from tandem.profiles import HardwareProfile, load_profile
 from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
-from tandem.traces.format import ChannelTrace, load_trace
+from tandem.trace_format import ChannelTrace, load_trace
 from testbed.config import TestbedConfig
 from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess, vllm_cores
 
@@ -102,9 +102,9 @@ class Testbed:
     def _trace(self) -> ChannelTrace:
         path = self.scenario.trace
         if not path.exists():
-            from tandem.traces.format import save_trace
-            from tandem.traces.generate import TraceRequest, generate_trace
-            from tandem.traces.scenario import load_scenario as load_radio_scenario
+            from tandem.trace_format import save_trace
+            from toolbox.traces.generate import TraceRequest, generate_trace
+            from toolbox.traces.radio_scenario import load_scenario as load_radio_scenario
 
             edges = max(edge.id for edge in self.scenario.edges) + 1
             users = max(self.scenario.user_ids()) + 1

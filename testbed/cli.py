@@ -7,31 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, fail
-from testbed.config import DEFAULT_CONFIG, load_testbed_config
-
-
-def add_testbed_commands(commands: argparse._SubParsersAction) -> None:
-    testbed = commands.add_parser("testbed", help="bring the whole system up as local processes, follow it, "
-                                  "take it down (docs/testbed.md)")
-    actions = testbed.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
-    up = actions.add_parser("up", help="start edges, link emulator, controller and device fleets (detached)",
-                            description="Starts the testbed of the config (default deploy/testbed.yaml): E edge "
-                            "servers, the link emulator replaying the scenario's Sionna trace, the controller and "
-                            "the devices running the workload, every part paced at dilation D. Logs, generated "
-                            "configs and per-request results go to the run folder. A part that fails to start is "
-                            "named and everything started is stopped.")
-    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="testbed YAML (default deploy/testbed.yaml)")
-    up.add_argument("--no-devices", action="store_true", help="start everything but the device fleets")
-    up.set_defaults(handler=run_up)
-    status = actions.add_parser("status", help="processes, the association table, live per-user latency")
-    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    status.set_defaults(handler=run_status)
-    down = actions.add_parser("down", help="stop every process of the testbed")
-    down.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    down.set_defaults(handler=run_down)
+from testbed.config import load_testbed_config
 
 
 def run_up(args: argparse.Namespace) -> int:

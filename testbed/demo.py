@@ -16,24 +16,12 @@ from pathlib import Path
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, fail
 from testbed.compare import describe, measured_acceptance, paired_reduction, twin_replay
-from testbed.config import DEFAULT_CONFIG, load_testbed_config
+from testbed.config import load_testbed_config
 from testbed.phases import print_table, run_phase
 
-DEFAULT_POLICIES = ("max-sinr-hysteresis", "tma-equal:draft_lengths=tuned")  # the baseline first
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="testbed YAML (deploy/testbed.yaml)")
-    parser.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), metavar="NAME[:K=V,...]",
-                        help="policies to compare, the baseline first, each with optional parameters "
-                        f"(default {' '.join(DEFAULT_POLICIES)})")
-    parser.add_argument("--phase-s", type=float, default=60.0, help="emulated seconds of arrivals per policy "
-                        "(default 60, about 70 requests; real time is D times longer, about 5 minutes per policy "
-                        "at D = 4)")
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    from tandem.models import default_data_dir, prepare_models
+    from tandem.models import default_data_dir
+    from toolbox.models import prepare_models
     from testbed.bed import Testbed
     from testbed.processes import DaemonFailed
 

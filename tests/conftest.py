@@ -20,7 +20,8 @@ from harness.daemons import edge_process
 from harness.figures import REPORT
 from harness.paths import RESULTS
 from harness.scenarios import write_twin_scenario
-from tandem.models import default_data_dir, prepare_models
+from tandem.models import default_data_dir
+from toolbox.models import prepare_models
 from testbed.processes import LinkEmuProcess
 
 # The shared daemons and clients of the tests talk plaintext over loopback, asked for explicitly (each daemon logs it
@@ -100,7 +101,7 @@ def umi_trace(tmp_path_factory) -> Path:
 def linkemu_links(umi_trace, tmp_path_factory):
     """``link_to(edge)``: a `linkemu serve` daemon in front of that edge, replaying the UMi trace 10x faster on
     the user-edge pair with the fewest outage slots (outages are waited through, up to 60 s)."""
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     user, edge_index = load_trace(umi_trace).most_reliable_pair()
     started: dict[str, LinkEmuProcess] = {}
@@ -139,7 +140,7 @@ def pki(tmp_path_factory) -> Path:
     """A development CA and certificates (edge-0/1, linkemu, controller, admin, health, device-0..3) for the tests
     that run daemons over mutual TLS and leave the credentials as they are (test_rotation.py and test_security.py
     make their own)."""
-    from tandem.certs import init_certs
+    from toolbox.certs import init_certs
 
     folder = tmp_path_factory.mktemp("pki")
     init_certs(folder, edges=2, devices=4)

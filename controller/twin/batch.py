@@ -32,7 +32,7 @@ from controller.twin.simulator import DOWN, UP, Request, SlotClock
 from tandem.edge_model import Rounds, group_max, group_sums, round_given, solve_rounds, steps_between_services
 from tandem.profiles import HardwareProfile
 from tandem.shares import MIN_SHARE
-from tandem.traces.format import ChannelTrace
+from tandem.trace_format import ChannelTrace
 
 
 # Each episode's random streams, from its seed: its requests, and (for the batch) the acceptance draws.

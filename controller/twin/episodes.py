@@ -26,7 +26,7 @@ from controller.twin.load import at_load
 from controller.twin.scenario import Scenario, load_scenario
 from controller.twin.simulator import DigitalTwin
 from tandem.profiles import HardwareProfile, load_profile
-from tandem.traces.format import ChannelTrace, load_trace
+from tandem.trace_format import ChannelTrace, load_trace
 
 
 class EpisodeConfig(BaseModel):

@@ -99,7 +99,7 @@ def _load(settings: EvaluationSettings) -> None:
     from controller.policies.mappo import LearnedDraftLengths
     from controller.twin.scenario import load_scenario
     from tandem.profiles import load_profile
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     scenario = load_scenario(settings.scenario)
     _context.update(settings=settings, scenario=scenario, profile=load_profile(scenario.profile),

@@ -23,7 +23,7 @@ from controller.estimator import tokens_per_round
 from controller.twin.scenario import Scenario, TwinEdge
 from tandem.edge_model import EdgeTiming
 from tandem.profiles import HardwareProfile
-from tandem.traces.format import ChannelTrace
+from tandem.trace_format import ChannelTrace
 
 
 def mean_answer_tokens(scenario: Scenario) -> float:

@@ -37,7 +37,7 @@ from controller.share_floor import with_share_floor
 from controller.twin.scenario import Scenario
 from tandem.edge_model import EdgeTiming, Rounds, round_given
 from tandem.profiles import HardwareProfile
-from tandem.traces.format import ChannelTrace
+from tandem.trace_format import ChannelTrace
 
 UP, DOWN = 1, 0  # direction axis of the trace's arrays
 

@@ -131,7 +131,7 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
     from tensorboardX import SummaryWriter
 
     from controller.twin.set_module import export_actor
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     os.environ["OMP_NUM_THREADS"] = "1"  # 10-20x faster for these small networks on a few cores
     torch.set_num_threads(1)

@@ -21,8 +21,8 @@ import yaml
 from tandem.auth import ADMIN_TOKEN_ENV
 from tandem.private_files import write_private
 from tandem.rpc import ADMINS, ANYONE, DEVICES, OPERATORS, Access, Guard, bearer_metadata
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from harness.clients import creds, run_tandem

@@ -1,6 +1,7 @@
-"""tandem.certs: the development CA, its certificates (files, modes, SANs, key usages, validity), canonical identity
-names, `tandem certs init`, and real gRPC mutual-TLS handshakes with the certificates it makes (a server name per
-edge, server and client usages kept apart). Pure unit tests: no daemons (tests/system/test_rotation.py runs them)."""
+"""The development CA (toolbox.certs) and the identity rules (tandem.identity): certificates (files, modes, SANs,
+key usages, validity), canonical identity names, `tandem certs init`, and real gRPC mutual-TLS handshakes with the
+certificates it makes (a server name per edge, server and client usages kept apart). In-process gRPC servers, no
+daemons (tests/system/test_rotation.py runs them)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,10 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tandem.certs import (
-    ADMIN_ROLES,
-    SERVER_NAMES,
-    CertError,
-    check_key_pair,
-    device_user,
-    edge_server_name,
-    identity_files,
-    init_certs,
-    issue_certificate,
-    role_of,
-)
+from tandem.identity import (ADMIN_ROLES, SERVER_NAMES, CertError, check_key_pair, device_user, edge_server_name,
+                             identity_files, role_of)
 from tandem.rpc import Caller
+from toolbox.certs import init_certs, issue_certificate
 
 EDGES, DEVICES = 2, 3
 NAMES = ["edge-0", "edge-1", "linkemu", "controller", "admin", "health", "device-0", "device-1", "device-2"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +16,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# What a device or an operator's `tandem --help` must never pay for: the engines and the training stack.
+HEAVY = ("torch", "ray", "vllm", "llama_cpp", "sionna", "tensorflow", "transformers", "matplotlib")
+
+
+def test_help_lists_every_package_command_and_imports_no_engine_or_training_stack():
+    probe = ("import sys\nfrom tandem.cli import build_parser\nhelp = build_parser().format_help()\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:])))\nprint(help)")
+    done = subprocess.run([sys.executable, "-c", probe, *HEAVY], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    imported, _, help_text = done.stdout.partition("\n")
+    assert imported == "[]", f"`tandem --help` imported {imported}"
+    for command in ("models", "certs", "traces", "profile", "health", "edge", "generate", "devices", "linkemu",
+                    "controller", "policy", "twin", "train", "train-curves", "evaluate", "testbed", "demo"):
+        assert f"    {command} " in help_text or f"    {command}\n" in help_text, command
+
+
+@pytest.mark.parametrize("module, usage", [("edge_server", "--engine"), ("controller", "--state"),
+                                           ("linkemu", "--trace"), ("device_client", "--edge")])
+def test_each_daemon_runs_as_its_own_module(module, usage):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {module} ") and usage in done.stdout
 
 
 @pytest.mark.parametrize("args, reason", [
@@ -80,7 +106,7 @@ def test_help_explains_every_command():
 
 
 def test_generate_through_a_trace_driven_link(llamacpp_edge, umi_trace):
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     trace = load_trace(umi_trace)
     user, edge = trace.most_reliable_pair()

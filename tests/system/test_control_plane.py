@@ -31,7 +31,7 @@ from device_client.routing import ControllerRoute
 from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
-from tandem.traces.format import load_trace
+from tandem.trace_format import load_trace
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 from harness.clients import ADMIN_TOKEN, run_tandem, with_admin_token

@@ -20,8 +20,8 @@ from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
 from device_client.routing import FixedRoute
 from tandem.sampling import SamplingConfig
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import edge_pb2 as pb
 from testbed.processes import EdgeProcess, LinkEmuProcess
 

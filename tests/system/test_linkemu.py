@@ -20,8 +20,8 @@ from linkemu.config import split_address
 from linkemu.emulator import LinkEmulator
 from testbed.processes import LinkEmuProcess
 from tandem.sampling import SamplingConfig
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from harness.clients import run_tandem
 from harness.teacher_forcing import near_tie_gaps
 
@@ -188,7 +188,7 @@ def test_short_outage_delays_but_keeps_the_connection(tmp_path):
 
 def test_trace_driven_session_is_lossless_and_follows_the_trace(llamacpp_edge, draft, umi_trace):
     from linkemu.config import LinkEmuConfig
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     trace = load_trace(umi_trace)
     user, edge = trace.most_reliable_pair()
@@ -299,7 +299,7 @@ def test_shipped_example_configs_are_valid():
     import yaml
 
     from linkemu.config import LinkEmuConfig
-    from tandem.traces.scenario import load_scenario
+    from toolbox.traces.radio_scenario import load_scenario
 
     root = Path(__file__).resolve().parents[2] / "configs"
     scenario = load_scenario(root / "scenario-umi.yaml", None)

@@ -12,7 +12,7 @@ import pytest
 from linkemu.config import split_address
 from testbed.processes import LinkEmuProcess
 from tandem.shares import MIN_SHARE
-from tandem.traces.format import load_trace
+from tandem.trace_format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 from harness.clients import run_tandem, with_admin_token

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from linkemu.config import split_address
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 from testbed.processes import LinkEmuProcess

@@ -92,7 +92,7 @@ def test_the_reward_pays_a_requests_tokens_in_the_slot_they_are_made(umi_trace, 
     from controller.twin.scenario import load_scenario
     from controller.twin.simulator import DigitalTwin
     from tandem.profiles import load_profile
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     scenario = load_scenario(write_twin_scenario(tmp_path, umi_trace, slots=30))
     twin = DigitalTwin(scenario, load_trace(umi_trace), load_profile(scenario.profile))
@@ -170,7 +170,7 @@ def test_a_short_training_run_gives_a_policy_that_decides_valid_slots(trained_po
     from controller.twin.scenario import load_scenario
     from controller.twin.simulator import DigitalTwin
     from tandem.profiles import load_profile
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     run = trained_policy.parent
     rows = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from tandem.models import ModelError, TokenizerMismatch, gguf_tokens, load_prepared, prepare_models
+from tandem.models import ModelError, load_prepared
+from toolbox.models import TokenizerMismatch, gguf_tokens, prepare_models
 
 QUIET = dict(progress=lambda message: None)
 

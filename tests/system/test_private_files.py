@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tandem.auth import TokenError, load_or_create_token, read_token_file
-from tandem.certs import CertError, init_certs, issue_certificate
+from toolbox.certs import CertError, init_certs, issue_certificate
 from tandem.private_files import PrivateFileError, read_private, write_private
 from tandem.tls import TlsError, TlsSettings, load_transport
 from tandem.verification_log import open_for_append

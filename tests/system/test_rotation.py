@@ -37,11 +37,11 @@ from device_client.edge_handle import SessionSpec
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection, EdgeUnreachable
 from device_client.routing import ControllerRoute
-from tandem.certs import init_certs, issue_certificate
+from toolbox.certs import init_certs, issue_certificate
 from tandem.sampling import SamplingConfig
 from tandem.tls import Transport
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from testbed.processes import ControllerProcess, DaemonProcess, EdgeProcess, LinkEmuProcess
 from harness.clients import creds, run_tandem
 

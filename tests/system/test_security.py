@@ -20,13 +20,13 @@ import pytest
 
 from device_client.generate import GenerationRequest, generate
 from device_client.link import EdgeConnection
-from tandem.certs import init_certs, issue_certificate
+from toolbox.certs import init_certs, issue_certificate
 from tandem.rpc import bearer_metadata
 from tandem.sampling import SamplingConfig
 from tandem.shares import MIN_SHARE
 from tandem.tls import TlsSettings, Transport, load_transport
-from tandem.traces.format import save_trace
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
 from testbed.processes import EdgeProcess, LinkEmuProcess
 from harness.clients import with_admin_token
@@ -144,7 +144,7 @@ def test_control_rpcs_need_an_admin_or_controller_certificate(tls_edge, pki):
 
 def test_tls_end_to_end_through_the_link_emulator_is_lossless(tls_edge, pki, draft, umi_trace, tmp_path, reference):
     """The emulator's proxy carries the TLS bytes unchanged; the device verifies the edge by its role name."""
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     user, edge = load_trace(umi_trace).most_reliable_pair()
     with LinkEmuProcess(["--trace", str(umi_trace), "--upstream", tls_edge.address, "--share", "1", "--user",

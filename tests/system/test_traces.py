@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tandem.traces.format import TraceError, load_trace, save_trace
-from tandem.traces.generate import TraceRequest, generate_trace
-from tandem.traces.scenario import load_scenario
+from tandem.trace_format import TraceError, load_trace, save_trace
+from toolbox.traces.generate import TraceRequest, generate_trace
+from toolbox.traces.radio_scenario import load_scenario
 from harness.clients import run_tandem
 
 
@@ -148,7 +148,7 @@ def test_bad_generation_requests_exit_2(args, reason, tmp_path):
 
 
 def test_long_traces_are_split_into_topology_windows(monkeypatch):
-    import tandem.traces.sionna_3gpp as stochastic
+    import toolbox.traces.sionna_3gpp as stochastic
 
     # 2 users x 3 epochs of 10 slots; windows of 2 epochs: the last window holds fewer UT entries
     monkeypatch.setattr(stochastic, "MAX_ENTRIES_PER_TOPOLOGY", 4)

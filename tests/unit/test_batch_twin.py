@@ -17,7 +17,7 @@ def small_world(umi_trace, tmp_path, alpha: float, slots: int = 150):
     8 tokens, at acceptance ``alpha``."""
     from controller.twin.scenario import load_scenario
     from tandem.profiles import load_profile
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
 
     scenario = load_scenario(write_twin_scenario(tmp_path, umi_trace, slots=slots))
     scenario = scenario.model_copy(update={"max_draft_length": 8, "edges": [

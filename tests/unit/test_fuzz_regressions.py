@@ -21,10 +21,10 @@ from controller.twin.scenario import ScenarioError, load_scenario
 from edge_server.config import EdgeConfig
 from tandem.cli_support import UsageError, build_config
 from tandem.profiles import ProfileError, load_profile
-from tandem.traces.format import ARRAYS, TraceError, load_trace
-from tandem.traces.scenario import ScenarioError as TraceScenarioError
-from tandem.traces.scenario import load_scenario as load_trace_scenario
-from tandem.traces.synthetic import synthetic_trace
+from tandem.trace_format import ARRAYS, TraceError, load_trace
+from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
+from toolbox.traces.radio_scenario import load_scenario as load_trace_scenario
+from toolbox.traces.synthetic import synthetic_trace
 from testbed.config import load_testbed_config
 
 CRASHES = Path(__file__).resolve().parents[2] / "fuzz" / "crashes"

@@ -102,7 +102,7 @@ def test_twin_replays_given_arrivals(tmp_path, umi_trace):
     from controller.twin.scenario import load_scenario
     from controller.twin.simulator import DigitalTwin
     from tandem.profiles import load_profile
-    from tandem.traces.format import load_trace
+    from tandem.trace_format import load_trace
     from harness.scenarios import write_twin_scenario
 
     scenario = load_scenario(write_twin_scenario(tmp_path, umi_trace))

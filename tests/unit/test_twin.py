@@ -10,7 +10,7 @@ from controller.policies import make_policy
 from controller.twin.scenario import Scenario, ScenarioError, load_scenario
 from controller.twin.simulator import DigitalTwin
 from tandem.profiles import HardwareProfile, ProfileError, load_profile, save_profile
-from tandem.traces.synthetic import synthetic_trace
+from toolbox.traces.synthetic import synthetic_trace
 
 BANDWIDTH = 1e6
 SE_UP, SE_DOWN = 2.0, 4.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tandem.traces.format import DIRECTIONS, ChannelTrace
+from tandem.trace_format import DIRECTIONS, ChannelTrace
 
 NO_PATH_DB = -250.0  # gains are floored at -300 dB where ray tracing finds no path at all
 

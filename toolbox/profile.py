@@ -13,8 +13,10 @@ assumptions in the profile's sources.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_server.engines.base import ScoreRequest, TargetEngine
+from tandem.cli_support import EXIT_OK, EXIT_USAGE, fail
 from tandem.profiles import AcceptanceProfile, BatchPoint, DeviceProfile, EdgeProfile, HardwareProfile
 from tandem.sampling import Candidates, SamplingConfig
 
@@ -168,3 +171,47 @@ async def measure(engine: TargetEngine, draft, draft_model: str, prompts: list[l
 def run_measure(engine: TargetEngine, draft, draft_model: str, prompts, name, host, settings,
                 progress) -> HardwareProfile:
     return asyncio.run(measure(engine, draft, draft_model, prompts, name, host, settings, progress))
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """`tandem profile`: measure the engines of this machine and write the profile file."""
+    import platform
+
+    from edge_server.config import EdgeConfig
+    from edge_server.engines import make_engine
+    from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
+    from tandem.profiles import save_profile
+
+    if args.repeats < 1 or args.answer_tokens < 2:
+        return fail("--repeats must be at least 1 and --answer-tokens at least 2", EXIT_USAGE)
+    if not (0 <= args.draft_power_w <= 1000 and 0 <= args.transmit_power_w <= 100):
+        return fail("--draft-power-w must lie in [0, 1000] and --transmit-power-w in [0, 100]", EXIT_USAGE)
+    try:
+        lines = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        return fail(f"cannot read prompts {args.prompts}: {error.strerror}", EXIT_USAGE)
+    if not lines:
+        return fail(f"{args.prompts} holds no prompt", EXIT_USAGE)
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        prepared = load_prepared(data_dir / "models" / DEFAULT_MODEL_NAME)
+    except ModelError as error:
+        return fail(str(error), EXIT_USAGE)
+    from device_client.draft import LlamaCppDraftEngine
+
+    draft = LlamaCppDraftEngine(prepared.draft_gguf)
+    prompts = [draft.encode_chat(line) for line in lines]
+    # A warm context per concurrent block, as an edge sized for the batch would have (fewer would re-prefill).
+    engine = make_engine(EdgeConfig(engine=args.engine, data_dir=data_dir, llamacpp={"slots": max(BATCHES)}))
+    name = args.name or f"cpu-{args.engine}"
+    host = f"{platform.node()} ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}"
+    profile = run_measure(engine, draft, prepared.draft_gguf.name, prompts, name, host,
+                          MeasureSettings(args.repeats, args.answer_tokens, args.draft_power_w,
+                                          args.transmit_power_w),
+                          lambda step: print(f"[profile] {step}", file=sys.stderr, flush=True))
+    out = args.out or Path("profiles") / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_profile(profile, out)
+    print(f"wrote {out}: draft {profile.device.draft_seconds_per_token * 1000:.2f} ms/token, verify k=4 "
+          f"{profile.edge.block_seconds(4) * 1000:.2f} ms, acceptance {profile.acceptance.per_token:.2f}")
+    return EXIT_OK

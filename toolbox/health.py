@@ -14,22 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.addresses import ADDRESS_PATTERN
-from tandem.certs import SERVER_NAMES
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
-from tandem.tls import TlsError, add_tls_arguments, transport_from_args
-
-
-def add_health_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("health", help="check that a daemon serves (gRPC health); exit 0 if it does")
-    parser.add_argument("address", help="the daemon's gRPC address HOST:PORT")
-    parser.add_argument("--service", default="", help="a service name (default: the server as a whole)")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
-    parser.add_argument("--role", choices=sorted(SERVER_NAMES), default="edge",
-                        help="what the daemon is, for TLS: the server name its certificate must carry (default edge)")
-    parser.add_argument("--edge-id", type=int, help="for an edge: which one it must be (its certificate must name "
-                        "edge-N.tandem); default: any edge of the deployment")
-    add_tls_arguments(parser, "admin")
-    parser.set_defaults(handler=run_health)
+from tandem.tls import TlsError, transport_from_args
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tandem.traces.scenario import Mobility
+from toolbox.traces.radio_scenario import Mobility
 
 
 def random_waypoint(rng: np.random.Generator, mobility: Mobility, area: tuple[float, float], num_users: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tandem.traces.format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
+from tandem.trace_format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
 
 
 def synthetic_trace(se_down: np.ndarray, se_up: np.ndarray, slot_ms: float = 100.0,
@@ -25,7 +25,7 @@ def synthetic_trace(se_down: np.ndarray, se_up: np.ndarray, slot_ms: float = 100
         edge_bandwidth_hz=[bandwidth_hz] * num_edges,
         edge_tx_power_dbm=0.0, user_tx_power_dbm=0.0, edge_noise_figure_db=0.0, user_noise_figure_db=0.0,
         uplink_interference_margin_db=0.0, mobility_epoch_slots=1, sionna_version="none",
-        generator="tandem.traces.synthetic", generation_seconds=0.0,
+        generator="toolbox.traces.synthetic", generation_seconds=0.0,
         units={name: unit for name, (_, _, unit) in ARRAYS.items()}, directions=list(DIRECTIONS))
     return ChannelTrace(
         metadata=metadata, sinr_db=(10 * np.log10(sinr)).astype(np.float32), se=se, se_shannon=se.copy(),

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.traces.format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
-from tandem.traces.mobility import random_waypoint
-from tandem.traces.radio import LinkBudget, downlink_sinr, link_quality, to_db, uplink_sinr
-from tandem.traces.scenario import ScenarioConfig, ScenarioError
+from tandem.trace_format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
+from toolbox.traces.mobility import random_waypoint
+from toolbox.traces.radio import LinkBudget, downlink_sinr, link_quality, to_db, uplink_sinr
+from toolbox.traces.radio_scenario import ScenarioConfig, ScenarioError
 
 MAX_SLOTS = 1_000_000
 MAX_PAIRS = 20_000_000  # slots x users x edges: bounds memory (~1 GB of gains at 64 subcarriers per million)
@@ -61,7 +61,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
     scene = None
     area = scenario.area
     if scenario.kind == "rt":
-        from tandem.traces.sionna_rt import RayTracedScene
+        from toolbox.traces.sionna_rt import RayTracedScene
 
         scene = RayTracedScene(scenario.scene)  # loaded once: for its default area and for tracing
         if scenario.area_m is None:
@@ -75,7 +75,7 @@ def generate_trace(request: TraceRequest, quiet: bool = False) -> ChannelTrace:
             gains = scene.gains(scenario.carrier_ghz * 1e9, max(bandwidths), scenario.sampled_subcarriers,
                                 edge_pos, user_pos, request.seed, on_slots=bar.update)
         else:
-            from tandem.traces.sionna_3gpp import stochastic_gains
+            from toolbox.traces.sionna_3gpp import stochastic_gains
 
             gains = stochastic_gains(scenario.kind, scenario.carrier_ghz * 1e9, max(bandwidths),
                                      scenario.sampled_subcarriers, edge_pos, user_pos, slot_s, epoch_slots,

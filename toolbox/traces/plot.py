@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.traces.format import DIRECTIONS, ChannelTrace
-from tandem.traces.summary import best_edges, on_edges
+from tandem.trace_format import DIRECTIONS, ChannelTrace
+from toolbox.traces.summary import best_edges, on_edges
 
 
 def plot_trace(trace: ChannelTrace, out_dir: Path) -> list[Path]:

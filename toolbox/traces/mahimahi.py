@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.traces.format import ChannelTrace
+from tandem.trace_format import ChannelTrace
 
 MTU_BITS = 1500 * 8
 
