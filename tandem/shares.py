@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the share rule itself needs no numpy
+    import numpy as np
 
 SHARE_SLACK = 1e-9
 # The smallest share: the slowest link the emulator and the edges must model.  A ten-thousandth of an edge is a

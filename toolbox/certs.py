@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
-from tandem.identity import CA_CERT, CertError, edge_server_name, identity_files, role_of
+from tandem.identity import (CA_CERT, SERVER_NAMES, CertError, check_key_pair, edge_server_name, identity_files,
+                             role_of)
 from tandem.private_files import PrivateFileError, read_private, write_private
 
 CA_KEY = "ca.key"

