@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from controller.config import ControllerConfig
 from controller.loop import ControlLoop
@@ -16,9 +11,9 @@ from controller.metrics import ControllerMetrics
 from controller.service import ControllerAdminServicer, ControllerServicer
 from controller.state import ControllerState
 from tandem.auth import load_or_create_token
-from tandem.readiness import announce_ready
+from tandem.daemon import Daemon
 from tandem.rpc import ADMINS, DEVICES, OPERATORS, Access, make_server
-from tandem.tls import Transport, reload_certificates_on_sighup, warn_if_plaintext
+from tandem.tls import Transport
 from tandem.wire.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,38 +56,21 @@ async def serve(config: ControllerConfig, state: ControllerState, transport: Tra
     server = make_server(transport, ACCESS, token)
     control_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(loop), server)
     control_pb2_grpc.add_ControllerAdminServicer_to_server(ControllerAdminServicer(loop), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        port = transport.add_port(server, config.listen)
-    except OSError as error:
-        raise StartError(str(error)) from None
-    warn_if_plaintext(transport, "the controller")
-    metrics_note, metrics_port = "", None
-    if config.metrics_port is not None:
-        host = config.listen.rpartition(":")[0].strip("[]")
-        http_server, _ = start_http_server(config.metrics_port, addr=host, registry=metrics.registry)
-        metrics_port = http_server.server_port
-        metrics_note = f", metrics on http://{host}:{metrics_port}/metrics"
-    await server.start()
-    for name in (*SERVICES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = asyncio.create_task(loop.run())
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    reload_certificates_on_sighup()
-    log.info("%s; state in %s; policy %s", token_note, state.path, policy.name)
     host = config.listen.rpartition(":")[0]
-    print(f"controller ready on {host}:{port} (policy {policy.name}{metrics_note})", flush=True)
-    announce_ready("controller", address=f"{host}:{port}", metrics_port=metrics_port)
-    await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if running.done() and running.exception():
-        log.error("control loop failed", exc_info=running.exception())
-    log.info("shutting down")
-    running.cancel()
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=1.0)
+    async with Daemon("controller") as daemon:
+        try:
+            port = daemon.listen(server, transport, config.listen, SERVICES, "the controller")
+        except OSError as error:
+            raise StartError(str(error)) from None
+        daemon.serve_metrics(metrics.registry, host.strip("[]"), config.metrics_port)
+        running = asyncio.create_task(loop.run(), name="control loop")
+
+        async def stop_deciding() -> None:
+            running.cancel()
+
+        log.info("%s; state in %s; policy %s", token_note, state.path, policy.name)
+        metrics_note = f", metrics on {daemon.metrics_url}" if daemon.metrics_url else ""
+        await daemon.run([f"controller ready on {host}:{port} (policy {policy.name}{metrics_note})"],
+                         {"address": f"{host}:{port}"}, drain=stop_deciding, watch=[running])
     await loop.close()
     state.close()

@@ -8,9 +8,12 @@ accepted get their verdicts, and the server stops once none is in flight or ``dr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from edge_server.sessions import SessionError
+
+log = logging.getLogger(__name__)
 
 
 class Drain:
@@ -35,6 +38,15 @@ class Drain:
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return time.monotonic() - self.since
+
+    async def finish(self, limit_s: float) -> None:
+        """The edge's shutdown drain (after health reports NOT_SERVING, before its server stops): refuse new work,
+        then wait up to ``limit_s`` for the work in flight."""
+        log.info("draining (new work refused, blocks in flight finish)")
+        self.begin()
+        in_flight = self.in_flight
+        took = await self.wait(limit_s)
+        log.info("drained in %.3f s (%d requests were in flight, %d left unfinished)", took, in_flight, self.in_flight)
 
     def work(self) -> "InFlight":
         return InFlight(self)

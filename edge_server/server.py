@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from edge_server.audit import VerificationLogWriter
 from edge_server.compute_shares import ComputeShares
@@ -27,12 +22,12 @@ from edge_server.service import EdgeServicer, info_reply
 from edge_server.sessions import SessionRegistry
 from edge_server.verification import Verifier
 from tandem.auth import client_token
+from tandem.daemon import Daemon
 from tandem.edge_model import EdgeTiming
 from tandem.pacing import Pacer
 from tandem.profiles import load_profile
-from tandem.readiness import announce_ready
 from tandem.rpc import ADMINS, DEVICES, Access, make_server
-from tandem.tls import Transport, reload_certificates_on_sighup, warn_if_plaintext
+from tandem.tls import Transport
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -75,36 +70,15 @@ async def serve(config: EdgeConfig, transport: Transport) -> None:
         server)
     control_pb2_grpc.add_EdgeControlServicer_to_server(
         EdgeControlServicer(shares, scheduler, registry, verifier, metrics, drain), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, CONTROL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = transport.add_port(server, f"{config.host}:{config.port}")
-    warn_if_plaintext(transport, "the edge")
-    metrics_note, metrics_port = "", None
-    if config.metrics_port is not None:
-        http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-        metrics_port = http_server.server_port
-        metrics_note = f", metrics on http://{config.host}:{metrics_port}/metrics"
-    await server.start()
-    for name in (SERVICE_NAME, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    tasks = [asyncio.create_task(scheduler.run_forever()), asyncio.create_task(registry.reap_forever())]
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    reload_certificates_on_sighup()
-    print(f"edge ready on {config.host}:{port} (engine {config.engine}, {transport.describe()}{metrics_note})",
-          flush=True)
-    announce_ready("edge", address=f"{config.host}:{port}", metrics_port=metrics_port)
-    await stop.wait()
-    log.info("shutting down: draining (new work refused, blocks in flight finish)")
-    drain.begin()
-    await health_servicer.enter_graceful_shutdown()
-    in_flight = drain.in_flight
-    took = await drain.wait(config.drain_s)
-    log.info("drained in %.3f s (%d requests were in flight, %d left unfinished)", took, in_flight, drain.in_flight)
-    await server.stop(grace=1.0)
+    async with Daemon("edge") as daemon:
+        port = daemon.listen(server, transport, f"{config.host}:{config.port}",
+                             (SERVICE_NAME, CONTROL_SERVICE_NAME), "the edge")
+        daemon.serve_metrics(metrics.registry, config.host, config.metrics_port)
+        # The scheduler runs the blocks in flight: it stops only once the drain finished them.
+        tasks = [asyncio.create_task(scheduler.run_forever()), asyncio.create_task(registry.reap_forever())]
+        metrics_note = f", metrics on {daemon.metrics_url}" if daemon.metrics_url else ""
+        ready = f"edge ready on {config.host}:{port} (engine {config.engine}, {transport.describe()}{metrics_note})"
+        await daemon.run([ready], {"address": f"{config.host}:{port}"}, drain=lambda: drain.finish(config.drain_s))
     for task in tasks:
         task.cancel()
     await engine.stop()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
-from tandem.readiness import announce_ready
-from tandem.tls import TlsError, load_transport, reload_certificates_on_sighup, tls_overrides
+from tandem.tls import TlsError, load_transport, tls_overrides
 
 
 def _config_from(args: argparse.Namespace):
@@ -60,40 +58,30 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(emulator, transport, admin_token: str | None) -> None:
-    from prometheus_client import start_http_server
-
     from linkemu.config import split_address
-    from linkemu.control import start_control
+    from linkemu.control import SERVICE_NAME, control_server
+    from tandem.daemon import Daemon
 
+    config = emulator.config
     listening = await emulator.start()
-    control_server, control_address = None, None
-    if emulator.config.control_listen is not None:
-        host, port = split_address(emulator.config.control_listen)
-        control_server, port = await start_control(emulator, host, port, transport, admin_token)
-        control_address = f"{host}:{port}"
-        print(f"linkemu control on {control_address}", flush=True)
-    metrics_note, metrics_port = "", None
-    http_server = None
-    if emulator.config.metrics_port is not None:
-        metrics_host = emulator.config.metrics_host
-        http_server, _ = start_http_server(emulator.config.metrics_port, addr=metrics_host,
-                                           registry=emulator.metrics.registry)
-        metrics_port = http_server.server_port
-        metrics_note = f" (metrics on http://{metrics_host}:{metrics_port}/metrics)"
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    reload_certificates_on_sighup()
-    for user, address in listening.items():
-        assignment = emulator.assignments.get(user)
-        host, port = emulator.addresses[assignment.edge]
-        print(f"linkemu ready: user {user} on {address} -> edge {assignment.edge} at {host}:{port}, share "
-              f"{assignment.share:g}{metrics_note}", flush=True)
-    announce_ready("linkemu", control=control_address, metrics_port=metrics_port,
-                   users={str(user): address for user, address in listening.items()})
-    await stop.wait()
-    if control_server is not None:
-        await control_server.stop(grace=1.0)
+    async with Daemon("linkemu") as daemon:
+        ready, control_address = [], None
+        if config.control_listen is not None:
+            host, port = split_address(config.control_listen)
+            try:
+                port = daemon.listen(control_server(emulator, transport, admin_token), transport, f"{host}:{port}",
+                                     [SERVICE_NAME], "the link emulator's control service")
+            except OSError as error:
+                raise OSError(f"control service {error}") from None
+            control_address = f"{host}:{port}"
+            ready.append(f"linkemu control on {control_address}")
+        daemon.serve_metrics(emulator.metrics.registry, config.metrics_host, config.metrics_port)
+        metrics_note = f" (metrics on {daemon.metrics_url})" if daemon.metrics_url else ""
+        for user, address in listening.items():
+            assignment = emulator.assignments.get(user)
+            host, port = emulator.addresses[assignment.edge]
+            ready.append(f"linkemu ready: user {user} on {address} -> edge {assignment.edge} at {host}:{port}, share "
+                         f"{assignment.share:g}{metrics_note}")
+        await daemon.run(ready, {"control": control_address,
+                                 "users": {str(user): address for user, address in listening.items()}})
     await emulator.stop()
-    if http_server is not None:
-        http_server.shutdown()

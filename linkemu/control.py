@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from linkemu.assignments import Assignment
 from linkemu.emulator import LinkEmulator
 from tandem.rpc import ADMINS, Access, make_server
-from tandem.tls import Transport, warn_if_plaintext
+from tandem.tls import Transport
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
 
 log = logging.getLogger(__name__)
-ACCESS = Access({pb.DESCRIPTOR.services_by_name["LinkControl"].full_name: ADMINS})
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LinkControl"].full_name
+ACCESS = Access({SERVICE_NAME: ADMINS})
 
 
 def _table(assignments: dict[int, Assignment]) -> pb.Assignments:
@@ -65,18 +65,8 @@ class LinkControlService(linkemu_pb2_grpc.LinkControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
-async def start_control(emulator: LinkEmulator, host: str, port: int, transport: Transport,
-                        admin_token: str | None = None) -> tuple[grpc.aio.Server, int]:
-    """Serve the control service on host:port (0 = a free port); returns the server and its port."""
+def control_server(emulator: LinkEmulator, transport: Transport, admin_token: str | None = None) -> grpc.aio.Server:
+    """A gRPC server with the control service, for the daemon's lifecycle (tandem/daemon.py) to serve."""
     server = make_server(transport, ACCESS, admin_token)
     linkemu_pb2_grpc.add_LinkControlServicer_to_server(LinkControlService(emulator), server)
-    health_servicer = health.aio.HealthServicer()  # readiness for orchestrators (docker compose health checks)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        bound = transport.add_port(server, f"{host}:{port}")
-    except OSError as error:
-        raise OSError(f"control service {error}") from None
-    warn_if_plaintext(transport, "the link emulator's control service")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, bound
+    return server
