@@ -8,7 +8,8 @@ import logging
 import signal
 from pathlib import Path
 
-from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, fail
+from tandem.config_files import load_config
 from tandem.readiness import announce_ready
 from tandem.tls import TlsError, add_tls_arguments, load_transport, reload_certificates_on_sighup, tls_overrides
 
@@ -75,7 +76,7 @@ def _config_from(args: argparse.Namespace):
     elif any(value is not None for value in single.values()):
         raise UsageError("--user/--edge/--upstream/--listen/--share describe a single link; with --config, set "
                          "them in the file")
-    return build_config(LinkEmuConfig, args.config, overrides)
+    return load_config(LinkEmuConfig, args.config, overrides, UsageError)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     from controller.twin.episodes import EpisodeConfig, Episodes
     from controller.twin.scenario import ScenarioError
     from controller.twin.train import TrainSettings, train
-    from tandem.cli_support import validation_reasons
+    from tandem.config_files import validation_reasons
     from tandem.profiles import ProfileError
     from tandem.traces.format import TraceError
 

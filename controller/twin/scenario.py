@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.share_floor import DEFAULT_SHARE_FLOOR
-from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
+from tandem.config_files import load_model_file
 from tandem.edge_model import DEFAULT_STEP_TOKENS
 
 
@@ -123,15 +123,6 @@ class Scenario(BaseModel):
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario; relative trace and profile paths are taken from the file's folder."""
     path = Path(path)
-    try:
-        data = read_yaml(path)
-    except YamlFileError as error:
-        raise ScenarioError(f"cannot read scenario {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"scenario {path} must hold a mapping")
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as error:
-        raise ScenarioError(f"invalid scenario {path}: {validation_reasons(error)}") from None
+    scenario = load_model_file(Scenario, path, "scenario", ScenarioError)
     return scenario.model_copy(update={"trace": path.parent / scenario.trace,
                                        "profile": path.parent / scenario.profile})
