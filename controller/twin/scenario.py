@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,16 @@ class Scenario(BaseModel):
         for edge in self.edges:
             if edge.id >= num_edges:
                 raise ScenarioError(f"scenario {self.name}: edge {edge.id} is not in the trace ({num_edges} edges)")
+
+    def check_grid(self, users: int, layouts: Iterable[Sequence[int]]) -> None:
+        """A grid (training episodes, evaluation cells) plays up to ``users`` users on each layout, ids of this
+        scenario's edges: ScenarioError naming the first whose capacity they do not fit."""
+        capacity_of = {edge.id: edge.capacity for edge in self.edges}
+        for layout in layouts:
+            capacity = sum(capacity_of[edge] for edge in layout)
+            if capacity < users:
+                raise ScenarioError(f"scenario {self.name}: {users} users do not fit the capacity ({capacity}) of "
+                                    f"edges {', '.join(map(str, layout))}")
 
 
 def load_scenario(path: Path) -> Scenario:
