@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from tandem.cli_support import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, YamlFileError,
-                                build_config, fail, read_yaml)
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, fail
+from tandem.config_files import YamlFileError, load_config, read_yaml
 from tandem.tls import tls_overrides
 
 PARAM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
@@ -21,7 +21,7 @@ SET_POLICY_TIMEOUT_S = 120.0  # the controller loads a learned policy's network 
 
 
 def _state_of(config_file: Path | None) -> Path | None:
-    """The `state` a config file names (None without one; an unreadable file is reported by build_config)."""
+    """The `state` a config file names (None without one; an unreadable file is reported by load_config)."""
     if config_file is None:
         return None
     try:
@@ -48,10 +48,10 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.config is None and stored is None:
             raise UsageError(f"no --config given and no topology stored in {state_path}")
         base = None if args.config else stored
-        config = build_config(ControllerConfig, args.config, {
+        config = load_config(ControllerConfig, args.config, {
             **(base or {}), "listen": args.listen, "metrics_port": args.metrics_port, "linkemu": args.linkemu,
             "slot_s": args.slot, "state": state_path, "admin_token_file": args.admin_token_file,
-            **tls_overrides(args)})
+            **tls_overrides(args)}, UsageError)
         transport = load_transport(config.tls, "controller")
         make_policy(config.policy.name, config.policy.seed, **config.policy.params)  # refuse an unknown one now
         if args.policy:

@@ -157,14 +157,15 @@ def run_fleet(args: argparse.Namespace) -> int:
 
     from device_client.fleet import Fleet, FleetConfig
     from device_client.workload import WorkloadError
-    from tandem.cli_support import UsageError, build_config
+    from tandem.cli_support import UsageError
+    from tandem.config_files import load_config
     from tandem.profiles import ProfileError, load_profile
     from tandem.readiness import announce_ready
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = build_config(FleetConfig, args.config, {"metrics_port": args.metrics_port, "results": args.results,
-                                                         **tls_overrides(args)})
+        config = load_config(FleetConfig, args.config, {"metrics_port": args.metrics_port, "results": args.results,
+                                                        **tls_overrides(args)}, UsageError)
         profile = load_profile(config.pacing.profile) if config.pacing.profile else None
         config.workload.load_prompts()
         draft_path = config.draft or load_prepared(

@@ -14,24 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_server.engines.base import EngineInfo
-from edge_server.sessions import Session, SessionError
+from edge_server.sessions import Session, SessionError, SessionRequest
 from tandem.sampling import SamplingConfig, SparseDist
 from tandem.wire.v1 import edge_pb2 as pb
 
 PROBABILITY_TOLERANCE = 1e-3  # how far a draft distribution's mass may stray from 1 (float32 on the wire)
 MAX_SCORE_TOP_N = 64
 MAX_STOP_IDS = 256
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    prompt: list[int]
-    sampling: SamplingConfig
-    speculative: bool
-    draft_length: int  # speculative: the longest block
-    max_new_tokens: int  # edge-only: tokens to generate; speculative: the declared budget (0: up to the context)
-    stop_ids: list[int]  # edge-only
-    user: int | None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 
-from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, fail
+from tandem.config_files import load_config
 from tandem.models import ModelError
 from tandem.profiles import ProfileError, load_profile
 from tandem.tls import TlsError, load_transport, tls_overrides
@@ -17,7 +18,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = build_config(EdgeConfig, args.config, {
+        config = load_config(EdgeConfig, args.config, {
             "engine": args.engine, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
             "model": args.model, "data_dir": args.data_dir, "max_sessions": args.max_sessions,
             "max_context": args.max_context, "max_draft_length": args.max_draft_length,
@@ -32,7 +33,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "pacing.compute_scale": args.compute_scale, "max_sessions_per_identity": args.max_sessions_per_identity,
             "open_rate_per_s": args.open_rate, "max_request_tokens": args.max_request_tokens,
             "drain_s": args.drain, **tls_overrides(args),
-        })
+        }, UsageError)
         if config.model is not None and not config.model.exists():
             raise UsageError(f"model not found: {config.model}")
         if config.pacing.profile is not None:

@@ -24,14 +24,23 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tandem.limits import RateLimit
 from tandem.rpc import echo
 from tandem.sampling import SamplingConfig
 
-if TYPE_CHECKING:
-    from edge_server.checks import SessionRequest
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What a device asks a session for, once checks.py has validated its Open message."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    speculative: bool
+    draft_length: int  # speculative: the longest block
+    max_new_tokens: int  # edge-only: tokens to generate; speculative: the declared budget (0: up to the context)
+    stop_ids: list[int]  # edge-only
+    user: int | None
 
 
 class SessionError(Exception):
@@ -91,7 +100,7 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, request: "SessionRequest", owner: str | None = None) -> Session:
+    def open(self, request: SessionRequest, owner: str | None = None) -> Session:
         self.reap()
         if owner is not None:
             if self.held_by(owner) >= self.per_identity:

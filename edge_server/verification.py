@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from edge_server.audit import VerificationLogWriter
-from edge_server.checks import Block, ScoreJob, SessionRequest
+from edge_server.checks import Block, ScoreJob
 from edge_server.engines.base import ScoredPosition, ScoreRequest, TargetEngine
 from edge_server.metrics import EdgeMetrics
 from edge_server.observations import DraftObservations
 from edge_server.scheduler import Flow, ShareScheduler
-from edge_server.sessions import Session
+from edge_server.sessions import Session, SessionRequest
 from tandem.sampling import verify_block
 from tandem.verification_log import BlockRecord
 

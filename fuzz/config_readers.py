@@ -1,4 +1,4 @@
-"""Fuzz the YAML config readers, each through the function its CLI reads a file with (cli_support.build_config for
+"""Fuzz the YAML config readers, each through the function its CLI reads a file with (config_files.load_config for
 the daemons, the loaders of profiles, twin scenarios, trace scenarios and the testbed).
 
 The first byte picks the reader; the rest is written, as raw bytes (invalid UTF-8 included), to the file it reads.
@@ -19,7 +19,7 @@ import atheris
 
 from common import main, rejected, scratch_file
 
-with atheris.instrument_imports(include=["tandem.cli_support", "tandem.profiles", "toolbox.traces.radio_scenario",
+with atheris.instrument_imports(include=["tandem.config_files", "tandem.profiles", "toolbox.traces.radio_scenario",
                                          "controller.config", "controller.twin.scenario", "edge_server.config",
                                          "linkemu.config", "testbed.config", "yaml"]):
     from controller.config import ControllerConfig
@@ -28,7 +28,8 @@ with atheris.instrument_imports(include=["tandem.cli_support", "tandem.profiles"
     from device_client.fleet import FleetConfig
     from edge_server.config import EdgeConfig
     from linkemu.config import LinkEmuConfig
-    from tandem.cli_support import UsageError, build_config
+    from tandem.cli_support import UsageError
+    from tandem.config_files import load_config
     from tandem.profiles import ProfileError, load_profile
     from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
     from toolbox.traces.radio_scenario import load_scenario as load_trace_scenario
@@ -59,10 +60,13 @@ pacing: {profile: profiles/phone-1b-gpu-8b.yaml, dilation: 10, compute_scale: 0.
 
 
 READERS = {
-    "linkemu": Reader(partial(build_config, LinkEmuConfig, overrides={}), UsageError, "configs/linkemu.yaml"),
-    "edge": Reader(partial(build_config, EdgeConfig, overrides={}), UsageError, "-"),
-    "controller": Reader(partial(build_config, ControllerConfig, overrides={}), UsageError, "configs/controller.yaml"),
-    "devices": Reader(partial(build_config, FleetConfig, overrides={}), UsageError, "deploy/compose/devices.yaml"),
+    "linkemu": Reader(partial(load_config, LinkEmuConfig, overrides={}, error=UsageError), UsageError,
+                      "configs/linkemu.yaml"),
+    "edge": Reader(partial(load_config, EdgeConfig, overrides={}, error=UsageError), UsageError, "-"),
+    "controller": Reader(partial(load_config, ControllerConfig, overrides={}, error=UsageError), UsageError,
+                         "configs/controller.yaml"),
+    "devices": Reader(partial(load_config, FleetConfig, overrides={}, error=UsageError), UsageError,
+                      "deploy/compose/devices.yaml"),
     "testbed": Reader(load_testbed_config, UsageError, "deploy/testbed.yaml"),
     "profile": Reader(load_profile, ProfileError, "profiles/phone-1b-gpu-8b.yaml"),
     "twin-scenario": Reader(load_twin_scenario, TwinScenarioError, "configs/twin-umi.yaml"),

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 
-from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, build_config, fail
+from tandem.cli_support import EXIT_OK, EXIT_USAGE, UsageError, fail
+from tandem.config_files import load_config
 from tandem.tls import TlsError, load_transport, tls_overrides
 
 
@@ -31,7 +32,7 @@ def _config_from(args: argparse.Namespace):
     elif any(value is not None for value in single.values()):
         raise UsageError("--user/--edge/--upstream/--listen/--share describe a single link; with --config, set "
                          "them in the file")
-    return build_config(LinkEmuConfig, args.config, overrides)
+    return load_config(LinkEmuConfig, args.config, overrides, UsageError)
 
 
 def run_serve(args: argparse.Namespace) -> int:

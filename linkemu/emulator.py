@@ -21,7 +21,7 @@ from linkemu.config import LinkEmuConfig, split_address
 from linkemu.metrics import LinkEmuMetrics
 from linkemu.proxy import ShapingProxy
 from linkemu.shaper import Direction, SlotClock, TraceShaper
-from tandem.cli_support import validation_reasons
+from tandem.config_files import validation_reasons
 from tandem.trace_format import ChannelTrace
 from tandem.wire.v1 import linkemu_pb2 as pb
 

@@ -22,9 +22,9 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
+from tandem.config_files import load_model_file
 
 SCHEMA_VERSION = 1
 SHIPPED_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "phone-1b-gpu-8b.yaml"  # the paper's hardware
@@ -115,16 +115,7 @@ class HardwareProfile(BaseModel):
 
 def load_profile(path: Path) -> HardwareProfile:
     """Read and validate a profile; ProfileError naming the file and the first problems."""
-    try:
-        data = read_yaml(path)
-    except YamlFileError as error:
-        raise ProfileError(f"cannot read profile {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"profile {path} must hold a mapping")
-    try:
-        return HardwareProfile.model_validate(data)
-    except ValidationError as error:
-        raise ProfileError(f"invalid profile {path}: {validation_reasons(error)}") from None
+    return load_model_file(HardwareProfile, path, "profile", ProfileError)
 
 
 def save_profile(profile: HardwareProfile, path: Path) -> None:

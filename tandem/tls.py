@@ -290,7 +290,7 @@ def add_tls_arguments(parser, default_name: str) -> None:
 
 
 def tls_overrides(args) -> dict[str, object]:
-    """The flags of add_tls_arguments as ``build_config`` overrides of a ``tls`` section."""
+    """The flags of add_tls_arguments as ``config_files.load_config`` overrides of a ``tls`` section."""
     return {"tls.dir": args.tls_dir, "tls.name": args.tls_name, "tls.cert": args.tls_cert, "tls.key": args.tls_key,
             "tls.ca": args.tls_ca, "tls.insecure": args.insecure}
 

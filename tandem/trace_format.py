@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tandem.cli_support import validation_reasons
+from tandem.config_files import validation_reasons
 
 FORMAT_NAME = "tandem-channel-trace"
 FORMAT_VERSION = 1

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tandem.cli_support import UsageError, YamlFileError, read_yaml, validation_reasons
+from tandem.cli_support import UsageError
+from tandem.config_files import load_model_file
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "testbed.yaml"
 
@@ -41,16 +42,7 @@ class TestbedConfig(BaseModel):
 
 def load_testbed_config(path: Path) -> TestbedConfig:
     """Read and validate; relative paths are taken from the file's folder. UsageError with the reason."""
-    try:
-        data = read_yaml(path)
-    except YamlFileError as error:
-        raise UsageError(f"cannot read testbed config {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"testbed config {path} must hold a mapping")
-    try:
-        config = TestbedConfig.model_validate(data)
-    except ValidationError as error:
-        raise UsageError(f"invalid testbed config {path}: {validation_reasons(error)}") from None
+    config = load_model_file(TestbedConfig, path, "testbed config", UsageError)
     base = Path(path).resolve().parent
     try:
         return config.model_copy(update={"scenario": (base / config.scenario).resolve(),

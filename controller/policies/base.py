@@ -84,7 +84,10 @@ class Policy(ABC):
     """Decides association and shares.  Subclasses set ``name`` and take their parameters as keyword arguments."""
 
     name: ClassVar[str]
-    uses_policy_dir: ClassVar[bool] = False  # takes ``policy_dir``: where its ``checkpoint`` name is looked up
+    # What the caller knows that this policy takes as keyword arguments (make_policy passes them, and nothing else
+    # it knows): ``policy_dir`` (where a ``checkpoint`` name is looked up), ``actor`` (a network loaded once),
+    # ``parallel`` (whether devices draft while the edge verifies: the twin's mode), ``twin`` (the digital twin).
+    from_caller: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

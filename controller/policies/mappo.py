@@ -64,7 +64,7 @@ class Mappo(Policy):
     """The best heuristic's decision, each busy user's k corrected by the trained network."""
 
     name = "mappo"
-    uses_policy_dir: ClassVar[bool] = True
+    from_caller: ClassVar[frozenset[str]] = frozenset({"policy_dir", "actor"})
 
     def __init__(self, seed: int = 0, checkpoint: str = DEFAULT_CHECKPOINT, actor: LearnedDraftLengths | None = None,
                  energy_weight: float = 0.0, policy_dir: Path = SHIPPED_POLICY_DIR) -> None:

@@ -28,6 +28,8 @@ With ``draft_lengths="tuned"`` each busy user's draft length is then set by the 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from scipy.optimize import minimize
 
@@ -229,6 +231,7 @@ class TmaEqual(Policy):
     """TMA association of the users with a request, equal shares."""
 
     name = "tma-equal"
+    from_caller: ClassVar[frozenset[str]] = frozenset({"parallel"})
 
     def __init__(self, seed: int = 0, parallel: bool = True, draft_lengths: str = "fixed") -> None:
         super().__init__(seed)

@@ -24,7 +24,7 @@ def run_train(args: argparse.Namespace) -> int:
     from controller.twin.episodes import EpisodeConfig, Episodes
     from controller.twin.scenario import ScenarioError
     from controller.twin.train import TrainSettings, train
-    from tandem.cli_support import validation_reasons
+    from tandem.config_files import validation_reasons
     from tandem.profiles import ProfileError
     from tandem.trace_format import TraceError
 
@@ -92,9 +92,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from controller.policies import available
     from controller.policies.checkpoints import SHIPPED_POLICY_DIR
     from controller.policies.mappo import DEFAULT_CHECKPOINT, CheckpointError, LearnedDraftLengths
-    from controller.twin.evaluate import (LEARNED, ORACLE, EvaluationError, EvaluationSettings, aggregate, headline,
-                                          policy_spec, run_jobs)
-    from controller.twin.load import batched_capacity, best_layouts, device_capacity, with_layout
+    from controller.twin.evaluate import (LEARNED, ORACLE, EvaluationError, EvaluationSettings, aggregate,
+                                          grid_layouts, headline, policy_spec, run_jobs)
+    from controller.twin.load import batched_capacity, device_capacity, with_layout
     from controller.twin.report import markdown, plots
     from controller.twin.scenario import ScenarioError, load_scenario
     from tandem.profiles import ProfileError, load_profile
@@ -119,17 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario)
         load_profile(scenario.profile)
         users = args.users or [len(scenario.user_ids())]
-        if max(args.edges) > len(scenario.edges):
-            raise ScenarioError(f"--edges {max(args.edges)}: the scenario has {len(scenario.edges)} edges")
-        traces = [load_trace(path) for path in args.trace]
-        for trace in traces:
-            meta = trace.metadata
-            scenario.model_copy(update={"users": max(users)}).check_against(meta.num_users, meta.num_edges)
-        layouts = best_layouts(scenario.model_copy(update={"users": max(users)}), traces, args.edges)
-        for edges, layout in layouts.items():
-            capacity = sum(edge.capacity for edge in scenario.edges if edge.id in layout.edges)
-            if capacity < max(users):
-                raise ScenarioError(f"{max(users)} users do not fit the capacity ({capacity}) of {edges} edges")
+        layouts = grid_layouts(scenario, [load_trace(path) for path in args.trace], max(users), args.edges)
         checkpoint = None
         if LEARNED in policies:
             checkpoint = args.checkpoint or SHIPPED_POLICY_DIR / DEFAULT_CHECKPOINT

@@ -89,11 +89,8 @@ class Episodes:
         for trace in self.traces:
             self._variant(self.user_range[1], max(self.edge_counts)).check_against(
                 trace.metadata.num_users, trace.metadata.num_edges)
-        for edges in self.edge_counts:  # the most users on the fewest edges must fit their capacity
-            capacity = sum(edge.capacity for edge in self.scenario.edges[:edges])
-            if capacity < self.user_range[1]:
-                raise GameError(f"{self.user_range[1]} users do not fit the capacity ({capacity}) of the first "
-                                f"{edges} edges")
+        self.scenario.check_grid(self.user_range[1], ([edge.id for edge in self.scenario.edges[:edges]]
+                                                      for edges in self.edge_counts))
 
     @cached_property
     def traces(self) -> list[ChannelTrace]:

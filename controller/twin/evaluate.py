@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,19 @@ class EvaluationSettings:
         return jobs
 
 
+def grid_layouts(scenario, traces: list, users: int, edge_counts: Sequence[int]) -> dict:
+    """Each edge count's layout (load.best_layouts) for cells of up to ``users`` users, once the traces are found to
+    hold those users and the scenario's edges, and every layout their capacity (ScenarioError, ValueError)."""
+    from controller.twin.load import best_layouts
+
+    most = scenario.model_copy(update={"users": users})
+    for trace in traces:
+        most.check_against(trace.metadata.num_users, trace.metadata.num_edges)
+    layouts = best_layouts(most, traces, list(edge_counts))
+    scenario.check_grid(users, (layout.edges for layout in layouts.values()))
+    return layouts
+
+
 _context: dict = {}
 
 
@@ -122,21 +136,16 @@ def variant_of(job: Job):
 
 def play(job: Job) -> tuple[Job, dict]:
     from controller.policies import make_policy
-    from controller.policies.mappo import Mappo
     from controller.twin.oracle import LookaheadOracle
     from controller.twin.simulator import DigitalTwin
 
-    parallel = job.mode == "psd"
     twin = DigitalTwin(variant_of(job), _context["traces"][job.trace], _context["profile"], seed=job.seed)
     name, params = policy_spec(job.policy)
-    if name == LEARNED:
-        policy = Mappo(seed=job.seed, actor=_context["actor"], energy_weight=job.energy_weight)
-    elif name == ORACLE:
-        policy = LookaheadOracle(twin, parallel=parallel, **params)
-    elif name.startswith("tma-"):
-        policy = make_policy(name, seed=job.seed, parallel=parallel, **params)
-    else:
-        policy = make_policy(name, seed=job.seed, **params)
+    if job.energy_weight is not None:  # set for the policies that read it (job_list)
+        params["energy_weight"] = job.energy_weight
+    policy = make_policy(name, seed=job.seed, known={"parallel": job.mode == "psd", "twin": twin,
+                                                     "actor": _context.get("actor")},
+                         extra={LookaheadOracle.name: LookaheadOracle}, **params)
     summary = twin.run(policy).summary().as_dict()
     return job, summary | {"completion": summary["completed"] / max(1, summary["completed"] + summary["unfinished"]),
                            "requests": summary["completed"] + summary["unfinished"]}

@@ -12,6 +12,7 @@ policies, and is reported as such (docs/evaluation.md).  Only the twin can run i
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,9 +25,11 @@ DEFAULT_HORIZON_SLOTS = 20
 
 class LookaheadOracle(Policy):
     name = "oracle-lookahead"
+    from_caller: ClassVar[frozenset[str]] = frozenset({"twin", "parallel"})
 
-    def __init__(self, twin: DigitalTwin, horizon_slots: int = DEFAULT_HORIZON_SLOTS, parallel: bool = True) -> None:
-        super().__init__(0)
+    def __init__(self, seed: int = 0, *, twin: DigitalTwin, horizon_slots: int = DEFAULT_HORIZON_SLOTS,
+                 parallel: bool = True) -> None:
+        super().__init__(seed)
         if horizon_slots < 1:
             raise ValueError(f"horizon_slots must be at least 1, got {horizon_slots}")
         self.twin, self.horizon = twin, horizon_slots

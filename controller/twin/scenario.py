@@ -15,14 +15,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.share_floor import DEFAULT_SHARE_FLOOR
-from tandem.cli_support import YamlFileError, read_yaml, validation_reasons
+from tandem.config_files import load_model_file
 from tandem.edge_model import DEFAULT_STEP_TOKENS
 
 
@@ -119,19 +120,20 @@ class Scenario(BaseModel):
             if edge.id >= num_edges:
                 raise ScenarioError(f"scenario {self.name}: edge {edge.id} is not in the trace ({num_edges} edges)")
 
+    def check_grid(self, users: int, layouts: Iterable[Sequence[int]]) -> None:
+        """A grid (training episodes, evaluation cells) plays up to ``users`` users on each layout, ids of this
+        scenario's edges: ScenarioError naming the first whose capacity they do not fit."""
+        capacity_of = {edge.id: edge.capacity for edge in self.edges}
+        for layout in layouts:
+            capacity = sum(capacity_of[edge] for edge in layout)
+            if capacity < users:
+                raise ScenarioError(f"scenario {self.name}: {users} users do not fit the capacity ({capacity}) of "
+                                    f"edges {', '.join(map(str, layout))}")
+
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario; relative trace and profile paths are taken from the file's folder."""
     path = Path(path)
-    try:
-        data = read_yaml(path)
-    except YamlFileError as error:
-        raise ScenarioError(f"cannot read scenario {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"scenario {path} must hold a mapping")
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as error:
-        raise ScenarioError(f"invalid scenario {path}: {validation_reasons(error)}") from None
+    scenario = load_model_file(Scenario, path, "scenario", ScenarioError)
     return scenario.model_copy(update={"trace": path.parent / scenario.trace,
                                        "profile": path.parent / scenario.profile})

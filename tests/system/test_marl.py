@@ -155,7 +155,7 @@ def test_an_episode_config_that_does_not_fit_is_refused(episode_config, umi_trac
     with pytest.raises(ScenarioError, match="not in the trace"):
         Episodes(EpisodeConfig.model_validate(episode_config | {"users": (2, 40)}))
     small = write_twin_scenario(tmp_path, umi_trace, capacity=1)
-    with pytest.raises(GameError, match="do not fit the capacity"):
+    with pytest.raises(ScenarioError, match="do not fit the capacity"):
         Episodes(EpisodeConfig.model_validate(episode_config | {"scenario": str(small)}))
     rates = [Episodes(EpisodeConfig.model_validate(episode_config | {"loads": [load]})).game(1).twin.scenario
              .arrivals.rate_per_user_s for load in (0.4, 0.8)]  # the same episode (seed) at twice the load

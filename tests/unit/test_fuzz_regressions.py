@@ -19,7 +19,8 @@ import pytest
 from controller.policies.checkpoints import CheckpointError, read_metadata
 from controller.twin.scenario import ScenarioError, load_scenario
 from edge_server.config import EdgeConfig
-from tandem.cli_support import UsageError, build_config
+from tandem.cli_support import UsageError
+from tandem.config_files import load_config
 from tandem.profiles import ProfileError, load_profile
 from tandem.trace_format import ARRAYS, TraceError, load_trace
 from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
@@ -94,7 +95,7 @@ def test_a_damaged_trace_file_is_refused_with_a_trace_error(case: str, tmp_path:
 
 
 YAML_READERS = {
-    "build_config": (lambda path: build_config(EdgeConfig, path, {}), UsageError, "cannot read config file"),
+    "load_config": (lambda path: load_config(EdgeConfig, path, {}, UsageError), UsageError, "cannot read config file"),
     "profile": (load_profile, ProfileError, "cannot read profile"),
     "twin scenario": (load_scenario, ScenarioError, "cannot read scenario"),
     "testbed": (load_testbed_config, UsageError, "cannot read testbed config"),

@@ -45,6 +45,15 @@ def test_builtin_policies_are_registered_and_unknown_ones_refused():
         make_policy("random", colour="blue")
 
 
+def test_what_the_caller_knows_goes_only_to_the_policies_that_take_it():
+    known = {"parallel": False, "twin": object()}
+    assert make_policy("tma-opt", known=known).parallel is False
+    assert make_policy("tma-opt", known={"parallel": None}).parallel is True  # None: not known
+    make_policy("max-sinr-equal", known=known)  # takes neither
+    with pytest.raises(ValueError, match="policy tma-equal"):  # the caller's to give, not a parameter's as well
+        make_policy("tma-equal", known=known, parallel=True)
+
+
 @pytest.mark.parametrize("name", ["max-sinr-equal", "random", "tma-equal", "tma-opt"])
 @pytest.mark.parametrize("users, edges, capacity", [(12, 3, None), (10, 3, 4), (30, 5, 8)])
 def test_decisions_are_valid_and_deterministic(name, users, edges, capacity):

@@ -14,7 +14,7 @@ from controller.config import ControllerConfig
 from controller.telemetry import EdgeLoadSample, Telemetry
 from edge_server.checks import check_open, check_score
 from edge_server.engines.base import EngineInfo
-from edge_server.sessions import SessionError, SessionRegistry
+from edge_server.sessions import SessionError, SessionRegistry, SessionRequest
 from linkemu.shaper import Direction, SlotClock, TraceShaper
 from tandem.limits import RateLimit
 from tandem.rpc import Caller, QuietLog, echo
@@ -45,8 +45,6 @@ def test_the_mean_rate_extrapolation_matches_a_steady_link():
 
 
 def _request(prompt=(1, 2, 3)):
-    from edge_server.checks import SessionRequest
-
     return SessionRequest(list(prompt), SamplingConfig(), True, 4, 0, [], None)
 
 

@@ -160,6 +160,13 @@ def test_profiles_and_scenarios_are_validated(tmp_path):
         DigitalTwin(scenario(users=2), constant_trace(), profile(0.7))
 
 
+def test_a_grid_must_fit_the_capacity_of_each_layout():
+    three = scenario(edges=[{"id": 0, "capacity": 2}, {"id": 1, "capacity": 3}, {"id": 2, "capacity": 4}])
+    three.check_grid(5, [[0, 1], [1, 2], [0, 1, 2]])
+    with pytest.raises(ScenarioError, match=r"6 users do not fit the capacity \(5\) of edges 0, 1"):
+        three.check_grid(6, [[1, 2], [0, 1]])
+
+
 def test_the_draft_length_game_maps_any_action_to_valid_decisions_and_is_deterministic():
     """(Its reward, with known answers: tests/system/test_marl.py.)"""
     from controller.policies.draft_agent import CHOICES, AgentSpec

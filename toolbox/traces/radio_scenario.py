@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tandem.cli_support import UsageError, build_config
+from tandem.config_files import load_config
 
 STOCHASTIC_KINDS = ("umi", "uma", "rma")
 # Ray-traced scenes shipped in the sionna-rt wheel that work on the CPU here (see docs/traces.md).
@@ -124,7 +124,4 @@ class ScenarioError(ValueError):
 
 def load_scenario(path: Path | None, scenario: str | None) -> ScenarioConfig:
     """The YAML file (if any) with the --scenario flag on top; ScenarioError with the reason when invalid."""
-    try:
-        return build_config(ScenarioConfig, path, {"scenario": scenario})
-    except UsageError as error:
-        raise ScenarioError(str(error)) from None
+    return load_config(ScenarioConfig, path, {"scenario": scenario}, ScenarioError)
