@@ -37,8 +37,8 @@ def read_yaml(path: Path) -> Any:
         raise YamlFileError(str(error)) from None
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise YamlFileError(str(error)) from None
+    except yaml.YAMLError as error:  # PyYAML's message spans lines (a caret under the spot): one line is enough
+        raise YamlFileError(" ".join(str(error).replace('"<unicode string>", ', "").split())) from None
     except Exception as error:  # noqa: BLE001 - the loader's other failures, listed above
         raise YamlFileError(f"not valid YAML ({type(error).__name__}: {error})") from None
 
@@ -85,7 +85,12 @@ def load_config(model: type[Model], path: Path | None, overrides: Mapping[str, A
             continue
         section, _, field = key.partition(".")
         if field:
-            data.setdefault(section, {})[field] = value
+            if data.get(section) is None:  # absent, or left empty in the file ("tls:")
+                data[section] = {}
+            elif not isinstance(data[section], dict):
+                raise error(f"invalid configuration: {section}: must be a mapping (--{field.replace('_', '-')} "
+                            "sets one of its fields)")
+            data[section][field] = value
         else:
             data[key] = value
     return validate(model, data, "configuration", error)
