@@ -71,7 +71,8 @@ def twin_replay(bed, policy: str, records: list[dict], trace_slot: int, mode: st
         "acceptance": bed.profile.acceptance.model_copy(update={"per_token": acceptance})})
     twin = DigitalTwin(scenario, bed.trace, profile, seed=0, arrivals=arrivals, trace_offset=trace_slot)
     name, params = policy_spec(policy)
-    summary = twin.run(make_policy(name, **params)).summary().as_dict()
+    # A policy that plans for drafting during verification (tma) is told whether the phase drafts in parallel.
+    summary = twin.run(make_policy(name, known={"parallel": mode == "psd"}, **params)).summary().as_dict()
     return {"mean_latency_s": summary["mean_latency_s"], "p95_latency_s": summary["p95_latency_s"],
             "mean_ttft_s": summary["mean_ttft_s"], "mean_energy_j": summary["mean_energy_j"],
             "mean_time_in_system_s": summary["mean_time_in_system_s"], "requests": summary["completed"],

@@ -179,7 +179,8 @@ def run_twin(args: argparse.Namespace) -> int:
         profile = load_profile(scenario.profile)
         scenario.check_against(trace.metadata.num_users, trace.metadata.num_edges)
         names = args.policy or sorted(name for name in available() if name != "alternate")
-        policies = {name: make_policy(name, seed=args.seed) for name in names}
+        known = {"parallel": scenario.mode == "psd"}  # tma plans for drafting during verification only in psd
+        policies = {name: make_policy(name, seed=args.seed, known=known) for name in names}
     except (ScenarioError, TraceError, ProfileError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     results = {}
