@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from device_client.draft import DraftEngine, LlamaCppDraftEngine, draft_token  # noqa: E402
 from device_client.edge_handle import EdgeError, SessionSpec  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.link import EdgeConnection, EdgeUnreachable  # noqa: E402
+from device_client.grpc_edge import EdgeConnection, EdgeUnreachable  # noqa: E402
 from device_client.workload import Workload  # noqa: E402
 from tandem.models import default_data_dir, prepare_models  # noqa: E402
 from tandem.sampling import PositionRandom, SamplingConfig  # noqa: E402

@@ -2,7 +2,7 @@
 
 The loop opens a session (``EdgeHandle.open``), sends blocks and reads verdicts (``EdgeSession``), and on a broken
 link attaches again.  It never builds protocol messages and never knows which edge it talks to, or how many it has
-used: a ``Route`` (routing.py) hands it the edge to use now.  ``link.EdgeConnection`` is the gRPC implementation.
+used: a ``Route`` (routing.py) hands it the edge to use now.  ``grpc_edge.EdgeConnection`` is the gRPC implementation.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from device_client.link import DecodeStream, EdgeConnection, EdgeError
+from device_client.grpc_edge import DecodeStream, EdgeConnection, EdgeError
 from tandem.sampling import Candidates
 from tandem.verification_log import read_log
 from tandem.wire.v1 import edge_pb2 as pb

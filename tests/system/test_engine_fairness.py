@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from device_client.edge_handle import EdgeError, SessionSpec
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from tandem.sampling import SamplingConfig
 from tandem.verification_log import read_log
 from tandem.wire.v1 import control_pb2 as cpb

@@ -17,7 +17,7 @@ import pytest
 
 from device_client.edge_handle import EdgeError
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from device_client.routing import FixedRoute
 from tandem.sampling import SamplingConfig
 from tandem.traces.format import save_trace

@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_client.edge_handle import SessionSpec
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection, EdgeUnreachable
+from device_client.grpc_edge import EdgeConnection, EdgeUnreachable
 from device_client.routing import ControllerRoute
 from tandem.certs import init_certs, issue_certificate
 from tandem.sampling import SamplingConfig

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from tandem.certs import init_certs, issue_certificate
 from tandem.rpc import bearer_metadata
 from tandem.sampling import SamplingConfig

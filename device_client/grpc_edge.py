@@ -1,4 +1,4 @@
-"""The device's side of the wire: a connection to one edge (the gRPC ``EdgeHandle``) and its decoding streams.
+"""The device's side of the wire: the gRPC implementation of the edge seam (edge_handle.py) and its decoding streams.
 
 ``EdgeConnection`` and ``GrpcSession`` translate between the decoding loop's domain types (edge_handle.py) and the
 protocol.  A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without
