@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-import grpc
 import numpy as np
 
 from device_client.draft import DraftEngine, DraftToken, draft_token
-from device_client.edge_handle import EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
+from device_client.edge_handle import EdgeError, EdgeFailure, EdgeHandle, EdgeSession, SessionSpec, Verdict
 from device_client.routing import DeviceStats, Route
 from tandem.sampling import PositionRandom, SamplingConfig
 
@@ -30,10 +29,10 @@ ATTEMPT_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
 # A block in flight is given up on an edge that stays silent this long after the route moved on (a hung edge).
 SILENT_EDGE_S = 10.0
-# Codes on which opening a session on the route's edge is tried again: the link is down, or (when the request is
+# Failures on which opening a session on the route's edge is tried again: the link is down, or (when the request is
 # being moved there) the edge is full for the moment; the route may also name another edge meanwhile.
-RETRY_OPEN = (grpc.StatusCode.UNAVAILABLE,)
-RETRY_MOVE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRY_OPEN = (EdgeFailure.LINK_DOWN,)
+RETRY_MOVE = (EdgeFailure.LINK_DOWN, EdgeFailure.BUSY)
 
 
 @dataclass
@@ -152,9 +151,9 @@ class _Placement:
             try:
                 session = self.edge.open(spec, within_s=_left(self.attempt, deadline))
             except EdgeError as error:
-                if error.code not in retry or time.monotonic() >= deadline:
+                if error.kind not in retry or time.monotonic() >= deadline:
                     raise
-                if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if error.kind is EdgeFailure.BUSY:
                     time.sleep(ATTEMPT_S * self.route.time_stretch / 4)
                 continue
             if not self.result.edges or self.result.edges[-1] != self.edge.name:
@@ -167,7 +166,7 @@ class _Placement:
     def wait_verdict(self) -> Verdict:
         """The verdict of the block in flight.  With a route that may change, a silent edge must not hold the
         request: when the route has moved on and no verdict came for ``SILENT_EDGE_S``, the block is given up
-        (UNAVAILABLE, handled by ``recover``, which moves the request; the device emits only verdicts it received,
+        (LINK_DOWN, handled by ``recover``, which moves the request; the device emits only verdicts it received,
         so nothing is lost).  A merely slow edge answers within that time and the move happens between rounds,
         closing the session there.  On a fixed route a verdict that does not come within the resume window (a
         link held in an outage, an edge that hangs) is handled the same way: the stream is replaced, and if that
@@ -180,8 +179,8 @@ class _Placement:
             except TimeoutError:
                 waited += timeout
                 if not self.route.may_change or (waited >= SILENT_EDGE_S * self.route.time_stretch and self.moved()):
-                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"{self.edge.name} sent no verdict for "
-                                                                 f"{waited:g} s") from None
+                    raise EdgeError(EdgeFailure.LINK_DOWN, f"{self.edge.name} sent no verdict for "
+                                                           f"{waited:g} s") from None
 
     def _continue_at(self, committed: list[int], spec: SessionSpec) -> None:
         """A new session holding everything committed so far as its prompt (positions do not change)."""
@@ -212,12 +211,12 @@ class _Placement:
             try:
                 self.session = self.edge.attach(self.session.id, within_s=_left(self.attempt, deadline))
             except EdgeError as error:
-                # The edge lost the session (it restarted: NOT_FOUND) or ended it (FAILED_PRECONDITION: closed after
-                # its idle timeout, a link down for longer): a new session continues from the committed tokens.
-                if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                # The edge lost the session (it restarted) or ended it (closed after its idle timeout, a link down
+                # for longer): a new session continues from the committed tokens.
+                if error.kind is EdgeFailure.SESSION_GONE:
                     self._continue_at(committed, spec)
                     return []
-                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                if error.kind is not EdgeFailure.LINK_DOWN or time.monotonic() >= deadline:
                     raise
                 continue
             return self.session.committed[len(committed) - self.base:]
@@ -232,7 +231,7 @@ def decode_edge_only(
     route: Route, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
     stop_ids: Sequence[int], fingerprint: str, sink: TokenSink | None = None, user: int | None = None,
 ) -> DecodeResult:
-    """The edge decodes alone and streams tokens. A broken stream (UNAVAILABLE) or a move to another edge
+    """The edge decodes alone and streams tokens. A broken stream (LINK_DOWN) or a move to another edge
     continues as a new edge-only session whose prompt is the old prompt plus every token received: the edge closes
     an edge-only session with its stream, and a token is the device's once it arrived."""
     result = DecodeResult("edge-only", started=time.perf_counter())
@@ -258,7 +257,7 @@ def decode_edge_only(
             try:
                 tokens = place.session.receive_tokens()
             except EdgeError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE:
+                if error.kind is not EdgeFailure.LINK_DOWN:
                     raise
                 if emitter.done:
                     break  # every token arrived; only the edge's `closed` was lost
@@ -304,7 +303,7 @@ def decode_speculative(
     def recovered(error: EdgeError) -> None:
         """Replace the broken stream, or re-raise when this error is not a broken link."""
         nonlocal speculative
-        if error.code != grpc.StatusCode.UNAVAILABLE:
+        if error.kind is not EdgeFailure.LINK_DOWN:
             raise error
         missed = place.recover(committed, spec)  # verdicts that never reached the device
         committed.extend(missed)
