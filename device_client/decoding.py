@@ -60,6 +60,16 @@ class DecodeResult:
     bytes_up: int = 0
     bytes_down: int = 0
 
+    def count_round(self, drafted: int, verdict: Verdict, seconds: float) -> None:
+        """One verified block: ``drafted`` tokens sent, ``seconds`` from sending it to its verdict."""
+        self.round_seconds.append(seconds)
+        self.edge_verify_seconds.append(verdict.verify_seconds)
+        self.rounds += 1
+        self.drafted_sent += drafted
+        self.accepted += verdict.accepted
+        self.accepted_lengths.append(verdict.accepted)
+        self.block_lengths.append(drafted)
+
     def count_bytes(self, stream: EdgeSession) -> None:
         """Add a stream's payload bytes (a session may use several when the link breaks)."""
         self.bytes_up += stream.bytes_up
@@ -280,102 +290,154 @@ def decode_speculative(
     draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
     user: int | None = None,
 ) -> DecodeResult:
-    """Draft, send blocks, commit verdicts; ``draft_length`` is the longest block (the route may ask for
-    shorter ones).  Broken links and moves between edges are handled by ``_Placement`` without losing or repeating
-    a committed token."""
-    result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
-    emitter = _Emitter(result, max_tokens, stop_ids, sink)
-    random = PositionRandom(config.seed, PositionRandom.DEVICE)
-    committed = list(prompt)
-    speculative: list[DraftToken] = []  # drafted past the in-flight block, assuming it is fully accepted
-    spec = SessionSpec(list(prompt), config, True, draft_length=draft_length, max_new_tokens=max_tokens,
-                       stop_ids=tuple(stop_ids), tokenizer_fingerprint=draft.tokenizer_fingerprint, user=user)
-    place = _Placement(route, spec, result)
-    result.session_id = place.session.id
+    """Each round drafts a block (``draft_length`` is the longest; the route may ask for shorter ones), sends it,
+    drafts ahead while it is verified (``parallel``: psd), and commits the verdict.  Broken links and moves between
+    edges are handled by ``_Placement`` without losing or repeating a committed token."""
+    request = _SpeculativeRequest(route, draft, prompt, config, max_tokens, draft_length, parallel, stop_ids, sink,
+                                  user)
+    try:
+        while not request.done:
+            request.follow_route()
+            block = request.draft_block()
+            try:
+                request.send(block)
+                verdict = (request.draft_ahead(block) if parallel else None) or request.wait_verdict()
+            except EdgeError as error:
+                request.resume(error)
+            else:
+                request.commit(block, verdict)
+        request.close()
+    except BaseException:
+        request.abandon()
+        raise
+    return request.finish()
 
-    def draft_one(context: list[int], overlapped: bool) -> DraftToken:
-        token = draft_token(draft, context, config, random)
-        result.draft_seconds += token.seconds
-        if overlapped:
-            result.draft_overlapped_seconds += token.seconds
-        return token
 
-    def recovered(error: EdgeError) -> None:
-        """Replace the broken stream, or re-raise when this error is not a broken link."""
-        nonlocal speculative
+class _SpeculativeRequest:
+    """One request decoded speculatively: the tokens committed so far, the drafts made ahead of the edge, and where
+    the request runs.  Each method is one step of ``decode_speculative``."""
+
+    def __init__(self, route: Route, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig,
+                 max_tokens: int, draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None,
+                 user: int | None) -> None:
+        self.route, self.draft, self.config, self.draft_length = route, draft, config, draft_length
+        self.result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
+        self.emitter = _Emitter(self.result, max_tokens, stop_ids, sink)
+        self.random = PositionRandom(config.seed, PositionRandom.DEVICE)
+        self.committed = list(prompt)
+        self.ahead: list[DraftToken] = []  # drafted past the block in flight, assuming it is fully accepted
+        self.spec = SessionSpec(list(prompt), config, True, draft_length=draft_length, max_new_tokens=max_tokens,
+                                stop_ids=tuple(stop_ids), tokenizer_fingerprint=draft.tokenizer_fingerprint, user=user)
+        self.place = _Placement(route, self.spec, self.result)
+        self.result.session_id = self.place.session.id
+        self.sent_at = 0.0  # when the block in flight was sent
+
+    @property
+    def done(self) -> bool:
+        return self.emitter.done
+
+    def follow_route(self) -> None:
+        """Between rounds (the last block got its verdict): move to the edge the route names, if it changed."""
+        if self.place.moved():
+            self.place.move(self.committed, self.spec)
+
+    def draft_block(self) -> list[DraftToken]:
+        """The round's block: the drafts made ahead that fit, then drafted on from there."""
+        # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
+        length = max(1, min(self.route.draft_length(self.draft_length), self.emitter.remaining - 1))
+        block = self.ahead[:length]
+        self.result.draft_wasted_tokens += len(self.ahead) - len(block)
+        self.ahead = []
+        while len(block) < length:
+            block.append(self._draft(self.committed + _ids(block), overlapped=False))
+        return block
+
+    def send(self, block: list[DraftToken]) -> None:
+        """The block goes to the edge at the first uncommitted position (with its distributions when sampling)."""
+        ids = _ids(block)
+        self.sent_at = time.perf_counter()
+        self.place.session.send_block(len(self.committed), ids, None if self.config.greedy else [t.dist for t in block])
+
+    def draft_ahead(self, block: list[DraftToken]) -> Verdict | None:
+        """psd: while the block is verified, draft on as if it were fully accepted, one token at a time, polling for
+        the verdict in between; the verdict when it came meanwhile, else None."""
+        context = self.committed + _ids(block)
+        # The guessed bonus token and a block of this round's length: drafting further would only make the device
+        # finish a token after the verdict came (a forward pass is not stopped).
+        while len(self.ahead) <= len(block):
+            verdict = self.place.session.poll()
+            if verdict is not None:
+                return verdict
+            self.ahead.append(self._draft(context + _ids(self.ahead), overlapped=True))
+        return None
+
+    def wait_verdict(self) -> Verdict:
+        return self.place.wait_verdict()
+
+    def commit(self, block: list[DraftToken], verdict: Verdict) -> None:
+        """The accepted drafts and the edge's next token are committed and emitted.  The drafts made ahead stay only
+        when the whole block was accepted and the bonus token is the one they assumed."""
+        self.result.count_round(len(block), verdict, time.perf_counter() - self.sent_at)
+        self._commit_tokens(_ids(block)[:verdict.accepted] + [verdict.next_token])
+        self._report()
+        if verdict.accepted == len(block) and self.ahead and self.ahead[0].token_id == verdict.next_token:
+            self.ahead = self.ahead[1:]  # the guess of the bonus token was right: keep drafting from there
+            self.result.speculation_kept += 1
+        else:
+            self._drop_ahead()
+
+    def resume(self, error: EdgeError) -> None:
+        """After a broken link: a new stream (or a new session, on another edge if the route moved), the verdicts
+        that never reached the device committed from the edge's record, and the drafts made ahead dropped (they
+        assumed a verdict the device has not seen).  Any other failure ends the request."""
         if error.kind is not EdgeFailure.LINK_DOWN:
             raise error
-        missed = place.recover(committed, spec)  # verdicts that never reached the device
-        committed.extend(missed)
-        emitter.emit(missed)
-        result.draft_wasted_tokens += len(speculative)
-        speculative = []
+        self._commit_tokens(self.place.recover(self.committed, self.spec))
+        self._drop_ahead()
 
-    def report() -> None:
+    def close(self) -> None:
+        """Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
+        its idle timeout), so a dead or silent edge must not fail or hold a finished request."""
+        try:
+            self.place.session.close(timeout=CLOSE_TIMEOUT_S * self.route.time_stretch)
+        except EdgeError:
+            self.place.session.cancel()
+
+    def abandon(self) -> None:
+        self.place.session.cancel()
+
+    def finish(self) -> DecodeResult:
+        self.result.finished = time.perf_counter()
+        self.result.count_bytes(self.place.session)
+        return self.result
+
+    def _draft(self, context: list[int], overlapped: bool) -> DraftToken:
+        token = draft_token(self.draft, context, self.config, self.random)
+        self.result.draft_seconds += token.seconds
+        if overlapped:
+            self.result.draft_overlapped_seconds += token.seconds
+        return token
+
+    def _commit_tokens(self, tokens: list[int]) -> None:
+        self.committed.extend(tokens)
+        self.emitter.emit(tokens)
+
+    def _drop_ahead(self) -> None:
+        self.result.draft_wasted_tokens += len(self.ahead)
+        self.ahead = []
+
+    def _report(self) -> None:
+        """How this device fares, for the route (a controller allocates by it)."""
+        result = self.result
         drafted = result.drafted_sent + result.draft_wasted_tokens
         rounds = result.round_seconds[-8:]  # the recent rounds: the link and the edge's load change
-        route.report(DeviceStats(result.draft_seconds / drafted if drafted else 0.0,
-                                 result.acceptance_rate or 0.0, 0 if emitter.done else emitter.remaining,
-                                 sum(rounds) / len(rounds) if rounds else 0.0))
+        self.route.report(DeviceStats(result.draft_seconds / drafted if drafted else 0.0,
+                                      result.acceptance_rate or 0.0, 0 if self.done else self.emitter.remaining,
+                                      sum(rounds) / len(rounds) if rounds else 0.0))
 
-    try:
-        while not emitter.done:
-            if place.moved():  # the block in flight got its verdict: move between rounds
-                place.move(committed, spec)
-            # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
-            length = max(1, min(route.draft_length(draft_length), emitter.remaining - 1))
-            block = speculative[:length]
-            result.draft_wasted_tokens += len(speculative) - len(block)
-            while len(block) < length:
-                block.append(draft_one(committed + [t.token_id for t in block], overlapped=False))
-            block_ids = [t.token_id for t in block]
-            sent_at = time.perf_counter()
-            speculative = []
-            try:
-                place.session.send_block(len(committed), block_ids, None if config.greedy else [t.dist for t in block])
-                verdict = None
-                if parallel:
-                    # The guessed bonus token and a block of this round's length: drafting further would only
-                    # make the device finish a token after the verdict came (a forward pass is not stopped).
-                    ahead = committed + block_ids
-                    while len(speculative) <= length and (verdict := place.session.poll()) is None:
-                        speculative.append(draft_one(ahead + [t.token_id for t in speculative], overlapped=True))
-                verdict = verdict or place.wait_verdict()
-            except EdgeError as error:
-                recovered(error)
-                continue
-            result.round_seconds.append(time.perf_counter() - sent_at)
-            result.edge_verify_seconds.append(verdict.verify_seconds)
 
-            accepted, next_token = verdict.accepted, verdict.next_token
-            result.rounds += 1
-            result.drafted_sent += len(block_ids)
-            result.accepted += accepted
-            result.accepted_lengths.append(accepted)
-            result.block_lengths.append(len(block_ids))
-            new_tokens = block_ids[:accepted] + [next_token]
-            committed.extend(new_tokens)
-            emitter.emit(new_tokens)
-            report()
-            if accepted == len(block_ids) and speculative and speculative[0].token_id == next_token:
-                speculative = speculative[1:]  # the guess of the bonus token was right: keep drafting from there
-                result.speculation_kept += 1
-            else:
-                result.draft_wasted_tokens += len(speculative)
-                speculative = []
-
-        # Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
-        # its idle timeout), so a dead or silent edge must not fail or hold a finished request.
-        try:
-            place.session.close(timeout=CLOSE_TIMEOUT_S * route.time_stretch)
-        except EdgeError:
-            place.session.cancel()
-    except BaseException:
-        place.session.cancel()
-        raise
-    result.finished = time.perf_counter()
-    result.count_bytes(place.session)
-    return result
+def _ids(tokens: list[DraftToken]) -> list[int]:
+    return [t.token_id for t in tokens]
 
 
 def summarize(result: DecodeResult, text: str, prompt_tokens: int) -> dict:
