@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.link import EdgeConnection  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from device_client.workload import Workload  # noqa: E402
 from testbed.bed import Testbed  # noqa: E402
 from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402

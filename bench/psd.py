@@ -27,7 +27,7 @@ os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.link import EdgeConnection  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from linkemu.emulator import LinkEmulator  # noqa: E402
 from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
 from linkemu.shaper import FixedShaper  # noqa: E402

@@ -40,7 +40,7 @@ os.environ.setdefault("TANDEM_INSECURE", "1")
 
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.link import EdgeConnection  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from edge_server.engines.base import ScoreRequest  # noqa: E402
 from tandem.llamacpp import LlamaContext  # noqa: E402
 from tandem.models import default_data_dir  # noqa: E402

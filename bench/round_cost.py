@@ -29,7 +29,7 @@ os.environ.setdefault("TANDEM_INSECURE", "1")  # plaintext on loopback, asked fo
 from controller.estimator import acceptance_from_rate  # noqa: E402
 from device_client.decoding import decode_speculative  # noqa: E402
 from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.link import EdgeConnection  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from device_client.pacing import PacedDraftEngine  # noqa: E402
 from device_client.routing import FixedRoute  # noqa: E402
 from tandem.edge_model import EdgeTiming, edge_rounds, hit_probability  # noqa: E402

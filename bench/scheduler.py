@@ -35,7 +35,7 @@ os.environ.setdefault("TANDEM_INSECURE", "1")
 ADMIN_TOKEN = secrets.token_urlsafe(24)
 
 from device_client.edge_handle import SessionSpec  # noqa: E402
-from device_client.link import EdgeConnection  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from testbed.processes import EdgeProcess  # noqa: E402
 from tandem.rpc import bearer_metadata  # noqa: E402
 from tandem.sampling import SamplingConfig  # noqa: E402

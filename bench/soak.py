@@ -41,16 +41,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_client.draft import DraftEngine, LlamaCppDraftEngine, draft_token  # noqa: E402
-from device_client.edge_handle import EdgeError, SessionSpec  # noqa: E402
+from device_client.edge_handle import EdgeError, EdgeFailure, EdgeUnreachable, SessionSpec  # noqa: E402
 from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.link import EdgeConnection, EdgeUnreachable  # noqa: E402
+from device_client.grpc_edge import EdgeConnection  # noqa: E402
 from device_client.workload import Workload  # noqa: E402
 from tandem.models import default_data_dir  # noqa: E402
 from toolbox.models import prepare_models  # noqa: E402
@@ -234,7 +233,7 @@ def cancelled_session(connection: EdgeConnection, draft: DraftEngine, prompt_ids
     session.cancel()
     expected = block[:verdict.accepted] + [verdict.next_token]
     if committed != expected:
-        raise EdgeError(grpc.StatusCode.INTERNAL, f"attach returned {committed} after the verdict {expected}")
+        raise EdgeError(EdgeFailure.REFUSED, f"attach returned {committed} after the verdict {expected}", "INTERNAL")
     return committed
 
 
@@ -271,7 +270,7 @@ def run_request(arrival: Arrival, address: str, drafts: "queue.Queue[DraftEngine
                 raise WrongLength(f"{len(outcome.tokens)} tokens, not {max_tokens}")
         outcome.divergence = divergence(connection, prompt_ids, outcome.tokens, reference)
     except EdgeError as error:
-        outcome.error, outcome.message = error.code.name, error.details
+        outcome.error, outcome.message = error.status, error.details
     except EdgeUnreachable as error:
         outcome.error, outcome.message = "UNAVAILABLE", str(error)
     except Exception as error:  # noqa: BLE001 - a soak counts every failure, whatever it is

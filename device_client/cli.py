@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from device_client.edge_handle import EdgeError, EdgeUnreachable
 from device_client.generate import GenerationRequest, IncompatibleEdge, generate
-from device_client.link import EdgeConnection, EdgeError, EdgeUnreachable
+from device_client.grpc_edge import EdgeConnection
 from device_client.routing import ControllerRefused, ControllerUnreachable, FixedRoute, Route
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail

@@ -2,15 +2,14 @@
 
 The loop opens a session (``EdgeHandle.open``), sends blocks and reads verdicts (``EdgeSession``), and on a broken
 link attaches again.  It never builds protocol messages and never knows which edge it talks to, or how many it has
-used: a ``Route`` (routing.py) hands it the edge to use now.  ``link.EdgeConnection`` is the gRPC implementation.
+used: a ``Route`` (routing.py) hands it the edge to use now.  ``grpc_edge.EdgeConnection`` is the gRPC implementation.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-
-import grpc
+from enum import Enum, auto
 
 from tandem.sampling import SamplingConfig, SparseDist
 
@@ -18,13 +17,28 @@ from tandem.sampling import SamplingConfig, SparseDist
 RESUME_WITHIN_S = 60.0
 
 
-class EdgeError(Exception):
-    """The edge ended a call with an error status."""
+class EdgeFailure(Enum):
+    """What went wrong on an edge, as far as the decoding loop acts on it."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
+    LINK_DOWN = auto()  # the connection broke or the edge cannot be reached now: attach again, or move
+    BUSY = auto()  # the edge refuses for load: a request being moved waits it out, a new one gives up
+    SESSION_GONE = auto()  # the edge no longer holds the session (restarted, or closed it): open a new one
+    REFUSED = auto()  # anything else (a bad request, a policy, a failure on the edge): retrying cannot help
+
+
+class EdgeError(Exception):
+    """The edge ended a call with an error.  ``status`` is the edge's own name for it (e.g. NOT_FOUND), which leads
+    the message people see; the loop branches on ``kind`` only."""
+
+    def __init__(self, kind: EdgeFailure, details: str, status: str = "") -> None:
+        self.status = status or kind.name
+        super().__init__(f"{self.status}: {details}")
+        self.kind = kind
         self.details = details
+
+
+class EdgeUnreachable(Exception):
+    """No edge answered at the address within the connect timeout (``EdgeHandle.info``)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,8 @@ class EdgeHandle(ABC):
 
     @abstractmethod
     def info(self):
-        """The edge's static facts (model, vocabulary, limits): the wire's EdgeInfo, checked before opening."""
+        """The edge's static facts (model, vocabulary, limits): the wire's EdgeInfo, checked before opening;
+        EdgeUnreachable when no edge answers."""
 
     @abstractmethod
     def open(self, spec: SessionSpec, within_s: float) -> EdgeSession:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from device_client.draft import DraftEngine, LlamaCppDraftEngine
 from device_client.fleet_metrics import DeviceMetrics
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeError
+from device_client.edge_handle import EdgeError
 from device_client.pacing import PacedDraftEngine
 from device_client.routing import ControllerRoute
 from device_client.workload import Workload

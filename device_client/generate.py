@@ -6,9 +6,10 @@ import codecs
 from dataclasses import dataclass
 from typing import Callable
 
-from device_client.decoding import DecodeResult, decode_edge_only, decode_speculative, summarize
+from device_client.decoding import decode_edge_only, decode_speculative
 from device_client.draft import DraftEngine
 from device_client.edge_handle import EdgeHandle
+from device_client.result import DecodeResult, summarize
 from device_client.routing import FixedRoute, Route
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import edge_pb2 as pb

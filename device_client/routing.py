@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from device_client.edge_handle import RESUME_WITHIN_S, EdgeHandle
-from device_client.link import RECONNECT_BACKOFF_MS, EdgeConnection
+from device_client.grpc_edge import RECONNECT_BACKOFF_MS, EdgeConnection
 from tandem.tls import Transport, default_transport
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc

@@ -80,7 +80,7 @@ def draft(prepared):
 
 @pytest.fixture
 def connection(edge):
-    from device_client.link import EdgeConnection
+    from device_client.grpc_edge import EdgeConnection
 
     conn = EdgeConnection(edge.address)
     yield conn

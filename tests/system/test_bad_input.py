@@ -9,7 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from device_client.link import DecodeStream, EdgeConnection, EdgeError
+from device_client.edge_handle import EdgeError, EdgeFailure
+from device_client.grpc_edge import DecodeStream, EdgeConnection, StreamError
 from tandem.sampling import Candidates
 from tandem.verification_log import read_log
 from tandem.wire.v1 import edge_pb2 as pb
@@ -59,7 +60,7 @@ def open_message(prompt_ids, **changes) -> pb.DeviceMessage:
 
 
 def expect_status(stream: DecodeStream, code: grpc.StatusCode, *fragments: str) -> str:
-    with pytest.raises(EdgeError) as caught:
+    with pytest.raises(StreamError) as caught:
         while True:
             stream.receive(timeout=60)
     assert caught.value.code == code, caught.value
@@ -180,5 +181,5 @@ def test_bad_score_requests(connection):
     ]:
         with pytest.raises(EdgeError) as caught:
             connection.score(list(request.token_ids), request.start, request.top_n)
-        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.kind is EdgeFailure.REFUSED and caught.value.status == "INVALID_ARGUMENT"
         assert fragment in caught.value.details

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from device_client.decoding import DecodeResult
 from device_client.draft import LlamaCppDraftEngine
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
+from device_client.result import DecodeResult
 from tandem.sampling import SamplingConfig
 from tandem.verification_log import read_log
 from harness.figures import REPORT

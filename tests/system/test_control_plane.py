@@ -26,7 +26,7 @@ from controller.policies.checkpoints import SHIPPED_POLICY_DIR
 from controller.policies.mappo import DEFAULT_CHECKPOINT
 from controller.state import ControllerState
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from device_client.routing import ControllerRoute
 from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from tandem.private_files import write_private

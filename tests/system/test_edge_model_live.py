@@ -20,7 +20,7 @@ import yaml
 
 from device_client.decoding import decode_speculative
 from device_client.draft import LlamaCppDraftEngine
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from device_client.pacing import PacedDraftEngine
 from device_client.routing import FixedRoute
 from tandem.edge_model import EdgeTiming, edge_rounds

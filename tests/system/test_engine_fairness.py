@@ -13,12 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
-import grpc
 import numpy as np
 import pytest
 
-from device_client.edge_handle import EdgeError, SessionSpec
-from device_client.link import EdgeConnection
+from device_client.edge_handle import EdgeError, EdgeFailure, SessionSpec
+from device_client.grpc_edge import EdgeConnection
 from tandem.sampling import SamplingConfig
 from tandem.verification_log import read_log
 from tandem.wire.v1 import control_pb2 as cpb
@@ -163,7 +162,7 @@ def _idle_session_is_closed(edge, pki) -> None:
         time.sleep(COMMIT_IDLE_S + 2)
         with pytest.raises(EdgeError) as ended:
             verify(session, position, [7])
-        assert ended.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
+        assert ended.value.kind is EdgeFailure.REFUSED and ended.value.status == "DEADLINE_EXCEEDED", ended.value
         load = user_load(pki, edge, 3)
         assert load is None or load.sessions == 0
     finally:

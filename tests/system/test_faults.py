@@ -15,9 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from device_client.edge_handle import EdgeError
+from device_client.edge_handle import EdgeError, EdgeFailure
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection, StreamError
 from device_client.routing import FixedRoute
 from tandem.sampling import SamplingConfig
 from tandem.trace_format import save_trace
@@ -104,7 +104,7 @@ def test_sigterm_drains_the_edge(own_edge):
     assert verdict.WhichOneof("kind") == "verdict" and verdict.verdict.position == position
     stream.send(pb.DeviceMessage(draft=pb.DraftBlock(position=position + verdict.verdict.accepted + 1,
                                                      token_ids=[1, 2])))
-    with pytest.raises(EdgeError) as refused:
+    with pytest.raises(StreamError) as refused:
         stream.receive(timeout=30)
     assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert edge.process.wait(timeout=60) == 0
@@ -124,7 +124,7 @@ def test_kill_9_of_the_edge_mid_session_ends_with_a_clear_error(own_edge, draft)
     edge.kill()
     generation.finish()
     assert isinstance(generation.error, EdgeError), generation.error
-    assert generation.error.code == grpc.StatusCode.UNAVAILABLE
+    assert generation.error.kind is EdgeFailure.LINK_DOWN and generation.error.status == "UNAVAILABLE"
 
 
 def test_kill_9_of_the_link_emulator_mid_session_resumes_losslessly(llamacpp_edge, draft, reference, tmp_path):
@@ -167,4 +167,4 @@ def test_an_outage_longer_than_the_deadline_ends_with_a_clear_error(llamacpp_edg
         generation.start()
         generation.finish()
     assert isinstance(generation.error, EdgeError), generation.error
-    assert generation.error.code == grpc.StatusCode.UNAVAILABLE
+    assert generation.error.kind is EdgeFailure.LINK_DOWN and generation.error.status == "UNAVAILABLE"

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2, edge_pb2, linkemu_pb2

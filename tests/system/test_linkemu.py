@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from device_client.generate import GenerationRequest, generate
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import Direction, FixedShaper
 from linkemu.config import split_address

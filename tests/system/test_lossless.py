@@ -38,7 +38,7 @@ def path(request) -> str:
 
 @pytest.fixture
 def connection(path, edge, linkemu_links):
-    from device_client.link import EdgeConnection
+    from device_client.grpc_edge import EdgeConnection
 
     address = edge.address if path == "direct" else linkemu_links(edge).address
     conn = EdgeConnection(address)

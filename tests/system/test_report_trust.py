@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from device_client.edge_handle import SessionSpec
-from device_client.link import EdgeConnection
+from device_client.grpc_edge import EdgeConnection
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc

@@ -1,9 +1,10 @@
-"""The device's side of the wire: a connection to one edge (the gRPC ``EdgeHandle``) and its decoding streams.
+"""The device's side of the wire: the gRPC implementation of the edge seam (edge_handle.py) and its decoding streams.
 
 ``EdgeConnection`` and ``GrpcSession`` translate between the decoding loop's domain types (edge_handle.py) and the
-protocol.  A ``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without
-blocking and poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification).
-Payload bytes are counted in both directions.
+protocol, statuses included: ``edge_error`` is the one place where a gRPC status becomes an ``EdgeFailure``.  A
+``DecodeStream`` wraps one bidirectional ``Decode`` call so that the decoding loop can send without blocking and
+poll for verdicts between two drafted tokens (that polling is what lets drafting overlap verification); it speaks
+protocol messages and raises ``StreamError``.  Payload bytes are counted in both directions.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import grpc
 
-from device_client.edge_handle import RESUME_WITHIN_S, EdgeError, EdgeHandle, EdgeSession, SessionSpec, Verdict
+from device_client.edge_handle import (RESUME_WITHIN_S, EdgeError, EdgeFailure, EdgeHandle, EdgeSession,
+                                       EdgeUnreachable, SessionSpec, Verdict)
 from tandem.sampling import SparseDist
 from tandem.tls import Transport, default_transport
 from tandem.wire.v1 import edge_pb2 as pb
 from tandem.wire.v1 import edge_pb2_grpc
-
-__all__ = ["DecodeStream", "EdgeConnection", "EdgeError", "EdgeUnreachable", "GrpcSession"]
 
 MAX_MESSAGE_BYTES = 16 << 20
 # The link may still be down (UNAVAILABLE), or the edge may not yet have noticed that the old stream is gone
@@ -32,10 +34,36 @@ RETRY_ATTACH_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 # "min" is gRPC's minimum *connect timeout* (how long one dial may take), not a delay: a TLS handshake (~7 kB with
 # the post-quantum key shares) over a thin radio share takes seconds, and a dial cut off after 100 ms never finishes.
 RECONNECT_BACKOFF_MS = {"initial": 100, "min": 30_000, "max": 1000}
+# What the decoding loop does about a status (edge_handle.EdgeFailure); any status not listed is REFUSED.
+FAILURES = {grpc.StatusCode.UNAVAILABLE: EdgeFailure.LINK_DOWN, grpc.StatusCode.RESOURCE_EXHAUSTED: EdgeFailure.BUSY}
+# Only an attach names a session the edge may no longer hold: it restarted (NOT_FOUND) or closed it
+# (FAILED_PRECONDITION: after its idle timeout, a link down for longer).  Elsewhere these statuses refuse a bad
+# request (a block at the wrong position, another tokenizer).
+SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
 
 
-class EdgeUnreachable(Exception):
-    pass
+def edge_error(code: grpc.StatusCode, details: str, attaching: bool = False) -> EdgeError:
+    """The domain error of a call the edge ended with ``code`` (``attaching``: the call was an attach)."""
+    kind = EdgeFailure.SESSION_GONE if attaching and code in SESSION_GONE else FAILURES.get(code, EdgeFailure.REFUSED)
+    return EdgeError(kind, details, code.name)
+
+
+class StreamError(Exception):
+    """The edge ended a ``Decode`` stream with ``code`` (the protocol's view; the seam's is ``edge_error``)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@contextmanager
+def _as_edge_errors() -> Iterator[None]:
+    """Calls on a ``DecodeStream`` within raise the seam's EdgeError instead of its StreamError."""
+    try:
+        yield
+    except StreamError as error:
+        raise edge_error(error.code, error.details) from None
 
 
 class EdgeConnection(EdgeHandle):
@@ -80,13 +108,13 @@ class EdgeConnection(EdgeHandle):
                         f"cannot reach an edge server at {self.address} within {self.connect_timeout:g} s "
                         f"({code.name}); is `tandem edge serve` running there{expected}?"
                     ) from None
-                raise EdgeError(code, error.details()) from None
+                raise edge_error(code, error.details()) from None
 
     def score(self, token_ids: list[int], start: int, top_n: int, timeout: float = 600.0) -> pb.ScoreReply:
         try:
             return self.stub.Score(pb.ScoreRequest(token_ids=token_ids, start=start, top_n=top_n), timeout=timeout)
         except grpc.RpcError as error:
-            raise EdgeError(error.code(), error.details()) from None
+            raise edge_error(error.code(), error.details()) from None
 
     def open_stream(self) -> "DecodeStream":
         return DecodeStream(self.stub)
@@ -120,19 +148,22 @@ class EdgeConnection(EdgeHandle):
             stream.send(first)
             try:
                 reply = stream.receive(timeout=max(0.1, deadline - time.monotonic()))
-                if reply.WhichOneof("kind") != "opened":
-                    raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: {first.WhichOneof('kind')} "
-                                                              f"answered by {reply.WhichOneof('kind')}")
-                return stream, reply.opened
-            except (EdgeError, TimeoutError) as error:
+            except (StreamError, TimeoutError) as error:
                 stream.cancel()
-                if isinstance(error, EdgeError) and error.code not in RETRY_ATTACH_CODES:
-                    raise  # e.g. the session is closed or unknown: retrying cannot help
+                if isinstance(error, StreamError) and error.code not in RETRY_ATTACH_CODES:
+                    # e.g. the session is closed or unknown: retrying cannot help
+                    raise edge_error(error.code, error.details, attaching=first.HasField("attach")) from None
                 if time.monotonic() + delay > deadline:
-                    raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"could not reach the edge again within "
-                                                                 f"{within_s:g} s: {error}") from None
+                    raise edge_error(grpc.StatusCode.UNAVAILABLE, f"could not reach the edge again within "
+                                                                  f"{within_s:g} s: {error}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            if reply.WhichOneof("kind") != "opened":
+                stream.cancel()
+                raise edge_error(grpc.StatusCode.INTERNAL, f"protocol error: {first.WhichOneof('kind')} "
+                                                           f"answered by {reply.WhichOneof('kind')}")
+            return stream, reply.opened
 
     def close(self) -> None:
         self.channel.close()
@@ -143,7 +174,7 @@ class DecodeStream:
         self.bytes_up = 0
         self.bytes_down = 0
         self._outbox: queue.Queue[pb.DeviceMessage | None] = queue.Queue()
-        self._inbox: queue.Queue[pb.EdgeMessage | EdgeError | None] = queue.Queue()
+        self._inbox: queue.Queue[pb.EdgeMessage | StreamError | None] = queue.Queue()
         self._call = stub.Decode(iter(self._outbox.get, None))
         self._reader = threading.Thread(target=self._read, name="edge-reader", daemon=True)
         self._reader.start()
@@ -153,7 +184,7 @@ class DecodeStream:
         self._outbox.put(message)
 
     def receive(self, timeout: float | None = None) -> pb.EdgeMessage:
-        """The next message from the edge; raises EdgeError if the edge ended the stream with an error."""
+        """The next message from the edge; raises StreamError if the edge ended the stream with an error."""
         try:
             item = self._inbox.get(timeout=timeout)
         except queue.Empty:
@@ -175,13 +206,13 @@ class DecodeStream:
         self._outbox.put(None)
         self._call.cancel()
 
-    def _unwrap(self, item: pb.EdgeMessage | EdgeError | None) -> pb.EdgeMessage:
-        if isinstance(item, EdgeError):
+    def _unwrap(self, item: pb.EdgeMessage | StreamError | None) -> pb.EdgeMessage:
+        if isinstance(item, StreamError):
             self._inbox.put(item)  # keep reporting the error to later calls
             raise item
         if item is None:
             self._inbox.put(None)
-            raise EdgeError(grpc.StatusCode.UNAVAILABLE, "the edge ended the stream")
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, "the edge ended the stream")
         return item
 
     def _read(self) -> None:
@@ -191,7 +222,7 @@ class DecodeStream:
                 self._inbox.put(message)
             self._inbox.put(None)
         except grpc.RpcError as error:
-            self._inbox.put(EdgeError(error.code(), error.details() or ""))
+            self._inbox.put(StreamError(error.code(), error.details() or ""))
 
 
 class GrpcSession(EdgeSession):
@@ -215,14 +246,17 @@ class GrpcSession(EdgeSession):
                                  for d in dists or ()])))
 
     def poll(self) -> Verdict | None:
-        message = self._stream.poll()
+        with _as_edge_errors():
+            message = self._stream.poll()
         return None if message is None else _verdict(message)
 
     def receive_verdict(self, timeout: float | None = None) -> Verdict:
-        return _verdict(self._stream.receive(timeout))
+        with _as_edge_errors():
+            return _verdict(self._stream.receive(timeout))
 
     def receive_tokens(self) -> list[int] | None:
-        message = self._stream.receive()
+        with _as_edge_errors():
+            message = self._stream.receive()
         if message.WhichOneof("kind") == "closed":
             self._stream.finish()
             return None
@@ -231,9 +265,10 @@ class GrpcSession(EdgeSession):
     def close(self, timeout: float | None = None) -> None:
         self._stream.send(pb.DeviceMessage(close=pb.Close()))
         try:
-            _expect(self._stream.receive(timeout), "closed")
+            with _as_edge_errors():
+                _expect(self._stream.receive(timeout), "closed")
         except TimeoutError:
-            raise EdgeError(grpc.StatusCode.UNAVAILABLE, f"no answer to close within {timeout} s") from None
+            raise edge_error(grpc.StatusCode.UNAVAILABLE, f"no answer to close within {timeout} s") from None
         self._stream.finish()
 
     def cancel(self) -> None:
@@ -242,7 +277,8 @@ class GrpcSession(EdgeSession):
 
 def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
     if message.WhichOneof("kind") != kind:
-        raise EdgeError(grpc.StatusCode.INTERNAL, f"protocol error: expected {kind}, got {message.WhichOneof('kind')}")
+        raise edge_error(grpc.StatusCode.INTERNAL,
+                         f"protocol error: expected {kind}, got {message.WhichOneof('kind')}")
     return message
 
 

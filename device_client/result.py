@@ -1,0 +1,106 @@
+"""What one generation did: the tokens, and the figures of its rounds, drafts, streams and edges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device_client.edge_handle import EdgeSession, Verdict
+
+
+@dataclass
+class DecodeResult:
+    mode: str
+    session_id: str | None = None  # the edge's id of a speculative session (its verification log key)
+    token_ids: list[int] = field(default_factory=list)
+    started: float = 0.0
+    first_token_at: float | None = None
+    finished: float = 0.0
+    rounds: int = 0
+    drafted_sent: int = 0
+    accepted: int = 0
+    accepted_lengths: list[int] = field(default_factory=list)
+    block_lengths: list[int] = field(default_factory=list)
+    round_seconds: list[float] = field(default_factory=list)  # block sent -> verdict received
+    edge_verify_seconds: list[float] = field(default_factory=list)  # as reported by the edge
+    draft_seconds: float = 0.0  # all draft compute, discarded speculation included
+    draft_overlapped_seconds: float = 0.0  # draft compute done while a block was in flight
+    draft_wasted_tokens: int = 0
+    speculation_kept: int = 0  # psd rounds whose drafting ahead survived the verdict (the next block was ready)
+    resumes: int = 0  # streams replaced after the link broke
+    migrations: int = 0  # moves to another edge (a new association, or the old edge failed)
+    edges: list[str] = field(default_factory=list)  # every edge the request used, in order
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def count_round(self, drafted: int, verdict: Verdict, seconds: float) -> None:
+        """One verified block: ``drafted`` tokens sent, ``seconds`` from sending it to its verdict."""
+        self.round_seconds.append(seconds)
+        self.edge_verify_seconds.append(verdict.verify_seconds)
+        self.rounds += 1
+        self.drafted_sent += drafted
+        self.accepted += verdict.accepted
+        self.accepted_lengths.append(verdict.accepted)
+        self.block_lengths.append(drafted)
+
+    def count_bytes(self, stream: EdgeSession) -> None:
+        """Add a stream's payload bytes (a session may use several when the link breaks)."""
+        self.bytes_up += stream.bytes_up
+        self.bytes_down += stream.bytes_down
+
+    @property
+    def elapsed(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.token_ids) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted_sent if self.drafted_sent else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        return float(np.mean(self.accepted_lengths)) if self.accepted_lengths else None
+
+    @property
+    def draft_hidden_fraction(self) -> float | None:
+        return self.draft_overlapped_seconds / self.draft_seconds if self.draft_seconds > 0 else None
+
+
+def summarize(result: DecodeResult, text: str, prompt_tokens: int) -> dict:
+    """The figures of one generation, as printed by `tandem generate --json`."""
+    rounds = max(result.rounds, 1)
+    return {
+        "mode": result.mode,
+        "text": text,
+        "token_ids": result.token_ids,
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": len(result.token_ids),
+        "elapsed_s": result.elapsed,
+        "tokens_per_s": result.tokens_per_s,
+        "per_token_latency_s": result.elapsed / len(result.token_ids) if result.token_ids else None,
+        "ttft_s": result.ttft,
+        "acceptance_rate": result.acceptance_rate,
+        "mean_accepted_length": result.mean_accepted_length,
+        "rounds": result.rounds,
+        "mean_block_length": float(np.mean(result.block_lengths)) if result.block_lengths else None,
+        "mean_round_s": float(np.mean(result.round_seconds)) if result.round_seconds else None,
+        "mean_edge_verify_s": float(np.mean(result.edge_verify_seconds)) if result.edge_verify_seconds else None,
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
+        "bytes_up_per_block": result.bytes_up / rounds if result.rounds else None,
+        "bytes_down_per_block": result.bytes_down / rounds if result.rounds else None,
+        "draft_s": result.draft_seconds,
+        "draft_hidden_fraction": result.draft_hidden_fraction,
+        "draft_wasted_tokens": result.draft_wasted_tokens,
+        "resumes": result.resumes,
+        "migrations": result.migrations,
+        "edges": result.edges,
+    }
