@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
-from controller.policies.draft_agent import SHIFT, decode, encode, members_of  # noqa: E402
-from controller.policies.mappo import LearnedDraftLengths, prior_policy  # noqa: E402
-from controller.twin.scenario import load_scenario  # noqa: E402
-from controller.twin.simulator import DigitalTwin  # noqa: E402
-from tandem.profiles import load_profile  # noqa: E402
-from tandem.trace_format import load_trace  # noqa: E402
+from controller.policies.draft_agent import SHIFT, decode, encode, members_of
+from controller.policies.mappo import LearnedDraftLengths, prior_policy
+from controller.twin.scenario import load_scenario
+from controller.twin.simulator import DigitalTwin
+from tandem.profiles import load_profile
+from tandem.trace_format import load_trace
 
 
 def margins(actor: LearnedDraftLengths, twin: DigitalTwin, seed: int) -> np.ndarray:
@@ -51,10 +47,10 @@ def margins(actor: LearnedDraftLengths, twin: DigitalTwin, seed: int) -> np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("actors", nargs="+", type=Path, help="policy folders (OUT/best of `tandem train`)")
-    parser.add_argument("--scenario", type=Path, default=ROOT / "configs" / "twin-umi.yaml")
-    parser.add_argument("--trace", type=Path, default=ROOT / "traces" / "umi-5x50-s2.npz")
+    parser.add_argument("--scenario", type=Path, default=REPO / "configs" / "twin-umi.yaml")
+    parser.add_argument("--trace", type=Path, default=REPO / "traces" / "umi-5x50-s2.npz")
     parser.add_argument("--seed", type=int, default=1_000_001)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "actor_margin.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "actor_margin.json")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     twin = DigitalTwin(scenario, load_trace(args.trace), load_profile(scenario.profile))

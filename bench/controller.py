@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
-os.environ.setdefault("TANDEM_INSECURE", "1")
+from bootstrap import RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 
-from controller.estimator import EdgeState, UserState  # noqa: E402
-from controller.policies import available, make_policy  # noqa: E402
-from controller.policies.base import Observation  # noqa: E402
-from tandem.edge_model import EdgeTiming  # noqa: E402
-from tandem.profiles import SHIPPED_PROFILE, load_profile  # noqa: E402
+from controller.estimator import EdgeState, UserState
+from controller.policies import available, make_policy
+from controller.policies.base import Observation
+from tandem.edge_model import EdgeTiming
+from tandem.profiles import SHIPPED_PROFILE, load_profile
+
+plaintext_on_loopback()
 
 GPU_EDGE = load_profile(SHIPPED_PROFILE).edge
 
@@ -57,7 +54,7 @@ def observation(num_users: int, num_edges: int, seed: int, capacity: int | None 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "controller_bench.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "controller_bench.json")
     parser.add_argument("--policy", action="append", help="only these policies (repeatable; default every one)")
     args = parser.parse_args()
     names = sorted(args.policy or available())

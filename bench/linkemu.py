@@ -13,7 +13,6 @@ import argparse
 import json
 import socket
 import statistics
-import os
 import sys
 import threading
 import time
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
-os.environ.setdefault("TANDEM_INSECURE", "1")
+from bootstrap import RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 
-from linkemu.emulator import LinkEmulator  # noqa: E402
-from linkemu.proxy import ProxyThread  # noqa: E402
-from tandem.trace_format import save_trace  # noqa: E402
-from toolbox.traces.synthetic import synthetic_trace  # noqa: E402
+from linkemu.emulator import LinkEmulator
+from linkemu.proxy import ProxyThread
+from tandem.trace_format import save_trace
+from toolbox.traces.synthetic import synthetic_trace
+
+plaintext_on_loopback()
 
 
 class EchoServer:
@@ -108,9 +106,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rates-mbps", type=float, nargs="+", default=[1, 5, 20, 50])
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "linkemu_bench.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "linkemu_bench.json")
     args = parser.parse_args()
-    tmp = ROOT / "results" / "tmp"
+    tmp = RESULTS / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     server = EchoServer()
     report: dict = {"repeats": args.repeats, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

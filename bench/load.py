@@ -19,16 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bootstrap import RESULTS  # first: the repository on sys.path, one OpenMP thread
 
-from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from device_client.workload import Workload  # noqa: E402
-from testbed.bed import Testbed  # noqa: E402
-from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
-from testbed.phases import set_policy  # noqa: E402
-from testbed.resources import ResourceSampler  # noqa: E402
+from device_client.draft import LlamaCppDraftEngine
+from device_client.grpc_edge import EdgeConnection
+from device_client.workload import Workload
+from testbed.bed import Testbed
+from testbed.config import DEFAULT_CONFIG, load_testbed_config
+from testbed.phases import set_policy
+from testbed.resources import ResourceSampler
 
 NEAR_TIE = 0.3  # largest top-2 log-probability gap seen to flip between batch shapes (harness/teacher_forcing.py)
 
@@ -66,7 +65,7 @@ def main() -> int:
                         "0.5: every device busy nearly all the time)")
     parser.add_argument("--policy", default="tma-opt")
     parser.add_argument("--sample", type=int, default=20, help="answers to teacher-force (default 20)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "load.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
     args = parser.parse_args()
     if not (args.minutes > 0 and args.rate > 0):
         parser.error("--minutes and --rate must be positive")

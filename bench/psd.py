@@ -20,22 +20,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
-os.environ.setdefault("TANDEM_INSECURE", "1")
+from bootstrap import REPO, RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 
-from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from linkemu.emulator import LinkEmulator  # noqa: E402
-from linkemu.proxy import ProxyThread, ShapingProxy  # noqa: E402
-from linkemu.shaper import FixedShaper  # noqa: E402
-from tandem.models import default_data_dir  # noqa: E402
-from toolbox.models import convert_gguf_to_hf, prepare_models  # noqa: E402
-from testbed.processes import EdgeProcess, vllm_cores  # noqa: E402
-from tandem.sampling import SamplingConfig  # noqa: E402
-from tandem.trace_format import load_trace  # noqa: E402
+from device_client.draft import LlamaCppDraftEngine
+from device_client.generate import GenerationRequest, generate
+from device_client.grpc_edge import EdgeConnection
+from linkemu.emulator import LinkEmulator
+from linkemu.proxy import ProxyThread, ShapingProxy
+from linkemu.shaper import FixedShaper
+from tandem.models import default_data_dir
+from toolbox.models import convert_gguf_to_hf, prepare_models
+from testbed.processes import EdgeProcess, vllm_cores
+from tandem.sampling import SamplingConfig
+from tandem.trace_format import load_trace
+
+plaintext_on_loopback()
 
 PROMPTS = (
     "Explain why the sky is blue.",
@@ -105,7 +104,7 @@ def run_peers(prepared, data_dir: Path, draft, args) -> list[dict]:
         for peer in ("vllm-ar", "vllm-ngram", "vllm-draft-model"):
             print(f"  peer {peer}...", flush=True)
             completed = subprocess.run(
-                [sys.executable, str(ROOT / "bench" / "vllm_peers.py"), "--peer", peer,
+                [sys.executable, str(REPO / "bench" / "vllm_peers.py"), "--peer", peer,
                  "--target", str(prepared.target_hf), "--draft-hf", str(draft_hf),
                  "--prompts-json", prompt_file.name, "--max-tokens", str(args.max_tokens),
                  "--repeats", str(args.repeats), "--draft-length", str(args.draft_length)],
@@ -155,7 +154,7 @@ def main() -> int:
     parser.add_argument("--trace-edge", type=int, default=0)
     parser.add_argument("--share", type=float, default=0.25)
     parser.add_argument("--base-delay-ms", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "psd_bench.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "psd_bench.json")
     args = parser.parse_args()
 
     data_dir = default_data_dir()

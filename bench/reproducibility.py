@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,21 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
-os.environ.setdefault("TANDEM_INSECURE", "1")
+from bootstrap import RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 
-from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from edge_server.engines.base import ScoreRequest  # noqa: E402
-from tandem.llamacpp import LlamaContext  # noqa: E402
-from tandem.models import default_data_dir  # noqa: E402
-from toolbox.models import prepare_models  # noqa: E402
-from testbed.processes import EdgeProcess, vllm_cores  # noqa: E402
-from tandem.sampling import Candidates, SamplingConfig  # noqa: E402
-from tandem.verification_log import first_divergence, logprob_difference, read_log  # noqa: E402
+from device_client.draft import LlamaCppDraftEngine
+from device_client.generate import GenerationRequest, generate
+from device_client.grpc_edge import EdgeConnection
+from edge_server.engines.base import ScoreRequest
+from tandem.llamacpp import LlamaContext
+from tandem.models import default_data_dir
+from toolbox.models import prepare_models
+from testbed.processes import EdgeProcess, vllm_cores
+from tandem.sampling import Candidates, SamplingConfig
+from tandem.verification_log import first_divergence, logprob_difference, read_log
+
+plaintext_on_loopback()
 
 PROMPTS = (
     "Name three colours.",
@@ -193,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the end-to-end runs (default 3)")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per session (default 32)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "reproducibility.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "reproducibility.json")
     args = parser.parse_args()
     data_dir = default_data_dir()
     prepared = prepare_models(data_dir, progress=lambda message: None)

@@ -15,32 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TANDEM_INSECURE", "1")  # plaintext on loopback, asked for explicitly
+from bootstrap import REPO, RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 
-from controller.estimator import acceptance_from_rate  # noqa: E402
-from device_client.decoding import decode_speculative  # noqa: E402
-from device_client.draft import LlamaCppDraftEngine  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from device_client.pacing import PacedDraftEngine  # noqa: E402
-from device_client.routing import FixedRoute  # noqa: E402
-from tandem.edge_model import EdgeTiming, edge_rounds, hit_probability  # noqa: E402
-from tandem.models import default_data_dir  # noqa: E402
-from toolbox.models import prepare_models  # noqa: E402
-from tandem.pacing import Pacer  # noqa: E402
-from tandem.profiles import load_profile  # noqa: E402
-from tandem.sampling import SamplingConfig  # noqa: E402
-from testbed.processes import EdgeProcess  # noqa: E402
+from controller.estimator import acceptance_from_rate
+from device_client.decoding import decode_speculative
+from device_client.draft import LlamaCppDraftEngine
+from device_client.grpc_edge import EdgeConnection
+from device_client.pacing import PacedDraftEngine
+from device_client.routing import FixedRoute
+from tandem.edge_model import EdgeTiming, edge_rounds, hit_probability
+from tandem.models import default_data_dir
+from toolbox.models import prepare_models
+from tandem.pacing import Pacer
+from tandem.profiles import load_profile
+from tandem.sampling import SamplingConfig
+from testbed.processes import EdgeProcess
 
-PROFILE = ROOT / "profiles" / "phone-1b-gpu-8b.yaml"
+plaintext_on_loopback()
+
+PROFILE = REPO / "profiles" / "phone-1b-gpu-8b.yaml"
 PROMPTS = ("Name three uses of a bicycle, with a sentence on each.", "Why is the sea salty? Explain briefly.",
            "Describe a good breakfast in three sentences.")
 
@@ -87,13 +86,13 @@ def main() -> int:
     parser.add_argument("--compute-scale", type=float, default=0.05, help="the edge's share of the profile's GPU "
                         "(default 0.05: the testbed's edges 0 and 2)")
     parser.add_argument("--tokens", type=int, default=48, help="tokens per prompt")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "round_cost.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "round_cost.json")
     args = parser.parse_args()
     prepared = prepare_models(default_data_dir())
     profile = load_profile(PROFILE)
     timing = EdgeTiming(profile.edge, args.compute_scale)
     engine = PacedDraftEngine(LlamaCppDraftEngine(prepared.draft_gguf), profile.device, Pacer(args.dilation))
-    logs = ROOT / "results" / "round_cost"
+    logs = RESULTS / "round_cost"
     logs.mkdir(parents=True, exist_ok=True)
     edge = EdgeProcess(["--engine", "llamacpp", "--data-dir", str(default_data_dir()), "--insecure", "--edge-id",
                         "0", "--metrics-port", "0", "--profile", str(PROFILE), "--dilation", str(args.dilation),

@@ -18,8 +18,6 @@ import json
 import random
 import secrets
 import statistics
-import os
-import sys
 import tempfile
 import threading
 import time
@@ -27,20 +25,19 @@ from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-# The bench's daemons and clients talk plaintext over loopback, asked for explicitly (they log it as a warning).
-os.environ.setdefault("TANDEM_INSECURE", "1")
+from bootstrap import RESULTS, plaintext_on_loopback  # first: the repository on sys.path, one OpenMP thread
 # In plaintext the edge's EdgeControl answers only calls carrying its admin token: one for this run.
 ADMIN_TOKEN = secrets.token_urlsafe(24)
 
-from device_client.edge_handle import SessionSpec  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from testbed.processes import EdgeProcess  # noqa: E402
-from tandem.rpc import bearer_metadata  # noqa: E402
-from tandem.sampling import SamplingConfig  # noqa: E402
-from tandem.wire.v1 import control_pb2 as cpb  # noqa: E402
-from tandem.wire.v1 import control_pb2_grpc  # noqa: E402
+from device_client.edge_handle import SessionSpec
+from device_client.grpc_edge import EdgeConnection
+from testbed.processes import EdgeProcess
+from tandem.rpc import bearer_metadata
+from tandem.sampling import SamplingConfig
+from tandem.wire.v1 import control_pb2 as cpb
+from tandem.wire.v1 import control_pb2_grpc
+
+plaintext_on_loopback()
 
 SPLITS = [(0.7, 0.3), (0.5, 0.5), (0.9, 0.1)]
 # (engine-step budget in tokens, sessions per user): one block per step; up to four blocks per step with fewer
@@ -106,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="measurement windows per setting")
     parser.add_argument("--window", type=float, default=6.0, help="seconds per window")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "scheduler_bench.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scheduler_bench.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as logs:

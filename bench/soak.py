@@ -43,24 +43,23 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bootstrap import RESULTS  # first: the repository on sys.path, one OpenMP thread
 
-from device_client.draft import DraftEngine, LlamaCppDraftEngine, draft_token  # noqa: E402
-from device_client.edge_handle import EdgeError, EdgeFailure, EdgeUnreachable, SessionSpec  # noqa: E402
-from device_client.generate import GenerationRequest, generate  # noqa: E402
-from device_client.grpc_edge import EdgeConnection  # noqa: E402
-from device_client.workload import Workload  # noqa: E402
-from tandem.models import default_data_dir  # noqa: E402
-from toolbox.models import prepare_models  # noqa: E402
-from tandem.sampling import PositionRandom, SamplingConfig  # noqa: E402
-from tandem.trace_format import load_trace  # noqa: E402
-from testbed.bed import Testbed  # noqa: E402
-from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
-from testbed.metrics import scrape, total  # noqa: E402
-from testbed.processes import EdgeProcess, LinkEmuProcess  # noqa: E402
-from testbed.resources import usage  # noqa: E402
-from harness.teacher_forcing import NEAR_TIE_EPSILON  # noqa: E402
+from device_client.draft import DraftEngine, LlamaCppDraftEngine, draft_token
+from device_client.edge_handle import EdgeError, EdgeFailure, EdgeUnreachable, SessionSpec
+from device_client.generate import GenerationRequest, generate
+from device_client.grpc_edge import EdgeConnection
+from device_client.workload import Workload
+from tandem.models import default_data_dir
+from toolbox.models import prepare_models
+from tandem.sampling import PositionRandom, SamplingConfig
+from tandem.trace_format import load_trace
+from testbed.bed import Testbed
+from testbed.config import DEFAULT_CONFIG, load_testbed_config
+from testbed.metrics import scrape, total
+from testbed.processes import EdgeProcess, LinkEmuProcess
+from testbed.resources import usage
+from harness.teacher_forcing import NEAR_TIE_EPSILON
 
 KINDS = ("psd", "edge-only", "cancel")
 GREEDY = SamplingConfig()
@@ -536,7 +535,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trace", type=Path, help="channel trace (default: the testbed's)")
     parser.add_argument("--tls-dir", type=Path, help="mutual TLS with this folder from `tandem certs init` "
                         "(default: plaintext, TANDEM_INSECURE=1)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "soak.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
     if not (args.minutes > 0 and args.window_s > 0 and args.rate > 0 and args.max_concurrency > 0):
         parser.error("--minutes, --window-s, --rate and --max-concurrency must be positive")

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
-from testbed.bed import Testbed  # noqa: E402
-from testbed.compare import measured_acceptance, paired_reduction, twin_replay  # noqa: E402
-from testbed.config import DEFAULT_CONFIG, load_testbed_config  # noqa: E402
-from testbed.metrics import scrape, total  # noqa: E402
-from testbed.phases import Phase, print_table, run_phase  # noqa: E402
-from testbed.resources import ResourceSampler  # noqa: E402
+from testbed.bed import Testbed
+from testbed.compare import measured_acceptance, paired_reduction, twin_replay
+from testbed.config import DEFAULT_CONFIG, load_testbed_config
+from testbed.metrics import scrape, total
+from testbed.phases import Phase, print_table, run_phase
+from testbed.resources import ResourceSampler
 
 BASELINE = "max-sinr-hysteresis"
 POLICIES = (BASELINE, BASELINE + ":draft_lengths=tuned", "tma-equal", "tma-equal:draft_lengths=tuned")
@@ -148,9 +147,9 @@ def main() -> int:
     config = load_testbed_config(args.config)
     updates = {"dilation": args.dilation} if args.dilation else {}
     if args.scale:
-        updates |= {"scenario": ROOT / "configs" / "twin-umi.yaml", "run_dir": config.run_dir.parent / "scale"}
+        updates |= {"scenario": REPO / "configs" / "twin-umi.yaml", "run_dir": config.run_dir.parent / "scale"}
     bed = Testbed(config.model_copy(update=updates))
-    out = args.out or ROOT / "results" / ("testbed-scale.json" if args.scale else "testbed.json")
+    out = args.out or RESULTS / ("testbed-scale.json" if args.scale else "testbed.json")
     started = time.monotonic()
     try:
         bed.up(devices=False)
@@ -165,7 +164,7 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         print_comparison(results)
-        plot(results, ROOT / "docs" / "testbed" / "latency.png")
+        plot(results, REPO / "docs" / "testbed" / "latency.png")
     print(f"results in {out}")
     return 0
 

@@ -15,27 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
-from controller.policies.draft_agent import SHIFT, AgentSpec  # noqa: E402
-from controller.policies.mappo import prior_policy  # noqa: E402
-from controller.twin.agents import DraftLengthGame  # noqa: E402
-from controller.twin.batch import BatchTwin  # noqa: E402
-from controller.twin.batch_game import BatchDraftGame  # noqa: E402
-from controller.twin.scenario import load_scenario  # noqa: E402
-from controller.twin.simulator import DigitalTwin  # noqa: E402
-from tandem.profiles import load_profile  # noqa: E402
-from tandem.trace_format import load_trace  # noqa: E402
+from controller.policies.draft_agent import SHIFT, AgentSpec
+from controller.policies.mappo import prior_policy
+from controller.twin.agents import DraftLengthGame
+from controller.twin.batch import BatchTwin
+from controller.twin.batch_game import BatchDraftGame
+from controller.twin.scenario import load_scenario
+from controller.twin.simulator import DigitalTwin
+from tandem.profiles import load_profile
+from tandem.trace_format import load_trace
 
 
 def per_second(slots: int, seconds: float) -> float:
@@ -91,12 +87,12 @@ STARTING_POINT = 565.0  # environment steps per second of the game before the ba
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", type=Path, default=ROOT / "configs" / "twin-umi.yaml")
-    parser.add_argument("--trace", type=Path, default=ROOT / "traces" / "umi-5x50-s10.npz")
+    parser.add_argument("--scenario", type=Path, default=REPO / "configs" / "twin-umi.yaml")
+    parser.add_argument("--trace", type=Path, default=REPO / "traces" / "umi-5x50-s10.npz")
     parser.add_argument("--slots", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 128], help="episodes per batch to measure")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "twin_speed.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "twin_speed.json")
     args = parser.parse_args()
     scenario = load_scenario(args.scenario)
     trace, profile = load_trace(args.trace), load_profile(scenario.profile)
