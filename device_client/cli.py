@@ -17,6 +17,7 @@ from device_client.routing import ControllerRefused, ControllerUnreachable, Fixe
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
+from tandem.processes import DaemonFailed, DaemonProcess
 from tandem.sampling import SamplingConfig
 from tandem.tls import TlsError, tls_overrides, transport_from_args
 
@@ -77,7 +78,6 @@ def run_generate(args: argparse.Namespace) -> int:
         draft_length=checked.draft_length, ignore_eos=args.ignore_eos, raw_prompt=args.raw_prompt,
     )
     try:
-        link = _trace_link(args, checked.edge)
         transport = transport_from_args(args, f"device-{checked.user or 0}")
     except (ValueError, TlsError) as error:
         return fail(str(error), EXIT_USAGE)
@@ -88,28 +88,43 @@ def run_generate(args: argparse.Namespace) -> int:
             route = ControllerRoute(checked.controller, checked.user, checked.via, args.connect_timeout,
                                     transport=transport)
             return _run(args, request, draft_path, checked.threads, route, checked.user)
+        link = _trace_link(args, checked.edge)
         with link or nullcontext():  # the emulated link's port is known once it started
-            address = checked.edge if link is None else link.address
+            address = checked.edge if link is None else link.address_of(args.trace_user)
             return _run(args, request, draft_path, checked.threads,
                         EdgeConnection(address, args.connect_timeout, transport=transport,
                                        edge_id=checked.edge_id))
+    except DaemonFailed as error:
+        return fail(_why_not_started(error), EXIT_USAGE)
     except ControllerUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
     except ControllerRefused as error:
         return fail(str(error), EXIT_USAGE)
 
 
-def _trace_link(args: argparse.Namespace, edge: str):
-    """A ProxyThread carrying the session through the trace-driven emulator, or None without --trace."""
+class _TraceLink(DaemonProcess):
+    """`tandem linkemu serve` carrying this request's one link, as a child process: the device reaches it over its
+    socket, as it would a link emulator anywhere else."""
+
+    module = "linkemu"
+
+    def address_of(self, user: int) -> str:
+        return self.announced["users"][str(user)]
+
+
+def _trace_link(args: argparse.Namespace, edge: str) -> _TraceLink | None:
+    """The link emulator for --trace (not started), or None without --trace."""
     if args.trace is None:
         return None
-    from linkemu.emulator import LinkEmulator
-    from linkemu.proxy import ProxyThread
-    from tandem.trace_format import load_trace
+    return _TraceLink(["--trace", str(args.trace), "--upstream", edge, "--user", str(args.trace_user), "--edge",
+                       str(args.trace_edge), "--share", repr(args.share), "--base-delay-ms", repr(args.base_delay_ms),
+                       "--speedup", repr(args.speedup)], start_timeout=120)
 
-    emulator = LinkEmulator.single_link(load_trace(args.trace), args.trace, edge, args.trace_user, args.trace_edge,
-                                        args.share, args.base_delay_ms, args.speedup)
-    return ProxyThread(*emulator.proxies.values())
+
+def _why_not_started(error: DaemonFailed) -> str:
+    """The emulator's own reason (its last "error:" line, e.g. a missing trace file), else the whole failure."""
+    reasons = [line.split("error: ", 1)[1] for line in str(error).splitlines() if "error: " in line]
+    return f"the link emulator did not start: {reasons[-1] if reasons else error}"
 
 
 def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path, threads: int,

@@ -45,8 +45,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for drafting (default 1)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the edge")
     link = parser.add_argument_group(
-        "link emulation", "reach the edge through an in-process trace-driven link emulator (see `tandem linkemu "
-        "serve`): rate = share x edge bandwidth x the trace's spectral efficiency, slot by slot")
+        "link emulation", "reach the edge through a trace-driven link emulator started for this request (`tandem "
+        "linkemu serve` as a child process): rate = share x edge bandwidth x the trace's spectral efficiency, slot "
+        "by slot")
     link.add_argument("--trace", type=Path, help="channel trace file (from `tandem traces generate`)")
     link.add_argument("--trace-user", type=int, default=0, help="the user in the trace (default 0)")
     link.add_argument("--trace-edge", type=int, default=0, help="the edge in the trace (default 0)")

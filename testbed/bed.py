@@ -34,7 +34,8 @@ from tandem.profiles import HardwareProfile, load_profile
 from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
 from tandem.trace_format import ChannelTrace, load_trace
 from testbed.config import TestbedConfig
-from testbed.processes import ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess, vllm_cores
+from tandem.processes import DaemonFailed, DaemonProcess
+from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess, vllm_cores
 
 STATE_FILE = "state.json"
 ADMIN_TOKEN_FILE = "admin-token"

@@ -14,7 +14,7 @@ from testbed.config import load_testbed_config
 
 def run_up(args: argparse.Namespace) -> int:
     from testbed.bed import Testbed
-    from testbed.processes import DaemonFailed
+    from tandem.processes import DaemonFailed
 
     try:
         bed = Testbed(load_testbed_config(args.config))

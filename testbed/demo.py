@@ -23,7 +23,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from tandem.models import default_data_dir
     from toolbox.models import prepare_models
     from testbed.bed import Testbed
-    from testbed.processes import DaemonFailed
+    from tandem.processes import DaemonFailed
 
     if not args.phase_s > 0:
         return fail("--phase-s must be positive", EXIT_USAGE)

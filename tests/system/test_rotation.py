@@ -41,7 +41,8 @@ from tandem.sampling import SamplingConfig
 from tandem.tls import Transport
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
-from testbed.processes import ControllerProcess, DaemonProcess, EdgeProcess, LinkEmuProcess
+from tandem.processes import DaemonProcess
+from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from harness.clients import creds, run_tandem
 
 PROMPT = "Explain what a compiler does."
