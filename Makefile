@@ -18,13 +18,13 @@ images: setup  # the compose testbed: Docker (installed and started if needed) a
 	bash deploy/build-images.sh
 
 bench: setup
-	OMP_NUM_THREADS=1 .venv/bin/python bench/psd.py
+	.venv/bin/python bench/psd.py
 	.venv/bin/python bench/linkemu.py
-	OMP_NUM_THREADS=1 .venv/bin/python bench/reproducibility.py
-	OMP_NUM_THREADS=1 .venv/bin/python bench/controller.py
-	OMP_NUM_THREADS=1 .venv/bin/python bench/scheduler.py
-	OMP_NUM_THREADS=1 .venv/bin/python bench/testbed.py
-	OMP_NUM_THREADS=1 .venv/bin/python bench/load.py
+	.venv/bin/python bench/reproducibility.py
+	.venv/bin/python bench/controller.py
+	.venv/bin/python bench/scheduler.py
+	.venv/bin/python bench/testbed.py
+	.venv/bin/python bench/load.py
 
 policy: setup  # train the shipped mappo policy (docs/twin.md; ~40 min here)
 	bash scripts/train-policy.sh

@@ -30,7 +30,7 @@ from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import FixedShaper
 from tandem.models import default_data_dir
 from toolbox.models import convert_gguf_to_hf, prepare_models
-from testbed.processes import EdgeProcess, vllm_cores
+from tandem.processes import EdgeProcess, vllm_cores
 from tandem.sampling import SamplingConfig
 from tandem.trace_format import load_trace
 

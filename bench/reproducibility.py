@@ -41,7 +41,7 @@ from edge_server.engines.base import ScoreRequest
 from tandem.llamacpp import LlamaContext
 from tandem.models import default_data_dir
 from toolbox.models import prepare_models
-from testbed.processes import EdgeProcess, vllm_cores
+from tandem.processes import EdgeProcess, vllm_cores
 from tandem.sampling import Candidates, SamplingConfig
 from tandem.verification_log import first_divergence, logprob_difference, read_log
 

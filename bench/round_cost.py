@@ -35,7 +35,7 @@ from toolbox.models import prepare_models
 from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.sampling import SamplingConfig
-from testbed.processes import EdgeProcess
+from tandem.processes import EdgeProcess
 
 plaintext_on_loopback()
 

@@ -31,7 +31,7 @@ ADMIN_TOKEN = secrets.token_urlsafe(24)
 
 from device_client.edge_handle import SessionSpec
 from device_client.grpc_edge import EdgeConnection
-from testbed.processes import EdgeProcess
+from tandem.processes import EdgeProcess
 from tandem.rpc import bearer_metadata
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2 as cpb

@@ -57,7 +57,7 @@ from tandem.trace_format import load_trace
 from testbed.bed import Testbed
 from testbed.config import DEFAULT_CONFIG, load_testbed_config
 from testbed.metrics import scrape, total
-from testbed.processes import EdgeProcess, LinkEmuProcess
+from tandem.processes import EdgeProcess, LinkEmuProcess
 from testbed.resources import usage
 from harness.teacher_forcing import NEAR_TIE_EPSILON
 

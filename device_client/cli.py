@@ -17,7 +17,7 @@ from device_client.routing import ControllerRefused, ControllerUnreachable, Fixe
 from tandem.addresses import ADDRESS_PATTERN
 from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
-from tandem.processes import DaemonFailed, DaemonProcess
+from tandem.processes import DaemonFailed, LinkEmuProcess
 from tandem.sampling import SamplingConfig
 from tandem.tls import TlsError, tls_overrides, transport_from_args
 
@@ -90,7 +90,7 @@ def run_generate(args: argparse.Namespace) -> int:
             return _run(args, request, draft_path, checked.threads, route, checked.user)
         link = _trace_link(args, checked.edge)
         with link or nullcontext():  # the emulated link's port is known once it started
-            address = checked.edge if link is None else link.address_of(args.trace_user)
+            address = checked.edge if link is None else link.address
             return _run(args, request, draft_path, checked.threads,
                         EdgeConnection(address, args.connect_timeout, transport=transport,
                                        edge_id=checked.edge_id))
@@ -102,23 +102,14 @@ def run_generate(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
 
 
-class _TraceLink(DaemonProcess):
-    """`tandem linkemu serve` carrying this request's one link, as a child process: the device reaches it over its
-    socket, as it would a link emulator anywhere else."""
-
-    module = "linkemu"
-
-    def address_of(self, user: int) -> str:
-        return self.announced["users"][str(user)]
-
-
-def _trace_link(args: argparse.Namespace, edge: str) -> _TraceLink | None:
-    """The link emulator for --trace (not started), or None without --trace."""
+def _trace_link(args: argparse.Namespace, edge: str) -> LinkEmuProcess | None:
+    """The link emulator for --trace (`tandem linkemu serve` carrying this request's one link, as a child process:
+    the device reaches it over its socket, as it would any other), not started; None without --trace."""
     if args.trace is None:
         return None
-    return _TraceLink(["--trace", str(args.trace), "--upstream", edge, "--user", str(args.trace_user), "--edge",
+    return LinkEmuProcess(["--trace", str(args.trace), "--upstream", edge, "--user", str(args.trace_user), "--edge",
                        str(args.trace_edge), "--share", repr(args.share), "--base-delay-ms", repr(args.base_delay_ms),
-                       "--speedup", repr(args.speedup)], start_timeout=120)
+                           "--speedup", repr(args.speedup)], start_timeout=120)
 
 
 def _why_not_started(error: DaemonFailed) -> str:

@@ -23,17 +23,15 @@ with atheris.instrument_imports(include=["tandem.config_files", "tandem.profiles
                                          "controller.config", "controller.twin.scenario", "edge_server.config",
                                          "linkemu.config", "testbed.config", "yaml"]):
     from controller.config import ControllerConfig
-    from controller.twin.scenario import ScenarioError as TwinScenarioError
-    from controller.twin.scenario import load_scenario as load_twin_scenario
+    from controller.twin.scenario import ScenarioError, load_scenario
     from device_client.fleet import FleetConfig
     from edge_server.config import EdgeConfig
     from linkemu.config import LinkEmuConfig
     from tandem.cli_support import UsageError
     from tandem.config_files import load_config
     from tandem.profiles import ProfileError, load_profile
-    from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
-    from toolbox.traces.radio_scenario import load_scenario as load_trace_scenario
     from testbed.config import load_testbed_config
+    from toolbox.traces.radio_scenario import RadioScenarioError, load_radio_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +67,8 @@ READERS = {
                       "deploy/compose/devices.yaml"),
     "testbed": Reader(load_testbed_config, UsageError, "deploy/testbed.yaml"),
     "profile": Reader(load_profile, ProfileError, "profiles/phone-1b-gpu-8b.yaml"),
-    "twin-scenario": Reader(load_twin_scenario, TwinScenarioError, "configs/twin-umi.yaml"),
-    "trace-scenario": Reader(partial(load_trace_scenario, scenario=None), TraceScenarioError,
+    "twin-scenario": Reader(load_scenario, ScenarioError, "configs/twin-umi.yaml"),
+    "trace-scenario": Reader(partial(load_radio_scenario, scenario=None), RadioScenarioError,
                              "configs/scenario-umi.yaml"),
 }
 ORDER = list(READERS)

@@ -4,6 +4,7 @@ token, and the mutual-TLS credentials of an identity."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,10 @@ def creds(pki: Path, name: str):
     from tandem.tls import TlsSettings, load_transport
 
     return load_transport(TlsSettings(dir=pki, name=name), name)
+
+
+def free_port() -> int:
+    """A TCP port nothing on loopback listens on right now (for a daemon given a fixed port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

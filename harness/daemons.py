@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.processes import EdgeProcess, vllm_cores
+from tandem.processes import EdgeProcess, vllm_cores
 
 
 def edge_process(engine: str, data_dir: Path, logs: Path, extra: list[str] = ()) -> EdgeProcess:

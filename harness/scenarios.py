@@ -27,3 +27,12 @@ def write_twin_scenario(folder: Path, trace: Path, users: int = 4, capacity: int
         "prompt_tokens": {"kind": "uniform", "low": 32, "high": 128},
         "answer_tokens": {"kind": "uniform", "low": 16, "high": 64}}))
     return path
+
+
+def controller_config(**overrides):
+    """A controller topology of two edges that do not answer (127.0.0.1:9) and two users, with ``overrides``."""
+    from controller.config import ControllerConfig
+
+    return ControllerConfig.model_validate({
+        "edges": [{"id": 0, "address": "127.0.0.1:9"}, {"id": 2, "address": "127.0.0.1:9", "compute_scale": 0.5}],
+        "users": [{"id": 0}, {"id": 5, "draft_length": 6}], "failover_after_s": 2.0, **overrides})

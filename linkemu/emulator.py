@@ -56,7 +56,7 @@ class LinkEmulator:
     def single_link(cls, trace: ChannelTrace, trace_path: Path, upstream: str, user: int, edge: int, share: float,
                     base_delay_ms: float = 5.0, speedup: float = 1.0,
                     outage_limit_s: float = 10.0) -> "LinkEmulator":
-        """One user's link to one edge on a free local port (for in-process use: `tandem generate`, benches).
+        """One user's link to one edge on a free local port (for in-process use by the benches).
         ValueError (pydantic's, or an index outside the trace) when a setting is invalid."""
         try:
             config = LinkEmuConfig(trace=trace_path, edges=[{"index": edge, "address": upstream}],

@@ -261,7 +261,7 @@ class ShapingProxy:
 
 
 class ProxyThread:
-    """Runs ShapingProxies on their own event loop in a background thread (for in-process benches and demos)."""
+    """Runs ShapingProxies on their own event loop in a background thread (for in-process benches)."""
 
     def __init__(self, *proxies: ShapingProxy) -> None:
         self.proxies = proxies

@@ -1,7 +1,8 @@
 """How a package adds its commands to `tandem`: an entry point in the ``tandem.commands`` group names a
 ``register(commands)`` function, which adds the package's sub-commands to the parser. Registration modules import
-only argparse and light constants; a command's handler is named by ``lazy_handler("module:function")`` and imported
-only when that command runs, so `tandem --help` stays instant and a device never imports vLLM, torch or Ray."""
+argument definitions and constants, never an engine or the training stack; a command's handler is named by
+``lazy_handler("module:function")`` and imported only when that command runs, so `tandem --help` stays instant and a
+device never imports vLLM, torch or Ray."""
 
 from __future__ import annotations
 

@@ -54,8 +54,8 @@ _MAX_NAME_LENGTH = 63
 
 
 class CertError(Exception):
-    """Certificates cannot be made as asked (bad input, an existing CA, a missing or broken CA); the message says
-    why."""
+    """Credentials cannot be used or made as asked (a key that is not its certificate's, bad input to the CA tool,
+    a missing or broken CA); the message says why."""
 
 
 def role_of(name: str) -> str:

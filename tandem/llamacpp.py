@@ -8,7 +8,6 @@ rejected draft costs nothing to undo.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -91,6 +90,3 @@ def vocab_tokens(llama) -> list[str]:
     """The token strings of a loaded model's vocabulary, by id (same strings as the GGUF's tokenizer.ggml.tokens)."""
     return [llama._model.token_get_text(i) for i in range(llama.n_vocab())]
 
-
-def default_threads() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)

@@ -1,10 +1,9 @@
 """Start a daemon as a child process and wait for its readiness line (tandem/readiness.py).
 
 Each daemon runs as `python -m MODULE ARGS`, its output going to a log file, and ``start`` returns once the daemon
-announced its endpoints (or raises DaemonFailed with its last lines when it exits or times out first). Used by the
-testbed (testbed/processes.py names each daemon's endpoints), the benches and the tests, and by `tandem generate
---trace`, which puts a link emulator between the device and its edge: a daemon is reached over its sockets, never
-imported.
+announced its endpoints (or raises DaemonFailed with its last lines when it exits or times out first); one class
+per daemon names its endpoints. Used by the testbed, the benches and the tests, and by `tandem generate --trace`,
+which puts a link emulator between the device and its edge: a daemon is reached over its sockets, never imported.
 """
 
 from __future__ import annotations
@@ -36,7 +35,11 @@ class DaemonProcess:
     def __init__(self, args: list[str], log_path: Path | None = None, env: dict[str, str] | None = None,
                  start_timeout: float = 600.0, detached: bool = False) -> None:
         self.args = args
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix=f"tandem-{self.module}-", suffix=".log")[1])
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix=f"tandem-{self.module}-", suffix=".log")
+            os.close(handle)  # start() opens it by name
+            log_path = Path(name)
+        self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
         self.detached = detached
@@ -105,3 +108,59 @@ class DaemonProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def vllm_cores(limit: int = 2) -> str:
+    """Cores for VLLM_CPU_OMP_THREADS_BIND: at most ``limit`` of those this process may use.  vLLM pins its threads;
+    unpinned they oversubscribe a small machine, and pinned to a core outside the process's affinity (a 1-core
+    container) vLLM does not start."""
+    return ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:limit])
+
+
+class EdgeProcess(DaemonProcess):
+    """`python -m edge_server ARGS --port 0` (a later --port in ARGS wins)."""
+
+    module = "edge_server"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, "--port", "0", *self.args]
+
+    @property
+    def address(self) -> str | None:
+        return self.announced.get("address")
+
+    @property
+    def verification_log(self) -> Path | None:
+        """The file given with --verification-log, if any."""
+        return Path(self.args[self.args.index("--verification-log") + 1]) if "--verification-log" in self.args else None
+
+
+class LinkEmuProcess(DaemonProcess):
+    """`python -m linkemu ARGS`; ``addresses`` maps each user to where its device connects."""
+
+    module = "linkemu"
+
+    @property
+    def addresses(self) -> dict[int, str]:
+        return {int(user): address for user, address in self.announced.get("users", {}).items()}
+
+    @property
+    def control_address(self) -> str | None:
+        """LinkControl's address (with --control-listen)."""
+        return self.announced.get("control")
+
+    @property
+    def address(self) -> str:
+        """Where the device connects when the emulator carries one user."""
+        (address,) = self.addresses.values()
+        return address
+
+
+class ControllerProcess(DaemonProcess):
+    """`python -m controller ARGS`."""
+
+    module = "controller"
+
+    @property
+    def address(self) -> str | None:
+        return self.announced.get("address")

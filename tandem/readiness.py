@@ -7,7 +7,7 @@ line on stdout:
 
 ``daemon`` names the kind; the other keys are the endpoints it bound (ports chosen by the OS when asked for 0):
 ``address`` (its gRPC service), ``metrics_port`` (Prometheus, or null), ``control`` (linkemu's LinkControl),
-``users`` (linkemu: user id -> the address its device dials).  Orchestrators (testbed/processes.py, docker
+``users`` (linkemu: user id -> the address its device dials).  Orchestrators (tandem/processes.py, docker
 compose health checks via gRPC health) read this line, not the human-readable ones around it, so the wording of
 those may change freely.  The line is documented in docs/testbed.md.
 """

@@ -94,7 +94,8 @@ class ChannelTrace:
     def rate_bps(self, direction: str, user: int, edge: int, share: float, slot: int | slice = slice(None)):
         """Rate (bit/s) of one user-edge link at a share of the edge's bandwidth: share x B_e x SE, for every
         slot (an array) or for one slot (a number)."""
-        return share * self.metadata.edge_bandwidth_hz[edge] * self.se[self.direction_index(direction), slot, user, edge]
+        spectral_efficiency = self.se[self.direction_index(direction), slot, user, edge]
+        return share * self.metadata.edge_bandwidth_hz[edge] * spectral_efficiency
 
     def availability(self) -> np.ndarray:
         """[U, E]: the share of slots in which each user-edge link is up (SE > 0) in both directions."""

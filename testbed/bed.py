@@ -34,8 +34,8 @@ from tandem.profiles import HardwareProfile, load_profile
 from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
 from tandem.trace_format import ChannelTrace, load_trace
 from testbed.config import TestbedConfig
-from tandem.processes import DaemonFailed, DaemonProcess
-from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess, vllm_cores
+from tandem.processes import (ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess,
+                              vllm_cores)
 
 STATE_FILE = "state.json"
 ADMIN_TOKEN_FILE = "admin-token"
@@ -105,7 +105,7 @@ class Testbed:
         if not path.exists():
             from tandem.trace_format import save_trace
             from toolbox.traces.generate import TraceRequest, generate_trace
-            from toolbox.traces.radio_scenario import load_scenario as load_radio_scenario
+            from toolbox.traces.radio_scenario import load_radio_scenario
 
             edges = max(edge.id for edge in self.scenario.edges) + 1
             users = max(self.scenario.user_ids()) + 1

@@ -22,7 +22,7 @@ from harness.paths import RESULTS
 from harness.scenarios import write_twin_scenario
 from tandem.models import default_data_dir
 from toolbox.models import prepare_models
-from testbed.processes import LinkEmuProcess
+from tandem.processes import LinkEmuProcess
 
 # The shared daemons and clients of the tests talk plaintext over loopback, asked for explicitly (each daemon logs it
 # as a warning); tests/system/test_security.py starts its own daemons with mutual TLS, and the testbed runs TLS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from device_client.workload import DEFAULT_PROMPTS
 from tandem.commands import Commands, lazy_handler
 from tandem.identity import SERVER_NAMES
 from tandem.tls import add_tls_arguments
@@ -131,8 +132,7 @@ def add_profile_command(commands: Commands) -> None:
     profile.add_argument("--engine", choices=["llamacpp", "vllm"], default="llamacpp", help="target engine")
     profile.add_argument("--out", type=Path, help="profile file to write (default profiles/cpu-<engine>.yaml)")
     profile.add_argument("--name", help="profile name (default cpu-<engine>)")
-    profile.add_argument("--prompts", type=Path, default=Path(__file__).resolve().parents[1] / "configs" /
-                         "prompts.txt", help="one prompt per line (default configs/prompts.txt)")
+    profile.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="one prompt per line (default configs/prompts.txt)")
     profile.add_argument("--repeats", type=int, default=5, help="timings per figure, the median is kept (5)")
     profile.add_argument("--answer-tokens", type=int, default=48, help="target answer length per prompt (48)")
     profile.add_argument("--draft-power-w", type=float, default=15.0, help="assumed power while drafting (15 W)")

@@ -94,3 +94,7 @@ class Policy(ABC):
 
     @abstractmethod
     def decide(self, observation: Observation) -> Decision: ...
+
+    def check_scenario(self, scenario) -> None:
+        """ValueError, with the reason, when this policy cannot play a twin scenario (controller/twin/scenario.py)
+        at all: said before the first slot rather than in the middle of a run.  Any policy can by default."""

@@ -76,6 +76,9 @@ class Mappo(Policy):
         self.energy_weight = float(energy_weight)
         self.prior = prior_policy(seed)
 
+    def check_scenario(self, scenario) -> None:
+        self.actor.spec.check_capacity_of(scenario)
+
     def decide(self, observation: Observation) -> Decision:
         spec = self.actor.spec
         spec.check_capacity(observation)

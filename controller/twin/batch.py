@@ -15,9 +15,9 @@ Two things differ from ``DigitalTwin`` on purpose, neither in distribution:
   evaluation needs and training does not);
 - every request of an episode is drawn in a few vectorised calls (the same arrival process and lengths).
 
-So a batched episode is not a replay of a ``DigitalTwin`` one, except where nothing is random: tests/unit/test_batch_twin.py
-checks that the two agree exactly when every token is accepted or none is (the requests handed over), and on
-average otherwise.
+So a batched episode is not a replay of a ``DigitalTwin`` one, except where nothing is random:
+tests/unit/test_batch_twin.py checks that the two agree exactly when every token is accepted or none is (the
+requests handed over), and on average otherwise.
 """
 
 from __future__ import annotations

@@ -181,6 +181,8 @@ def run_twin(args: argparse.Namespace) -> int:
         names = args.policy or sorted(name for name in available() if name != "alternate")
         known = {"parallel": scenario.mode == "psd"}  # tma plans for drafting during verification only in psd
         policies = {name: make_policy(name, seed=args.seed, known=known) for name in names}
+        for policy in policies.values():
+            policy.check_scenario(scenario)
     except (ScenarioError, TraceError, ProfileError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     results = {}

@@ -3,10 +3,11 @@ channel of the coming slots and the requests about to arrive — to measure the 
 
 Each slot it shows ``tma-equal`` (tuned draft lengths) an observation in which every pair's spectral efficiency is
 its mean over the next ``horizon_slots`` slots (an outage slot contributes no rate, so an edge about to fade looks
-as poor as it will be; a pair in an outage now stays unusable) and every user whose request arrives within the horizon is already busy with that
-request's answer length (so it is placed, and room is kept, before it arrives).  Pending work is exact in the twin
-already.  A lookahead heuristic, not a proven optimum: it bounds what knowing the future is worth to these
-policies, and is reported as such (docs/evaluation.md).  Only the twin can run it.
+as poor as it will be; a pair in an outage now stays unusable) and every user whose request arrives within the
+horizon is already busy with that request's answer length (so it is placed, and room is kept, before it
+arrives).  Pending work is exact in the twin already.  A lookahead heuristic, not a proven optimum: it bounds
+what knowing the future is worth to these policies, and is reported as such (docs/evaluation.md).  Only the twin
+can run it.
 """
 
 from __future__ import annotations

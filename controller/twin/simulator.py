@@ -341,7 +341,9 @@ class DigitalTwin(SlotClock):
         return finished
 
     def run(self, policy: Policy) -> "TwinRun":
-        """Play the rest of the scenario (all of it after ``reset``) under ``policy``."""
+        """Play the rest of the scenario (all of it after ``reset``) under ``policy``; ValueError first when the
+        policy cannot play this scenario."""
+        policy.check_scenario(self.scenario)
         while not self.finished:
             self.step(policy.decide(self.observation()))
         return self.outcome()

@@ -30,9 +30,10 @@ from typing import Callable
 
 import numpy as np
 
+from controller.policies import make_policy
 from controller.policies.checkpoints import network_spec
 from controller.policies.draft_agent import CHOICES, EDGE_FEATURES, USER_FEATURES
-from controller.policies.mappo import MODULE_ID, LearnedDraftLengths, Mappo, prior_policy
+from controller.policies.mappo import MODULE_ID, LearnedDraftLengths, prior_policy
 from controller.twin.curves import plot_curves
 from controller.twin.episodes import EpisodeConfig, Episodes
 
@@ -110,7 +111,7 @@ class Validation:
     completion: float  # completed / arrived, over every episode
 
 
-def validate(episodes: Episodes, traces: list, seeds: tuple[int, ...], make_policy) -> Validation:
+def validate(episodes: Episodes, traces: list, seeds: tuple[int, ...], policy_of) -> Validation:
     """Full-horizon episodes (the scenario's whole duration, its drain included) on every trace × seed."""
     from controller.twin.simulator import DigitalTwin
 
@@ -118,7 +119,7 @@ def validate(episodes: Episodes, traces: list, seeds: tuple[int, ...], make_poli
     for trace in traces:
         for seed in seeds:
             twin = DigitalTwin(episodes.full_scenario, trace, episodes.profile, seed=seed)
-            summary = twin.run(make_policy(seed)).summary()
+            summary = twin.run(policy_of(seed)).summary()
             times.append(summary.mean_time_in_system_s)
             completed, arrived = completed + summary.completed, arrived + summary.completed + summary.unfinished
     return Validation(float(np.mean(times)), completed / max(arrived, 1))
@@ -165,7 +166,7 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
                     actor = LearnedDraftLengths.from_tensors(export_actor(algorithm.get_module(MODULE_ID)), network,
                                                              episodes.spec)
                     checked = validate(episodes, validation, settings.validation_seeds,
-                                       lambda seed: Mappo(seed=seed, actor=actor))
+                                       lambda seed: make_policy("mappo", seed, known={"actor": actor}))
                     row |= {"validation_time_in_system_s": checked.time_in_system_s,
                             "validation_completion": checked.completion,
                             "baseline_validation_time_in_system_s": baseline.time_in_system_s,

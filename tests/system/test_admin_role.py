@@ -24,7 +24,7 @@ from tandem.rpc import ADMINS, ANYONE, DEVICES, OPERATORS, Access, Guard, bearer
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
-from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
+from tandem.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from harness.clients import creds, run_tandem
 from tests.system.test_testbed import write_testbed
 

@@ -6,8 +6,6 @@ daemons (tests/system/test_rotation.py runs them)."""
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 from concurrent import futures
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tandem.identity import (ADMIN_ROLES, SERVER_NAMES, CertError, check_key_pair, device_user, edge_server_name,
                              identity_files, role_of)
+from harness.clients import run_tandem as tandem
 from tandem.rpc import Caller
 from toolbox.certs import init_certs, issue_certificate
 
@@ -213,10 +212,6 @@ def test_issue_certificate_errors(tmp_path, ca_dir):
     with pytest.raises(CertError, match="before it starts"):
         now = datetime.now(timezone.utc)
         issue_certificate(ca_dir, "device-1x", not_before=now, not_after=now - timedelta(hours=1))
-
-
-def tandem(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_init_and_its_errors(tmp_path):

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from harness.clients import free_port
 from harness.clients import run_tandem as tandem
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # What a device or an operator's `tandem --help` must never pay for: the engines and the training stack.

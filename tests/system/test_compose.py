@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from harness.clients import run_tandem
+from harness.clients import free_port, run_tandem
 from harness.paths import REPO
 
 PROJECT = "tandemtest"
@@ -61,14 +61,6 @@ def exited_services() -> dict[str, str]:
 def compose(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["docker-compose", "-p", PROJECT, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Prometheus:

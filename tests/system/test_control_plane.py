@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import threading
 import time
 import urllib.request
@@ -28,13 +27,13 @@ from controller.state import ControllerState
 from device_client.generate import GenerationRequest, generate
 from device_client.grpc_edge import EdgeConnection
 from device_client.routing import ControllerRoute
-from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
+from tandem.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
 from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
 from tandem.trace_format import load_trace
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
-from harness.clients import ADMIN_TOKEN, run_tandem, with_admin_token
+from harness.clients import ADMIN_TOKEN, free_port, run_tandem, with_admin_token
 from harness.teacher_forcing import near_tie_gaps
 
 NUM_EDGES = 3
@@ -44,12 +43,6 @@ TOKEN = ADMIN_TOKEN  # the controller's, which the edges and the emulator take f
 PROMPT = "Name three uses of a bicycle, with a sentence on each."
 GREEDY = SamplingConfig()
 SAMPLED = SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, seed=11)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Daemons:

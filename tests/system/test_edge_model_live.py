@@ -29,7 +29,7 @@ from tandem.profiles import load_profile
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
-from testbed.processes import EdgeProcess
+from tandem.processes import EdgeProcess
 from harness.clients import creds
 from harness.figures import REPORT
 

@@ -22,7 +22,7 @@ from tandem.sampling import SamplingConfig
 from tandem.verification_log import read_log
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
-from testbed.processes import EdgeProcess
+from tandem.processes import EdgeProcess
 from harness.clients import creds
 
 CONTEXT = 1024

@@ -23,7 +23,7 @@ from tandem.sampling import SamplingConfig
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import edge_pb2 as pb
-from testbed.processes import EdgeProcess, LinkEmuProcess
+from tandem.processes import EdgeProcess, LinkEmuProcess
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Write a short note about rivers."

@@ -6,7 +6,7 @@ UMi test trace, and a controller deciding for that edge and emulator. Every meth
 tandem/wire/v1 is found from the descriptors (a new RPC is fuzzed without a change here), plus grpc.health.v1
 Health/Check on each daemon. For each RPC, hypothesis sends
 
-- generated messages (tests/fuzz_messages.py): random ones, ones with small integers and known names, and valid
+- generated messages (tests/system/fuzz_messages.py): random ones, ones with small integers and known names, and valid
   calls mutated field by field; for a client stream, sequences of them in any order (open, attach, draft and
   close in wrong orders) and valid sequences, mutated, in their order or shuffled; and
 - garbage bytes through a channel without serializers (in a stream, among the messages of a valid call);
@@ -39,7 +39,7 @@ from device_client.grpc_edge import EdgeConnection
 from tandem.private_files import write_private
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2, edge_pb2, linkemu_pb2
-from testbed.processes import ControllerProcess, LinkEmuProcess
+from tandem.processes import ControllerProcess, LinkEmuProcess
 from harness.clients import ADMIN_TOKEN as TOKEN
 from harness.figures import REPORT
 from harness.daemons import edge_process

@@ -18,7 +18,7 @@ from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import Direction, FixedShaper
 from linkemu.config import split_address
 from linkemu.emulator import LinkEmulator
-from testbed.processes import LinkEmuProcess
+from tandem.processes import LinkEmuProcess
 from tandem.sampling import SamplingConfig
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
@@ -299,10 +299,10 @@ def test_shipped_example_configs_are_valid():
     import yaml
 
     from linkemu.config import LinkEmuConfig
-    from toolbox.traces.radio_scenario import load_scenario
+    from toolbox.traces.radio_scenario import load_radio_scenario
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    scenario = load_scenario(root / "scenario-umi.yaml", None)
+    scenario = load_radio_scenario(root / "scenario-umi.yaml", None)
     assert len(scenario.edge_positions(3)) == 3 and scenario.edge_bandwidths_hz(3)[2] == 40e6
     config = LinkEmuConfig.model_validate(yaml.safe_load((root / "linkemu.yaml").read_text()))
     assert [user.edge for user in config.users] == [0, 0, 1]

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from linkemu.config import split_address
-from testbed.processes import LinkEmuProcess
+from tandem.processes import LinkEmuProcess
 from tandem.shares import MIN_SHARE
 from tandem.trace_format import load_trace
 from tandem.wire.v1 import linkemu_pb2 as pb

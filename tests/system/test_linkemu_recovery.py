@@ -22,7 +22,7 @@ from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import linkemu_pb2 as pb
 from tandem.wire.v1 import linkemu_pb2_grpc
-from testbed.processes import LinkEmuProcess
+from tandem.processes import LinkEmuProcess
 from harness.clients import with_admin_token
 from tests.system.test_linkemu import Sink, _scrape
 

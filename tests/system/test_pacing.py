@@ -20,7 +20,7 @@ from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.sampling import SamplingConfig
 from harness.figures import REPORT
-from testbed.processes import EdgeProcess
+from tandem.processes import EdgeProcess
 
 DILATION = 3.0
 TOLERANCE = 0.10  # |measured - predicted| / predicted, per-token latency

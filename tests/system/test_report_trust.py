@@ -22,7 +22,7 @@ from device_client.grpc_edge import EdgeConnection
 from tandem.sampling import SamplingConfig
 from tandem.wire.v1 import control_pb2 as cpb
 from tandem.wire.v1 import control_pb2_grpc
-from testbed.processes import ControllerProcess, EdgeProcess
+from tandem.processes import ControllerProcess, EdgeProcess
 from harness.clients import creds
 
 USERS = 4

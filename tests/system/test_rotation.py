@@ -41,8 +41,7 @@ from tandem.sampling import SamplingConfig
 from tandem.tls import Transport
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
-from tandem.processes import DaemonProcess
-from testbed.processes import ControllerProcess, EdgeProcess, LinkEmuProcess
+from tandem.processes import ControllerProcess, DaemonProcess, EdgeProcess, LinkEmuProcess
 from harness.clients import creds, run_tandem
 
 PROMPT = "Explain what a compiler does."

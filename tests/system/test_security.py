@@ -29,7 +29,7 @@ from tandem.tls import TlsSettings, Transport, load_transport
 from tandem.trace_format import save_trace
 from toolbox.traces.synthetic import synthetic_trace
 from tandem.wire.v1 import control_pb2, control_pb2_grpc, edge_pb2, edge_pb2_grpc, linkemu_pb2, linkemu_pb2_grpc
-from testbed.processes import EdgeProcess, LinkEmuProcess
+from tandem.processes import EdgeProcess, LinkEmuProcess
 from harness.clients import with_admin_token
 from harness.teacher_forcing import near_tie_gaps
 
@@ -191,7 +191,7 @@ def test_the_controller_over_tls_checks_roles(tls_edge, pki, tmp_path):
     """Another CA is refused at the handshake; a device certificate may follow its own user only and may not
     administer; the admin certificate may, with no token (the CLI too)."""
     from harness.clients import run_tandem
-    from testbed.processes import ControllerProcess
+    from tandem.processes import ControllerProcess
 
     config = tmp_path / "controller.yaml"
     config.write_text(f"""edges: [{{id: 0, address: "{tls_edge.address}"}}]

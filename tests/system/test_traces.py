@@ -9,7 +9,7 @@ import pytest
 
 from tandem.trace_format import TraceError, load_trace, save_trace
 from toolbox.traces.generate import TraceRequest, generate_trace
-from toolbox.traces.radio_scenario import load_scenario
+from toolbox.traces.radio_scenario import load_radio_scenario
 from harness.clients import run_tandem
 
 
@@ -27,7 +27,7 @@ def test_umi_trace_is_sane_and_deterministic(umi_trace):
     change = np.abs(np.diff(trace.path_gain_db, axis=0))
     inside = (np.arange(change.shape[0]) + 1) % meta.mobility_epoch_slots != 0
     assert np.median(change[inside]) < 3.0
-    again = generate_trace(TraceRequest(load_scenario(None, "umi"), 3, 4, 60, 100.0, 3), quiet=True)
+    again = generate_trace(TraceRequest(load_radio_scenario(None, "umi"), 3, 4, 60, 100.0, 3), quiet=True)
     for name in ("se", "sinr_db", "path_gain_db", "user_pos"):
         np.testing.assert_array_equal(getattr(again, name), getattr(trace, name))
 
@@ -152,5 +152,5 @@ def test_long_traces_are_split_into_topology_windows(monkeypatch):
 
     # 2 users x 3 epochs of 10 slots; windows of 2 epochs: the last window holds fewer UT entries
     monkeypatch.setattr(stochastic, "MAX_ENTRIES_PER_TOPOLOGY", 4)
-    trace = generate_trace(TraceRequest(load_scenario(None, "umi"), 2, 2, 30, 100.0, 5), quiet=True)
+    trace = generate_trace(TraceRequest(load_radio_scenario(None, "umi"), 2, 2, 30, 100.0, 5), quiet=True)
     assert trace.se.shape == (2, 30, 2, 2) and np.isfinite(trace.path_gain_db).all()

@@ -23,8 +23,7 @@ from tandem.cli_support import UsageError
 from tandem.config_files import load_config
 from tandem.profiles import ProfileError, load_profile
 from tandem.trace_format import ARRAYS, TraceError, load_trace
-from toolbox.traces.radio_scenario import ScenarioError as TraceScenarioError
-from toolbox.traces.radio_scenario import load_scenario as load_trace_scenario
+from toolbox.traces.radio_scenario import RadioScenarioError, load_radio_scenario
 from toolbox.traces.synthetic import synthetic_trace
 from testbed.config import load_testbed_config
 
@@ -123,7 +122,7 @@ def test_an_unreadable_yaml_file_is_refused_with_the_readers_error(reader: str, 
 
 @pytest.mark.parametrize("name, read, error", [
     ("profile-not-utf8", load_profile, ProfileError),
-    ("yaml-timestamp-tag", lambda path: load_trace_scenario(path, None), TraceScenarioError),
+    ("yaml-timestamp-tag", lambda path: load_radio_scenario(path, None), RadioScenarioError),
 ])
 def test_the_config_files_the_fuzzer_found_are_refused(name: str, read, error: type[Exception], tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"

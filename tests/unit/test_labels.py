@@ -1,4 +1,4 @@
-"""Per-user metric labels are bounded (tandem/labels.py): the first 256 users get their own label, the rest share
+"""Per-user metric labels are bounded (edge_server/labels.py): the first 256 users get their own label, the rest share
 "other", so a client naming ever new user numbers cannot grow an edge's metrics without end."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from edge_server.compute_shares import ComputeShares
 from edge_server.engines.base import ScoredBlock, ScoreRequest
 from edge_server.metrics import EdgeMetrics
 from edge_server.scheduler import Flow, ShareScheduler
-from tandem.labels import MAX_USER_LABELS, NO_USER, OTHER_USERS, UserLabels
+from edge_server.labels import MAX_USER_LABELS, NO_USER, OTHER_USERS, UserLabels
 
 
 def test_the_first_users_keep_their_label_and_the_rest_share_one():

@@ -11,14 +11,14 @@ from tandem.trace_format import TraceError, load_trace
 def run_generate(args: argparse.Namespace) -> int:
     from tandem.trace_format import save_trace
     from toolbox.traces.generate import TraceRequest, generate_trace
-    from toolbox.traces.radio_scenario import ScenarioError, load_scenario
+    from toolbox.traces.radio_scenario import RadioScenarioError, load_radio_scenario
     from toolbox.traces.sionna_rt import RayTracingUnavailable
 
     try:
-        request = TraceRequest(load_scenario(args.config, args.scenario), args.edges, args.users, args.slots,
+        request = TraceRequest(load_radio_scenario(args.config, args.scenario), args.edges, args.users, args.slots,
                                args.slot_ms, args.seed)
         trace = generate_trace(request, quiet=args.quiet)
-    except ScenarioError as error:
+    except RadioScenarioError as error:
         return fail(str(error), EXIT_USAGE)
     except RayTracingUnavailable as error:  # a missing dependency, said in one line (what, and how to install it)
         return fail(str(error), EXIT_USAGE)

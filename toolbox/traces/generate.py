@@ -11,7 +11,7 @@ import numpy as np
 from tandem.trace_format import ARRAYS, DIRECTIONS, FORMAT_NAME, FORMAT_VERSION, ChannelTrace, TraceMetadata
 from toolbox.traces.mobility import random_waypoint
 from toolbox.traces.radio import LinkBudget, downlink_sinr, link_quality, to_db, uplink_sinr
-from toolbox.traces.radio_scenario import ScenarioConfig, ScenarioError
+from toolbox.traces.radio_scenario import ScenarioConfig, RadioScenarioError
 
 MAX_SLOTS = 1_000_000
 MAX_PAIRS = 20_000_000  # slots x users x edges: bounds memory (~1 GB of gains at 64 subcarriers per million)
@@ -30,14 +30,14 @@ class TraceRequest:
         for name, value, low in (("edges", self.num_edges, 1), ("users", self.num_users, 1),
                                  ("slots", self.num_slots, 1)):
             if value < low:
-                raise ScenarioError(f"--{name} must be >= {low}, got {value}")
+                raise RadioScenarioError(f"--{name} must be >= {low}, got {value}")
         if self.num_slots > MAX_SLOTS or self.num_slots * self.num_users * self.num_edges > MAX_PAIRS:
-            raise ScenarioError(f"{self.num_slots} slots x {self.num_users} users x {self.num_edges} edges is more "
+            raise RadioScenarioError(f"{self.num_slots} slots x {self.num_users} users x {self.num_edges} edges is more "
                                 f"than this generator handles in memory ({MAX_PAIRS} slot-user-edge pairs)")
         if not 0.1 <= self.slot_ms <= 10_000:
-            raise ScenarioError(f"--slot-ms must be within [0.1, 10000], got {self.slot_ms}")
+            raise RadioScenarioError(f"--slot-ms must be within [0.1, 10000], got {self.slot_ms}")
         if not 0 <= self.seed < 2**31:
-            raise ScenarioError(f"--seed must be within [0, 2^31), got {self.seed}")
+            raise RadioScenarioError(f"--seed must be within [0, 2^31), got {self.seed}")
         self.scenario.edge_positions(self.num_edges)  # a scenario file's edge list must match --edges
 
 

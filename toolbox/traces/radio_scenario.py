@@ -103,7 +103,7 @@ class ScenarioConfig(BaseModel):
     def edge_positions(self, num_edges: int) -> list[tuple[float, float, float]]:
         if self.edges is not None:
             if len(self.edges) != num_edges:
-                raise ScenarioError(f"the scenario file places {len(self.edges)} edges but --edges is {num_edges}")
+                raise RadioScenarioError(f"the scenario file places {len(self.edges)} edges but --edges is {num_edges}")
             return [edge.position_m for edge in self.edges]
         height = self.edge_height_m or _KIND_DEFAULTS[self.kind][0]
         if num_edges == 1:
@@ -118,10 +118,10 @@ class ScenarioConfig(BaseModel):
         return [(edge.bandwidth_mhz or self.bandwidth_mhz) * 1e6 for edge in self.edges]
 
 
-class ScenarioError(ValueError):
+class RadioScenarioError(ValueError):
     """A scenario that cannot be simulated, with the reason."""
 
 
-def load_scenario(path: Path | None, scenario: str | None) -> ScenarioConfig:
-    """The YAML file (if any) with the --scenario flag on top; ScenarioError with the reason when invalid."""
-    return load_config(ScenarioConfig, path, {"scenario": scenario}, ScenarioError)
+def load_radio_scenario(path: Path | None, scenario: str | None) -> ScenarioConfig:
+    """The YAML file (if any) with the --scenario flag on top; RadioScenarioError with the reason when invalid."""
+    return load_config(ScenarioConfig, path, {"scenario": scenario}, RadioScenarioError)
