@@ -42,6 +42,21 @@ class EdgeUnreachable(Exception):
 
 
 @dataclass(frozen=True)
+class EdgeFacts:
+    """What an edge serves and its limits, checked before a session opens (generate.check_compatible)."""
+
+    engine: str  # "vllm" or "llamacpp"
+    model: str
+    vocab_size: int
+    tokenizer_fingerprint: str  # a draft must share the target's tokenizer (tandem/models.py)
+    max_context: int  # prompt + generated tokens per session
+    max_draft_length: int
+    max_top_k: int  # sampling needs 1 <= top_k <= max_top_k
+    max_sessions: int
+    edge_id: int | None  # the edge's index in the topology, when it was given one
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """What a session is opened with. A moved session is opened again with ``prompt`` = the original prompt plus
     every token committed so far: positions, and so the sampler's randomness, stay the same."""
@@ -103,9 +118,9 @@ class EdgeHandle(ABC):
     name: str  # for messages: the edge's id and address
 
     @abstractmethod
-    def info(self):
-        """The edge's static facts (model, vocabulary, limits): the wire's EdgeInfo, checked before opening;
-        EdgeUnreachable when no edge answers."""
+    def info(self) -> EdgeFacts:
+        """The edge's static facts (model, vocabulary, limits), checked before opening; EdgeUnreachable when no edge
+        answers."""
 
     @abstractmethod
     def open(self, spec: SessionSpec, within_s: float) -> EdgeSession:

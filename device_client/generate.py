@@ -8,11 +8,10 @@ from typing import Callable
 
 from device_client.decoding import decode_edge_only, decode_speculative
 from device_client.draft import DraftEngine
-from device_client.edge_handle import EdgeHandle
+from device_client.edge_handle import EdgeFacts, EdgeHandle
 from device_client.result import DecodeResult, summarize
 from device_client.routing import FixedRoute, Route
 from tandem.sampling import SamplingConfig
-from tandem.wire.v1 import edge_pb2 as pb
 
 
 class IncompatibleEdge(Exception):
@@ -30,7 +29,7 @@ class GenerationRequest:
     raw_prompt: bool = False  # send the prompt as it is, without the chat template
 
 
-def check_compatible(info: pb.EdgeInfo, draft: DraftEngine, request: GenerationRequest) -> None:
+def check_compatible(info: EdgeFacts, draft: DraftEngine, request: GenerationRequest) -> None:
     if info.tokenizer_fingerprint != draft.tokenizer_fingerprint:
         raise IncompatibleEdge(
             f"the edge's target model ({info.model}) uses another tokenizer than this device's draft model"
@@ -50,7 +49,7 @@ def generate(
     draft: DraftEngine,
     request: GenerationRequest,
     on_text: Callable[[str], None] | None = None,
-    info: pb.EdgeInfo | None = None,
+    info: EdgeFacts | None = None,
     user: int | None = None,
 ) -> tuple[DecodeResult, dict]:
     """One generation on an edge, or on whichever edges a route (a controller) chooses for ``user``."""

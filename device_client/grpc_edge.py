@@ -17,7 +17,7 @@ from typing import Iterator
 
 import grpc
 
-from device_client.edge_handle import (RESUME_WITHIN_S, EdgeError, EdgeFailure, EdgeHandle, EdgeSession,
+from device_client.edge_handle import (RESUME_WITHIN_S, EdgeError, EdgeFacts, EdgeFailure, EdgeHandle, EdgeSession,
                                        EdgeUnreachable, SessionSpec, Verdict)
 from tandem.sampling import SparseDist
 from tandem.tls import Transport, default_transport
@@ -40,6 +40,14 @@ FAILURES = {grpc.StatusCode.UNAVAILABLE: EdgeFailure.LINK_DOWN, grpc.StatusCode.
 # (FAILED_PRECONDITION: after its idle timeout, a link down for longer).  Elsewhere these statuses refuse a bad
 # request (a block at the wrong position, another tokenizer).
 SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def edge_facts(info: pb.EdgeInfo) -> EdgeFacts:
+    """The wire's EdgeInfo as the device's domain sees it."""
+    return EdgeFacts(engine=info.engine, model=info.model, vocab_size=info.vocab_size,
+                     tokenizer_fingerprint=info.tokenizer_fingerprint, max_context=info.max_context,
+                     max_draft_length=info.max_draft_length, max_top_k=info.max_top_k,
+                     max_sessions=info.max_sessions, edge_id=info.edge_id if info.HasField("edge_id") else None)
 
 
 def edge_error(code: grpc.StatusCode, details: str, attaching: bool = False) -> EdgeError:
@@ -90,12 +98,12 @@ class EdgeConnection(EdgeHandle):
         )
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
 
-    def info(self) -> pb.EdgeInfo:
+    def info(self) -> EdgeFacts:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             try:
-                return self.stub.GetInfo(pb.InfoRequest(), timeout=max(0.1, deadline - time.monotonic()),
-                                         wait_for_ready=True)
+                return edge_facts(self.stub.GetInfo(pb.InfoRequest(), timeout=max(0.1, deadline - time.monotonic()),
+                                                    wait_for_ready=True))
             except grpc.RpcError as error:
                 code = error.code()
                 if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
