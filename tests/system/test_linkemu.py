@@ -110,6 +110,15 @@ def _scrape(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+def _scrape_until(port: int, settled, within_s: float = 5.0) -> dict[tuple[str, tuple], float]:
+    """The emulator's metrics once ``settled(metrics)`` holds, or as they are after ``within_s``: a chunk is counted
+    after the emulator's write drained, and the reader on the other side may hold it a moment earlier."""
+    deadline = time.monotonic() + within_s
+    while not settled(metrics := _scrape(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return metrics
+
+
 def _emulator(trace, upstream, *extra):
     return LinkEmuProcess(["--trace", str(trace), "--upstream", upstream, "--base-delay-ms",
                            str(BASE_DELAY_S * 1000), "--metrics-port", "0", *extra])
@@ -137,10 +146,11 @@ def test_transfer_takes_size_over_rate_plus_delay(direction, tmp_path):
             while got < nbytes:
                 got += len(device.recv(1 << 16))
             elapsed = time.monotonic() - started - BASE_DELAY_S  # the request crossed the link up first
-        metrics = _scrape(emulator.metrics_port)
+        link = (("direction", direction), ("user", "0"))
+        metrics = _scrape_until(emulator.metrics_port,
+                                lambda scraped: scraped.get(("tandem_linkemu_bytes_total", link), 0) >= nbytes)
     expected = nbytes * 8 / rate + BASE_DELAY_S
     assert 0.8 * expected < elapsed < 1.6 * expected + 0.2, (elapsed, expected)
-    link = (("direction", direction), ("user", "0"))
     assert metrics[("tandem_linkemu_rate_bps", link)] == rate
     assert metrics[("tandem_linkemu_bytes_total", link)] >= nbytes
     assert metrics[("tandem_linkemu_queueing_delay_seconds_count", link)] > 0
@@ -170,7 +180,8 @@ def test_outage_holds_bytes_then_breaks_the_connection_past_the_limit(tmp_path):
             if device.recv(1) == b"":
                 raise ConnectionResetError("closed")
         waited = time.monotonic() - started
-        metrics = _scrape(emulator.metrics_port)
+        metrics = _scrape_until(emulator.metrics_port,
+                                lambda scraped: scraped.get(("tandem_linkemu_link_down_total", (("user", "0"),))) == 1)
     # broken by the emulator (held through the limit, not refused at once), not by the test's read timeout
     assert not isinstance(broken.value, TimeoutError) and waited > 0.2
     assert sink.received == 0  # nothing crossed during the outage
