@@ -162,6 +162,10 @@ def load_trace(path: Path) -> ChannelTrace:
                          ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):  # np.load reads a lone .npy array too
         raise TraceError(f"{path} holds a single NumPy array, not a trace (a .npz archive of arrays and metadata)")
+    # numpy hands back a member without the .npy magic as its raw bytes, whatever its name
+    not_arrays = sorted(name for name, value in contents.items() if not isinstance(value, np.ndarray))
+    if not_arrays:
+        raise TraceError(f"{path}: members that are not NumPy arrays: {', '.join(not_arrays)}")
     if "metadata" not in contents:
         raise TraceError(f"{path} has no metadata; it is not a Tandem channel trace")
     try:

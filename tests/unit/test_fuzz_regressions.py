@@ -68,6 +68,9 @@ TRACE_FILES = {
     # found by fuzz/trace_reader.py: a corrupt deflate stream (zlib.error), a .npy header tokenize chokes on
     "corrupt-deflate": (lambda: fuzzer_input("trace_reader", "deflate-invalid-distance"), "zlib.error: Error -3"),
     "npy-header-token-error": (lambda: fuzzer_input("trace_reader", "npy-header-token-error"), "TokenError"),
+    # found by fuzz/trace_reader.py in a CI run: a member named .npy without the .npy magic (numpy returns bytes)
+    "member-not-npy": (lambda: fuzzer_input("trace_reader", "member-not-npy"), "not NumPy arrays: "),
+    "raw-bytes-member": (lambda: trace_archive(**{"extra.npy": b"not an array"}), "not NumPy arrays: extra"),
     # built after them: the other ways zipfile and numpy's .npy reader fail besides BadZipFile and ValueError
     "lone-npy": (lambda: npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0,), }"), "single NumPy array"),
     "unknown-compression": (lambda: with_member_field(trace_archive(), 8, 10, 99), "NotImplementedError"),
