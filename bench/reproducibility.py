@@ -41,7 +41,7 @@ from edge_server.engines.base import ScoreRequest
 from tandem.llamacpp import LlamaContext
 from tandem.models import default_data_dir
 from toolbox.models import prepare_models
-from tandem.processes import EdgeProcess, vllm_cores
+from tandem.processes import EdgeProcess, vllm_cores, vllm_edge_env
 from tandem.sampling import Candidates, SamplingConfig
 from tandem.verification_log import first_divergence, logprob_difference, read_log
 
@@ -165,7 +165,7 @@ def end_to_end(prepared, data_dir: Path, seeds: int, tokens: int, workdir: Path)
     drafts = [LlamaCppDraftEngine(prepared.draft_gguf) for _ in PROMPTS]
     common = ["--data-dir", str(data_dir), "--max-sessions", "64"]
     vllm_log, llama_log = workdir / "vllm.jsonl", workdir / "llamacpp.jsonl"
-    vllm_env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(), "OMP_NUM_THREADS": "1"}
+    vllm_env = vllm_edge_env()
     result = {"solo_vs_concurrent_vllm": [], "vllm_vs_llamacpp": []}
     with EdgeProcess(["--engine", "vllm", "--verification-log", str(vllm_log), *common], env=vllm_env,
                      log_path=workdir / "edge-vllm.log") as vllm, \

@@ -107,9 +107,10 @@ def _trace_link(args: argparse.Namespace, edge: str) -> LinkEmuProcess | None:
     the device reaches it over its socket, as it would any other), not started; None without --trace."""
     if args.trace is None:
         return None
-    return LinkEmuProcess(["--trace", str(args.trace), "--upstream", edge, "--user", str(args.trace_user), "--edge",
-                       str(args.trace_edge), "--share", repr(args.share), "--base-delay-ms", repr(args.base_delay_ms),
-                           "--speedup", repr(args.speedup)], start_timeout=120)
+    return LinkEmuProcess(["--trace", str(args.trace), "--upstream", edge, "--user", str(args.trace_user),
+                           "--edge", str(args.trace_edge), "--share", repr(args.share),
+                           "--base-delay-ms", repr(args.base_delay_ms), "--speedup", repr(args.speedup)],
+                          start_timeout=120)
 
 
 def _why_not_started(error: DaemonFailed) -> str:

@@ -9,6 +9,7 @@ from device_client.decoding import MODES
 from tandem.commands import Commands, lazy_handler
 from tandem.tls import add_tls_arguments
 
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the user's message (the chat template is applied); '-' reads stdin")
     target = parser.add_argument_group("where to decode", "one edge (--edge), or whichever edges the controller "

@@ -8,6 +8,7 @@ from pathlib import Path
 from tandem.commands import Commands, lazy_handler
 from tandem.tls import add_tls_arguments
 
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with EdgeConfig fields; flags override it")
     parser.add_argument("--engine", choices=["vllm", "llamacpp"], help="target engine (default llamacpp)")

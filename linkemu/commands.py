@@ -7,6 +7,7 @@ from pathlib import Path
 from tandem.commands import Commands, lazy_handler
 from tandem.tls import add_tls_arguments
 
+
 def register(commands: Commands) -> None:
     linkemu = commands.add_parser("linkemu", help="trace-driven link emulator between devices and edges")
     actions = linkemu.add_subparsers(dest="linkemu_command", metavar="ACTION", required=True)

@@ -35,14 +35,19 @@ def register_all(commands: Commands) -> None:
         entry.load()(commands)
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands ``parser`` takes, by name (none: an empty dict)."""
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
 def run_package_command(register: Callable[[Commands], None], command: list[str], prog: str) -> int:
     """``python -m PACKAGE ARGS``: the package's command ``command`` (e.g. ["edge", "serve"]) with ARGS, parsed by
     the package's own registration, so a daemon starts without the other packages' commands."""
     parser = argparse.ArgumentParser(prog=prog)
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     for name in command:  # down to the command's own parser, which then reads ARGS under the module's name
-        actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = actions.choices[name]
+        parser = subcommands(parser)[name]
     parser.prog = prog
     args = parser.parse_args(sys.argv[1:])
     return args.handler(args)

@@ -117,6 +117,12 @@ def vllm_cores(limit: int = 2) -> str:
     return ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:limit])
 
 
+def vllm_edge_env(cores: int = 2) -> dict[str, str]:
+    """What a vLLM edge process adds to its environment: its threads pinned to at most ``cores`` of ours
+    (vllm_cores), and one OpenMP thread for the rest of the process."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(cores), "OMP_NUM_THREADS": "1"}
+
+
 class EdgeProcess(DaemonProcess):
     """`python -m edge_server ARGS --port 0` (a later --port in ARGS wins)."""
 

@@ -26,16 +26,16 @@ import yaml
 
 from controller.twin.scenario import Scenario, TwinEdge, load_scenario
 from tandem.auth import ADMIN_TOKEN_ENV, read_token_file
-from toolbox.certs import init_certs
 from tandem.cli_support import UsageError
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.private_files import write_private
+from tandem.processes import (ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess,
+                              vllm_edge_env)
 from tandem.profiles import HardwareProfile, load_profile
 from tandem.tls import INSECURE_ENV, TLS_DIR_ENV, TlsSettings, Transport, load_transport
 from tandem.trace_format import ChannelTrace, load_trace
 from testbed.config import TestbedConfig
-from tandem.processes import (ControllerProcess, DaemonFailed, DaemonProcess, EdgeProcess, LinkEmuProcess,
-                              vllm_cores)
+from toolbox.certs import init_certs
 
 STATE_FILE = "state.json"
 ADMIN_TOKEN_FILE = "admin-token"
@@ -159,8 +159,7 @@ class Testbed:
         return daemon
 
     def _edge(self, spec: TwinEdge) -> EdgeProcess:
-        env = {"VLLM_CPU_OMP_THREADS_BIND": vllm_cores(1), "OMP_NUM_THREADS": "1"} if self.config.engine == "vllm" \
-            else {}
+        env = vllm_edge_env(1) if self.config.engine == "vllm" else {}
         env.update(self.admin_env())
         return EdgeProcess(
             ["--engine", self.config.engine, "--edge-id", str(spec.id), "--host", self.config.host,

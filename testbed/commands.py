@@ -8,6 +8,7 @@ from pathlib import Path
 from tandem.commands import Commands, lazy_handler
 from testbed.config import DEFAULT_CONFIG
 
+
 def add_testbed_commands(commands: Commands) -> None:
     testbed = commands.add_parser("testbed", help="bring the whole system up as local processes, follow it, "
                                   "take it down (docs/testbed.md)")

@@ -19,11 +19,12 @@ from testbed.compare import describe, measured_acceptance, paired_reduction, twi
 from testbed.config import load_testbed_config
 from testbed.phases import print_table, run_phase
 
+
 def run_demo(args: argparse.Namespace) -> int:
     from tandem.models import default_data_dir
-    from toolbox.models import prepare_models
-    from testbed.bed import Testbed
     from tandem.processes import DaemonFailed
+    from testbed.bed import Testbed
+    from toolbox.models import prepare_models
 
     if not args.phase_s > 0:
         return fail("--phase-s must be positive", EXIT_USAGE)

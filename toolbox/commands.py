@@ -12,6 +12,7 @@ from tandem.identity import SERVER_NAMES
 from tandem.tls import add_tls_arguments
 from tandem.trace_format import DIRECTIONS
 
+
 def add_models_commands(commands: Commands) -> None:
     models = commands.add_parser("models", help="prepare target and draft models").add_subparsers(
         dest="models_command", metavar="ACTION", required=True

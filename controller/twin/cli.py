@@ -12,7 +12,6 @@ from controller.twin.evaluate import BASELINE, DEFAULT_EVALUATED, HEADLINE
 from tandem.cli_support import EXIT_OK, EXIT_USAGE, fail
 
 
-
 def run_train(args: argparse.Namespace) -> int:
     import os
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from controller.twin.evaluate import BASELINE, DEFAULT_EVALUATED
 from tandem.commands import Commands, lazy_handler
 
+
 def add_twin_commands(commands: Commands) -> None:
     twin = commands.add_parser("twin", help="the digital twin: policies on a scenario, without daemons")
     actions = twin.add_subparsers(dest="twin_command", metavar="ACTION", required=True)

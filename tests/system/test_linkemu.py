@@ -286,7 +286,6 @@ def test_session_resumes_after_the_link_breaks_and_loses_nothing(llamacpp_edge, 
     direct.close()
 
 
-
 def test_a_session_opens_across_an_outage(llamacpp_edge, draft, tmp_path):
     """The link is down for the first 0.5 s (limit 0.2 s): the edge's info and the session's opening are retried
     until it is back, and the answer is the direct connection's."""
@@ -305,6 +304,7 @@ def test_a_session_opens_across_an_outage(llamacpp_edge, draft, tmp_path):
         result, _ = generate(late, draft, request)
         late.close()
     assert result.token_ids == baseline.token_ids
+
 
 def test_shipped_example_configs_are_valid():
     import yaml

@@ -3,21 +3,24 @@ the `tandem` commands and actions they run, and the `make` targets. Read from th
 
 from __future__ import annotations
 
-import argparse
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from harness.paths import REPO
 from tandem.cli import build_parser
+from tandem.commands import subcommands
+
+
+def repo_files(*patterns: str) -> list[str]:
+    return sorted(str(path.relative_to(REPO)) for pattern in patterns for path in REPO.glob(pattern))
+
 
 # Where a reader finds commands: the docs, and the comment headers of the files an operator runs.
-DOCS = ["README.md", "deploy/README.md", "fuzz/README.md", *sorted(str(p.relative_to(REPO))
-                                                           for p in (REPO / "docs").rglob("*.md"))]
-HEADERS = ["docker-compose.yml", "Makefile", ".ci/run", *sorted(str(p.relative_to(REPO)) for pattern in
-                                                              ("scripts/*.sh", "deploy/*.sh", "bench/*.py")
-                                                              for p in REPO.glob(pattern))]
+DOCS = ["README.md", "deploy/README.md", "fuzz/README.md", *repo_files("docs/**/*.md")]
+HEADERS = ["docker-compose.yml", "Makefile", ".ci/run", *repo_files("scripts/*.sh", "deploy/*.sh", "bench/*.py")]
 SOURCE_DIRS = ("bench", "configs", "controller", "deploy", "device_client", "docs", "edge_server", "fuzz", "harness",
                "linkemu", "policies", "profiles", "proto", "scripts", "tandem", "testbed", "tests", "toolbox")
 PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(SOURCE_DIRS)})/[\w./-]*\w\.(?:py|sh|ya?ml|md|json|txt|proto|toml|png))"
@@ -41,13 +44,10 @@ def code(text: str) -> str:
     return "\n".join(blocks + [f"`{span}`" for span in re.findall(r"`([^`\n]+)`", text)])
 
 
+@cache
 def texts() -> dict[str, str]:
+    """Each doc whole and each file's header, read once for every test."""
     return {name: (REPO / name).read_text() for name in DOCS} | {name: header(REPO / name) for name in HEADERS}
-
-
-def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(actions[0].choices) if actions else {}
 
 
 @pytest.mark.parametrize("name", [*DOCS, *HEADERS])
@@ -60,13 +60,13 @@ def test_the_files_and_scripts_a_text_names_exist(name):
 
 @pytest.mark.parametrize("name", [*DOCS, *HEADERS])
 def test_the_tandem_commands_a_text_runs_exist(name):
-    commands = commands_of(build_parser())
+    commands = subcommands(build_parser())
     unknown = set()
     for words in TANDEM.findall(texts()[name]):
         command, _, action = words.partition(" ")
         if command not in commands:
             unknown.add(command)
-        elif (actions := commands_of(commands[command])) and action and action not in actions:
+        elif (actions := subcommands(commands[command])) and action and action not in actions:
             unknown.add(words)
     assert not unknown, f"{name} runs `tandem` commands that do not exist: {sorted(unknown)}"
 
