@@ -24,6 +24,7 @@ import numpy as np
 
 from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
+from device_client.speculation import DEFAULT_PSD_VARIANT
 from testbed.bed import Testbed
 from testbed.compare import measured_acceptance, paired_reduction, twin_replay
 from testbed.config import DEFAULT_CONFIG, load_testbed_config
@@ -66,13 +67,19 @@ def run_comparison(bed: Testbed, args) -> dict:
     if not args.no_sd:
         sd_policy = args.policies[-1]
         sd = run_phase(bed, sd_policy, args.phase_s, mode="sd", name=f"{sd_policy}-sd")
-        psd_rate = results["policies"][sd_policy]["testbed"]["mean_tokens_per_s"]
-        results["psd_vs_sd"] = {"policy": sd_policy, "psd_tokens_per_s": psd_rate,
-                                "sd_tokens_per_s": sd.summary["mean_tokens_per_s"],
-                                "ratio": psd_rate / sd.summary["mean_tokens_per_s"],
+        psd_phases = {DEFAULT_PSD_VARIANT: phases[sd_policy]} | {
+            variant: run_phase(bed, sd_policy, args.phase_s, name=f"{sd_policy}-psd-{variant}", psd_variant=variant)
+            for variant in args.psd_variants if variant != DEFAULT_PSD_VARIANT}
+        results["psd_vs_sd"] = {"policy": sd_policy, "sd_tokens_per_s": sd.summary["mean_tokens_per_s"],
+                                "sd_efficiency": sd.summary["mean_efficiency"],
                                 "sd_testbed": testbed_figures(sd),
-                                "sd_twin": twin_figures(bed, sd_policy, sd, "sd", alpha)}
-        rows.append(testbed_figures(sd))
+                                "sd_twin": twin_figures(bed, sd_policy, sd, "sd", alpha), "variants": {}}
+        for variant, phase in psd_phases.items():
+            results["psd_vs_sd"]["variants"][variant] = {
+                "tokens_per_s": phase.summary["mean_tokens_per_s"], "efficiency": phase.summary["mean_efficiency"],
+                "per_token_s": phase.summary["per_token_s"],
+                "ratio": phase.summary["mean_tokens_per_s"] / sd.summary["mean_tokens_per_s"]}
+        rows += [testbed_figures(sd)] + [testbed_figures(p) for v, p in psd_phases.items() if v != DEFAULT_PSD_VARIANT]
     print_table(rows)
     return results
 
@@ -92,8 +99,11 @@ def print_comparison(results: dict) -> None:
     s = results["psd_vs_sd"]
     if s is None:
         return
-    print(f"PSD vs SD under {s['policy']}: {s['psd_tokens_per_s']:.1f} vs {s['sd_tokens_per_s']:.1f} tokens/s "
-          f"(x{s['ratio']:.2f}); twin mean latency SD {s['sd_twin']['mean_latency_s']:.2f} s")
+    for variant, v in s["variants"].items():
+        print(f"PSD ({variant}) vs SD under {s['policy']}: {v['tokens_per_s']:.1f} vs {s['sd_tokens_per_s']:.1f} "
+              f"tokens/s (x{v['ratio']:.2f}); efficiency {v['efficiency']:.2f} vs {s['sd_efficiency']:.2f} of the "
+              "bound")
+    print(f"twin mean latency SD {s['sd_twin']['mean_latency_s']:.2f} s")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -140,6 +150,9 @@ def main() -> int:
     parser.add_argument("--phase-s", type=float, default=30.0, help="emulated seconds of arrivals per phase")
     parser.add_argument("--dilation", type=float, help="override the config's D")
     parser.add_argument("--no-sd", action="store_true", help="skip the SD phase (PSD vs SD)")
+    parser.add_argument("--psd-variants", nargs="+", default=[DEFAULT_PSD_VARIANT],
+                        help="psd variants to compare with SD, a phase each under the last policy (default: the "
+                        "devices' default, which the policy phases already ran)")
     parser.add_argument("--scale", action="store_true", help="50 devices x 5 edges (configs/twin-umi.yaml), one "
                         "phase: D, overruns, per-daemon CPU and RSS, controller decision time")
     parser.add_argument("--out", type=Path, help="JSON results (default results/testbed[-scale].json)")

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from device_client.draft import DraftEngine
 from device_client.edge_handle import EdgeError, EdgeUnreachable
 from device_client.generate import GenerationRequest, IncompatibleEdge, generate
 from device_client.grpc_edge import EdgeConnection
 from device_client.routing import ControllerRefused, ControllerUnreachable, FixedRoute, Route
+from device_client.speculation import PsdVariant, VariantError
 from tandem.addresses import ADDRESS_PATTERN
-from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from tandem.cli_support import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError, fail
 from tandem.models import DEFAULT_MODEL_NAME, ModelError, default_data_dir, load_prepared
 from tandem.processes import DaemonFailed, LinkEmuProcess
 from tandem.sampling import SamplingConfig
@@ -60,6 +62,10 @@ def run_generate(args: argparse.Namespace) -> int:
         return fail("--user and --via go with --controller", EXIT_USAGE)
     if checked.edge is None and checked.edge_id is not None:
         return fail("--edge-id goes with --edge (the controller names the edge itself)", EXIT_USAGE)
+    try:
+        PsdVariant.parse(args.psd_variant)
+    except VariantError as error:
+        return fail(f"--psd-variant: {error}", EXIT_USAGE)
     if checked.controller is not None and args.trace is not None:
         return fail("--trace emulates one fixed link; with --controller use `tandem linkemu serve` and --via",
                     EXIT_USAGE)
@@ -76,6 +82,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt=checked.prompt, mode=checked.mode, max_tokens=checked.max_tokens,
         sampling=SamplingConfig(checked.temperature, checked.top_k, checked.top_p, checked.seed),
         draft_length=checked.draft_length, ignore_eos=args.ignore_eos, raw_prompt=args.raw_prompt,
+        psd_variant=args.psd_variant,
     )
     try:
         transport = transport_from_args(args, f"device-{checked.user or 0}")
@@ -126,12 +133,12 @@ def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path,
     route = target if isinstance(target, Route) else FixedRoute(target)
     try:
         info = route.current().info()
-        draft = LlamaCppDraftEngine(draft_path, n_threads=threads)
+        draft = _paced(LlamaCppDraftEngine(draft_path, n_threads=threads), args.profile, info.dilation, args.json)
         on_text = None if args.json else (lambda text: print(text, end="", flush=True))
         result, summary = generate(route, draft, request, on_text, info, user)
     except EdgeUnreachable as error:
         return fail(str(error), EXIT_UNREACHABLE)
-    except IncompatibleEdge as error:
+    except (IncompatibleEdge, UsageError) as error:
         return fail(str(error), EXIT_USAGE)
     except EdgeError as error:
         return fail(f"the edge refused the session: {error}", EXIT_FAILED)
@@ -145,18 +152,43 @@ def _run(args: argparse.Namespace, request: GenerationRequest, draft_path: Path,
     return EXIT_OK
 
 
+def _paced(draft: DraftEngine, profile_path: Path | None, dilation: float, quiet: bool) -> DraftEngine:
+    """The draft paced like the profile's phone at the edge's dilation, so that emulated times mean that phone."""
+    from device_client.pacing import PacedDraftEngine
+    from tandem.pacing import Pacer
+    from tandem.profiles import ProfileError, load_profile
+
+    if profile_path is None:
+        if dilation > 0 and not quiet:
+            print(f"note: the edge is paced (D={dilation:g}): times are emulated, but this device drafts at its own "
+                  "speed; give --profile to pace it like the profile's phone", file=sys.stderr)
+        return draft
+    if dilation == 0:
+        raise UsageError("--profile paces drafting at the edge's dilation, but the edge is not paced")
+    try:
+        profile = load_profile(profile_path)
+    except ProfileError as error:
+        raise UsageError(str(error)) from None
+    return PacedDraftEngine(draft, profile.device, Pacer(dilation))
+
+
 def _summary_line(s: dict) -> str:
-    parts = [f"{s['generated_tokens']} tokens in {s['elapsed_s']:.2f} s ({s['tokens_per_s']:.1f} tok/s)",
+    clock = "" if s["clock"] == "wall" else f" {s['clock']}"
+    parts = [f"{s['generated_tokens']} tokens in {s['elapsed_s']:.2f} s{clock} ({s['tokens_per_s']:.1f} tok/s)",
              f"ttft {s['ttft_s']:.3f} s" if s["ttft_s"] is not None else "no tokens"]
     if s["rounds"]:
         parts += [f"{s['rounds']} rounds", f"acceptance {s['acceptance_rate']:.2f}",
                   f"accepted/block {s['mean_accepted_length']:.2f}"]
     if s["draft_hidden_fraction"] is not None:
         parts.append(f"draft hidden {s['draft_hidden_fraction']:.0%}")
+    if s["efficiency"] is not None:
+        parts.append(f"efficiency {s['efficiency']:.2f} of the bound "
+                     + "/".join(f"{part} {seconds:.2f}" for part, seconds in s["breakdown_s"].items()) + " s")
     if s["migrations"]:
         parts.append(f"{s['migrations']} migrations over {len(set(s['edges']))} edges")
     parts.append(f"{s['bytes_up']} B up / {s['bytes_down']} B down")
-    return f"[{s['mode']}] " + ", ".join(parts)
+    mode = s["mode"] if s["psd_variant"] is None else f"{s['mode']} {s['psd_variant']}"
+    return f"[{mode}] " + ", ".join(parts)
 
 
 def run_fleet(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from device_client.decoding import MODES
+from device_client.speculation import DEFAULT_PSD_VARIANT, IMPROVEMENTS
 from tandem.commands import Commands, lazy_handler
 from tandem.tls import add_tls_arguments
 
@@ -25,6 +26,16 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="psd",
                         help="psd: draft while verifying (default); sd: draft, then wait; edge-only: the edge "
                              "decodes alone")
+    parser.add_argument("--psd-variant", default=DEFAULT_PSD_VARIANT,
+                        help=f"with --mode psd: 'post' (draft ahead as if the block were fully accepted) or any of "
+                        f"{', '.join(IMPROVEMENTS)} joined by '+': pre = a block whose drafts ahead failed is one "
+                        "token sent at once, branch = draft ahead from the likeliest verdict, adaptive = each round's "
+                        f"length from the acceptance and round trip observed (default {DEFAULT_PSD_VARIANT}, the "
+                        "best measured: docs/benchmarks.md)")
+    pacing = parser.add_argument_group(
+        "hardware pacing", "against a paced edge (it says so) times are reported emulated, wall / D; give the "
+        "profile to pace this device's drafting like its phone at the same D (docs/testbed.md)")
+    pacing.add_argument("--profile", type=Path, help="hardware profile YAML whose device to emulate")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")

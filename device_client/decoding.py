@@ -1,12 +1,11 @@
 """The device's decoding loops: speculative (sequential ``sd`` or parallel ``psd``) and ``edge-only``.
 
 Parallel speculative decoding (PEARL's post-verify, SpecEdge's proactive drafting): while block b is in flight,
-the device keeps drafting as if b were fully accepted, one token at a time, polling for the verdict in between,
-up to the guessed bonus token and a block of the round's length.
-If the verdict accepts all of b and the bonus token equals the first speculative token, the rest of the
-speculative tokens are already drafted for block b+1; otherwise they are dropped and drafting restarts from the
-corrected token (the draft's KV cache rolls back for free).  Every emitted token comes from the edge's verdicts,
-so all modes emit what the target's verification decides: speed never changes the answer.
+the device keeps drafting from the outcome of b it bets on (a full accept, unless the variant says otherwise:
+device_client/speculation.py), one token at a time, polling for the verdict in between.  If the verdict is that
+outcome, the drafts made ahead are already the start of block b+1; otherwise they are dropped and drafting restarts
+from the edge's token (the draft's KV cache rolls back for free).  Every emitted token comes from the edge's
+verdicts, so all modes and variants emit what the target's verification decides: speed never changes the answer.
 """
 
 from __future__ import annotations
@@ -17,8 +16,11 @@ from typing import Callable, Sequence
 from device_client.draft import DraftEngine, DraftToken, draft_token
 from device_client.edge_handle import EdgeError, EdgeFailure, SessionSpec, Verdict
 from device_client.placement import CLOSE_TIMEOUT_S, Placement
+from device_client.efficiency import RoundTiming
 from device_client.result import DecodeResult
 from device_client.routing import DeviceStats, Route
+from device_client.speculation import (Branch, PsdVariant, adaptive_length, full_accept, likeliest_branch,
+                                       per_token_acceptance, speculation_kept)
 from tandem.sampling import PositionRandom, SamplingConfig
 
 MODES = ("psd", "sd", "edge-only")
@@ -106,13 +108,13 @@ def decode_edge_only(
 def decode_speculative(
     route: Route, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig, max_tokens: int,
     draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None = None,
-    user: int | None = None,
+    user: int | None = None, variant: PsdVariant = PsdVariant(),
 ) -> DecodeResult:
     """Each round drafts a block (``draft_length`` is the longest; the route may ask for shorter ones), sends it,
-    drafts ahead while it is verified (``parallel``: psd), and commits the verdict.  Broken links and moves between
-    edges are handled by ``Placement`` without losing or repeating a committed token."""
+    drafts ahead while it is verified (``parallel``: psd, as ``variant`` says), and commits the verdict.  Broken
+    links and moves between edges are handled by ``Placement`` without losing or repeating a committed token."""
     request = _SpeculativeRequest(route, draft, prompt, config, max_tokens, draft_length, parallel, stop_ids, sink,
-                                  user)
+                                  user, variant)
     try:
         while not request.done:
             request.follow_route()
@@ -137,18 +139,22 @@ class _SpeculativeRequest:
 
     def __init__(self, route: Route, draft: DraftEngine, prompt: Sequence[int], config: SamplingConfig,
                  max_tokens: int, draft_length: int, parallel: bool, stop_ids: Sequence[int], sink: TokenSink | None,
-                 user: int | None) -> None:
+                 user: int | None, variant: PsdVariant) -> None:
         self.route, self.draft, self.config, self.draft_length = route, draft, config, draft_length
-        self.result = DecodeResult("psd" if parallel else "sd", started=time.perf_counter())
+        self.variant = variant if parallel else PsdVariant()
+        self.result = DecodeResult("psd" if parallel else "sd", psd_variant=variant.name if parallel else None,
+                                   started=time.perf_counter())
         self.emitter = _Emitter(self.result, max_tokens, stop_ids, sink)
         self.random = PositionRandom(config.seed, PositionRandom.DEVICE)
         self.committed = list(prompt)
-        self.ahead: list[DraftToken] = []  # drafted past the block in flight, assuming it is fully accepted
+        self.ahead: list[DraftToken] = []  # drafted past the block in flight, assuming ``branch``
+        self.branch: Branch | None = None  # the outcome of the block in flight the drafts ahead bet on
         self.spec = SessionSpec(list(prompt), config, True, draft_length=draft_length, max_new_tokens=max_tokens,
                                 stop_ids=tuple(stop_ids), tokenizer_fingerprint=draft.tokenizer_fingerprint, user=user)
         self.place = Placement(route, self.spec, self.result)
         self.result.session_id = self.place.session.id
         self.sent_at = 0.0  # when the block in flight was sent
+        self.block_draft_s = 0.0  # drafting of the block in flight while nothing else was in flight
 
     @property
     def done(self) -> bool:
@@ -161,14 +167,36 @@ class _SpeculativeRequest:
 
     def draft_block(self) -> list[DraftToken]:
         """The round's block: the drafts made ahead that fit, then drafted on from there."""
-        # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
-        length = max(1, min(self.route.draft_length(self.draft_length), self.emitter.remaining - 1))
+        length = self._block_length()
         block = self.ahead[:length]
         self.result.draft_wasted_tokens += len(self.ahead) - len(block)
         self.ahead = []
+        started = time.perf_counter()
         while len(block) < length:
             block.append(self._draft(self.committed + _ids(block), overlapped=False))
+        self.block_draft_s = time.perf_counter() - started
         return block
+
+    def _longest_block(self) -> int:
+        """The longest block worth drafting now: the route's length (the controller's for this user), adapted to
+        what the rounds so far observed when the variant says so."""
+        # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
+        longest = max(1, min(self.route.draft_length(self.draft_length), self.emitter.remaining - 1))
+        result = self.result
+        if not self.variant.adaptive_length or result.rounds < 2:
+            return longest
+        alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths)
+        recent = result.round_timings[-8:]
+        round_trip = sum(r.in_flight_s for r in recent) / len(recent)
+        return adaptive_length(alpha, result.draft_token_s or 0.0, round_trip, longest) if alpha is not None \
+            else longest
+
+    def _block_length(self) -> int:
+        longest = self._longest_block()
+        if self.variant.pre_verify:
+            # Pre-verify: with no surviving drafts ahead the first token goes at once; with them, all of them go.
+            return min(longest, max(1, len(self.ahead)))
+        return longest
 
     def send(self, block: list[DraftToken]) -> None:
         """The block goes to the edge at the first uncommitted position (with its distributions when sampling)."""
@@ -177,12 +205,19 @@ class _SpeculativeRequest:
         self.place.session.send_block(len(self.committed), ids, None if self.config.greedy else [t.dist for t in block])
 
     def draft_ahead(self, block: list[DraftToken]) -> Verdict | None:
-        """psd: while the block is verified, draft on as if it were fully accepted, one token at a time, polling for
+        """psd: while the block is verified, draft on from the outcome bet on, one token at a time, polling for
         the verdict in between; the verdict when it came meanwhile, else None."""
-        context = self.committed + _ids(block)
-        # The guessed bonus token and a block of this round's length: drafting further would only make the device
-        # finish a token after the verdict came (a forward pass is not stopped).
-        while len(self.ahead) <= len(block):
+        if self.variant.branch_aware:
+            self.branch = likeliest_branch(block, per_token_acceptance(self.result.accepted_lengths,
+                                                                       self.result.block_lengths) or 0.5)
+        else:
+            self.branch = full_accept(block)
+        guess = [] if self.branch.correction is None else [self.branch.correction]
+        context = self.committed + _ids(block[:self.branch.accepted]) + guess
+        # A block of the next round's length (after a full accept, plus the guess of the bonus token): drafting
+        # further would only make the device finish a token after the verdict came (a forward pass is not stopped).
+        next_length = self._longest_block() if self.variant.adaptive_length or self.variant.pre_verify else len(block)
+        while len(self.ahead) < next_length + (0 if guess else 1):
             verdict = self.place.session.poll()
             if verdict is not None:
                 return verdict
@@ -194,15 +229,20 @@ class _SpeculativeRequest:
 
     def commit(self, block: list[DraftToken], verdict: Verdict) -> None:
         """The accepted drafts and the edge's next token are committed and emitted.  The drafts made ahead stay only
-        when the whole block was accepted and the bonus token is the one they assumed."""
-        self.result.count_round(len(block), verdict, time.perf_counter() - self.sent_at)
+        when the verdict is the outcome they bet on (accepted length and the edge's token)."""
+        taken = time.perf_counter()
+        received = verdict.received_at or taken
+        self.result.count_round(RoundTiming(len(block), verdict.accepted, self.block_draft_s, received - self.sent_at,
+                                            verdict.verify_seconds, verdict.queue_seconds, taken - received))
         self._commit_tokens(_ids(block)[:verdict.accepted] + [verdict.next_token])
         self._report()
-        if verdict.accepted == len(block) and self.ahead and self.ahead[0].token_id == verdict.next_token:
-            self.ahead = self.ahead[1:]  # the guess of the bonus token was right: keep drafting from there
-            self.result.speculation_kept += 1
-        else:
+        branch, self.branch = self.branch, None
+        drop = None if branch is None else speculation_kept(branch, verdict.accepted, verdict.next_token, self.ahead)
+        if drop is None:
             self._drop_ahead()
+        else:  # the bet came true: keep drafting from there (without the guess of the edge's token, if drafted)
+            self.ahead = self.ahead[drop:]
+            self.result.speculation_kept += 1
 
     def resume(self, error: EdgeError) -> None:
         """After a broken link: a new stream (or a new session, on another edge if the route moved), the verdicts
@@ -212,6 +252,7 @@ class _SpeculativeRequest:
             raise error
         self._commit_tokens(self.place.recover(self.committed, self.spec))
         self._drop_ahead()
+        self.branch = None
 
     def close(self) -> None:
         """Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
@@ -232,6 +273,7 @@ class _SpeculativeRequest:
     def _draft(self, context: list[int], overlapped: bool) -> DraftToken:
         token = draft_token(self.draft, context, self.config, self.random)
         self.result.draft_seconds += token.seconds
+        self.result.draft_step_seconds.append(token.seconds)
         if overlapped:
             self.result.draft_overlapped_seconds += token.seconds
         return token

@@ -44,6 +44,11 @@ class DraftToken:
     token_id: int
     dist: SparseDist | None  # q after truncation, as the edge will see it (None when greedy)
     seconds: float  # compute time spent drafting it
+    # The draft's own odds, for guessing the verdict (device_client/speculation.py): its probability of this token
+    # and its most likely other token with that one's probability (the guess of the edge's correction here).
+    confidence: float = 1.0
+    runner_up: int | None = None
+    runner_up_prob: float = 0.0
 
 
 def draft_token(
@@ -53,13 +58,23 @@ def draft_token(
     started = time.perf_counter()
     candidates = Candidates.top_of_logits(engine.next_logits(context), config.candidates_needed(engine.vocab_size))
     if config.greedy:
-        return DraftToken(candidates.argmax(), None, time.perf_counter() - started)
+        token, odds = candidates.argmax(), SparseDist(candidates.token_ids, np.exp(candidates.logprobs))
+        return DraftToken(token, None, time.perf_counter() - started, *_odds(odds, token))
     q = truncate(candidates, config)
     # q crosses the link as float32: sample from exactly the renormalised float32 values the edge will use.
     probs = q.probs.astype(np.float32).astype(np.float64)
     q = SparseDist(q.token_ids, probs / probs.sum())
     token = sample(q, random.uniform(len(context), PositionRandom.DRAFT))
-    return DraftToken(token, q, time.perf_counter() - started)
+    return DraftToken(token, q, time.perf_counter() - started, *_odds(q, token))
+
+
+def _odds(dist: SparseDist, token: int) -> tuple[float, int | None, float]:
+    """The token's probability, and the likeliest other token with its probability (best first in ``dist``)."""
+    others = np.flatnonzero(dist.token_ids != token)
+    if others.size == 0:
+        return dist.prob_of(token), None, 0.0
+    best = others[np.argmax(dist.probs[others])]
+    return dist.prob_of(token), int(dist.token_ids[best]), float(dist.probs[best])
 
 
 class LlamaCppDraftEngine(DraftEngine):

@@ -54,6 +54,7 @@ class EdgeFacts:
     max_top_k: int  # sampling needs 1 <= top_k <= max_top_k
     max_sessions: int
     edge_id: int | None  # the edge's index in the topology, when it was given one
+    dilation: float = 0.0  # the edge is paced: D times slower than the hardware it emulates (0 = not paced)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Verdict:
     next_token: int
     verify_seconds: float  # as reported by the edge: block arrival to verdict
     queue_seconds: float
+    received_at: float | None = None  # time.perf_counter() when it reached the device (None: when taken)
 
 
 class EdgeSession(ABC):

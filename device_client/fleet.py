@@ -89,26 +89,28 @@ class EmulatedDevice(threading.Thread):
         started = fleet.now()
         request = GenerationRequest(fleet.prompts[prompt_index], workload.mode, workload.max_tokens,
                                     SamplingConfig(), draft_length=workload.draft_length,
-                                    ignore_eos=workload.ignore_eos)
+                                    ignore_eos=workload.ignore_eos, psd_variant=workload.psd_variant)
         record = {"user": self.user.id, "seq": seq, "prompt": prompt_index, "arrival_s": arrival,
                   "start_s": started}
         try:
-            result, summary = generate(self.route, self.draft, request, user=self.user.id)
+            # Times in the summary are emulated at the fleet's own dilation (its phones are paced at it).
+            result, summary = generate(self.route, self.draft, request, user=self.user.id, dilation=fleet.dilation)
         except (EdgeError, OSError) as error:  # the request failed: counted, and the device goes on
             fleet.metrics.requests.labels(str(self.user.id), "error").inc()
             return record | {"error": str(error)}
         finished = fleet.now()
-        scale = fleet.time_scale
         tokens = summary["generated_tokens"]
-        draft_s = result.draft_seconds * scale
+        draft_s = summary["draft_s"]
         energy = fleet.profile.device.draft_power_w * draft_s if fleet.profile else None
         record |= {
             "finish_s": finished, "latency_s": finished - arrival,
-            "ttft_s": (started - arrival) + summary["ttft_s"] * scale if summary["ttft_s"] is not None else None,
+            "ttft_s": (started - arrival) + summary["ttft_s"] if summary["ttft_s"] is not None else None,
             "prompt_tokens": summary["prompt_tokens"], "tokens": tokens,
             "tokens_per_s": tokens / (finished - started) if finished > started else None,
             "acceptance": summary["acceptance_rate"], "edges": summary["edges"], "migrations": summary["migrations"],
-            "draft_s": draft_s, "energy_j": energy, "token_ids": summary["token_ids"], "mode": workload.mode}
+            "draft_s": draft_s, "energy_j": energy, "token_ids": summary["token_ids"], "mode": workload.mode,
+            "psd_variant": summary["psd_variant"], "efficiency": summary["efficiency"],
+            "bound_s_per_token": summary["bound_s_per_token"], "breakdown_s": summary["breakdown_s"]}
         m, user = fleet.metrics, str(self.user.id)
         m.requests.labels(user, "ok").inc()
         m.latency.observe(record["latency_s"])
@@ -123,6 +125,7 @@ class EmulatedDevice(threading.Thread):
         m.migrations.inc(summary["migrations"] or 0)
         if energy is not None:
             m.energy.inc(energy)
+        m.count_rounds(summary["efficiency"], summary["breakdown_s"])
         return record
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+EFFICIENCY_BUCKETS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
 
 
@@ -33,6 +34,19 @@ class DeviceMetrics:
                                     "phone's time (hardware pacing)", registry=r)
         self.pacing_overruns = Counter("tandem_device_pacing_overruns_total", "Paced draft steps whose real "
                                        "compute took longer than their dilated budget", registry=r)
+
+        self.efficiency = Histogram("tandem_device_efficiency", "A speculative request's bound on its time (the "
+                                    "hardware's and the link's: device_client/efficiency.py) over its time",
+                                    buckets=EFFICIENCY_BUCKETS, registry=r)
+        self.round_time = Counter("tandem_device_round_seconds_total", "Speculative requests' time by part: draft, "
+                                  "link (up + down), queue, verify, late (the verdict waited for a draft step), "
+                                  "other (emulated s)", ["part"], registry=r)
+
+    def count_rounds(self, efficiency: float | None, parts: dict[str, float] | None) -> None:
+        if efficiency is not None:
+            self.efficiency.observe(efficiency)
+        for part, seconds in (parts or {}).items():
+            self.round_time.labels(part).inc(seconds)
 
     def count_paced_step(self, overran: bool) -> None:
         self.pacing_steps.inc()

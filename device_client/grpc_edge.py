@@ -9,6 +9,7 @@ protocol messages and raises ``StreamError``.  Payload bytes are counted in both
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -47,7 +48,8 @@ def edge_facts(info: pb.EdgeInfo) -> EdgeFacts:
     return EdgeFacts(engine=info.engine, model=info.model, vocab_size=info.vocab_size,
                      tokenizer_fingerprint=info.tokenizer_fingerprint, max_context=info.max_context,
                      max_draft_length=info.max_draft_length, max_top_k=info.max_top_k,
-                     max_sessions=info.max_sessions, edge_id=info.edge_id if info.HasField("edge_id") else None)
+                     max_sessions=info.max_sessions, edge_id=info.edge_id if info.HasField("edge_id") else None,
+                     dilation=info.dilation if math.isfinite(info.dilation) and info.dilation >= 1 else 0.0)
 
 
 def edge_error(code: grpc.StatusCode, details: str, attaching: bool = False) -> EdgeError:
@@ -182,7 +184,8 @@ class DecodeStream:
         self.bytes_up = 0
         self.bytes_down = 0
         self._outbox: queue.Queue[pb.DeviceMessage | None] = queue.Queue()
-        self._inbox: queue.Queue[pb.EdgeMessage | StreamError | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[pb.EdgeMessage, float] | StreamError | None] = queue.Queue()
+        self.received_at = 0.0  # when the message last taken reached the device (time.perf_counter())
         self._call = stub.Decode(iter(self._outbox.get, None))
         self._reader = threading.Thread(target=self._read, name="edge-reader", daemon=True)
         self._reader.start()
@@ -214,20 +217,21 @@ class DecodeStream:
         self._outbox.put(None)
         self._call.cancel()
 
-    def _unwrap(self, item: pb.EdgeMessage | StreamError | None) -> pb.EdgeMessage:
+    def _unwrap(self, item: tuple[pb.EdgeMessage, float] | StreamError | None) -> pb.EdgeMessage:
         if isinstance(item, StreamError):
             self._inbox.put(item)  # keep reporting the error to later calls
             raise item
         if item is None:
             self._inbox.put(None)
             raise StreamError(grpc.StatusCode.UNAVAILABLE, "the edge ended the stream")
-        return item
+        message, self.received_at = item
+        return message
 
     def _read(self) -> None:
         try:
             for message in self._call:
                 self.bytes_down += message.ByteSize()
-                self._inbox.put(message)
+                self._inbox.put((message, time.perf_counter()))
             self._inbox.put(None)
         except grpc.RpcError as error:
             self._inbox.put(StreamError(error.code(), error.details() or ""))
@@ -256,11 +260,12 @@ class GrpcSession(EdgeSession):
     def poll(self) -> Verdict | None:
         with _as_edge_errors():
             message = self._stream.poll()
-        return None if message is None else _verdict(message)
+        return None if message is None else _verdict(message, self._stream.received_at)
 
     def receive_verdict(self, timeout: float | None = None) -> Verdict:
         with _as_edge_errors():
-            return _verdict(self._stream.receive(timeout))
+            message = self._stream.receive(timeout)
+        return _verdict(message, self._stream.received_at)
 
     def receive_tokens(self) -> list[int] | None:
         with _as_edge_errors():
@@ -290,7 +295,7 @@ def _expect(message: pb.EdgeMessage, kind: str) -> pb.EdgeMessage:
     return message
 
 
-def _verdict(message: pb.EdgeMessage) -> Verdict:
+def _verdict(message: pb.EdgeMessage, received_at: float) -> Verdict:
     verdict = _expect(message, "verdict").verdict
     return Verdict(verdict.position, verdict.accepted, verdict.next_token_id, verdict.verify_seconds,
-                   verdict.queue_seconds)
+                   verdict.queue_seconds, received_at)

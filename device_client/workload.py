@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from device_client.speculation import DEFAULT_PSD_VARIANT, PsdVariant
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "configs" / "prompts.txt"
 
@@ -32,7 +34,14 @@ class Workload(BaseModel):
     ignore_eos: bool = Field(False, description="answers of exactly max_tokens (the twin's fixed lengths)")
     mode: Literal["psd", "sd", "edge-only"] = "psd"
     draft_length: int = Field(4, ge=1, le=64)
+    psd_variant: str = Field(DEFAULT_PSD_VARIANT, description="with mode psd: the improvements of psd to use "
+                             "(device_client/speculation.py)")
     seed: int = Field(0, ge=0, lt=1 << 32)
+
+    @field_validator("psd_variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        return PsdVariant.parse(value).name  # a VariantError (a ValueError) is a validation error
 
     def load_prompts(self) -> list[str]:
         try:

@@ -64,7 +64,7 @@ async def serve(config: EdgeConfig, transport: Transport) -> None:
     audit = VerificationLogWriter(config.verification_log) if config.verification_log else None
     verifier = Verifier(engine, scheduler, metrics, audit)
     server = make_server(transport, ACCESS, admin_token, config.max_message_bytes)
-    reply = info_reply(verifier, config.max_draft_length, config.max_sessions, config.edge_id)
+    reply = info_reply(verifier, config.max_draft_length, config.max_sessions, config.edge_id, config.pacing.dilation)
     edge_pb2_grpc.add_EdgeServiceServicer_to_server(
         EdgeServicer(verifier, registry, metrics, reply, config.max_draft_length, config.max_request_tokens, drain),
         server)

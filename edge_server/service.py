@@ -159,13 +159,14 @@ def _verdict_message(verdict: CommittedVerdict) -> pb.EdgeMessage:
         verify_seconds=verdict.verify_seconds, queue_seconds=verdict.queue_seconds))
 
 
-def info_reply(verifier: Verifier, max_draft_length: int, max_sessions: int, edge_id: int | None) -> pb.EdgeInfo:
+def info_reply(verifier: Verifier, max_draft_length: int, max_sessions: int, edge_id: int | None,
+               dilation: float) -> pb.EdgeInfo:
     info = verifier.engine_info
     # The model's name, not where it lies on the server's disk.
     reply = pb.EdgeInfo(engine=info.engine, model=Path(info.model).name, vocab_size=info.vocab_size,
                         tokenizer_fingerprint=info.tokenizer_fingerprint, max_context=info.max_context,
                         max_draft_length=max_draft_length, max_top_k=info.max_top_n, max_sessions=max_sessions,
-                        protocol_version=PROTOCOL_VERSION)
+                        protocol_version=PROTOCOL_VERSION, dilation=dilation)
     if edge_id is not None:
         reply.edge_id = edge_id
     return reply

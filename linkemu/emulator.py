@@ -55,13 +55,14 @@ class LinkEmulator:
     @classmethod
     def single_link(cls, trace: ChannelTrace, trace_path: Path, upstream: str, user: int, edge: int, share: float,
                     base_delay_ms: float = 5.0, speedup: float = 1.0,
-                    outage_limit_s: float = 10.0) -> "LinkEmulator":
+                    outage_limit_s: float = 10.0, dilation: float = 0.0) -> "LinkEmulator":
         """One user's link to one edge on a free local port (for in-process use by the benches).
         ValueError (pydantic's, or an index outside the trace) when a setting is invalid."""
         try:
             config = LinkEmuConfig(trace=trace_path, edges=[{"index": edge, "address": upstream}],
                                    users=[{"user": user, "edge": edge, "share": share}],
-                                   base_delay_ms=base_delay_ms, speedup=speedup, outage_limit_s=outage_limit_s)
+                                   base_delay_ms=base_delay_ms, speedup=speedup, outage_limit_s=outage_limit_s,
+                                   dilation=dilation)
         except ValidationError as error:
             raise ValueError(f"invalid link: {validation_reasons(error)}") from None
         return cls(config, trace)

@@ -216,7 +216,7 @@ class Testbed:
         return ControllerProcess(["--config", str(path)], log_path=self.run_dir / "controller.log", detached=True)
 
     def start_devices(self, phase: str, until_s: float | None, seed: int = 0, mode: str | None = None,
-                      rate_per_user_s: float | None = None) -> list[DevicesProcess]:
+                      rate_per_user_s: float | None = None, psd_variant: str | None = None) -> list[DevicesProcess]:
         """Start the device fleets of a workload phase; with ``until_s`` they exit once its last request ended.
         Their results go to <run_dir>/<phase>-<i>.jsonl (emptied first)."""
         controller = self.find("controller")
@@ -224,6 +224,7 @@ class Testbed:
         users = self.scenario.user_ids()
         chunks = [users[i:i + self.config.users_per_process] for i in range(0, len(users),
                                                                              self.config.users_per_process)]
+        variant = {"psd_variant": psd_variant} if psd_variant else {}
         fleets = []
         for index, chunk in enumerate(chunks):
             results = self.run_dir / f"{phase}-{index}.jsonl"
@@ -237,7 +238,7 @@ class Testbed:
                              "max_tokens": self.config.max_tokens, "ignore_eos": True,
                              "mode": mode or self.scenario.mode,
                              # The longest block: the controller's allocation sets each round's (at most this).
-                             "draft_length": self.scenario.longest_draft, "seed": seed},
+                             "draft_length": self.scenario.longest_draft, "seed": seed} | variant,
                 "pacing": {"profile": str(self.scenario.profile), "dilation": self.dilation},
                 "metrics_port": 0, "metrics_host": self.config.host, "results": str(results),
                 "draft": str(self.draft_gguf)}))

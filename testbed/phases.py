@@ -59,8 +59,9 @@ def seek_trace(bed, slot: int) -> None:
 
 
 def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: str | None = None,
-              trace_slot: int = PHASE_TRACE_SLOT) -> Phase:
-    """``mode``: psd or sd (default: the scenario's); ``name``: the phase's files (default: the policy);
+              trace_slot: int = PHASE_TRACE_SLOT, psd_variant: str | None = None) -> Phase:
+    """``mode``: psd or sd (default: the scenario's), psd as ``psd_variant`` says (default: the device's);
+    ``name``: the phase's files (default: the policy);
     ``trace_slot``: where the radio trace plays from as the devices start (the same for every phase compared)."""
     name = name or policy
     print(f"\n[{name}] swapping the policy {policy} in through the admin CLI...", flush=True)
@@ -68,7 +69,7 @@ def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: s
     time.sleep(2 * bed.trace.slot_s * bed.dilation)  # a decision or two under the new policy before arrivals
     edges = [d for d in bed.daemons if d.label.startswith("edge")]
     before = [scrape(bed.config.host, e.metrics_port) for e in edges]
-    fleets = bed.start_devices(name, phase_s, mode=mode)
+    fleets = bed.start_devices(name, phase_s, mode=mode, psd_variant=psd_variant)
     seek_trace(bed, trace_slot)  # the devices' clocks start as they announce readiness: the same radio for each
     started = time.monotonic()
     while any(f.process.poll() is None for f in fleets):
@@ -100,16 +101,27 @@ def summarize(policy: str, records: list[dict], device_summary: list[dict], edge
             "mean_ttft_s": float(np.mean([r["ttft_s"] for r in ok])) if ok else None,
             "mean_tokens_per_s": float(np.mean([r["tokens_per_s"] for r in ok])) if ok else None,
             "migrations": sum(r["migrations"] or 0 for r in ok), "pacing_steps": steps, "pacing_overruns": overruns,
-            "overrun_fraction": fraction, "valid": fraction <= MAX_VALID_OVERRUN_FRACTION}
+            "overrun_fraction": fraction, "valid": fraction <= MAX_VALID_OVERRUN_FRACTION} | efficiency_of(ok)
+
+
+def efficiency_of(records: list[dict]) -> dict:
+    """Mean efficiency against the bound (device_client/efficiency.py) and each part's mean seconds per token."""
+    timed = [r for r in records if r.get("efficiency") is not None and r.get("tokens")]
+    if not timed:
+        return {"mean_efficiency": None, "per_token_s": None}
+    return {"mean_efficiency": float(np.mean([r["efficiency"] for r in timed])),
+            "per_token_s": {part: float(np.mean([r["breakdown_s"][part] / r["tokens"] for r in timed]))
+                            for part in timed[0]["breakdown_s"]}}
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'policy':<32} {'requests':>8} {'errors':>6} {'mean s':>7} {'p95 s':>7} {'ttft s':>7} {'tok/s':>6} "
-          f"{'moves':>5} {'overruns':>9}")
+          f"{'effic':>6} {'moves':>5} {'overruns':>9}")
     for r in rows:
         print(f"{r['policy']:<32} {r['requests']:>8} {r['errors']:>6} {r['mean_latency_s']:>7.2f} "
               f"{r['p95_latency_s']:>7.2f} {r['mean_ttft_s'] or float('nan'):>7.2f} "
-              f"{r['mean_tokens_per_s'] or float('nan'):>6.1f} {r['migrations']:>5} "
+              f"{r['mean_tokens_per_s'] or float('nan'):>6.1f} {r.get('mean_efficiency') or float('nan'):>6.2f} "
+              f"{r['migrations']:>5} "
               f"{r['overrun_fraction']:>8.1%}{'' if r['valid'] else '!'}")
     print("(emulated time: the profile's phones and GPU edges; a run with over 1% pacing overruns is marked '!' "
           "and is not valid)")

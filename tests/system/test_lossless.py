@@ -16,6 +16,7 @@ from scipy.stats import chisquare
 
 from device_client.decoding import MODES
 from device_client.generate import GenerationRequest, generate
+from device_client.speculation import DEFAULT_PSD_VARIANT
 from tandem.sampling import Candidates, SamplingConfig, truncate
 from harness.figures import REPORT
 from harness.teacher_forcing import NEAR_TIE_EPSILON, near_tie_gaps
@@ -46,13 +47,22 @@ def connection(path, edge, linkemu_links):
     conn.close()
 
 
-@pytest.mark.parametrize("mode", MODES)
+# psd's default variant runs in every test below; these run besides it, on the direct path (the variants differ
+# only on the device: what the link does to the blocks is the same for all).
+OTHER_VARIANTS = tuple(v for v in ("post", "branch", "pre+branch+adaptive") if v != DEFAULT_PSD_VARIANT)
+
+
+@pytest.mark.parametrize("mode", MODES + tuple(f"psd:{variant}" for variant in OTHER_VARIANTS))
 def test_greedy_emits_target_argmax(connection, path, draft, mode):
+    if ":" in mode and path != "direct":
+        pytest.skip("the psd variants run on the direct path")
     engine = connection.info().engine
+    kind, _, variant = mode.partition(":")
     positions = 0
     gaps = []
     for prompt in PROMPTS:
-        request = GenerationRequest(prompt, mode, TOKENS, SamplingConfig(), draft_length=4, ignore_eos=True)
+        request = GenerationRequest(prompt, kind, TOKENS, SamplingConfig(), draft_length=4, ignore_eos=True,
+                                    psd_variant=variant or DEFAULT_PSD_VARIANT)
         result, _ = generate(connection, draft, request)
         assert len(result.token_ids) == TOKENS
         gaps += near_tie_gaps(connection, draft.encode_chat(prompt), result.token_ids, f"{mode}/{engine}/{prompt!r}")
@@ -88,16 +98,21 @@ def _chi_square_p(samples: list[int], expected: dict[int, float]) -> float:
     return chisquare(observed, wanted).pvalue
 
 
-def test_sampled_tokens_follow_target_distribution(connection, path, draft):
-    """psd with T=0.8, top-k 20, top-p 0.95 over many seeds: the first emitted token (verified in a block of
-    two) and the second (given the most frequent first) are distributed as the target's p."""
+@pytest.mark.parametrize("variant", [DEFAULT_PSD_VARIANT, "branch"])
+def test_sampled_tokens_follow_target_distribution(connection, path, draft, variant):
+    """psd with T=0.8, top-k 20, top-p 0.95 over many seeds: the first emitted token and the second (given the
+    most frequent first; drafted ahead during the first block's verification when the bet came true) are
+    distributed as the target's p.  Branch-aware drafting bets on corrections too (on the direct path)."""
+    if variant != DEFAULT_PSD_VARIANT and path != "direct":
+        pytest.skip("the psd variants run on the direct path")
     engine = connection.info().engine
     prompt = "Tell me about your favourite animal."
     prompt_ids = draft.encode_chat(prompt)
     firsts, seconds = [], []
     for seed in range(SESSIONS):
         sampling = SamplingConfig(SAMPLING.temperature, SAMPLING.top_k, SAMPLING.top_p, seed)
-        request = GenerationRequest(prompt, "psd", 3, sampling, draft_length=2, ignore_eos=True)
+        request = GenerationRequest(prompt, "psd", 3, sampling, draft_length=2, ignore_eos=True,
+                                    psd_variant=variant)
         result, _ = generate(connection, draft, request)
         firsts.append(result.token_ids[0])
         seconds.append(result.token_ids[:2])
@@ -105,7 +120,7 @@ def test_sampled_tokens_follow_target_distribution(connection, path, draft):
     mode_token = Counter(firsts).most_common(1)[0][0]
     following = [pair[1] for pair in seconds if pair[0] == mode_token]
     p_second = _chi_square_p(following, _target_distribution(connection, prompt_ids + [mode_token]))
-    REPORT[f"sampling_frequency[{engine},{path}]"] = {
+    REPORT[f"sampling_frequency[{engine},{variant},{path}]"] = {
         "sessions": SESSIONS, "first_token_p_value": p_first, "second_token_p_value": p_second,
         "second_token_samples": len(following),
     }

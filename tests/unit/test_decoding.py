@@ -15,6 +15,7 @@ from device_client.decoding import decode_speculative
 from device_client.draft import DraftEngine
 from device_client.edge_handle import EdgeError, EdgeFailure, EdgeHandle, EdgeSession, SessionSpec, Verdict
 from device_client.routing import DeviceStats, FixedRoute, Route
+from device_client.speculation import PsdVariant
 from tandem.sampling import SamplingConfig, SparseDist
 
 VOCAB = 64
@@ -35,7 +36,8 @@ def greedy_answer(prompt: list[int], tokens: int) -> list[int]:
 
 
 class Draft(DraftEngine):
-    """Agrees with the target at about three positions in four."""
+    """Agrees with the target at about three positions in four; where it does not, the target's token is its
+    runner-up (what branch-aware drafting guesses)."""
 
     vocab_size = VOCAB
     tokenizer_fingerprint = "fake"
@@ -53,7 +55,9 @@ class Draft(DraftEngine):
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         agrees = (len(context) * 5 + sum(context)) % 4 != 0
         logits = np.zeros(VOCAB)
-        logits[target(context) if agrees else (target(context) + 1) % VOCAB] = 5.0
+        logits[target(context)] = 5.0 if agrees else 4.0
+        if not agrees:
+            logits[(target(context) + 1) % VOCAB] = 5.0
         return logits
 
 
@@ -165,17 +169,25 @@ class Moving(Route):
         self.rounds += 1
 
 
-def decode(route: Route, parallel: bool, draft_length: int = 4, tokens: int = TOKENS):
-    return decode_speculative(route, Draft(), PROMPT, SamplingConfig(), tokens, draft_length, parallel, stop_ids=())
+VARIANTS = ("post", "pre", "branch", "adaptive", "pre+branch+adaptive")
+MODES = [(False, "post")] + [(True, variant) for variant in VARIANTS]  # sd, and psd with every variant
 
 
-@pytest.mark.parametrize("parallel", [False, True])
+def decode(route: Route, parallel: bool, draft_length: int = 4, tokens: int = TOKENS, variant: str = "post"):
+    return decode_speculative(route, Draft(), PROMPT, SamplingConfig(), tokens, draft_length, parallel, stop_ids=(),
+                              variant=PsdVariant.parse(variant))
+
+
+@pytest.mark.parametrize("parallel,variant", MODES)
 @pytest.mark.parametrize("draft_length", [1, 3, 6])
-def test_the_answer_is_the_targets(parallel, draft_length):
-    result = decode(FixedRoute(Edge("e0")), parallel, draft_length)
+def test_the_answer_is_the_targets(parallel, variant, draft_length):
+    result = decode(FixedRoute(Edge("e0", Faults(verdict_after_polls=3))), parallel, draft_length, variant=variant)
     assert result.token_ids == greedy_answer(PROMPT, TOKENS)
     assert result.drafted_sent == sum(result.block_lengths) and result.accepted == sum(result.accepted_lengths)
     assert result.resumes == result.migrations == 0 and result.edges == ["e0"]
+    assert max(result.block_lengths) <= draft_length
+    assert len(result.round_timings) == result.rounds and result.efficiency is not None
+    assert abs(sum(result.time_by_part().values()) - result.elapsed) < 1e-9
 
 
 def test_drafting_ahead_is_kept_when_the_guess_was_right():
@@ -184,10 +196,26 @@ def test_drafting_ahead_is_kept_when_the_guess_was_right():
     assert decode(FixedRoute(Edge("e0")), parallel=False).speculation_kept == 0
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_a_broken_stream_is_attached_again_and_the_lost_verdicts_read_back(parallel):
+def test_branch_aware_drafting_bets_on_the_likelier_correction_and_keeps_it():
+    """Where this draft is unsure, its runner-up is the target's token: betting on that rejection survives more
+    often than betting on a full accept."""
+    slow = Faults(verdict_after_polls=10)
+    post = decode(FixedRoute(Edge("e0", slow)), parallel=True)
+    branch = decode(FixedRoute(Edge("e0", slow)), parallel=True, variant="branch")
+    assert branch.token_ids == post.token_ids == greedy_answer(PROMPT, TOKENS)
+    assert branch.speculation_kept / branch.rounds > post.speculation_kept / post.rounds
+
+
+def test_pre_verify_sends_a_single_token_when_the_drafts_ahead_failed():
+    result = decode(FixedRoute(Edge("e0", Faults(verdict_after_polls=0))), parallel=True, variant="pre")
+    assert result.block_lengths == [1] * result.rounds  # the verdict always came before anything was drafted ahead
+    assert result.token_ids == greedy_answer(PROMPT, TOKENS)
+
+
+@pytest.mark.parametrize("parallel,variant", MODES)
+def test_a_broken_stream_is_attached_again_and_the_lost_verdicts_read_back(parallel, variant):
     edge = Edge("e0", Faults(break_after={2, 5, 6}))
-    result = decode(FixedRoute(edge), parallel)
+    result = decode(FixedRoute(edge), parallel, variant=variant)
     assert result.token_ids == greedy_answer(PROMPT, TOKENS)
     assert result.resumes == 3 and result.migrations == 0 and len(edge.opened) == 1
 

@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/wire/v1/edge.proto\x12\x0etandem.wire.v1\"\r\n\x0bInfoRequest\"\xf0\x01\n\x08\x45\x64geInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x18\n\x10max_draft_length\x18\x06 \x01(\r\x12\x11\n\tmax_top_k\x18\x07 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x14\n\x07\x65\x64ge_id\x18\n \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_edge_id\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xf7\x01\n\x04Open\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x30\n\x08sampling\x18\x02 \x01(\x0b\x32\x1e.tandem.wire.v1.SamplingParams\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.tandem.wire.v1.Mode\x12\x14\n\x0c\x64raft_length\x18\x04 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x07 \x01(\t\x12\x11\n\x04user\x18\x08 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_user\"\x1c\n\x06\x41ttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\"r\n\nDraftBlock\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12?\n\x13\x64raft_distributions\x18\x03 \x03(\x0b\x32\".tandem.wire.v1.SparseDistribution\"6\n\x12SparseDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x07\n\x05\x43lose\"\xbc\x01\n\rDeviceMessage\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.tandem.wire.v1.OpenH\x00\x12(\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x16.tandem.wire.v1.AttachH\x00\x12+\n\x05\x64raft\x18\x03 \x01(\x0b\x32\x1a.tandem.wire.v1.DraftBlockH\x00\x12&\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x15.tandem.wire.v1.CloseH\x00\x42\x06\n\x04kind\"Z\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommitted_length\x18\x02 \x01(\r\x12\x1b\n\x13\x63ommitted_token_ids\x18\x03 \x03(\r\"s\n\x07Verdict\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x15\n\rnext_token_id\x18\x03 \x01(\r\x12\x16\n\x0everify_seconds\x18\x04 \x01(\x02\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x02\"\x1b\n\x06Tokens\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\"\n\x06\x43losed\x12\x18\n\x10\x63ommitted_length\x18\x01 \x01(\r\"\xc6\x01\n\x0b\x45\x64geMessage\x12/\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.tandem.wire.v1.SessionOpenedH\x00\x12*\n\x07verdict\x18\x02 \x01(\x0b\x32\x17.tandem.wire.v1.VerdictH\x00\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x16.tandem.wire.v1.TokensH\x00\x12(\n\x06\x63losed\x18\x04 \x01(\x0b\x32\x16.tandem.wire.v1.ClosedH\x00\x42\x06\n\x04kind\"[\n\x0cScoreRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x11\n\x04user\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_user\"_\n\rPositionScore\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x15\n\rtoken_logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\">\n\nScoreReply\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.tandem.wire.v1.PositionScore*F\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10MODE_SPECULATIVE\x10\x01\x12\x12\n\x0eMODE_EDGE_ONLY\x10\x02\x32\xdc\x01\n\x0b\x45\x64geService\x12@\n\x07GetInfo\x12\x1b.tandem.wire.v1.InfoRequest\x1a\x18.tandem.wire.v1.EdgeInfo\x12H\n\x06\x44\x65\x63ode\x12\x1d.tandem.wire.v1.DeviceMessage\x1a\x1b.tandem.wire.v1.EdgeMessage(\x01\x30\x01\x12\x41\n\x05Score\x12\x1c.tandem.wire.v1.ScoreRequest\x1a\x1a.tandem.wire.v1.ScoreReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/wire/v1/edge.proto\x12\x0etandem.wire.v1\"\r\n\x0bInfoRequest\"\x82\x02\n\x08\x45\x64geInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x18\n\x10max_draft_length\x18\x06 \x01(\r\x12\x11\n\tmax_top_k\x18\x07 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x14\n\x07\x65\x64ge_id\x18\n \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08\x64ilation\x18\x0b \x01(\x01\x42\n\n\x08_edge_id\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xf7\x01\n\x04Open\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x30\n\x08sampling\x18\x02 \x01(\x0b\x32\x1e.tandem.wire.v1.SamplingParams\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.tandem.wire.v1.Mode\x12\x14\n\x0c\x64raft_length\x18\x04 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x07 \x01(\t\x12\x11\n\x04user\x18\x08 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_user\"\x1c\n\x06\x41ttach\x12\x12\n\nsession_id\x18\x01 \x01(\t\"r\n\nDraftBlock\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12?\n\x13\x64raft_distributions\x18\x03 \x03(\x0b\x32\".tandem.wire.v1.SparseDistribution\"6\n\x12SparseDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x07\n\x05\x43lose\"\xbc\x01\n\rDeviceMessage\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.tandem.wire.v1.OpenH\x00\x12(\n\x06\x61ttach\x18\x02 \x01(\x0b\x32\x16.tandem.wire.v1.AttachH\x00\x12+\n\x05\x64raft\x18\x03 \x01(\x0b\x32\x1a.tandem.wire.v1.DraftBlockH\x00\x12&\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x15.tandem.wire.v1.CloseH\x00\x42\x06\n\x04kind\"Z\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10\x63ommitted_length\x18\x02 \x01(\r\x12\x1b\n\x13\x63ommitted_token_ids\x18\x03 \x03(\r\"s\n\x07Verdict\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x15\n\rnext_token_id\x18\x03 \x01(\r\x12\x16\n\x0everify_seconds\x18\x04 \x01(\x02\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x02\"\x1b\n\x06Tokens\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\"\n\x06\x43losed\x12\x18\n\x10\x63ommitted_length\x18\x01 \x01(\r\"\xc6\x01\n\x0b\x45\x64geMessage\x12/\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.tandem.wire.v1.SessionOpenedH\x00\x12*\n\x07verdict\x18\x02 \x01(\x0b\x32\x17.tandem.wire.v1.VerdictH\x00\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x16.tandem.wire.v1.TokensH\x00\x12(\n\x06\x63losed\x18\x04 \x01(\x0b\x32\x16.tandem.wire.v1.ClosedH\x00\x42\x06\n\x04kind\"[\n\x0cScoreRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x11\n\x04user\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x07\n\x05_user\"_\n\rPositionScore\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x15\n\rtoken_logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\">\n\nScoreReply\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.tandem.wire.v1.PositionScore*F\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10MODE_SPECULATIVE\x10\x01\x12\x12\n\x0eMODE_EDGE_ONLY\x10\x02\x32\xdc\x01\n\x0b\x45\x64geService\x12@\n\x07GetInfo\x12\x1b.tandem.wire.v1.InfoRequest\x1a\x18.tandem.wire.v1.EdgeInfo\x12H\n\x06\x44\x65\x63ode\x12\x1d.tandem.wire.v1.DeviceMessage\x1a\x1b.tandem.wire.v1.EdgeMessage(\x01\x30\x01\x12\x41\n\x05Score\x12\x1c.tandem.wire.v1.ScoreRequest\x1a\x1a.tandem.wire.v1.ScoreReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.wire.v1.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=1767
-  _globals['_MODE']._serialized_end=1837
+  _globals['_MODE']._serialized_start=1785
+  _globals['_MODE']._serialized_end=1855
   _globals['_INFOREQUEST']._serialized_start=45
   _globals['_INFOREQUEST']._serialized_end=58
   _globals['_EDGEINFO']._serialized_start=61
-  _globals['_EDGEINFO']._serialized_end=301
-  _globals['_SAMPLINGPARAMS']._serialized_start=303
-  _globals['_SAMPLINGPARAMS']._serialized_end=384
-  _globals['_OPEN']._serialized_start=387
-  _globals['_OPEN']._serialized_end=634
-  _globals['_ATTACH']._serialized_start=636
-  _globals['_ATTACH']._serialized_end=664
-  _globals['_DRAFTBLOCK']._serialized_start=666
-  _globals['_DRAFTBLOCK']._serialized_end=780
-  _globals['_SPARSEDISTRIBUTION']._serialized_start=782
-  _globals['_SPARSEDISTRIBUTION']._serialized_end=836
-  _globals['_CLOSE']._serialized_start=838
-  _globals['_CLOSE']._serialized_end=845
-  _globals['_DEVICEMESSAGE']._serialized_start=848
-  _globals['_DEVICEMESSAGE']._serialized_end=1036
-  _globals['_SESSIONOPENED']._serialized_start=1038
-  _globals['_SESSIONOPENED']._serialized_end=1128
-  _globals['_VERDICT']._serialized_start=1130
-  _globals['_VERDICT']._serialized_end=1245
-  _globals['_TOKENS']._serialized_start=1247
-  _globals['_TOKENS']._serialized_end=1274
-  _globals['_CLOSED']._serialized_start=1276
-  _globals['_CLOSED']._serialized_end=1310
-  _globals['_EDGEMESSAGE']._serialized_start=1313
-  _globals['_EDGEMESSAGE']._serialized_end=1511
-  _globals['_SCOREREQUEST']._serialized_start=1513
-  _globals['_SCOREREQUEST']._serialized_end=1604
-  _globals['_POSITIONSCORE']._serialized_start=1606
-  _globals['_POSITIONSCORE']._serialized_end=1701
-  _globals['_SCOREREPLY']._serialized_start=1703
-  _globals['_SCOREREPLY']._serialized_end=1765
-  _globals['_EDGESERVICE']._serialized_start=1840
-  _globals['_EDGESERVICE']._serialized_end=2060
+  _globals['_EDGEINFO']._serialized_end=319
+  _globals['_SAMPLINGPARAMS']._serialized_start=321
+  _globals['_SAMPLINGPARAMS']._serialized_end=402
+  _globals['_OPEN']._serialized_start=405
+  _globals['_OPEN']._serialized_end=652
+  _globals['_ATTACH']._serialized_start=654
+  _globals['_ATTACH']._serialized_end=682
+  _globals['_DRAFTBLOCK']._serialized_start=684
+  _globals['_DRAFTBLOCK']._serialized_end=798
+  _globals['_SPARSEDISTRIBUTION']._serialized_start=800
+  _globals['_SPARSEDISTRIBUTION']._serialized_end=854
+  _globals['_CLOSE']._serialized_start=856
+  _globals['_CLOSE']._serialized_end=863
+  _globals['_DEVICEMESSAGE']._serialized_start=866
+  _globals['_DEVICEMESSAGE']._serialized_end=1054
+  _globals['_SESSIONOPENED']._serialized_start=1056
+  _globals['_SESSIONOPENED']._serialized_end=1146
+  _globals['_VERDICT']._serialized_start=1148
+  _globals['_VERDICT']._serialized_end=1263
+  _globals['_TOKENS']._serialized_start=1265
+  _globals['_TOKENS']._serialized_end=1292
+  _globals['_CLOSED']._serialized_start=1294
+  _globals['_CLOSED']._serialized_end=1328
+  _globals['_EDGEMESSAGE']._serialized_start=1331
+  _globals['_EDGEMESSAGE']._serialized_end=1529
+  _globals['_SCOREREQUEST']._serialized_start=1531
+  _globals['_SCOREREQUEST']._serialized_end=1622
+  _globals['_POSITIONSCORE']._serialized_start=1624
+  _globals['_POSITIONSCORE']._serialized_end=1719
+  _globals['_SCOREREPLY']._serialized_start=1721
+  _globals['_SCOREREPLY']._serialized_end=1783
+  _globals['_EDGESERVICE']._serialized_start=1858
+  _globals['_EDGESERVICE']._serialized_end=2078
 # @@protoc_insertion_point(module_scope)

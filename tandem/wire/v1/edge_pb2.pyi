@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EdgeInfo(_message.Message):
-    __slots__ = ("engine", "model", "vocab_size", "tokenizer_fingerprint", "max_context", "max_draft_length", "max_top_k", "max_sessions", "protocol_version", "edge_id")
+    __slots__ = ("engine", "model", "vocab_size", "tokenizer_fingerprint", "max_context", "max_draft_length", "max_top_k", "max_sessions", "protocol_version", "edge_id", "dilation")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class EdgeInfo(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DILATION_FIELD_NUMBER: _ClassVar[int]
     engine: str
     model: str
     vocab_size: int
@@ -42,7 +43,8 @@ class EdgeInfo(_message.Message):
     max_sessions: int
     protocol_version: str
     edge_id: int
-    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_context: _Optional[int] = ..., max_draft_length: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_sessions: _Optional[int] = ..., protocol_version: _Optional[str] = ..., edge_id: _Optional[int] = ...) -> None: ...
+    dilation: float
+    def __init__(self, engine: _Optional[str] = ..., model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_context: _Optional[int] = ..., max_draft_length: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_sessions: _Optional[int] = ..., protocol_version: _Optional[str] = ..., edge_id: _Optional[int] = ..., dilation: _Optional[float] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")

@@ -1,0 +1,94 @@
+"""The speculation of psd rounds (device_client/speculation.py) and the efficiency measure
+(device_client/efficiency.py), on inputs with known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_client.draft import DraftToken
+from device_client.efficiency import RoundTiming, bound_seconds, breakdown, draft_token_seconds
+from device_client.speculation import (Branch, PsdVariant, VariantError, adaptive_length, expected_tokens,
+                                       full_accept, likeliest_branch, per_token_acceptance, psd_seconds_per_token,
+                                       speculation_kept)
+
+
+def token(token_id: int, confidence: float, runner_up: int | None = None, runner_up_prob: float = 0.0) -> DraftToken:
+    return DraftToken(token_id, None, 0.0, confidence, runner_up, runner_up_prob)
+
+
+@pytest.mark.parametrize("text,name", [("post", "post"), ("pre", "pre"), ("adaptive+pre", "pre+adaptive"),
+                                       ("pre+branch+adaptive", "pre+branch+adaptive")])
+def test_variants_parse_in_any_order_and_name_themselves_canonically(text, name):
+    assert PsdVariant.parse(text).name == name
+
+
+@pytest.mark.parametrize("text", ["", "fast", "pre+pre", "post+pre", "pre+"])
+def test_unknown_or_repeated_variants_are_refused_with_the_known_ones(text):
+    with pytest.raises(VariantError, match="pre, branch, adaptive"):
+        PsdVariant.parse(text)
+
+
+def test_a_confident_block_bets_on_the_full_accept():
+    block = [token(1, 0.9, 7, 0.05), token(2, 0.9, 8, 0.05)]
+    assert likeliest_branch(block, bonus_chance=0.7) == full_accept(block) == Branch(2)
+
+
+def test_an_unsure_token_makes_its_runner_up_the_bet():
+    # P(x1 accepted, runner-up at x2) = 0.9 * 0.4 = 0.36 > P(full accept, bonus) = 0.9 * 0.45 * 0.7 = 0.28
+    block = [token(1, 0.9, 7, 0.05), token(2, 0.45, 8, 0.4)]
+    assert likeliest_branch(block, bonus_chance=0.7) == Branch(1, 8)
+
+
+def test_the_drafts_ahead_survive_only_the_verdict_they_bet_on():
+    ahead = [token(5, 0.9), token(6, 0.9)]
+    assert speculation_kept(Branch(2), 2, 5, ahead) == 1  # full accept, bonus guessed: drop the guess only
+    assert speculation_kept(Branch(2), 2, 9, ahead) is None  # another bonus token
+    assert speculation_kept(Branch(2), 1, 5, ahead) is None  # a rejection
+    assert speculation_kept(Branch(1, 8), 1, 8, ahead) == 0  # the correction guessed: every draft ahead stays
+    assert speculation_kept(Branch(1, 8), 1, 3, ahead) is None
+    assert speculation_kept(Branch(2), 2, 5, []) is None  # nothing drafted ahead
+
+
+def test_acceptance_per_token_counts_rejections_not_blocks():
+    # 3 + 0 + 4 accepted; rejections in the first two blocks only (the third was fully accepted)
+    assert per_token_acceptance([3, 0, 4], [4, 4, 4]) == pytest.approx(7 / 9)
+    assert per_token_acceptance([], []) is None
+
+
+def test_expected_tokens_per_round():
+    assert expected_tokens(0.7, 4) == pytest.approx((1 - 0.7 ** 5) / 0.3)
+    assert expected_tokens(0.0, 4) == 1.0 and expected_tokens(1.0, 4) == 5.0
+
+
+def test_the_closed_form_of_a_psd_round():
+    # alpha = 0.5, k = 1: kept with 0.25 -> max(0.04, 0.1) = 0.1, else 0.14; tokens 1.5
+    assert psd_seconds_per_token(0.5, 1, 0.04, 0.1) == pytest.approx((0.25 * 0.1 + 0.75 * 0.14) / 1.5)
+
+
+def test_the_adaptive_length_is_the_closed_forms_best_within_the_longest():
+    for alpha, draft_s, round_trip in [(0.7, 0.04, 0.15), (0.9, 0.01, 0.2), (0.3, 0.04, 0.02)]:
+        best = adaptive_length(alpha, draft_s, round_trip, 8)
+        costs = [psd_seconds_per_token(alpha, k, draft_s, round_trip) for k in range(1, 9)]
+        assert costs[best - 1] == min(costs)
+    assert adaptive_length(0.95, 0.001, 1.0, 3) == 3  # cheap drafts, a long round trip: as long as allowed
+    assert adaptive_length(0.2, 0.05, 0.01, 8) == 1  # poor acceptance, drafting dominates: one token
+
+
+def test_a_rounds_bound_is_drafting_or_the_round_trip_whichever_is_longer():
+    drafting = RoundTiming(4, 4, 0.16, 0.10, 0.08, 0.03, 0.0)  # 4 x 0.04 s of drafting > 0.02 link + 0.05 verify
+    waiting = RoundTiming(1, 0, 0.04, 0.20, 0.15, 0.0, 0.01)  # 0.04 s of drafting < 0.05 link + 0.15 verify
+    assert drafting.link_s == pytest.approx(0.02) and drafting.verify_s == pytest.approx(0.05)
+    assert bound_seconds([drafting, waiting], 0.04) == pytest.approx(0.16 + 0.20)
+
+
+def test_the_breakdown_sums_to_the_time_measured():
+    rounds = [RoundTiming(4, 2, 0.16, 0.10, 0.08, 0.03, 0.01), RoundTiming(2, 2, 0.0, 0.12, 0.09, 0.0, 0.02)]
+    parts = breakdown(rounds, 0.6)
+    assert parts == pytest.approx({"draft": 0.16, "link": 0.05, "queue": 0.03, "verify": 0.14, "late": 0.03,
+                                   "other": 0.19})
+    assert sum(parts.values()) == pytest.approx(0.6)
+
+
+def test_the_draft_time_per_token_is_the_median_step_not_the_prefill():
+    assert draft_token_seconds([0.5, 0.04, 0.04, 0.05]) == pytest.approx(0.045)
+    assert draft_token_seconds([]) is None
