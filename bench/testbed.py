@@ -78,7 +78,8 @@ def run_comparison(bed: Testbed, args) -> dict:
             results["psd_vs_sd"]["variants"][variant] = {
                 "tokens_per_s": phase.summary["mean_tokens_per_s"], "efficiency": phase.summary["mean_efficiency"],
                 "per_token_s": phase.summary["per_token_s"],
-                "ratio": phase.summary["mean_tokens_per_s"] / sd.summary["mean_tokens_per_s"]}
+                "ratio": phase.summary["mean_tokens_per_s"] / sd.summary["mean_tokens_per_s"],
+                "time_in_system_vs_sd": paired_reduction(sd.records, phase.records)}
         rows += [testbed_figures(sd)] + [testbed_figures(p) for v, p in psd_phases.items() if v != DEFAULT_PSD_VARIANT]
     print_table(rows)
     return results
@@ -100,9 +101,11 @@ def print_comparison(results: dict) -> None:
     if s is None:
         return
     for variant, v in s["variants"].items():
+        paired = v["time_in_system_vs_sd"]
         print(f"PSD ({variant}) vs SD under {s['policy']}: {v['tokens_per_s']:.1f} vs {s['sd_tokens_per_s']:.1f} "
               f"tokens/s (x{v['ratio']:.2f}); efficiency {v['efficiency']:.2f} vs {s['sd_efficiency']:.2f} of the "
-              "bound")
+              f"bound; time in system {paired['reduction']:+.1%} ± {paired['ci95']:.1%} (paired, {paired['pairs']} "
+              "requests)")
     print(f"twin mean latency SD {s['sd_twin']['mean_latency_s']:.2f} s")
 
 

@@ -19,8 +19,8 @@ from device_client.placement import CLOSE_TIMEOUT_S, Placement
 from device_client.efficiency import RoundTiming
 from device_client.result import DecodeResult
 from device_client.routing import DeviceStats, Route
-from device_client.speculation import (Branch, PsdVariant, adaptive_length, full_accept, likeliest_branch,
-                                       per_token_acceptance, speculation_kept)
+from device_client.speculation import (BETS, Bet, PsdVariant, adaptive_length, full_accept, per_token_acceptance,
+                                       ranked_branches, speculation_kept)
 from tandem.sampling import PositionRandom, SamplingConfig
 
 MODES = ("psd", "sd", "edge-only")
@@ -147,8 +147,8 @@ class _SpeculativeRequest:
         self.emitter = _Emitter(self.result, max_tokens, stop_ids, sink)
         self.random = PositionRandom(config.seed, PositionRandom.DEVICE)
         self.committed = list(prompt)
-        self.ahead: list[DraftToken] = []  # drafted past the block in flight, assuming ``branch``
-        self.branch: Branch | None = None  # the outcome of the block in flight the drafts ahead bet on
+        self.bets: list[Bet] = []  # drafts made ahead of the block in flight, per outcome of it bet on
+        self.ahead: list[DraftToken] = []  # the drafts of the bet that came true: the next block's head
         self.spec = SessionSpec(list(prompt), config, True, draft_length=draft_length, max_new_tokens=max_tokens,
                                 stop_ids=tuple(stop_ids), tokenizer_fingerprint=draft.tokenizer_fingerprint, user=user)
         self.place = Placement(route, self.spec, self.result)
@@ -205,24 +205,36 @@ class _SpeculativeRequest:
         self.place.session.send_block(len(self.committed), ids, None if self.config.greedy else [t.dist for t in block])
 
     def draft_ahead(self, block: list[DraftToken]) -> Verdict | None:
-        """psd: while the block is verified, draft on from the outcome bet on, one token at a time, polling for
+        """psd: while the block is verified, draft on from the outcomes bet on, one token at a time, polling for
         the verdict in between; the verdict when it came meanwhile, else None."""
+        result = self.result
         if self.variant.branch_aware:
-            self.branch = likeliest_branch(block, per_token_acceptance(self.result.accepted_lengths,
-                                                                       self.result.block_lengths) or 0.5)
+            alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths) or 0.5
+            self.bets = [Bet(branch) for branch in ranked_branches(block, alpha, BETS)]
         else:
-            self.branch = full_accept(block)
-        guess = [] if self.branch.correction is None else [self.branch.correction]
-        context = self.committed + _ids(block[:self.branch.accepted]) + guess
+            self.bets = [Bet(full_accept(block))]
         # A block of the next round's length (after a full accept, plus the guess of the bonus token): drafting
         # further would only make the device finish a token after the verdict came (a forward pass is not stopped).
         next_length = self._longest_block() if self.variant.adaptive_length or self.variant.pre_verify else len(block)
-        while len(self.ahead) < next_length + (0 if guess else 1):
-            verdict = self.place.session.poll()
-            if verdict is not None:
-                return verdict
-            self.ahead.append(self._draft(context + _ids(self.ahead), overlapped=True))
+        for rank, bet in enumerate(self.bets):
+            guess = [] if bet.branch.correction is None else [bet.branch.correction]
+            context = self.committed + _ids(block[:bet.branch.accepted]) + guess
+            while len(bet.drafts) < next_length + (0 if guess else 1):
+                verdict = self.place.session.poll()
+                if verdict is not None:
+                    return verdict
+                if rank > 0 and not self._step_fits_before_verdict():
+                    return None  # a later bet is drafted only in time the device would otherwise wait
+                bet.drafts.append(self._draft(context + _ids(bet.drafts), overlapped=True))
         return None
+
+    def _step_fits_before_verdict(self) -> bool:
+        """Whether a draft step would end before the verdict is expected (the recent rounds' time in flight)."""
+        recent, step = self.result.round_timings[-8:], self.result.draft_token_s
+        if not recent or step is None:
+            return False
+        expected = self.sent_at + sum(r.in_flight_s for r in recent) / len(recent)
+        return time.perf_counter() + step <= expected
 
     def wait_verdict(self) -> Verdict:
         return self.place.wait_verdict()
@@ -236,13 +248,13 @@ class _SpeculativeRequest:
                                             verdict.verify_seconds, verdict.queue_seconds, taken - received))
         self._commit_tokens(_ids(block)[:verdict.accepted] + [verdict.next_token])
         self._report()
-        branch, self.branch = self.branch, None
-        drop = None if branch is None else speculation_kept(branch, verdict.accepted, verdict.next_token, self.ahead)
-        if drop is None:
-            self._drop_ahead()
-        else:  # the bet came true: keep drafting from there (without the guess of the edge's token, if drafted)
-            self.ahead = self.ahead[drop:]
-            self.result.speculation_kept += 1
+        for bet in self.bets:
+            drop = speculation_kept(bet.branch, verdict.accepted, verdict.next_token, bet.drafts)
+            if drop is not None:  # this bet came true: keep drafting from there (without the guess, if drafted)
+                self.ahead, bet.drafts = bet.drafts[drop:], []
+                self.result.speculation_kept += 1
+                break
+        self._drop_bets()
 
     def resume(self, error: EdgeError) -> None:
         """After a broken link: a new stream (or a new session, on another edge if the route moved), the verdicts
@@ -251,8 +263,9 @@ class _SpeculativeRequest:
         if error.kind is not EdgeFailure.LINK_DOWN:
             raise error
         self._commit_tokens(self.place.recover(self.committed, self.spec))
-        self._drop_ahead()
-        self.branch = None
+        self._drop_bets()
+        self.result.draft_wasted_tokens += len(self.ahead)
+        self.ahead = []
 
     def close(self) -> None:
         """Every token is the device's by now: closing is a courtesy to the edge (which otherwise reaps the session at
@@ -282,9 +295,9 @@ class _SpeculativeRequest:
         self.committed.extend(tokens)
         self.emitter.emit(tokens)
 
-    def _drop_ahead(self) -> None:
-        self.result.draft_wasted_tokens += len(self.ahead)
-        self.ahead = []
+    def _drop_bets(self) -> None:
+        self.result.draft_wasted_tokens += sum(len(bet.drafts) for bet in self.bets)
+        self.bets = []
 
     def _report(self) -> None:
         """How this device fares, for the route (a controller allocates by it)."""

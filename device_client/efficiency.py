@@ -6,10 +6,12 @@ forward pass), and the time the verdict waited for the device (a draft step was 
 the time in flight minus the edge's: uplink and downlink together, since one-way times need clocks the device and
 the edge do not share.
 
-The bound: a round of k drafts cannot take less than max(k t_draft, link + verify), drafting fully hidden behind
-the round trip or the round trip behind drafting (queueing is load, not hardware); with the accepted lengths
-observed, the request's bound on time per token is the sum of its rounds' bounds over its tokens, and efficiency is
-that bound over the time measured.
+The bound: the first block takes its k t_draft to draft; from then on, the next block is sent no sooner than both
+the verdict of the one in flight (its link + verify; queueing is load, not hardware) and the drafting of its own
+k tokens (begun, at the earliest, as the block in flight left): max(link + verify, k_next t_draft) per round, the
+round trip fully hidden behind drafting or drafting behind the round trip.  With the block lengths and accepted
+lengths observed, the request's bound on time per token is that sum over its tokens, and efficiency is the bound
+over the time measured.
 """
 
 from __future__ import annotations
@@ -39,9 +41,6 @@ class RoundTiming:
     def verify_s(self) -> float:
         return max(0.0, self.edge_s - self.queue_s)
 
-    def bound_s(self, draft_token_s: float) -> float:
-        return max(self.block * draft_token_s, self.link_s + self.verify_s)
-
 
 def breakdown(rounds: Sequence[RoundTiming], elapsed_s: float) -> dict[str, float]:
     """The request's time by part (seconds, summing to ``elapsed_s``); ``other`` is opening and closing the
@@ -59,4 +58,9 @@ def draft_token_seconds(seconds: Sequence[float]) -> float | None:
 
 
 def bound_seconds(rounds: Sequence[RoundTiming], draft_token_s: float) -> float:
-    return sum(r.bound_s(draft_token_s) for r in rounds)
+    """k_1 t_draft + the sum over rounds of max(link + verify, k_next t_draft) (k_next = 0 after the last)."""
+    if not rounds:
+        return 0.0
+    following = [r.block for r in rounds[1:]] + [0]
+    return rounds[0].block * draft_token_s + sum(max(r.link_s + r.verify_s, k * draft_token_s)
+                                                 for r, k in zip(rounds, following))

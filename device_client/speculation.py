@@ -9,9 +9,11 @@ block from scratch after the verdict, which is why psd gained little over sd.  T
 - ``pre`` (PEARL's pre-verify): a block whose drafts ahead did not survive is a single token, sent at once, so a
   rejection at the first position costs one round trip, not a block of drafting plus one; the rest of the round's
   tokens are drafted during its verification, and a round whose drafts ahead survived sends all of them.
-- ``branch`` (branch-aware drafting): draft ahead from the outcome the draft's own probabilities make most likely
-  to be followed: a full accept then the bonus token, or the first j tokens accepted and the edge's correction
-  guessed as the draft's runner-up there.
+- ``branch`` (branch-aware drafting, SpecEdge's "top continuations"): draft ahead from the outcome the draft's
+  own probabilities make most likely to be followed (a full accept then the bonus token, or the first j tokens
+  accepted and the edge's correction guessed as the draft's runner-up there); once that bet has its block, and
+  if a draft step still fits before the verdict is expected, bet on the next likeliest outcome too (the device
+  would otherwise idle).
 - ``adaptive``: each round's draft length from the closed form below, with the acceptance, draft time and round
   trip observed so far, within the controller's length for the user.
 
@@ -22,7 +24,7 @@ are lossless (the verification code is the same for all).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from device_client.draft import DraftToken
@@ -58,6 +60,9 @@ class PsdVariant:
         return "+".join(parts) or "post"
 
 
+BETS = 2  # branch-aware: outcomes drafted ahead per round at most (the second only in time that would be idle)
+
+
 @dataclass(frozen=True)
 class Branch:
     """The outcome of the block in flight that the drafts ahead assume: ``accepted`` of its tokens accepted, then
@@ -73,16 +78,25 @@ def full_accept(block: Sequence[DraftToken]) -> Branch:
     return Branch(len(block))
 
 
-def likeliest_branch(block: Sequence[DraftToken], bonus_chance: float) -> Branch:
-    """The outcome most likely to come true with its guess, taking the draft's probabilities as the target's:
-    P(first j accepted, then the runner-up at j) = q(x_1) ... q(x_j) * q_j(runner-up), against
-    P(all accepted, then the bonus guessed) = q(x_1) ... q(x_k) * ``bonus_chance``."""
-    best, best_chance, prefix = full_accept(block), 0.0, 1.0
+def ranked_branches(block: Sequence[DraftToken], bonus_chance: float, count: int) -> list[Branch]:
+    """The ``count`` outcomes most likely to come true with their guess, likeliest first, taking the draft's
+    probabilities as the target's: P(first j accepted, then the runner-up at j) = q(x_1) ... q(x_j) *
+    q_j(runner-up), and P(all accepted, then the bonus guessed) = q(x_1) ... q(x_k) * ``bonus_chance``."""
+    chances, prefix = [], 1.0
     for j, token in enumerate(block):
-        if token.runner_up is not None and prefix * token.runner_up_prob > best_chance:
-            best, best_chance = Branch(j, token.runner_up), prefix * token.runner_up_prob
+        if token.runner_up is not None:
+            chances.append((prefix * token.runner_up_prob, -j, Branch(j, token.runner_up)))
         prefix *= token.confidence
-    return best if best_chance > prefix * bonus_chance else full_accept(block)
+    chances.append((prefix * bonus_chance, 1, full_accept(block)))  # ties go to the full accept
+    return [branch for *_, branch in sorted(chances, key=lambda c: c[:2], reverse=True)[:count]]
+
+
+@dataclass
+class Bet:
+    """Drafts made ahead of the block in flight, for one outcome of it."""
+
+    branch: Branch
+    drafts: list[DraftToken] = field(default_factory=list)
 
 
 def speculation_kept(branch: Branch, accepted: int, next_token: int, ahead: Sequence[DraftToken]) -> int | None:

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
+from device_client.speculation import DEFAULT_PSD_VARIANT
 from harness.clients import free_port
+from harness.paths import REPO
 from harness.clients import run_tandem as tandem
 
 
@@ -43,6 +45,7 @@ def test_each_daemon_runs_as_its_own_module(module, usage):
     (["generate", "--edge", "not an address", "hi"], "--edge"),
     (["generate", "--edge", "localhost:1", "--draft-length", "0", "hi"], "--draft-length"),
     (["generate", "--edge", "localhost:1", "--mode", "warp", "hi"], "invalid choice"),
+    (["generate", "--edge", "localhost:1", "--psd-variant", "pre+warp", "hi"], "--psd-variant"),
     (["generate", "hi"], "--edge"),
     (["edge", "serve", "--port", "70000"], "port"),
     (["edge", "serve", "--max-sessions", "0"], "max_sessions"),
@@ -73,14 +76,25 @@ def test_sampling_beyond_edge_bound_exits_2(vllm_edge):
     assert "top_k" in result.stderr
 
 
+PHONE_PROFILE = REPO / "profiles" / "phone-1b-gpu-8b.yaml"
+
+
 def test_generate_json_has_every_figure(llamacpp_edge):
     result = tandem("generate", "--edge", llamacpp_edge.address, "--max-tokens", "12", "--json", "Say hello.")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     for key in ("text", "token_ids", "tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_length", "rounds",
-                "bytes_up", "bytes_down", "draft_hidden_fraction"):
+                "bytes_up", "bytes_down", "draft_hidden_fraction", "efficiency", "bound_s_per_token", "breakdown_s"):
         assert key in summary
     assert len(summary["token_ids"]) <= 12 and summary["rounds"] >= 1 and summary["bytes_up"] > 0
+    assert summary["clock"] == "wall" and summary["psd_variant"] == DEFAULT_PSD_VARIANT  # the edge is not paced
+    assert summary["efficiency"] > 0  # at most 1 when paced (test_pacing.py); here draft steps vary about the median
+    assert sum(summary["breakdown_s"].values()) == pytest.approx(summary["elapsed_s"])
+
+
+def test_profile_pacing_needs_a_paced_edge(llamacpp_edge):
+    result = tandem("generate", "--edge", llamacpp_edge.address, "--profile", str(PHONE_PROFILE), "hi")
+    assert result.returncode == 2 and "the edge is not paced" in result.stderr
 
 
 def test_generate_streams_text_and_summary(llamacpp_edge):

@@ -7,6 +7,7 @@ counted, on the edge (Prometheus) and on the device.
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -19,6 +20,7 @@ from device_client.routing import FixedRoute
 from tandem.pacing import Pacer
 from tandem.profiles import load_profile
 from tandem.sampling import SamplingConfig
+from harness.clients import run_tandem
 from harness.figures import REPORT
 from tandem.processes import EdgeProcess
 
@@ -56,7 +58,8 @@ def paced_edge(prepared, data_dir, tmp_path_factory):
                                        "--profile", str(profile), "--dilation", str(DILATION)],
                                       log_path=folder / f"edge-{name}.log")
             edges[name].start()
-        yield {name: (edge, load_profile(folder / f"{name}.yaml")) for name, edge in edges.items()}
+        yield {name: (edge, load_profile(folder / f"{name}.yaml"), folder / f"{name}.yaml")
+               for name, edge in edges.items()}
     finally:
         for edge in edges.values():
             edge.stop()
@@ -83,7 +86,7 @@ def paced_run(edge: EdgeProcess, profile, draft) -> tuple:
 
 
 def test_paced_per_token_latency_matches_the_profile(paced_edge, draft):
-    edge, profile = paced_edge["followable"]
+    edge, profile, _ = paced_edge["followable"]
     result, pacer = paced_run(edge, profile, draft)
     # SD runs its rounds back to back: draft the block token by token, then verify it (loopback, no link); the
     # device prefills the prompt first.  (Each round also prefills the one or two tokens the verdict committed
@@ -105,6 +108,24 @@ def test_paced_per_token_latency_matches_the_profile(paced_edge, draft):
     assert edge_metric(edge, "tandem_edge_pacing_overruns_total") == 0
 
 
+def test_generate_against_a_paced_edge_reports_emulated_time(paced_edge):
+    """The edge says it is paced (GetInfo); `tandem generate --profile` paces drafting like the profile's phone at
+    the same D and reports every time emulated, wall / D, labelled so, with the efficiency of its rounds."""
+    edge, profile, path = paced_edge["followable"]
+    done = run_tandem("generate", "--edge", edge.address, "--profile", str(path), "--max-tokens", "12",
+                      "--ignore-eos", "--json", PROMPT)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["clock"] == f"emulated (D={DILATION:g})"
+    assert summary["elapsed_s"] == pytest.approx(summary["wall_elapsed_s"] / DILATION)
+    # Drafting paced like the profile's phone: its median step is the profile's, in emulated seconds.
+    assert summary["draft_token_s"] == pytest.approx(profile.device.draft_seconds_per_token, rel=0.1)
+    assert 0 < summary["efficiency"] <= 1.0
+    assert sum(summary["breakdown_s"].values()) == pytest.approx(summary["elapsed_s"])
+    unpaced = run_tandem("generate", "--edge", edge.address, "--max-tokens", "4", PROMPT)
+    assert unpaced.returncode == 0 and "times are emulated" in unpaced.stderr and "give --profile" in unpaced.stderr
+
+
 class ShortBlocks(FixedRoute):
     """A route that asks for blocks shorter than the session's longest, as the controller's draft-length lever does."""
 
@@ -120,7 +141,7 @@ def test_psd_drafts_ahead_only_the_rounds_block_and_its_bonus_guess(paced_edge, 
     """A verification takes ~14 draft tokens here: a device asked for k = 2 in a session whose longest is 8 drafts
     at most k + 1 tokens ahead per round (the guessed bonus and the next block), not up to the session's longest —
     drafting further only made it finish a token after the verdict came."""
-    edge, profile = paced_edge["followable"]
+    edge, profile, _ = paced_edge["followable"]
     pacer = Pacer(DILATION)
     connection = EdgeConnection(edge.address)
     k = 2
@@ -137,7 +158,7 @@ def test_psd_drafts_ahead_only_the_rounds_block_and_its_bonus_guess(paced_edge, 
 
 
 def test_steps_faster_than_the_machine_are_counted_as_overruns(paced_edge, draft):
-    edge, profile = paced_edge["too-fast"]
+    edge, profile, _ = paced_edge["too-fast"]
     result, pacer = paced_run(edge, profile, draft)
     assert pacer.steps == result.drafted_sent > 0
     assert pacer.overruns == pacer.steps and pacer.overrun_fraction == 1.0

@@ -8,7 +8,7 @@ import pytest
 from device_client.draft import DraftToken
 from device_client.efficiency import RoundTiming, bound_seconds, breakdown, draft_token_seconds
 from device_client.speculation import (Branch, PsdVariant, VariantError, adaptive_length, expected_tokens,
-                                       full_accept, likeliest_branch, per_token_acceptance, psd_seconds_per_token,
+                                       full_accept, per_token_acceptance, ranked_branches, psd_seconds_per_token,
                                        speculation_kept)
 
 
@@ -30,13 +30,21 @@ def test_unknown_or_repeated_variants_are_refused_with_the_known_ones(text):
 
 def test_a_confident_block_bets_on_the_full_accept():
     block = [token(1, 0.9, 7, 0.05), token(2, 0.9, 8, 0.05)]
-    assert likeliest_branch(block, bonus_chance=0.7) == full_accept(block) == Branch(2)
+    assert ranked_branches(block, 0.7, 1) == [full_accept(block)] == [Branch(2)]
 
 
 def test_an_unsure_token_makes_its_runner_up_the_bet():
     # P(x1 accepted, runner-up at x2) = 0.9 * 0.4 = 0.36 > P(full accept, bonus) = 0.9 * 0.45 * 0.7 = 0.28
     block = [token(1, 0.9, 7, 0.05), token(2, 0.45, 8, 0.4)]
-    assert likeliest_branch(block, bonus_chance=0.7) == Branch(1, 8)
+    assert ranked_branches(block, 0.7, 1) == [Branch(1, 8)]
+
+
+def test_bets_are_ranked_by_their_chance():
+    # full 0.9 * 0.45 * 0.7 = 0.2835; (1, 8): 0.36; (0, 7): 0.05
+    block = [token(1, 0.9, 7, 0.05), token(2, 0.45, 8, 0.4)]
+    assert ranked_branches(block, 0.7, 3) == [Branch(1, 8), Branch(2), Branch(0, 7)]
+    assert ranked_branches(block, 0.7, 2) == [Branch(1, 8), Branch(2)]
+    assert ranked_branches([token(1, 1.0)], 0.7, 2) == [Branch(1)]  # no runner-up: only the full accept
 
 
 def test_the_drafts_ahead_survive_only_the_verdict_they_bet_on():
@@ -74,11 +82,14 @@ def test_the_adaptive_length_is_the_closed_forms_best_within_the_longest():
     assert adaptive_length(0.2, 0.05, 0.01, 8) == 1  # poor acceptance, drafting dominates: one token
 
 
-def test_a_rounds_bound_is_drafting_or_the_round_trip_whichever_is_longer():
-    drafting = RoundTiming(4, 4, 0.16, 0.10, 0.08, 0.03, 0.0)  # 4 x 0.04 s of drafting > 0.02 link + 0.05 verify
-    waiting = RoundTiming(1, 0, 0.04, 0.20, 0.15, 0.0, 0.01)  # 0.04 s of drafting < 0.05 link + 0.15 verify
-    assert drafting.link_s == pytest.approx(0.02) and drafting.verify_s == pytest.approx(0.05)
-    assert bound_seconds([drafting, waiting], 0.04) == pytest.approx(0.16 + 0.20)
+def test_the_bound_overlaps_each_round_trip_with_the_next_blocks_drafting():
+    first = RoundTiming(4, 4, 0.16, 0.10, 0.08, 0.03, 0.0)  # round trip: 0.02 link + 0.05 verify
+    second = RoundTiming(1, 0, 0.0, 0.20, 0.15, 0.0, 0.01)  # round trip: 0.05 link + 0.15 verify
+    third = RoundTiming(4, 2, 0.0, 0.10, 0.08, 0.0, 0.0)  # round trip: 0.02 link + 0.08 verify
+    assert first.link_s == pytest.approx(0.02) and first.verify_s == pytest.approx(0.05)
+    # 4 drafts; then max(0.07, 1 draft), max(0.20, 4 drafts), max(0.10, nothing left to draft)
+    assert bound_seconds([first, second, third], 0.04) == pytest.approx(0.16 + 0.07 + 0.20 + 0.10)
+    assert bound_seconds([], 0.04) == 0.0
 
 
 def test_the_breakdown_sums_to_the_time_measured():
