@@ -20,7 +20,7 @@ from device_client.efficiency import RoundTiming
 from device_client.result import DecodeResult
 from device_client.routing import DeviceStats, Route
 from device_client.speculation import (BETS, Bet, PsdVariant, adaptive_length, full_accept, per_token_acceptance,
-                                       ranked_branches, speculation_kept)
+                                       ranked_branches, speculation_kept, step_pays)
 from tandem.sampling import PositionRandom, SamplingConfig
 
 MODES = ("psd", "sd", "edge-only")
@@ -208,11 +208,11 @@ class _SpeculativeRequest:
         """psd: while the block is verified, draft on from the outcomes bet on, one token at a time, polling for
         the verdict in between; the verdict when it came meanwhile, else None."""
         result = self.result
+        alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths) or 0.5
         if self.variant.branch_aware:
-            alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths) or 0.5
             self.bets = [Bet(branch) for branch in ranked_branches(block, alpha, BETS)]
         else:
-            self.bets = [Bet(full_accept(block))]
+            self.bets = [Bet(full_accept(block, alpha))]
         # A block of the next round's length (after a full accept, plus the guess of the bonus token): drafting
         # further would only make the device finish a token after the verdict came (a forward pass is not stopped).
         next_length = self._longest_block() if self.variant.adaptive_length or self.variant.pre_verify else len(block)
@@ -223,18 +223,21 @@ class _SpeculativeRequest:
                 verdict = self.place.session.poll()
                 if verdict is not None:
                     return verdict
-                if rank > 0 and not self._step_fits_before_verdict():
-                    return None  # a later bet is drafted only in time the device would otherwise wait
+                # A later bet is drafted only when the step pays (in time the device would otherwise wait, in
+                # practice); the first, with the adaptive variant too.
+                steps = 2 if bet.branch.correction is None and not bet.drafts else 1  # the bonus guess gains nothing
+                if (rank > 0 or self.variant.adaptive_length) and not self._step_pays(bet.branch.chance, steps):
+                    return None
                 bet.drafts.append(self._draft(context + _ids(bet.drafts), overlapped=True))
         return None
 
-    def _step_fits_before_verdict(self) -> bool:
-        """Whether a draft step would end before the verdict is expected (the recent rounds' time in flight)."""
+    def _step_pays(self, chance: float, steps: int) -> bool:
+        """``step_pays`` with the verdict expected after the recent rounds' mean time in flight."""
         recent, step = self.result.round_timings[-8:], self.result.draft_token_s
         if not recent or step is None:
-            return False
+            return True  # nothing observed yet: draft ahead
         expected = self.sent_at + sum(r.in_flight_s for r in recent) / len(recent)
-        return time.perf_counter() + step <= expected
+        return step_pays(chance, step, expected - time.perf_counter(), steps)
 
     def wait_verdict(self) -> Verdict:
         return self.place.wait_verdict()

@@ -15,7 +15,9 @@ block from scratch after the verdict, which is why psd gained little over sd.  T
   if a draft step still fits before the verdict is expected, bet on the next likeliest outcome too (the device
   would otherwise idle).
 - ``adaptive``: each round's draft length from the closed form below, with the acceptance, draft time and round
-  trip observed so far, within the controller's length for the user.
+  trip observed so far, within the controller's length for the user; and a step of drafting ahead only when it
+  pays (``step_pays``): a verdict that comes during a draft step waits for it (a forward pass is not stopped), so
+  a step that would end after the verdict is expected must be worth that wait.
 
 Every variant changes only what is drafted and when it is sent: each emitted token is the edge's verdict, so all
 are lossless (the verification code is the same for all).
@@ -30,7 +32,7 @@ from typing import Sequence
 from device_client.draft import DraftToken
 
 IMPROVEMENTS = ("pre", "branch", "adaptive")
-DEFAULT_PSD_VARIANT = "pre+adaptive"  # the best measured (docs/benchmarks.md, "PSD variants")
+DEFAULT_PSD_VARIANT = "pre+branch+adaptive"  # the best measured (docs/benchmarks.md, "PSD variants")
 
 
 class VariantError(ValueError):
@@ -72,10 +74,12 @@ class Branch:
 
     accepted: int
     correction: int | None = None
+    chance: float = field(default=0.0, compare=False)  # estimated probability that the verdict is this outcome
 
 
-def full_accept(block: Sequence[DraftToken]) -> Branch:
-    return Branch(len(block))
+def full_accept(block: Sequence[DraftToken], alpha: float) -> Branch:
+    """The bet of ``post``: the whole block accepted, then the bonus token guessed (alpha^(k+1))."""
+    return Branch(len(block), chance=alpha ** (len(block) + 1))
 
 
 def ranked_branches(block: Sequence[DraftToken], bonus_chance: float, count: int) -> list[Branch]:
@@ -85,10 +89,21 @@ def ranked_branches(block: Sequence[DraftToken], bonus_chance: float, count: int
     chances, prefix = [], 1.0
     for j, token in enumerate(block):
         if token.runner_up is not None:
-            chances.append((prefix * token.runner_up_prob, -j, Branch(j, token.runner_up)))
+            chance = prefix * token.runner_up_prob
+            chances.append((chance, -j, Branch(j, token.runner_up, chance)))
         prefix *= token.confidence
-    chances.append((prefix * bonus_chance, 1, full_accept(block)))  # ties go to the full accept
+    chance = prefix * bonus_chance
+    chances.append((chance, 1, Branch(len(block), None, chance)))  # ties go to the full accept
     return [branch for *_, branch in sorted(chances, key=lambda c: c[:2], reverse=True)[:count]]
+
+
+def step_pays(chance: float, step_s: float, until_verdict_s: float, steps: int = 1) -> bool:
+    """Whether to start drafting ahead ``until_verdict_s`` before the verdict is expected, for a gain of one step
+    that takes ``steps`` steps (2 for the first of a full-accept bet: it drafts the guess of the bonus token, which
+    the verdict brings anyway; the step after it drafts the next block's first token).  Steps that end in time cost
+    nothing; otherwise every outcome waits for their end and only the outcome bet on gains a step: worth it when
+    chance * step >= steps * step - until."""
+    return until_verdict_s >= step_s * (steps - chance)
 
 
 @dataclass

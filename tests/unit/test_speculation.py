@@ -9,7 +9,7 @@ from device_client.draft import DraftToken
 from device_client.efficiency import RoundTiming, bound_seconds, breakdown, draft_token_seconds
 from device_client.speculation import (Branch, PsdVariant, VariantError, adaptive_length, expected_tokens,
                                        full_accept, per_token_acceptance, ranked_branches, psd_seconds_per_token,
-                                       speculation_kept)
+                                       speculation_kept, step_pays)
 
 
 def token(token_id: int, confidence: float, runner_up: int | None = None, runner_up_prob: float = 0.0) -> DraftToken:
@@ -30,7 +30,8 @@ def test_unknown_or_repeated_variants_are_refused_with_the_known_ones(text):
 
 def test_a_confident_block_bets_on_the_full_accept():
     block = [token(1, 0.9, 7, 0.05), token(2, 0.9, 8, 0.05)]
-    assert ranked_branches(block, 0.7, 1) == [full_accept(block)] == [Branch(2)]
+    assert ranked_branches(block, 0.7, 1) == [full_accept(block, 0.7)] == [Branch(2)]
+    assert full_accept(block, 0.5).chance == pytest.approx(0.125)
 
 
 def test_an_unsure_token_makes_its_runner_up_the_bet():
@@ -42,9 +43,21 @@ def test_an_unsure_token_makes_its_runner_up_the_bet():
 def test_bets_are_ranked_by_their_chance():
     # full 0.9 * 0.45 * 0.7 = 0.2835; (1, 8): 0.36; (0, 7): 0.05
     block = [token(1, 0.9, 7, 0.05), token(2, 0.45, 8, 0.4)]
-    assert ranked_branches(block, 0.7, 3) == [Branch(1, 8), Branch(2), Branch(0, 7)]
+    ranked = ranked_branches(block, 0.7, 3)
+    assert ranked == [Branch(1, 8), Branch(2), Branch(0, 7)]
+    assert [b.chance for b in ranked] == pytest.approx([0.36, 0.2835, 0.05])
     assert ranked_branches(block, 0.7, 2) == [Branch(1, 8), Branch(2)]
     assert ranked_branches([token(1, 1.0)], 0.7, 2) == [Branch(1)]  # no runner-up: only the full accept
+
+
+def test_a_step_ahead_pays_when_it_ends_before_the_verdict_or_its_bet_is_worth_the_wait():
+    assert step_pays(0.0, step_s=0.04, until_verdict_s=0.05)  # ends in time: free
+    assert not step_pays(0.1, step_s=0.04, until_verdict_s=0.02)  # 0.02 s of waiting for a 10% chance of 0.04 s
+    assert step_pays(0.6, step_s=0.04, until_verdict_s=0.02)  # a likely bet: worth the wait
+    assert not step_pays(0.5, step_s=0.04, until_verdict_s=-0.01)  # the verdict is late already: still a cost
+    # The bonus guess gains nothing by itself: with the step after it, 0.06 s of drafting for 0.05 s of flight
+    assert not step_pays(0.6, step_s=0.04, until_verdict_s=0.05, steps=2)
+    assert step_pays(0.6, step_s=0.04, until_verdict_s=0.06, steps=2)
 
 
 def test_the_drafts_ahead_survive_only_the_verdict_they_bet_on():

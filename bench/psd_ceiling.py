@@ -1,0 +1,115 @@
+"""How fast can parallel speculative decoding be on a profile, against sd at its best draft length?
+
+A Monte Carlo of one device and one edge with one block in flight (the protocol of device_client/decoding.py),
+i.i.d. acceptance alpha per drafted token, the profile's draft time per token and verify time (at the edge's
+compute scale), a fixed link round trip, and the bets a device can make while its block is verified:
+
+- sd: draft k, send, wait;
+- psd post: bet on a full accept (the drafts ahead survive with alpha^(k+1)); drafting ahead starts a step while
+  no verdict has come, up to k + 1 tokens, so a verdict may wait for the step in progress;
+- psd pre+adaptive: post, plus a block whose bet failed is one token sent at once, a block whose bet held carries
+  every draft made ahead (up to k), and a step ahead starts only when it pays (``step_pays``);
+- psd pre+adaptive, two bets: that, plus a second bet on a rejection at the first position with the edge's correction
+  guessed right with probability ``--runner-up`` (the draft's runner-up; drafted alongside, at no cost);
+- perfect overlap: every bet holds (the bound of device_client/efficiency.py: max(round trip, k t_draft) per
+  round).
+
+Each schedule at its best k in 1..8.  Prints ms per token and the ratio to sd; no daemon, no model.
+
+    .venv/bin/python bench/psd_ceiling.py [--profile profiles/phone-1b-gpu-8b.yaml] [--rtt-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
+
+from device_client.speculation import step_pays
+from tandem.profiles import load_profile
+
+SCHEDULES = ("sd", "post", "pre", "pre2", "overlap")
+TOKENS = 50_000  # per schedule and setting: the means are then exact to about 1%
+
+
+def simulate(alpha: float, k: int, draft_s: float, round_trip, schedule: str, runner_up: float, seed: int) -> float:
+    """Mean seconds per committed token of ``schedule`` ("sd", "post", "pre", "pre2", "overlap")."""
+    rng = random.Random(seed)
+    seconds = tokens = 0.0
+    ready = 0  # drafts made ahead that survived the verdict
+    while tokens < TOKENS:
+        pre = schedule in ("pre", "pre2")
+        block = (1 if ready == 0 else min(k, ready)) if pre else k
+        flight = round_trip(block)
+        accepted = 0
+        while accepted < block and rng.random() < alpha:
+            accepted += 1
+        tokens += accepted + 1
+        if schedule == "overlap":  # the next block drafted while this one is in flight, whatever the verdict
+            seconds += max(flight, k * draft_s) if tokens > accepted + 1 else k * draft_s + flight
+            continue
+        seconds += max(0, block - ready) * draft_s
+        if schedule == "sd":
+            seconds += flight
+            ready = 0
+            continue
+        # Drafting ahead: a step starts while no verdict has come, up to the bet's k + 1 tokens (with pre, only when
+        # it pays: device_client/speculation.step_pays); the verdict is taken when the step in progress ends.
+        ahead = 0
+        while ahead < k + 1 and ahead * draft_s < flight and (
+                not pre or step_pays(alpha ** (block + 1), draft_s, flight - ahead * draft_s, 2 if ahead == 0 else 1)):
+            ahead += 1
+        seconds += max(flight, ahead * draft_s)
+        if accepted == block and rng.random() < alpha:  # the full accept bet on, and its bonus guessed
+            ready = min(ahead - 1, k) if ahead >= 1 else 0
+        elif schedule == "pre2" and accepted == 0 and rng.random() < runner_up:
+            ready = min(ahead, k)  # the second bet, drafted alongside the first (a batch of two on the phone)
+        else:
+            ready = 0
+    return seconds / tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "phone-1b-gpu-8b.yaml")
+    parser.add_argument("--rtt-ms", type=float, default=20.0, help="link round trip (default 20: the bench's links)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.7, 0.8])
+    parser.add_argument("--compute-scales", type=float, nargs="+", default=[0.05, 0.1, 1.0])
+    parser.add_argument("--runner-up", type=float, default=0.4,
+                        help="how often the draft's runner-up is the edge's correction (default 0.4)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "psd_ceiling.json")
+    args = parser.parse_args()
+    profile = load_profile(args.profile)
+    draft_s = profile.device.draft_seconds_per_token
+    rows = []
+    print(f"{profile.name}: {draft_s * 1000:.0f} ms per draft token, link round trip {args.rtt_ms:g} ms; ms per "
+          "token at each schedule's best k (ratio to sd at its best k)")
+    for scale in args.compute_scales:
+        def round_trip(k: int, scale=scale) -> float:
+            return args.rtt_ms / 1000 + float(profile.edge.block_seconds(k)) / scale
+
+        for alpha in args.alphas:
+            row = {"compute_scale": scale, "alpha": alpha, "round_trip_k4_s": round_trip(4)}
+            for schedule in SCHEDULES:
+                best = min((simulate(alpha, k, draft_s, round_trip, schedule, args.runner_up, seed=k), k)
+                           for k in range(1, 9))
+                row[schedule] = {"s_per_token": best[0], "k": best[1]}
+            sd = row["sd"]["s_per_token"]
+            figures = [f"{name} {row[name]['s_per_token'] * 1000:.0f} (k={row[name]['k']}, "
+                       f"x{sd / row[name]['s_per_token']:.2f})" for name in SCHEDULES]
+            print(f"edge x{scale:g} (round trip at k=4 {row['round_trip_k4_s'] * 1000:.0f} ms), alpha {alpha:g}: "
+                  + ", ".join(figures))
+            rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"profile": profile.name, "rtt_ms": args.rtt_ms, "runner_up": args.runner_up,
+                                    "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
