@@ -69,13 +69,17 @@ def median_of(runs: list[dict], key: str) -> float | None:
 
 
 def paired_ratio(runs: list[dict], base: list[dict]) -> dict:
-    """tokens/s over the base mode's on the same prompt and repeat: geometric mean with its 95% interval."""
+    """tokens/s over the base mode's on the same prompt and repeat: geometric mean with its 95% interval, and the
+    ratio of the medians beside it (the two part when the gain varies by prompt)."""
     logs = [math.log(r["tokens_per_s"] / b["tokens_per_s"]) for r, b in zip(runs, base)
             if r["tokens_per_s"] > 0 and b["tokens_per_s"] > 0]
+    medians = median_of(runs, "tokens_per_s") / median_of(base, "tokens_per_s") if runs and base else None
     if len(logs) < 2:
-        return {"ratio": math.exp(logs[0]) if logs else None, "ci95": None, "pairs": len(logs)}
+        return {"ratio": math.exp(logs[0]) if logs else None, "ci95": None, "pairs": len(logs),
+                "ratio_of_medians": medians}
     mean, half = float(np.mean(logs)), 1.96 * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
-    return {"ratio": math.exp(mean), "ci95": [math.exp(mean - half), math.exp(mean + half)], "pairs": len(logs)}
+    return {"ratio": math.exp(mean), "ci95": [math.exp(mean - half), math.exp(mean + half)], "pairs": len(logs),
+            "ratio_of_medians": medians}
 
 
 def summarize_mode(runs: list[dict], base: list[dict], best_sd: list[dict]) -> dict:
@@ -139,7 +143,9 @@ def run_modes(address: str, draft: DraftEngine, args) -> dict[str, dict]:
     connection.close()
     best_sd = max((m for m in modes if m.startswith("sd")), key=lambda m: median_of(results[m], "tokens_per_s"))
     rows = {mode: summarize_mode(runs, results["sd"], results[best_sd]) for mode, runs in results.items()}
-    return {"best_sd": best_sd, "rows": rows, "ceilings": ceilings(results, args.draft_length)}
+    kept = ("tokens_per_s", "elapsed_s", "efficiency", "bound_s_per_token", "acceptance_rate", "rounds")
+    per_run = {mode: [{key: run[key] for key in kept} for run in runs] for mode, runs in results.items()}
+    return {"best_sd": best_sd, "rows": rows, "ceilings": ceilings(results, args.draft_length), "runs": per_run}
 
 
 def concurrent_verify_cost(address: str, prepared, args) -> dict:

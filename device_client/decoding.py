@@ -186,10 +186,13 @@ class _SpeculativeRequest:
         if not self.variant.adaptive_length or result.rounds < 2:
             return longest
         alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths)
-        recent = result.round_timings[-8:]
-        round_trip = sum(r.in_flight_s for r in recent) / len(recent)
-        return adaptive_length(alpha, result.draft_token_s or 0.0, round_trip, longest) if alpha is not None \
-            else longest
+        return adaptive_length(alpha, result.draft_token_s or 0.0, self._expected_round_trip(), longest) \
+            if alpha is not None else longest
+
+    def _expected_round_trip(self) -> float:
+        """The recent rounds' mean time in flight (the link and the edge's load change)."""
+        recent = self.result.round_timings[-8:]
+        return sum(r.in_flight_s for r in recent) / len(recent)
 
     def _block_length(self) -> int:
         longest = self._longest_block()
@@ -233,11 +236,10 @@ class _SpeculativeRequest:
 
     def _step_pays(self, chance: float, steps: int) -> bool:
         """``step_pays`` with the verdict expected after the recent rounds' mean time in flight."""
-        recent, step = self.result.round_timings[-8:], self.result.draft_token_s
-        if not recent or step is None:
+        step = self.result.draft_token_s
+        if not self.result.round_timings or step is None:
             return True  # nothing observed yet: draft ahead
-        expected = self.sent_at + sum(r.in_flight_s for r in recent) / len(recent)
-        return step_pays(chance, step, expected - time.perf_counter(), steps)
+        return step_pays(chance, step, self.sent_at + self._expected_round_trip() - time.perf_counter(), steps)
 
     def wait_verdict(self) -> Verdict:
         return self.place.wait_verdict()

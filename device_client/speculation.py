@@ -32,7 +32,7 @@ from typing import Sequence
 from device_client.draft import DraftToken
 
 IMPROVEMENTS = ("pre", "branch", "adaptive")
-DEFAULT_PSD_VARIANT = "pre+branch+adaptive"  # the best measured (docs/benchmarks.md, "PSD variants")
+DEFAULT_PSD_VARIANT = "pre+adaptive"  # the best measured (docs/benchmarks.md, "PSD variants")
 
 
 class VariantError(ValueError):
