@@ -293,6 +293,9 @@ def main() -> int:
     dilation = args.dilation if args.profile else 0.0
     draft: DraftEngine = LlamaCppDraftEngine(prepared.draft_gguf)
     edge_args = ["--engine", args.engine, "--data-dir", str(data_dir)]
+    if args.sessions:  # every concurrent session from this one (plaintext) client, opened at once
+        most = str(2 * max(args.sessions))
+        edge_args += ["--max-sessions", most, "--max-sessions-per-identity", most, "--open-rate", "1000"]
     pacer = Pacer(dilation)
     if args.profile:  # the phone and the edge paced like the profile's; the link D times slower
         draft = PacedDraftEngine(draft, load_profile(args.profile).device, pacer)

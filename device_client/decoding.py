@@ -155,6 +155,7 @@ class _SpeculativeRequest:
         self.result.session_id = self.place.session.id
         self.sent_at = 0.0  # when the block in flight was sent
         self.block_draft_s = 0.0  # drafting of the block in flight while nothing else was in flight
+        self.full_accept_last = False  # whether the last verdict accepted its whole block
 
     @property
     def done(self) -> bool:
@@ -183,8 +184,8 @@ class _SpeculativeRequest:
         # Each round emits accepted + 1 tokens: a block longer than remaining - 1 would be drafted in vain.
         longest = max(1, min(self.route.draft_length(self.draft_length), self.emitter.remaining - 1))
         result = self.result
-        if not self.variant.adaptive_length or result.rounds < 2:
-            return longest
+        if not self.variant.adaptive_length or not self.config.greedy or result.rounds < 2:
+            return longest  # sampling: lengths from the verdicts only (see _block_length)
         alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths)
         return adaptive_length(alpha, result.draft_token_s or 0.0, self._expected_round_trip(), longest) \
             if alpha is not None else longest
@@ -195,11 +196,16 @@ class _SpeculativeRequest:
         return sum(r.in_flight_s for r in recent) / len(recent)
 
     def _block_length(self) -> int:
+        """Pre-verify: with no surviving drafts ahead the first token goes at once; with them, all of them go.
+        When sampling, where the sample a seed gives depends on where blocks begin and end (a bonus token is drawn
+        from p, a drafted one accepted or resampled), lengths follow the verdicts alone, never timing, so that a
+        seed gives the same answer on every run: one token after a round not fully accepted, else the longest."""
         longest = self._longest_block()
-        if self.variant.pre_verify:
-            # Pre-verify: with no surviving drafts ahead the first token goes at once; with them, all of them go.
-            return min(longest, max(1, len(self.ahead)))
-        return longest
+        if not self.variant.pre_verify:
+            return longest
+        if not self.config.greedy:
+            return longest if self.full_accept_last else 1
+        return min(longest, max(1, len(self.ahead)))
 
     def send(self, block: list[DraftToken]) -> None:
         """The block goes to the edge at the first uncommitted position (with its distributions when sampling)."""
@@ -252,6 +258,7 @@ class _SpeculativeRequest:
         self.result.count_round(RoundTiming(len(block), verdict.accepted, self.block_draft_s, received - self.sent_at,
                                             verdict.verify_seconds, verdict.queue_seconds, taken - received))
         self._commit_tokens(_ids(block)[:verdict.accepted] + [verdict.next_token])
+        self.full_accept_last = verdict.accepted == len(block)
         self._report()
         for bet in self.bets:
             drop = speculation_kept(bet.branch, verdict.accepted, verdict.next_token, bet.drafts)

@@ -20,7 +20,10 @@ block from scratch after the verdict, which is why psd gained little over sd.  T
   a step that would end after the verdict is expected must be worth that wait.
 
 Every variant changes only what is drafted and when it is sent: each emitted token is the edge's verdict, so all
-are lossless (the verification code is the same for all).
+are lossless (the verification code is the same for all).  When sampling, the sample a seed gives depends on where
+blocks begin and end, so there block lengths follow the verdicts alone (``pre``: one token after a round not fully
+accepted, else the longest; ``adaptive`` keeps the controller's length): the same seed gives the same answer on
+every run, as with ``post``.  Greedy answers do not depend on blocks, and there timing may choose.
 """
 
 from __future__ import annotations

@@ -206,6 +206,20 @@ def test_branch_aware_drafting_bets_on_the_likelier_correction_and_keeps_it():
     assert branch.speculation_kept / branch.rounds > post.speculation_kept / post.rounds
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sampled_blocks_follow_the_verdicts_not_the_timing(variant):
+    """Where a sampled answer's blocks begin and end decides which sample a seed gives: a fast and a slow edge
+    must see the same blocks, so that a seed gives the same answer on every run."""
+    sampled = SamplingConfig(temperature=0.8, top_k=8, seed=3)
+
+    def blocks(polls: int) -> list[int]:
+        result = decode_speculative(FixedRoute(Edge("e0", Faults(verdict_after_polls=polls))), Draft(), PROMPT,
+                                    sampled, TOKENS, 4, True, stop_ids=(), variant=PsdVariant.parse(variant))
+        return result.block_lengths
+
+    assert blocks(0) == blocks(10)
+
+
 def test_pre_verify_sends_a_single_token_when_the_drafts_ahead_failed():
     result = decode(FixedRoute(Edge("e0", Faults(verdict_after_polls=0))), parallel=True, variant="pre")
     assert result.block_lengths == [1] * result.rounds  # the verdict always came before anything was drafted ahead
