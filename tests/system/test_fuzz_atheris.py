@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from harness.figures import REPORT
 pytest.importorskip("atheris")
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
+BUDGET_MB = 2048  # the fuzzer's own memory, beyond what it starts with
 TARGETS = ("edge_messages", "control_messages", "trace_reader", "config_readers", "checkpoint_reader")
 SECONDS = int(os.environ.get("TANDEM_FUZZ_SECONDS", "20"))
 RUNS = re.compile(r"stat::number_of_executed_units:\s*(\d+)|^Done (\d+) runs", re.MULTILINE)
@@ -35,10 +37,17 @@ def fuzz_command(target: str, work: Path) -> list[str]:
     corpus.mkdir()
     command = [sys.executable, str(FUZZ / f"{target}.py"), str(corpus),
                *(str(folder) for folder in (FUZZ / "corpus" / target, FUZZ / "crashes" / target) if folder.is_dir()),
-               f"-max_total_time={SECONDS}", "-rss_limit_mb=2048", "-timeout=30", "-print_final_stats=1",
+               f"-max_total_time={SECONDS}", f"-rss_limit_mb={rss_limit_mb()}", "-timeout=30", "-print_final_stats=1",
                f"-artifact_prefix={work}/"]
     dictionary = FUZZ / f"{target}.dict"
     return [*command, f"-dict={dictionary}"] if dictionary.is_file() else command
+
+
+def rss_limit_mb() -> int:
+    """libFuzzer limits the process's peak RSS as getrusage reports it, and Linux carries a peak across fork and
+    exec: a child of this test process starts with this process's peak (the suite's models), whatever it uses
+    itself.  The budget counts from there."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + BUDGET_MB
 
 
 @pytest.mark.parametrize("target", TARGETS)
