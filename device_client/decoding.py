@@ -123,7 +123,7 @@ def decode_speculative(
                 request.send(block)
                 verdict = (request.draft_ahead(block) if parallel else None) or request.wait_verdict()
             except EdgeError as error:
-                request.resume(error)
+                request.resume(error, block)
             else:
                 request.commit(block, verdict)
         request.close()
@@ -268,13 +268,16 @@ class _SpeculativeRequest:
                 break
         self._drop_bets()
 
-    def resume(self, error: EdgeError) -> None:
+    def resume(self, error: EdgeError, block: list[DraftToken]) -> None:
         """After a broken link: a new stream (or a new session, on another edge if the route moved), the verdicts
         that never reached the device committed from the edge's record, and the drafts made ahead dropped (they
         assumed a verdict the device has not seen).  Any other failure ends the request."""
         if error.kind is not EdgeFailure.LINK_DOWN:
             raise error
-        self._commit_tokens(self.place.recover(self.committed, self.spec))
+        recovered = self.place.recover(self.committed, self.spec)
+        if recovered:  # the verdict of ``block`` (one block is in flight at a time): was it a full accept?
+            self.full_accept_last = len(recovered) == len(block) + 1
+        self._commit_tokens(recovered)
         self._drop_bets()
         self.result.draft_wasted_tokens += len(self.ahead)
         self.ahead = []
