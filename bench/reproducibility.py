@@ -38,7 +38,7 @@ from device_client.draft import LlamaCppDraftEngine
 from device_client.generate import GenerationRequest, generate
 from device_client.grpc_edge import EdgeConnection
 from edge_server.engines.base import ScoreRequest
-from tandem.llamacpp import LlamaContext
+from tandem.llamacpp import LlamaContext, load_weights
 from tandem.models import default_data_dir
 from toolbox.models import prepare_models
 from tandem.processes import EdgeProcess, vllm_cores, vllm_edge_env
@@ -112,18 +112,18 @@ def llamacpp_figures(prepared, draft, tokens: int) -> dict:
     out = {}
     for name, gguf in (("draft_q4_0", prepared.draft_gguf), ("target_q4_1", prepared.target_gguf)):
         sequence = list(ids)
-        context = LlamaContext(gguf, 2048, 1, all_logits=True)
+        context = LlamaContext(load_weights(gguf), 2048, 1, all_logits=True)
         for _ in range(tokens):
             sequence.append(int(np.argmax(context.logits(sequence, len(sequence) - 1)[-1])))
         first = len(ids) - 1
-        one_batch = LlamaContext(gguf, 2048, 1, all_logits=True).logits(sequence, first)
-        single = LlamaContext(gguf, 2048, 1, all_logits=True)
+        one_batch = LlamaContext(load_weights(gguf), 2048, 1, all_logits=True).logits(sequence, first)
+        single = LlamaContext(load_weights(gguf), 2048, 1, all_logits=True)
         one_at_a_time = [single.logits(sequence[: n + 1], n)[-1] for n in range(first, len(sequence))]
-        blocks_context = LlamaContext(gguf, 2048, 1, all_logits=True)
+        blocks_context = LlamaContext(load_weights(gguf), 2048, 1, all_logits=True)
         blocks = list(blocks_context.logits(sequence[: first + 1], first))
         for start in range(first + 1, len(sequence), BLOCK + 1):
             blocks += list(blocks_context.logits(sequence[: start + BLOCK + 1], start))
-        last_only = LlamaContext(gguf, 2048, 1, all_logits=False)
+        last_only = LlamaContext(load_weights(gguf), 2048, 1, all_logits=False)
         prefill = last_only.logits(ids, first)[0]
         last_only.logits(sequence, len(sequence) - 1)
         rolled_back = last_only.logits(ids, first)[0]  # the last prompt token evaluated alone

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tandem.llamacpp import LlamaContext
+from tandem.llamacpp import LlamaContext, load_weights
 from tandem.sampling import Candidates, PositionRandom, SamplingConfig, SparseDist, sample, truncate
 
 
@@ -78,23 +78,26 @@ def _odds(dist: SparseDist, token: int) -> tuple[float, int | None, float]:
 
 
 class LlamaCppDraftEngine(DraftEngine):
-    def __init__(self, gguf: Path, n_ctx: int = 4096, n_threads: int = 1) -> None:
+    """A context of its own on the process's copy of the draft model (``tandem.llamacpp.load_weights``): devices
+    emulated in one process share the weights and each holds only its KV cache.  ``shared_weights=False`` loads a
+    private copy, as a device with a model of its own would."""
+
+    def __init__(self, gguf: Path, n_ctx: int = 4096, n_threads: int = 1, shared_weights: bool = True) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self._context = LlamaContext(gguf, n_ctx, n_threads, all_logits=False)
-        llama = self._context.llama
-        metadata = llama.metadata
-        self.vocab_size = self._context.n_vocab
-        self.tokenizer_fingerprint = self._context.tokens_fingerprint()
-        eos = llama.token_eos()
+        weights = self._weights = load_weights(gguf, shared=shared_weights)
+        self._context = LlamaContext(weights, n_ctx, n_threads, all_logits=False)
+        self.vocab_size = weights.n_vocab
+        self.tokenizer_fingerprint = weights.tokens_fingerprint()
+        eos, bos = weights.token_eos(), weights.token_bos()
         self.stop_ids = [eos] if eos >= 0 else []
-        self._add_bos = metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        template = metadata.get("tokenizer.chat_template")
+        self._add_bos = weights.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        template = weights.metadata.get("tokenizer.chat_template")
         self._formatter = (
             Jinja2ChatFormatter(
                 template=template,
-                eos_token=llama._model.token_get_text(eos) if eos >= 0 else "",
-                bos_token=llama._model.token_get_text(llama.token_bos()) if llama.token_bos() >= 0 else "",
+                eos_token=weights.token_text(eos) if eos >= 0 else "",
+                bos_token=weights.token_text(bos) if bos >= 0 else "",
             )
             if template
             else None
@@ -106,10 +109,10 @@ class LlamaCppDraftEngine(DraftEngine):
         return self.encode_text(self._formatter(messages=[{"role": "user", "content": user_message}]).prompt)
 
     def encode_text(self, text: str) -> list[int]:
-        return self._context.llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+        return self._weights.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
 
     def decode(self, token_ids: Sequence[int]) -> bytes:
-        return self._context.llama.detokenize(list(token_ids))
+        return self._weights.detokenize(token_ids)
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         return self._context.logits(context, len(context) - 1)[0]

@@ -2,9 +2,9 @@
 
 Each device keeps what a phone would have of its own: a draft model context, a route to the controller (its
 allocation watch and reports, under its user id), its radio link (its port on the link emulator), a hardware
-pacer, its request queue.  Devices share only the process, the draft model's weights (mmap'ed by every context)
-and the metrics endpoint.  Requests arrive by the workload (device_client/workload.py); a request that arrives
-while the device is busy waits, and its latency counts from its arrival.  Every finished request is a JSON line
+pacer, its request queue.  Devices share only the process, the draft model's weights (loaded once: each device is a
+llama.cpp context on them, ``draft_weights: shared``) and the metrics endpoint.  Requests arrive by the workload
+(device_client/workload.py); a request that arrives while the device is busy waits, and its latency counts from its arrival.  Every finished request is a JSON line
 in the results file, with its token ids (to check losslessness afterwards).
 """
 
@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +50,10 @@ class FleetConfig(BaseModel):
     draft: Path | None = Field(None, description="draft GGUF (default: the prepared one)")
     data_dir: Path | None = None
     draft_context: int = Field(1024, ge=128, le=1 << 16, description="each device's draft context (tokens)")
+    draft_weights: Literal["shared", "per-device"] = Field(
+        "shared", description="shared: one copy of the draft model in the process, every device a context on it "
+        "(a device costs its KV cache, ~30 MB); per-device: each device loads its own (~190 MB each, as separate "
+        "phones would)")
     pacing: PacingSettings = PacingSettings()
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", pattern=HOST_PATTERN)
@@ -145,7 +150,8 @@ class Fleet:
         self.pacers: list[Pacer] = []
         for user in config.users:
             pacer = Pacer(self.dilation, self.metrics.count_paced_step)
-            draft: DraftEngine = LlamaCppDraftEngine(draft_gguf, n_ctx=config.draft_context)
+            draft: DraftEngine = LlamaCppDraftEngine(draft_gguf, n_ctx=config.draft_context,
+                                                     shared_weights=config.draft_weights == "shared")
             if profile is not None and self.dilation > 0:
                 draft = PacedDraftEngine(draft, profile.device, pacer)
             route = ControllerRoute(config.controller, user.id, user.via, config.connect_timeout_s, self.dilation,

@@ -216,9 +216,11 @@ class Testbed:
         return ControllerProcess(["--config", str(path)], log_path=self.run_dir / "controller.log", detached=True)
 
     def start_devices(self, phase: str, until_s: float | None, seed: int = 0, mode: str | None = None,
-                      rate_per_user_s: float | None = None, psd_variant: str | None = None) -> list[DevicesProcess]:
+                      rate_per_user_s: float | None = None, psd_variant: str | None = None,
+                      draft_weights: str | None = None) -> list[DevicesProcess]:
         """Start the device fleets of a workload phase; with ``until_s`` they exit once its last request ended.
-        Their results go to <run_dir>/<phase>-<i>.jsonl (emptied first)."""
+        Their results go to <run_dir>/<phase>-<i>.jsonl (emptied first).  ``draft_weights``: the fleets' (default:
+        shared, one copy of the draft model per process)."""
         controller = self.find("controller")
         linkemu = self.find("link emulator")
         users = self.scenario.user_ids()
@@ -241,7 +243,7 @@ class Testbed:
                              "draft_length": self.scenario.longest_draft, "seed": seed} | variant,
                 "pacing": {"profile": str(self.scenario.profile), "dilation": self.dilation},
                 "metrics_port": 0, "metrics_host": self.config.host, "results": str(results),
-                "draft": str(self.draft_gguf)}))
+                "draft": str(self.draft_gguf)} | ({"draft_weights": draft_weights} if draft_weights else {})))
             fleet = DevicesProcess(["--config", str(path)], results, log_path=self.run_dir / f"{phase}-{index}.log",
                                    detached=True)
             fleets.append(self._start(fleet, f"{phase} {index} (users {chunk[0]}-{chunk[-1]})"))

@@ -59,17 +59,19 @@ def seek_trace(bed, slot: int) -> None:
 
 
 def run_phase(bed, policy: str, phase_s: float, mode: str | None = None, name: str | None = None,
-              trace_slot: int = PHASE_TRACE_SLOT, psd_variant: str | None = None) -> Phase:
+              trace_slot: int = PHASE_TRACE_SLOT, psd_variant: str | None = None,
+              draft_weights: str | None = None) -> Phase:
     """``mode``: psd or sd (default: the scenario's), psd as ``psd_variant`` says (default: the device's);
     ``name``: the phase's files (default: the policy);
-    ``trace_slot``: where the radio trace plays from as the devices start (the same for every phase compared)."""
+    ``trace_slot``: where the radio trace plays from as the devices start (the same for every phase compared);
+    ``draft_weights``: the fleets' (shared, the default, or per-device)."""
     name = name or policy
     print(f"\n[{name}] swapping the policy {policy} in through the admin CLI...", flush=True)
     set_policy(bed, policy)
     time.sleep(2 * bed.trace.slot_s * bed.dilation)  # a decision or two under the new policy before arrivals
     edges = [d for d in bed.daemons if d.label.startswith("edge")]
     before = [scrape(bed.config.host, e.metrics_port) for e in edges]
-    fleets = bed.start_devices(name, phase_s, mode=mode, psd_variant=psd_variant)
+    fleets = bed.start_devices(name, phase_s, mode=mode, psd_variant=psd_variant, draft_weights=draft_weights)
     seek_trace(bed, trace_slot)  # the devices' clocks start as they announce readiness: the same radio for each
     started = time.monotonic()
     while any(f.process.poll() is None for f in fleets):

@@ -1,7 +1,7 @@
 """Target engine on llama.cpp: full logits, starts in a second, no batching across sessions.
 
-Each session gets a context from a small pool (contexts share the mmap'ed weights, so a context costs only its
-KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
+Each session gets a context from a small pool (contexts share the process's one copy of the weights,
+``tandem.llamacpp.load_weights``, so a context costs only its KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
 that keeps its slot re-evaluates only its new tokens.  Slots belong to the identity that used them last: another
 identity's request never reuses their cache (it gets an empty slot, or the least recently used one wiped), so the
 time a verification takes says nothing about other clients' prompts.  All llama.cpp calls run on one worker
@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_server.engines.base import (CacheOwner, EngineInfo, ScoredBlock, ScoredPosition, ScoreRequest, StepObserver,
                                       TargetEngine)
-from tandem.llamacpp import LlamaContext
+from tandem.llamacpp import LlamaContext, load_weights
 from tandem.sampling import Candidates, PositionRandom, SamplingConfig, sample, truncate
 
 
@@ -123,7 +123,7 @@ class LlamaCppTargetEngine(TargetEngine):
         return self._slots[best]
 
     def _new_slot(self) -> LlamaContext:
-        context = LlamaContext(self._gguf, self._max_context, self._n_threads, all_logits=True)
+        context = LlamaContext(load_weights(self._gguf), self._max_context, self._n_threads, all_logits=True)
         self._slots.append(context)
         self._last_use[len(self._slots) - 1] = 0
         self._owners[len(self._slots) - 1] = None

@@ -88,9 +88,10 @@ def test_a_bad_config_is_refused_with_exit_2(umi_trace, tmp_path, change, reason
 
 
 def test_every_phase_plays_the_same_requests_on_the_same_radio(prepared, umi_trace, tmp_path):
-    """Two workload phases under two policies (swapped through the admin CLI) on one running testbed: the same
-    requests (user, sequence number, arrival time), and the link emulator seeks its trace to the same slot as each
-    phase starts (LinkControl.Seek, over mutual TLS as the admin)."""
+    """Workload phases under two policies (swapped through the admin CLI) on one running testbed: the same requests
+    (user, sequence number, arrival time), and the link emulator seeks its trace to the same slot as each phase
+    starts (LinkControl.Seek, over mutual TLS as the admin).  A third phase's devices each load a draft model of
+    their own instead of sharing the process's copy: they answer every request with the same tokens."""
     from testbed.bed import Testbed
     from testbed.config import load_testbed_config
     from testbed.phases import PHASE_TRACE_SLOT, run_phase
@@ -99,11 +100,14 @@ def test_every_phase_plays_the_same_requests_on_the_same_radio(prepared, umi_tra
     try:
         bed.up(devices=False)
         phases = [run_phase(bed, policy, 2.0) for policy in ("max-sinr-hysteresis", "tma-equal:draft_lengths=tuned")]
+        phases.append(run_phase(bed, "max-sinr-hysteresis", 2.0, name="own-weights", draft_weights="per-device"))
     finally:
         bed.down()
     played = [sorted((r["user"], r["seq"], round(r["arrival_s"], 6)) for r in phase.records) for phase in phases]
-    assert played[0] and played[0] == played[1]
+    assert played[0] and played[0] == played[1] == played[2]
     assert all("error" not in r for phase in phases for r in phase.records)
-    assert [phase.trace_slot for phase in phases] == [PHASE_TRACE_SLOT] * 2
+    assert [phase.trace_slot for phase in phases] == [PHASE_TRACE_SLOT] * 3
     log = (tmp_path / "run" / "linkemu.log").read_text()
-    assert log.count(f"trace seek: slot {PHASE_TRACE_SLOT} plays now") == 2
+    assert log.count(f"trace seek: slot {PHASE_TRACE_SLOT} plays now") == 3
+    answers = [{(r["user"], r["seq"]): r["token_ids"] for r in phase.records} for phase in (phases[0], phases[2])]
+    assert answers[0] == answers[1]
