@@ -4,8 +4,9 @@ Each device keeps what a phone would have of its own: a draft model context, a r
 allocation watch and reports, under its user id), its radio link (its port on the link emulator), a hardware
 pacer, its request queue.  Devices share only the process, the draft model's weights (loaded once: each device is a
 llama.cpp context on them, ``draft_weights: shared``) and the metrics endpoint.  Requests arrive by the workload
-(device_client/workload.py); a request that arrives while the device is busy waits, and its latency counts from its arrival.  Every finished request is a JSON line
-in the results file, with its token ids (to check losslessness afterwards).
+(device_client/workload.py); a request that arrives while the device is busy waits, and its latency counts from its
+arrival.  Every finished request is a JSON line in the results file, with its token ids (to check losslessness
+afterwards).
 """
 
 from __future__ import annotations
