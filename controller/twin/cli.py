@@ -67,7 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
                "agent_steps": result.agent_steps, "seconds": round(result.seconds, 1),
                "peak_rss_mb": round(result.peak_rss_mb), "best_iteration": result.best_iteration,
                "best_validation_time_in_system_s": result.best_validation_time_s,
-               "heuristic_validation_time_in_system_s": result.baseline_validation_time_s}
+               "heuristic_validation_time_in_system_s": result.baseline_validation_time_s,
+               "env_runner_nodes": result.env_runner_nodes}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return EXIT_OK

@@ -72,6 +72,7 @@ class TrainResult:
     best_validation_time_s: float | None
     baseline_validation_time_s: float | None
     history: list[dict] = field(default_factory=list)
+    env_runner_nodes: list[str] = field(default_factory=list)  # the Ray nodes the remote env runners ran on
 
 
 def ppo_config(settings: TrainSettings, agents_per_episode: int):
@@ -152,12 +153,15 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
         ray.init(address="local", num_cpus=max(2, settings.env_runners + 1), include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
     started = time.monotonic()
-    best_time, best_iteration, history, writer = None, None, [], None
+    best_time, best_iteration, history, writer, runner_nodes = None, None, [], None, []
     network = network_spec(settings.hidden)
     try:
         writer = SummaryWriter(str(settings.out / "tensorboard"))
         baseline = validate(episodes, validation, settings.validation_seeds, prior_policy)
         algorithm = ppo_config(settings, len(episodes.agents)).build_algo()  # every agent acts each step (rllib_env.py)
+        # Where sampling runs (on a cluster: spread over its nodes, as their CPUs allow).
+        runner_nodes = sorted(algorithm.env_runner_group.foreach_env_runner(
+            lambda runner: ray.get_runtime_context().get_node_id(), local_env_runner=False))
         with (settings.out / "progress.jsonl").open("w") as log:
             for iteration in range(1, settings.iterations + 1):
                 result = algorithm.train()
@@ -203,7 +207,7 @@ def train(settings: TrainSettings, progress: Callable[[int, dict], None] = lambd
         iterations=len(history), env_steps=int(last.get("env_steps", 0)), agent_steps=int(last.get("agent_steps", 0)),
         seconds=time.monotonic() - started, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         best_iteration=best_iteration, best_validation_time_s=best_time,
-        baseline_validation_time_s=baseline.time_in_system_s, history=history)
+        baseline_validation_time_s=baseline.time_in_system_s, history=history, env_runner_nodes=runner_nodes)
 
 
 def _replace_folder(folder: Path, write: Callable[[Path], None]) -> None:

@@ -1,6 +1,6 @@
-"""`tandem train --address` on a real two-node Ray cluster on loopback: a head node (`ray start --head`) that offers
-no CPU and a second node (`ray start --address`) with one, both with Ray's token authentication.  The training's
-environment runner needs a CPU, so it can only run on the second node: a run that finishes has sampled there."""
+"""`tandem train --address` on a real two-node Ray cluster on loopback: a head node (`ray start --head`) and a second
+node (`ray start --address`), one CPU each, both with Ray's token authentication.  The training's two environment
+runners need a CPU each, so one runs on each node: the run samples on both, and its summary names the nodes."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _wait_for_nodes(env: dict, count: int, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def two_node_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1"}
-    head = _ray_start(["--head", "--port", str(PORT), "--num-cpus", "0", "--include-dashboard", "false"], env)
+    head = _ray_start(["--head", "--port", str(PORT), "--num-cpus", "1", "--include-dashboard", "false"], env)
     nodes = [head]
     try:
         _wait_for_nodes(env, 1)
@@ -75,9 +75,10 @@ def test_training_runs_on_a_two_node_ray_cluster(two_node_cluster, umi_trace, tm
     scenario = write_twin_scenario(tmp_path, umi_trace)
     done = run_tandem("train", "--scenario", str(scenario), "--iterations", "2", "--eval-every", "2",
                       "--batch-size", "200", "--batch-envs", "4", "--minibatch-size", "128", "--max-users", "4",
-                      "--episode-slots", "40", "--env-runners", "1",
+                      "--episode-slots", "40", "--env-runners", "2",
                       "--address", f"127.0.0.1:{PORT}", "--out", str(tmp_path / "run"), "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["env_steps"] >= 400
     assert (tmp_path / "run" / "best" / "actor.safetensors").exists()
+    assert len(summary["env_runner_nodes"]) == 2 and len(set(summary["env_runner_nodes"])) == 2, summary
