@@ -1,5 +1,7 @@
 """The compose testbed under a real dockerd: every image built from the repo's Dockerfiles (deploy/), the
-services up with docker-compose, prompts sent through the client CLI inside it, Prometheus scraping every daemon,
+services up with docker-compose and the vLLM override (deploy/compose.vllm.yml: edge1 runs the target under vLLM,
+edge0 under llama.cpp), prompts sent through the client CLI inside it and served by the vLLM edge, checked against
+teacher forcing through that edge's Score, Prometheus scraping every daemon (the vLLM edge included),
 every Grafana panel's PromQL answered, per-service credentials (a container holds only its own key, the CA key none,
 and a device cannot administer) — then everything down.
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -19,27 +20,13 @@ import urllib.request
 
 import pytest
 
-from harness.clients import free_port, run_tandem
+from harness.clients import free_port
+from harness.containers import assert_target_argmax, docker_ready, edge_address, ensure_trace, teacher_forcing_command
 from harness.paths import REPO
 
 PROJECT = "tandemtest"
 JOBS = {"edge", "linkemu", "controller", "devices"}
 PROMPT = "Give three tips for learning a new language."
-TRACE = REPO / "traces" / "umi-3x8-s0.npz"  # deploy/compose/linkemu.yaml replays it
-
-
-def docker_ready() -> str | None:
-    """Why the compose testbed cannot run here, or None."""
-    if shutil.which("docker-compose") is None or shutil.which("docker") is None:
-        return "docker-compose is not installed (scripts/setup-docker.sh)"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return "dockerd is not running (scripts/setup-docker.sh)"
-    for image in ("tandem:latest", "tandem-prometheus:latest"):
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
-            return f"image {image} is not built (deploy/build-images.sh)"
-    return None
-
-
 ONE_SHOT = {"models", "certs", "admin"}
 CONTAINER_UID = "10001"  # the image's user (deploy/Dockerfile)
 # What each service finds in /tls: the CA certificate and its own identities' certificates and keys, nothing else.
@@ -58,9 +45,13 @@ def exited_services() -> dict[str, str]:
             for name in names if name not in ONE_SHOT}
 
 
+FILES = ["-f", "docker-compose.yml", "-f", "deploy/compose.vllm.yml"]  # edge1 on vLLM
+VLLM_EDGE = "edge 1 (edge1:50051)"
+
+
 def compose(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker-compose", "-p", PROJECT, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(["docker-compose", "-p", PROJECT, *FILES, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 class Prometheus:
@@ -93,10 +84,7 @@ class Prometheus:
 def testbed():
     if (why := docker_ready()) is not None:
         pytest.skip(why)
-    if not TRACE.exists():
-        done = run_tandem("traces", "generate", "--scenario", "umi", "--edges", "3", "--users", "8", "--slots",
-                          "600", "--seed", "0", "--quiet", "-o", str(TRACE))
-        assert done.returncode == 0, done.stderr
+    ensure_trace()
     port = free_port()
     env = {**os.environ, "TANDEM_PROMETHEUS_PORT": str(port)}
     compose("down", "-v", env=env)
@@ -116,6 +104,8 @@ def testbed():
 
 
 def test_prompts_through_the_client_cli_are_lossless(testbed):
+    """Through the controller and the link emulator to the vLLM edge: PSD's answer is the target's own (every token
+    its argmax under teacher forcing, up to near-ties), and the same as the edge decoding alone."""
     env, _ = testbed
     answers = {}
     for mode in ("psd", "edge-only"):
@@ -124,9 +114,15 @@ def test_prompts_through_the_client_cli_are_lossless(testbed):
                        "--json", PROMPT, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         answers[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(answers["psd"]["token_ids"]) == 16 and answers["psd"]["text"].strip()
+    psd = answers["psd"]
+    assert len(psd["token_ids"]) == 16 and psd["text"].strip()
+    assert psd["edges"] == [VLLM_EDGE] == answers["edge-only"]["edges"], (psd["edges"], answers["edge-only"]["edges"])
+    forced = compose("exec", "-T", "devices", *teacher_forcing_command(edge_address(VLLM_EDGE), PROMPT,
+                                                                       psd["token_ids"], "/tls"), env=env)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert_target_argmax(forced.stdout, psd["token_ids"])
     # Greedy PSD emits exactly the target's own tokens: what the edge decodes alone.
-    assert answers["psd"]["token_ids"] == answers["edge-only"]["token_ids"]
+    assert psd["token_ids"] == answers["edge-only"]["token_ids"]
 
 
 def test_the_deployment_speaks_mutual_tls_only(testbed):
@@ -200,6 +196,9 @@ def test_prometheus_scrapes_tandem_series_from_every_daemon(testbed):
     _, prometheus = testbed
     up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in prometheus.query("up")}
     assert {job for job, _ in up} == JOBS and all(value == "1" for value in up.values()), up
+    assert ("edge", "edge1:9100") in up  # the vLLM edge
+    # ... and it verified blocks (the devices' workload and the prompts above).
+    assert prometheus.wait_for('sum(tandem_edge_drafted_tokens_total{instance="edge1:9100"}) > 0', timeout=120)
     series = prometheus.query('count by (job, instance) ({__name__=~"tandem_.+"})')
     assert {(r["metric"]["job"], r["metric"]["instance"]) for r in series} == set(up)
 
