@@ -7,9 +7,11 @@
 # The CUDA variant for GPU hosts is deploy/cuda.Dockerfile.
 FROM tandem:latest
 USER root
-# libnuma1: vLLM's CPU kernels link against it.
+# libnuma1: vLLM's CPU kernels link against it. g++ and python3-dev: a few of vLLM's CPU ops are compiled by torch
+# inductor when the engine starts, even in eager mode ("No working C++ compiler found" without them).
 RUN apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnuma1 >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnuma1 g++ python3-dev \
+       >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 COPY deploy/build/wheels-vllm/ /tmp/wheels-vllm/
 COPY deploy/build/vllm-requirements.txt /tmp/
