@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 
 from harness.clients import free_port
 from harness.containers import assert_target_argmax, docker_ready, edge_address, ensure_trace, teacher_forcing_command
@@ -210,3 +212,17 @@ def test_every_dashboard_panel_returns_data(testbed):
     assert len(expressions) >= 10
     empty = [expr for expr in expressions if not prometheus.query(expr)]
     assert not empty, f"panels without data: {empty}"
+
+
+def test_the_gpu_override_reserves_a_gpu_for_the_vllm_edge():
+    """deploy/compose.cuda.yml cannot run here (no GPU, no registry for its CUDA base): docker-compose accepts it
+    on top of the testbed and it asks for an NVIDIA GPU for edge1's vLLM engine."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (scripts/setup-docker.sh)")
+    done = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f", "deploy/compose.cuda.yml", "config"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    edge = yaml.safe_load(done.stdout)["services"]["edge1"]
+    assert edge["image"] == "tandem-cuda:latest" and "vllm" in edge["command"]
+    assert edge["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
