@@ -10,6 +10,7 @@ side (the sim-to-real gap), and PSD vs SD.
 
     .venv/bin/python bench/testbed.py                       # results/testbed.json, docs/testbed/latency.png
     .venv/bin/python bench/testbed.py --scale --dilation 20  # 50 devices x 5 edges (configs/twin-umi.yaml)
+    .venv/bin/python bench/testbed.py --scale --scenario configs/scale-umi-10x200.yaml --dilation 40  # 200 x 10
 """
 
 from __future__ import annotations
@@ -156,14 +157,21 @@ def main() -> int:
     parser.add_argument("--psd-variants", nargs="+", default=[DEFAULT_PSD_VARIANT],
                         help="psd variants to compare with SD, a phase each under the last policy (default: the "
                         "devices' default, which the policy phases already ran)")
-    parser.add_argument("--scale", action="store_true", help="50 devices x 5 edges (configs/twin-umi.yaml), one "
-                        "phase: D, overruns, per-daemon CPU and RSS, controller decision time")
+    parser.add_argument("--scale", action="store_true", help="one phase of a large scenario (--scenario): D, "
+                        "overruns, per-daemon CPU and RSS, controller decision time")
+    parser.add_argument("--scenario", type=Path, default=REPO / "configs" / "twin-umi.yaml",
+                        help="--scale's scenario (default configs/twin-umi.yaml: 50 devices x 5 edges; "
+                        "configs/scale-umi-10x200.yaml: 200 x 10)")
+    parser.add_argument("--users-per-process", type=int, help="--scale: emulated devices per device process "
+                        "(default: the config's)")
     parser.add_argument("--out", type=Path, help="JSON results (default results/testbed[-scale].json)")
     args = parser.parse_args()
     config = load_testbed_config(args.config)
     updates = {"dilation": args.dilation} if args.dilation else {}
     if args.scale:
-        updates |= {"scenario": REPO / "configs" / "twin-umi.yaml", "run_dir": config.run_dir.parent / "scale"}
+        updates |= {"scenario": args.scenario.resolve(), "run_dir": config.run_dir.parent / "scale"}
+        if args.users_per_process:
+            updates["users_per_process"] = args.users_per_process
     bed = Testbed(config.model_copy(update=updates))
     out = args.out or RESULTS / ("testbed-scale.json" if args.scale else "testbed.json")
     started = time.monotonic()

@@ -228,7 +228,11 @@ def prepare_models(
         vocab_size=len(target_tokens),
         files=files,
     )
-    manifest_path.write_text(manifest.model_dump_json(indent=2))
+    # Written aside, then renamed: the manifest is what says the models are ready, and daemons that start beside a
+    # preparation (the swarm stack's edges and devices) read it as it appears, never half of it.
+    staging_manifest = manifest_path.with_suffix(".partial")
+    staging_manifest.write_text(manifest.model_dump_json(indent=2))
+    os.replace(staging_manifest, manifest_path)
     progress(f"prepared {name} in {model_dir}")
     return load_prepared(model_dir, verify=False)
 
