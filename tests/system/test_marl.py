@@ -263,7 +263,7 @@ def test_evaluate_reports_every_policy_with_confidence_intervals(trained_policy,
     done = run_tandem("evaluate", "--scenario", str(scenario), "--trace", str(umi_trace), "--seeds", "2",
                       "--users", "2", "4", "--edges", "3", "--modes", "psd", "sd", "--checkpoint",
                       str(trained_policy), "--out", str(tmp_path / "eval"), "--report", str(report), "--quiet",
-                      "--jobs", "1")
+                      "--jobs", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
     assert len(result["cells"]) == 2 * 1 * 2 * 2  # users x edges x modes x energy weights
