@@ -1,12 +1,12 @@
 """Target engine on llama.cpp: full logits, starts in a second, no batching across sessions.
 
 Each session gets a context from a small pool (contexts share the process's one copy of the weights,
-``tandem.llamacpp.load_weights``, so a context costs only its KV cache); the pool slot whose cached tokens share the longest prefix with a request is reused, so a session
-that keeps its slot re-evaluates only its new tokens.  Slots belong to the identity that used them last: another
-identity's request never reuses their cache (it gets an empty slot, or the least recently used one wiped), so the
-time a verification takes says nothing about other clients' prompts.  All llama.cpp calls run on one worker
-thread: on a small CPU one computation at a time is as fast as it gets, and the event loop stays free for the
-network.
+``tandem.llamacpp.load_weights``, so a context costs only its KV cache); the pool slot whose cached tokens share the
+longest prefix with a request is reused, so a session that keeps its slot re-evaluates only its new tokens.  Slots
+belong to the identity that used them last: another identity's request never reuses their cache (it gets an empty
+slot, or the least recently used one wiped), so the time a verification takes says nothing about other clients'
+prompts.  All llama.cpp calls run on one worker thread: on a small CPU one computation at a time is as fast as it
+gets, and the event loop stays free for the network.
 """
 
 from __future__ import annotations
