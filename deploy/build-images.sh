@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the testbed's images: tandem-base:bookworm (deploy/build-base.sh), then tandem:latest, tandem-vllm:latest
 # (deploy/vllm.Dockerfile) and tandem-prometheus:latest. Needs dockerd (scripts/setup-docker.sh) and the repo's .venv
-# (scripts/setup.sh), whose pip wheel cache holds the llama-cpp-python wheel built at set-up: the images reuse it instead of compiling llama.cpp.
+# (scripts/setup.sh), whose pip wheel cache holds the llama-cpp-python wheel built at set-up: the images reuse it
+# instead of compiling llama.cpp.
 # Docker's layer cache makes a second run quick; a code change rebuilds only the last layers of tandem:latest.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -88,7 +88,7 @@ class LlamaCppDraftEngine(DraftEngine):
         weights = self._weights = load_weights(gguf, shared=shared_weights)
         self._context = LlamaContext(weights, n_ctx, n_threads, all_logits=False)
         self.vocab_size = weights.n_vocab
-        self.tokenizer_fingerprint = weights.tokens_fingerprint()
+        self.tokenizer_fingerprint = weights.tokens_fingerprint
         eos, bos = weights.token_eos(), weights.token_bos()
         self.stop_ids = [eos] if eos >= 0 else []
         self._add_bos = weights.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"

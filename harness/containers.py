@@ -13,17 +13,18 @@ from harness.paths import REPO
 from harness.teacher_forcing import NEAR_TIE_EPSILON
 
 TRACE = REPO / "traces" / "umi-3x8-s0.npz"  # deploy/compose/linkemu.yaml replays it
-IMAGES = ("tandem:latest", "tandem-vllm:latest", "tandem-prometheus:latest")
+COMPOSE_IMAGES = ("tandem:latest", "tandem-vllm:latest", "tandem-prometheus:latest")  # with deploy/compose.vllm.yml
+STACK_IMAGES = ("tandem:latest", "tandem-prometheus:latest")  # deploy/stack.yml
 
 
-def docker_ready(needs_compose: bool = True) -> str | None:
-    """Why the container testbed cannot run here, or None."""
+def docker_ready(images: tuple[str, ...], needs_compose: bool = True) -> str | None:
+    """Why a container testbed of ``images`` cannot run here, or None."""
     tools = ("docker", "docker-compose") if needs_compose else ("docker",)
     if missing := [tool for tool in tools if shutil.which(tool) is None]:
         return f"{', '.join(missing)} not installed (scripts/setup-docker.sh)"
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         return "dockerd is not running (scripts/setup-docker.sh)"
-    for image in IMAGES:
+    for image in images:
         if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
             return f"image {image} is not built (deploy/build-images.sh)"
     return None

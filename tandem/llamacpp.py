@@ -19,6 +19,7 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -56,8 +57,10 @@ class LlamaWeights:
     def token_eos(self) -> int:
         return self.model.token_eos()
 
+    @cached_property
     def tokens_fingerprint(self) -> str:
-        """The fingerprint of the vocabulary's token strings, by id (those of the GGUF's tokenizer.ggml.tokens)."""
+        """The fingerprint of the vocabulary's token strings, by id (those of the GGUF's tokenizer.ggml.tokens);
+        computed once per copy of the weights, not once per device built on them (~40 ms each)."""
         return fingerprint_tokens(self.token_text(i) for i in range(self.n_vocab))
 
 
@@ -192,6 +195,3 @@ class LlamaContext:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(1, self.n_vocab))
             rows.append(logits.copy())
         return np.concatenate(rows) if self.all_logits else rows[-1]
-
-    def tokens_fingerprint(self) -> str:
-        return self.weights.tokens_fingerprint()

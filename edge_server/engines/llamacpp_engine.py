@@ -42,7 +42,7 @@ class LlamaCppTargetEngine(TargetEngine):
             engine="llamacpp",
             model=str(self._gguf),
             vocab_size=first.n_vocab,
-            tokenizer_fingerprint=await self._run(first.tokens_fingerprint),
+            tokenizer_fingerprint=await self._run(lambda: first.weights.tokens_fingerprint),
             max_context=self._max_context,
             max_top_n=first.n_vocab,
         )

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from harness.clients import free_port
-from harness.containers import assert_target_argmax, docker_ready, edge_address, ensure_trace, teacher_forcing_command
+from harness.containers import (COMPOSE_IMAGES, assert_target_argmax, docker_ready, edge_address, ensure_trace,
+                                teacher_forcing_command)
 from harness.paths import REPO
 
 PROJECT = "tandemtest"
@@ -84,7 +85,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def testbed():
-    if (why := docker_ready()) is not None:
+    if (why := docker_ready(COMPOSE_IMAGES)) is not None:
         pytest.skip(why)
     ensure_trace()
     port = free_port()

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from harness.clients import free_port
-from harness.containers import assert_target_argmax, docker_ready, edge_address, ensure_trace, teacher_forcing_command
+from harness.containers import (STACK_IMAGES, assert_target_argmax, docker_ready, edge_address, ensure_trace,
+                                teacher_forcing_command)
 from harness.paths import REPO
 
 STACK = "tandemtest"
@@ -59,7 +60,7 @@ def generate(mode: str) -> dict:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if (why := docker_ready(needs_compose=False)) is not None:
+    if (why := docker_ready(STACK_IMAGES, needs_compose=False)) is not None:
         pytest.skip(why)
     if swarm_state() != "inactive":
         pytest.skip(f"this node is already in a swarm ({swarm_state()}): the test would have to leave it")
