@@ -37,6 +37,7 @@ from device_client.grpc_edge import EdgeConnection
 from device_client.pacing import PacedDraftEngine
 from device_client.speculation import (DEFAULT_PSD_VARIANT, expected_tokens, per_token_acceptance,
                                        psd_seconds_per_token)
+from harness.psd_optimum import gain_ceiling
 from linkemu.emulator import LinkEmulator
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import FixedShaper
@@ -109,21 +110,32 @@ def request_of(mode: str, prompt: str, args) -> GenerationRequest:
 
 
 def ceilings(runs: dict[str, list[dict]], draft_length: int) -> dict:
-    """What the closed forms allow with the acceptance, draft time and round trip this link showed (sd's rounds):
-    sd, psd as post-verify bets (device_client/speculation.py), and the bound of perfect overlap, max(k t_draft,
-    round trip) per round, each at its best length in 1..draft_length."""
+    """What the models allow with the acceptance, draft time and round trip this link showed (sd's rounds), each at
+    its best length in 1..draft_length: sd, psd as post-verify bets (device_client/speculation.py), the optimal
+    one-chain psd schedule (harness/psd_optimum.py: the ceiling of every variant), and the bound of perfect
+    overlap, max(k t_draft, round trip) per round."""
     sd = runs["sd"]
     alpha = per_token_acceptance([a for r in sd for a in r["accepted_lengths"]],
                                  [k for r in sd for k in r["block_lengths"]])
     draft_s = statistics.median(r["draft_token_s"] for r in sd)
     round_trip = statistics.median(r["mean_round_s"] for r in sd)
     lengths = range(1, draft_length + 1)
-    sd_best = min((k * draft_s + round_trip) / expected_tokens(alpha, k) for k in lengths)
+    optimal = gain_ceiling(alpha, draft_s, lambda k: round_trip, draft_length)
+    sd_best = optimal["sd_s_per_token"]
     post_best = min(psd_seconds_per_token(alpha, k, draft_s, round_trip) for k in lengths)
     overlap_best = min(max(k * draft_s, round_trip) / expected_tokens(alpha, k) for k in lengths)
+    # Per prompt and repeat, the optimum at that request's own acceptance, draft time and round trip: its geometric
+    # mean is what the paired "vs sd" of a variant can be held to (acceptance varies by prompt).
+    # A request with no rejection is read as 0.99 (the model needs alpha < 1).
+    paired = [gain_ceiling(min(0.99, a), r["draft_token_s"], lambda k, rt=r["mean_round_s"]: rt,
+                           draft_length)["optimal_over_sd"]
+              for r in sd if (a := per_token_acceptance(r["accepted_lengths"], r["block_lengths"])) is not None
+              and r.get("draft_token_s") and r.get("mean_round_s")]
     return {"alpha": alpha, "draft_token_s": draft_s, "round_trip_s": round_trip, "sd_s_per_token": sd_best,
-            "psd_post_s_per_token": post_best, "overlap_bound_s_per_token": overlap_best,
-            "psd_post_over_sd": sd_best / post_best, "overlap_bound_over_sd": sd_best / overlap_best}
+            "psd_post_s_per_token": post_best, "optimal_psd_s_per_token": optimal["optimal_psd_s_per_token"],
+            "overlap_bound_s_per_token": overlap_best, "psd_post_over_sd": sd_best / post_best,
+            "optimal_over_sd": optimal["optimal_over_sd"], "overlap_bound_over_sd": sd_best / overlap_best,
+            "optimal_over_sd_paired": math.exp(statistics.fmean(math.log(g) for g in paired)) if paired else None}
 
 
 def run_modes(address: str, draft: DraftEngine, args) -> dict[str, dict]:
@@ -143,7 +155,8 @@ def run_modes(address: str, draft: DraftEngine, args) -> dict[str, dict]:
     connection.close()
     best_sd = max((m for m in modes if m.startswith("sd")), key=lambda m: median_of(results[m], "tokens_per_s"))
     rows = {mode: summarize_mode(runs, results["sd"], results[best_sd]) for mode, runs in results.items()}
-    kept = ("tokens_per_s", "elapsed_s", "efficiency", "bound_s_per_token", "acceptance_rate", "rounds")
+    kept = ("tokens_per_s", "elapsed_s", "efficiency", "bound_s_per_token", "acceptance_rate", "rounds",
+            "draft_token_s", "mean_round_s", "accepted_lengths", "block_lengths")
     per_run = {mode: [{key: run[key] for key in kept} for run in runs] for mode, runs in results.items()}
     return {"best_sd": best_sd, "rows": rows, "ceilings": ceilings(results, args.draft_length), "runs": per_run}
 
@@ -221,6 +234,8 @@ def print_ceilings(c: dict) -> None:
           f"{c['round_trip_s'] * 1000:.1f} ms (each at its best length): "
           f"sd {c['sd_s_per_token'] * 1000:.1f} ms/token, "
           f"psd betting on full accepts {c['psd_post_s_per_token'] * 1000:.1f} (x{c['psd_post_over_sd']:.2f}), "
+          f"optimal psd {c['optimal_psd_s_per_token'] * 1000:.1f} (x{c['optimal_over_sd']:.2f}; at each "
+          f"request's own: x{c['optimal_over_sd_paired'] or float('nan'):.2f} geometric mean), "
           f"perfect overlap {c['overlap_bound_s_per_token'] * 1000:.1f} (x{c['overlap_bound_over_sd']:.2f})")
 
 

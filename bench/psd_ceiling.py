@@ -14,9 +14,16 @@ compute scale), a fixed link round trip, and the bets a device can make while it
 - perfect overlap: every bet holds (the bound of device_client/efficiency.py: max(round trip, k t_draft) per
   round).
 
-Each schedule at its best k in 1..8.  Prints ms per token and the ratio to sd; no daemon, no model.
+Each schedule at its best k in 1..8.  Beside them, exact figures (harness/psd_optimum.py): sd's closed form, the
+optimal one-chain schedule (every choice of block and of drafting ahead open: the ceiling of every variant), that
+optimum with a block sent after a hold paying no link (an optimistic bound on several blocks in flight), and the
+least acceptance at which the optimum reaches --gain over sd.  Prints ms per token and the ratio to sd; no daemon,
+no model.
 
     .venv/bin/python bench/psd_ceiling.py [--profile profiles/phone-1b-gpu-8b.yaml] [--rtt-ms 20]
+
+``--from-run results/psd_profile_bench.json`` instead holds a run of bench/psd.py to the optimum of its own links
+(their acceptance, draft time and round trip): the gain each variant measured against the most the model allows.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
 from device_client.speculation import step_pays
+from harness.psd_optimum import acceptance_for_gain, gain_ceiling
 from tandem.profiles import load_profile
 
 SCHEDULES = ("sd", "post", "pre", "pre2", "overlap")
@@ -73,6 +81,50 @@ def simulate(alpha: float, k: int, draft_s: float, round_trip, schedule: str, ru
     return seconds / tokens
 
 
+def exact(alpha: float, draft_s: float, round_trip, link_s: float) -> dict:
+    """sd and the optimal schedule, exactly, with blocks of up to 8; and the optimum if held rounds paid no link."""
+    plain = gain_ceiling(alpha, draft_s, round_trip, 8)
+    pipelined = gain_ceiling(alpha, draft_s, round_trip, 8, round_trip_after_hold=lambda k: round_trip(k) - link_s)
+    return {"sd_exact_s_per_token": plain["sd_s_per_token"], "optimal": plain,
+            "optimal_link_free_after_hold": pipelined}
+
+
+def from_run(path: Path, out: Path) -> int:
+    """Each link of a recorded bench/psd.py run against the optimum at that link's acceptance, draft time and round
+    trip (the bench's closed forms take the round trip as fixed)."""
+    try:
+        run = json.loads(path.read_text())
+        links = run["links"]
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {path} is not a bench/psd.py result ({error})", file=sys.stderr)
+        return 2
+    longest = int(run.get("args", {}).get("draft_length", 4))
+    report = {"run": str(path), "longest": longest, "links": {}}
+    for name, link in links.items():
+        c = link["ceilings"]
+        ceiling = gain_ceiling(c["alpha"], c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest)
+        sd_rate = link["rows"]["sd"]["tokens_per_s"]
+        print(f"{name} link: alpha {c['alpha']:.3f}, {c['draft_token_s'] * 1000:.1f} ms per draft token, round trip "
+              f"{c['round_trip_s'] * 1000:.1f} ms: the optimum is {ceiling['optimal_psd_s_per_token'] * 1000:.1f} ms "
+              f"per token, x{ceiling['optimal_over_sd']:.3f} over sd (blocks up to {longest})")
+        modes = {}
+        for mode, row in link["rows"].items():
+            if not mode.startswith("psd:") or not row.get("tokens_per_s"):
+                continue
+            medians = row["tokens_per_s"] / sd_rate
+            paired = row["vs_sd"]
+            share = (medians - 1) / (ceiling["optimal_over_sd"] - 1)
+            modes[mode] = {"ratio_of_medians": medians, "paired": paired, "share_of_optimal_gain": share}
+            ci = paired.get("ci95") or [float("nan")] * 2
+            print(f"  {mode:<24} medians x{medians:.3f} ({share:.0%} of the optimal gain), paired geometric mean "
+                  f"x{paired['ratio']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})")
+        report["links"][name] = {"ceiling": ceiling, "modes": modes}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "phone-1b-gpu-8b.yaml")
@@ -81,33 +133,53 @@ def main() -> int:
     parser.add_argument("--compute-scales", type=float, nargs="+", default=[0.05, 0.1, 1.0])
     parser.add_argument("--runner-up", type=float, default=0.4,
                         help="how often the draft's runner-up is the edge's correction (default 0.4)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "psd_ceiling.json")
+    parser.add_argument("--gain", type=float, default=1.3,
+                        help="report the least acceptance at which the optimum reaches this gain over sd (1.3)")
+    parser.add_argument("--from-run", type=Path, metavar="JSON",
+                        help="hold a bench/psd.py result to the optimum of its links instead")
+    parser.add_argument("--out", type=Path, help="default results/psd_ceiling.json (--from-run: psd_optimum.json)")
     args = parser.parse_args()
+    if args.from_run:
+        return from_run(args.from_run, args.out or RESULTS / "psd_optimum.json")
+    if not all(0 <= a < 1 for a in args.alphas) or args.rtt_ms < 0 or not all(s > 0 for s in args.compute_scales):
+        parser.error("--alphas must be in [0, 1), --rtt-ms >= 0, --compute-scales > 0")
     profile = load_profile(args.profile)
     draft_s = profile.device.draft_seconds_per_token
+    link_s = args.rtt_ms / 1000
     rows = []
     print(f"{profile.name}: {draft_s * 1000:.0f} ms per draft token, link round trip {args.rtt_ms:g} ms; ms per "
           "token at each schedule's best k (ratio to sd at its best k)")
     for scale in args.compute_scales:
         def round_trip(k: int, scale=scale) -> float:
-            return args.rtt_ms / 1000 + float(profile.edge.block_seconds(k)) / scale
+            return link_s + float(profile.edge.block_seconds(k)) / scale
 
+        needed = acceptance_for_gain(args.gain, draft_s, round_trip, 8)
+        print(f"edge x{scale:g}: " + (f"the optimum reaches x{args.gain:g} over sd from acceptance {needed:.3f}"
+                                      if needed is not None else
+                                      f"the optimum reaches x{args.gain:g} over sd at no acceptance up to 0.99"))
         for alpha in args.alphas:
-            row = {"compute_scale": scale, "alpha": alpha, "round_trip_k4_s": round_trip(4)}
+            row = {"compute_scale": scale, "alpha": alpha, "round_trip_k4_s": round_trip(4),
+                   f"acceptance_for_x{args.gain:g}": needed}
             for schedule in SCHEDULES:
                 best = min((simulate(alpha, k, draft_s, round_trip, schedule, args.runner_up, seed=k), k)
                            for k in range(1, 9))
                 row[schedule] = {"s_per_token": best[0], "k": best[1]}
+            row.update(exact(alpha, draft_s, round_trip, link_s))
             sd = row["sd"]["s_per_token"]
             figures = [f"{name} {row[name]['s_per_token'] * 1000:.0f} (k={row[name]['k']}, "
                        f"x{sd / row[name]['s_per_token']:.2f})" for name in SCHEDULES]
-            print(f"edge x{scale:g} (round trip at k=4 {row['round_trip_k4_s'] * 1000:.0f} ms), alpha {alpha:g}: "
+            print(f"  alpha {alpha:g} (round trip at k=4 {row['round_trip_k4_s'] * 1000:.0f} ms): "
                   + ", ".join(figures))
+            optimal, free = row["optimal"], row["optimal_link_free_after_hold"]
+            print(f"    exact: sd {row['sd_exact_s_per_token'] * 1000:.1f}, optimal psd "
+                  f"{optimal['optimal_psd_s_per_token'] * 1000:.1f} (x{optimal['optimal_over_sd']:.3f}), with no "
+                  f"link after a hold {free['optimal_psd_s_per_token'] * 1000:.1f} (x{free['optimal_over_sd']:.3f})")
             rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"profile": profile.name, "rtt_ms": args.rtt_ms, "runner_up": args.runner_up,
-                                    "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    out = args.out or RESULTS / "psd_ceiling.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"profile": profile.name, "rtt_ms": args.rtt_ms, "runner_up": args.runner_up,
+                               "rows": rows}, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
