@@ -35,9 +35,9 @@ from device_client.efficiency import PARTS
 from device_client.generate import GenerationRequest, generate
 from device_client.grpc_edge import EdgeConnection
 from device_client.pacing import PacedDraftEngine
-from device_client.speculation import (DEFAULT_PSD_VARIANT, expected_tokens, per_token_acceptance,
+from device_client.speculation import (DEFAULT_PSD_VARIANT, PsdVariant, expected_tokens, per_token_acceptance,
                                        psd_seconds_per_token)
-from harness.psd_optimum import gain_ceiling
+from harness.psd_optimum import fit_runs, gain_ceiling
 from linkemu.emulator import LinkEmulator
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import FixedShaper
@@ -106,7 +106,7 @@ def request_of(mode: str, prompt: str, args) -> GenerationRequest:
     kind, _, length = kind.partition("@")
     return GenerationRequest(prompt, kind, args.max_tokens, SamplingConfig(),
                              draft_length=int(length or args.draft_length), ignore_eos=True,
-                             psd_variant=variant or DEFAULT_PSD_VARIANT)
+                             psd_variant=PsdVariant.parse(variant or DEFAULT_PSD_VARIANT))
 
 
 def ceilings(runs: dict[str, list[dict]], draft_length: int) -> dict:
@@ -131,11 +131,18 @@ def ceilings(runs: dict[str, list[dict]], draft_length: int) -> dict:
                            draft_length)["optimal_over_sd"]
               for r in sd if (a := per_token_acceptance(r["accepted_lengths"], r["block_lengths"])) is not None
               and r.get("draft_token_s") and r.get("mean_round_s")]
+    # Acceptance in runs: a block's first token accepted with one probability, the next after an accepted one with
+    # another (fitted to sd's blocks); the optimum of that model, for the real pair's runs.
+    runs = fit_runs([a for r in sd for a in r["accepted_lengths"]], [k for r in sd for k in r["block_lengths"]])
+    in_runs = None if runs is None or max(runs) >= 1 else gain_ceiling(
+        runs[1], draft_s, lambda k: round_trip, draft_length, first_alpha=runs[0]) | {"first_alpha": runs[0],
+                                                                                      "alpha": runs[1]}
     return {"alpha": alpha, "draft_token_s": draft_s, "round_trip_s": round_trip, "sd_s_per_token": sd_best,
             "psd_post_s_per_token": post_best, "optimal_psd_s_per_token": optimal["optimal_psd_s_per_token"],
             "overlap_bound_s_per_token": overlap_best, "psd_post_over_sd": sd_best / post_best,
             "optimal_over_sd": optimal["optimal_over_sd"], "overlap_bound_over_sd": sd_best / overlap_best,
-            "optimal_over_sd_paired": math.exp(statistics.fmean(math.log(g) for g in paired)) if paired else None}
+            "optimal_over_sd_paired": math.exp(statistics.fmean(math.log(g) for g in paired)) if paired else None,
+            "optimal_in_runs": in_runs}
 
 
 def run_modes(address: str, draft: DraftEngine, args) -> dict[str, dict]:
@@ -237,6 +244,11 @@ def print_ceilings(c: dict) -> None:
           f"optimal psd {c['optimal_psd_s_per_token'] * 1000:.1f} (x{c['optimal_over_sd']:.2f}; at each "
           f"request's own: x{c['optimal_over_sd_paired'] or float('nan'):.2f} geometric mean), "
           f"perfect overlap {c['overlap_bound_s_per_token'] * 1000:.1f} (x{c['overlap_bound_over_sd']:.2f})")
+    runs = c.get("optimal_in_runs")
+    if runs:
+        print(f"acceptance in runs (a block's first token {runs['first_alpha']:.2f}, after an accepted one "
+              f"{runs['alpha']:.2f}): sd {runs['sd_s_per_token'] * 1000:.1f} ms/token, optimal psd "
+              f"{runs['optimal_psd_s_per_token'] * 1000:.1f} (x{runs['optimal_over_sd']:.2f})")
 
 
 def print_table(title: str, rows: dict[str, dict]) -> None:

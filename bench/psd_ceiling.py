@@ -37,10 +37,11 @@ from pathlib import Path
 from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
 from device_client.speculation import step_pays
-from harness.psd_optimum import acceptance_for_gain, gain_ceiling
+from harness.psd_optimum import acceptance_for_gain, fit_runs, gain_ceiling
 from tandem.profiles import load_profile
 
 SCHEDULES = ("sd", "post", "pre", "pre2", "overlap")
+PEAK_SCALES = [0.01 * 100 ** (i / 40) for i in range(41)]  # edge compute shares x0.01 .. x1, geometric
 TOKENS = 50_000  # per schedule and setting: the means are then exact to about 1%
 
 
@@ -107,6 +108,17 @@ def from_run(path: Path, out: Path) -> int:
         print(f"{name} link: alpha {c['alpha']:.3f}, {c['draft_token_s'] * 1000:.1f} ms per draft token, round trip "
               f"{c['round_trip_s'] * 1000:.1f} ms: the optimum is {ceiling['optimal_psd_s_per_token'] * 1000:.1f} ms "
               f"per token, x{ceiling['optimal_over_sd']:.3f} over sd (blocks up to {longest})")
+        sd_runs = link.get("runs", {}).get("sd", [])
+        runs = fit_runs([a for r in sd_runs for a in r.get("accepted_lengths", [])],
+                        [k for r in sd_runs for k in r.get("block_lengths", [])])
+        in_runs = None
+        if runs is not None and max(runs) < 1:  # acceptance in runs, fitted to sd's blocks (recorded since 2026-12-05)
+            in_runs = gain_ceiling(runs[1], c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest,
+                                   first_alpha=runs[0]) | {"first_alpha": runs[0], "alpha": runs[1]}
+            print(f"  with acceptance in runs (a block's first token {runs[0]:.3f}, after an accepted one "
+                  f"{runs[1]:.3f}): sd {in_runs['sd_s_per_token'] * 1000:.1f} ms per token (measured "
+                  f"{1000 / sd_rate:.1f}), the optimum {in_runs['optimal_psd_s_per_token'] * 1000:.1f}, "
+                  f"x{in_runs['optimal_over_sd']:.3f} over sd")
         modes = {}
         for mode, row in link["rows"].items():
             if not mode.startswith("psd:") or not row.get("tokens_per_s"):
@@ -118,7 +130,7 @@ def from_run(path: Path, out: Path) -> int:
             ci = paired.get("ci95") or [float("nan")] * 2
             print(f"  {mode:<24} medians x{medians:.3f} ({share:.0%} of the optimal gain), paired geometric mean "
                   f"x{paired['ratio']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})")
-        report["links"][name] = {"ceiling": ceiling, "modes": modes}
+        report["links"][name] = {"ceiling": ceiling, "ceiling_in_runs": in_runs, "modes": modes}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
@@ -175,10 +187,21 @@ def main() -> int:
                   f"{optimal['optimal_psd_s_per_token'] * 1000:.1f} (x{optimal['optimal_over_sd']:.3f}), with no "
                   f"link after a hold {free['optimal_psd_s_per_token'] * 1000:.1f} (x{free['optimal_over_sd']:.3f})")
             rows.append(row)
+    peaks = {}
+    for alpha in args.alphas:  # the edge share at which psd gains most: the round trip a few draft steps long
+        def gain_at(scale: float) -> float:
+            return gain_ceiling(alpha, draft_s, lambda k: link_s + float(profile.edge.block_seconds(k)) / scale,
+                                8)["optimal_over_sd"]
+
+        scale = max(PEAK_SCALES, key=gain_at)
+        peaks[str(alpha)] = {"compute_scale": scale, "optimal_over_sd": gain_at(scale),
+                             "round_trip_k4_s": link_s + float(profile.edge.block_seconds(4)) / scale}
+        print(f"alpha {alpha:g}: over edge shares x0.01-x1 the optimum gains most at x{scale:.3f} (round trip at k=4 "
+              f"{peaks[str(alpha)]['round_trip_k4_s'] * 1000:.0f} ms): x{peaks[str(alpha)]['optimal_over_sd']:.3f}")
     out = args.out or RESULTS / "psd_ceiling.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"profile": profile.name, "rtt_ms": args.rtt_ms, "runner_up": args.runner_up,
-                               "rows": rows}, indent=2))
+                               "rows": rows, "peaks_over_edge_share": peaks}, indent=2))
     print(f"wrote {out}")
     return 0
 

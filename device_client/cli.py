@@ -63,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if checked.edge is None and checked.edge_id is not None:
         return fail("--edge-id goes with --edge (the controller names the edge itself)", EXIT_USAGE)
     try:
-        PsdVariant.parse(args.psd_variant)
+        variant = PsdVariant.parse(args.psd_variant)
     except VariantError as error:
         return fail(f"--psd-variant: {error}", EXIT_USAGE)
     if checked.controller is not None and args.trace is not None:
@@ -82,7 +82,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt=checked.prompt, mode=checked.mode, max_tokens=checked.max_tokens,
         sampling=SamplingConfig(checked.temperature, checked.top_k, checked.top_p, checked.seed),
         draft_length=checked.draft_length, ignore_eos=args.ignore_eos, raw_prompt=args.raw_prompt,
-        psd_variant=args.psd_variant,
+        psd_variant=variant,
     )
     try:
         transport = transport_from_args(args, f"device-{checked.user or 0}")

@@ -19,8 +19,8 @@ from device_client.placement import CLOSE_TIMEOUT_S, Placement
 from device_client.efficiency import RoundTiming
 from device_client.result import DecodeResult
 from device_client.routing import DeviceStats, Route
-from device_client.speculation import (BETS, Bet, PsdVariant, adaptive_length, full_accept, per_token_acceptance,
-                                       ranked_branches, speculation_kept, step_pays)
+from device_client.speculation import (BETS, Bet, PsdVariant, adaptive_length, full_accept, ranked_branches,
+                                       speculation_kept, step_pays)
 from tandem.sampling import PositionRandom, SamplingConfig
 
 MODES = ("psd", "sd", "edge-only")
@@ -186,8 +186,8 @@ class _SpeculativeRequest:
         result = self.result
         if not self.variant.adaptive_length or not self.config.greedy or result.rounds < 2:
             return longest  # sampling: lengths from the verdicts only (see _block_length)
-        alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths)
-        return adaptive_length(alpha, result.draft_token_s or 0.0, self._expected_round_trip(), longest) \
+        alpha = result.per_token_acceptance
+        return adaptive_length(alpha, result.recent_draft_token_s or 0.0, self._expected_round_trip(), longest) \
             if alpha is not None else longest
 
     def _expected_round_trip(self) -> float:
@@ -217,7 +217,7 @@ class _SpeculativeRequest:
         """psd: while the block is verified, draft on from the outcomes bet on, one token at a time, polling for
         the verdict in between; the verdict when it came meanwhile, else None."""
         result = self.result
-        alpha = per_token_acceptance(result.accepted_lengths, result.block_lengths) or 0.5
+        alpha = result.per_token_acceptance or 0.5
         if self.variant.branch_aware:
             self.bets = [Bet(branch) for branch in ranked_branches(block, alpha, BETS)]
         else:
@@ -242,7 +242,7 @@ class _SpeculativeRequest:
 
     def _step_pays(self, chance: float, steps: int) -> bool:
         """``step_pays`` with the verdict expected after the recent rounds' mean time in flight."""
-        step = self.result.draft_token_s
+        step = self.result.recent_draft_token_s
         if not self.result.round_timings or step is None:
             return True  # nothing observed yet: draft ahead
         return step_pays(chance, step, self.sent_at + self._expected_round_trip() - time.perf_counter(), steps)

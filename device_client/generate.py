@@ -11,7 +11,7 @@ from device_client.draft import DraftEngine
 from device_client.edge_handle import EdgeFacts, EdgeHandle
 from device_client.result import DecodeResult, summarize
 from device_client.routing import FixedRoute, Route
-from device_client.speculation import DEFAULT_PSD_VARIANT, PsdVariant
+from device_client.speculation import DEFAULT_VARIANT, PsdVariant
 from tandem.sampling import SamplingConfig
 
 
@@ -28,7 +28,7 @@ class GenerationRequest:
     draft_length: int = 4
     ignore_eos: bool = False
     raw_prompt: bool = False  # send the prompt as it is, without the chat template
-    psd_variant: str = DEFAULT_PSD_VARIANT  # the improvements of psd to use (device_client/speculation.py)
+    psd_variant: PsdVariant = DEFAULT_VARIANT  # the improvements of psd to use (device_client/speculation.py)
 
 
 def check_compatible(info: EdgeFacts, draft: DraftEngine, request: GenerationRequest) -> None:
@@ -60,7 +60,6 @@ def generate(
     route = target if isinstance(target, Route) else FixedRoute(target)
     info = info or route.current().info()
     check_compatible(info, draft, request)
-    variant = PsdVariant.parse(request.psd_variant)
     prompt = (
         draft.encode_text(request.prompt) if request.raw_prompt else draft.encode_chat(request.prompt)
     )
@@ -73,6 +72,6 @@ def generate(
     else:
         result = decode_speculative(route, draft, prompt, request.sampling, request.max_tokens, request.draft_length,
                                     parallel=request.mode == "psd", stop_ids=stop_ids, sink=sink, user=user,
-                                    variant=variant)
+                                    variant=request.psd_variant)
     text = draft.decode(result.token_ids).decode("utf-8", errors="replace")
     return result, summarize(result, text, len(prompt), info.dilation if dilation is None else dilation)

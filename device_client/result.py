@@ -8,6 +8,9 @@ import numpy as np
 
 from device_client.edge_handle import EdgeSession
 from device_client.efficiency import RoundTiming, bound_seconds, breakdown, draft_token_seconds
+from device_client.speculation import acceptance_estimate
+
+RECENT_STEPS = 32  # draft steps the decoding loop's estimate of a step's time looks at (the draft's speed drifts)
 
 
 @dataclass
@@ -22,6 +25,7 @@ class DecodeResult:
     rounds: int = 0
     drafted_sent: int = 0
     accepted: int = 0
+    rejections: int = 0  # rounds not fully accepted
     accepted_lengths: list[int] = field(default_factory=list)
     block_lengths: list[int] = field(default_factory=list)
     round_seconds: list[float] = field(default_factory=list)  # block sent -> verdict received
@@ -46,6 +50,7 @@ class DecodeResult:
         self.rounds += 1
         self.drafted_sent += timing.block
         self.accepted += timing.accepted
+        self.rejections += timing.accepted < timing.block
         self.accepted_lengths.append(timing.accepted)
         self.block_lengths.append(timing.block)
 
@@ -79,8 +84,18 @@ class DecodeResult:
         return self.draft_overlapped_seconds / self.draft_seconds if self.draft_seconds > 0 else None
 
     @property
+    def per_token_acceptance(self) -> float | None:
+        """The rounds so far, as ``acceptance_estimate`` (kept as counts: the decoding loop reads it every round)."""
+        return acceptance_estimate(self.accepted, self.rejections)
+
+    @property
     def draft_token_s(self) -> float | None:
         return draft_token_seconds(self.draft_step_seconds)
+
+    @property
+    def recent_draft_token_s(self) -> float | None:
+        """``draft_token_s`` over the last RECENT_STEPS steps: what the decoding loop reads at every step."""
+        return draft_token_seconds(self.draft_step_seconds[-RECENT_STEPS:])
 
     @property
     def bound_s(self) -> float | None:

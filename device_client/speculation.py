@@ -65,6 +65,8 @@ class PsdVariant:
         return "+".join(parts) or "post"
 
 
+DEFAULT_VARIANT = PsdVariant.parse(DEFAULT_PSD_VARIANT)
+
 BETS = 2  # branch-aware: outcomes drafted ahead per round at most (the second only in time that would be idle)
 
 
@@ -127,12 +129,15 @@ def speculation_kept(branch: Branch, accepted: int, next_token: int, ahead: Sequ
     return 1 if ahead and ahead[0].token_id == next_token else None
 
 
-def per_token_acceptance(accepted_lengths: Sequence[int], block_lengths: Sequence[int]) -> float | None:
+def acceptance_estimate(accepted: int, rejections: int) -> float | None:
     """The maximum-likelihood acceptance per drafted token: accepted tokens over accepted tokens plus rejections
     (a fully accepted block has no rejection; the plain mean of accepted / drafted is biased low)."""
-    accepted = sum(accepted_lengths)
-    rejections = sum(a < k for a, k in zip(accepted_lengths, block_lengths))
     return accepted / (accepted + rejections) if accepted + rejections else None
+
+
+def per_token_acceptance(accepted_lengths: Sequence[int], block_lengths: Sequence[int]) -> float | None:
+    """``acceptance_estimate`` of recorded rounds (their accepted and block lengths)."""
+    return acceptance_estimate(sum(accepted_lengths), sum(a < k for a, k in zip(accepted_lengths, block_lengths)))
 
 
 def expected_tokens(alpha: float, k: int) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from device_client.speculation import DEFAULT_PSD_VARIANT, PsdVariant
 
@@ -34,14 +34,22 @@ class Workload(BaseModel):
     ignore_eos: bool = Field(False, description="answers of exactly max_tokens (the twin's fixed lengths)")
     mode: Literal["psd", "sd", "edge-only"] = "psd"
     draft_length: int = Field(4, ge=1, le=64)
-    psd_variant: str = Field(DEFAULT_PSD_VARIANT, description="with mode psd: the improvements of psd to use "
-                             "(device_client/speculation.py)")
+    psd_variant: PsdVariant = Field(DEFAULT_PSD_VARIANT, validate_default=True, description="with mode psd: the "
+                                    "improvements of psd to use, e.g. pre+adaptive (device_client/speculation.py)")
     seed: int = Field(0, ge=0, lt=1 << 32)
 
-    @field_validator("psd_variant")
+    @field_validator("psd_variant", mode="before")
     @classmethod
-    def _known_variant(cls, value: str) -> str:
-        return PsdVariant.parse(value).name  # a VariantError (a ValueError) is a validation error
+    def _known_variant(cls, value: object) -> PsdVariant:
+        if isinstance(value, PsdVariant):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"a psd variant is a name such as {DEFAULT_PSD_VARIANT!r}, not {value!r}")
+        return PsdVariant.parse(value)  # a VariantError (a ValueError) is a validation error
+
+    @field_serializer("psd_variant")
+    def _variant_name(self, variant: PsdVariant) -> str:
+        return variant.name
 
     def load_prompts(self) -> list[str]:
         try:

@@ -32,7 +32,7 @@ pipelining, not a schedule of it.  Drafting two branches at once (a batch of two
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,8 +60,9 @@ class _Choices:
     ready: np.ndarray  # drafts ready after a hold (0: a renewal)
 
 
-def _choices(ready_now: int, alpha: float, draft_s: float, round_trip: RoundTrip, longest: int,
+def _choices(ready_now: int, alpha: float, first: float, draft_s: float, round_trip: RoundTrip, longest: int,
              most_ready: int) -> _Choices:
+    """``first``: the acceptance of the block's first token (``alpha`` when it continues drafts that held)."""
     rows = []
     for n in range(1, longest + 1):
         flight = round_trip(n)
@@ -71,7 +72,8 @@ def _choices(ready_now: int, alpha: float, draft_s: float, round_trip: RoundTrip
             seconds = max(0, n - ready_now) * draft_s + max(flight, a * draft_s)
             ahead = left + a  # drafts beyond the block; the first is the guess of the bonus token
             ready = min(most_ready, ahead - 1) if ahead >= 2 else 0
-            rows.append(((n, a), seconds, expected_tokens(alpha, n), alpha ** (n + 1) if ready else 0.0, ready))
+            tokens = 1 + first * expected_tokens(alpha, n - 1)  # the edge's token + sum of first alpha^(i-1)
+            rows.append(((n, a), seconds, tokens, first * alpha ** n if ready else 0.0, ready))
             if a * draft_s >= flight:  # the next step would start after the verdict: not a step ahead
                 break
             a += 1
@@ -80,16 +82,20 @@ def _choices(ready_now: int, alpha: float, draft_s: float, round_trip: RoundTrip
 
 
 def optimal_chain(alpha: float, draft_s: float, round_trip: RoundTrip, longest: int = 10,
-                  round_trip_after_hold: RoundTrip | None = None, tolerance: float = 1e-10) -> Optimum:
-    """The least mean seconds per token of any one-chain schedule with blocks of at most ``longest`` tokens."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), not {alpha}")
+                  round_trip_after_hold: RoundTrip | None = None, tolerance: float = 1e-10,
+                  first_alpha: float | None = None) -> Optimum:
+    """The least mean seconds per token of any one-chain schedule with blocks of at most ``longest`` tokens.
+    ``first_alpha``: the acceptance of the first token drafted after an edge's token (a correction or a bonus)
+    when it differs from the rest, as when acceptance comes in runs (default ``alpha``: independent)."""
+    first = alpha if first_alpha is None else first_alpha
+    if not (0.0 <= alpha < 1.0 and 0.0 <= first < 1.0):
+        raise ValueError(f"alpha and first_alpha must be in [0, 1), not {alpha} and {first}")
     if draft_s <= 0:
         raise ValueError(f"draft_s must be positive, not {draft_s}")
     most_ready = 2 * longest
     after_hold = round_trip_after_hold or round_trip
-    states = [_choices(r, alpha, draft_s, round_trip if r == 0 else after_hold, longest, most_ready)
-              for r in range(most_ready + 1)]
+    states = [_choices(r, alpha, first if r == 0 else alpha, draft_s, round_trip if r == 0 else after_hold, longest,
+                       most_ready) for r in range(most_ready + 1)]
 
     def best(lam: float) -> list[int]:
         """Value iteration on E[time - lam tokens] until the cycle ends; the index of each state's best choice."""
@@ -130,17 +136,35 @@ def optimal_chain(alpha: float, draft_s: float, round_trip: RoundTrip, longest: 
     return Optimum(lam, {r: states[r].choice[i] for r, i in enumerate(picks) if r <= longest})
 
 
-def sd_seconds_per_token(alpha: float, draft_s: float, round_trip: RoundTrip, longest: int) -> float:
-    """sd at its best draft length in 1..longest: k t_draft + round trip per round of expected_tokens(alpha, k)."""
-    return min((k * draft_s + round_trip(k)) / expected_tokens(alpha, k) for k in range(1, longest + 1))
+def sd_seconds_per_token(alpha: float, draft_s: float, round_trip: RoundTrip, longest: int,
+                         first_alpha: float | None = None) -> float:
+    """sd at its best draft length in 1..longest: k t_draft + round trip per round of 1 + first alpha^0 + ... +
+    first alpha^(k-1) tokens (every sd block starts after an edge's token)."""
+    first = alpha if first_alpha is None else first_alpha
+    return min((k * draft_s + round_trip(k)) / (1 + first * expected_tokens(alpha, k - 1))
+               for k in range(1, longest + 1))
+
+
+def fit_runs(accepted_lengths: Sequence[int], block_lengths: Sequence[int]) -> tuple[float, float] | None:
+    """(first_alpha, alpha) by maximum likelihood from blocks verified from scratch (sd's): how often a block's
+    first token is accepted, and how often a token is accepted after an accepted one.  None without the data."""
+    first_tried = first_kept = tried = kept = 0
+    for accepted, block in zip(accepted_lengths, block_lengths):
+        first_tried += 1
+        first_kept += accepted >= 1
+        tried += min(accepted, block - 1)  # tokens 2..block tried after an accepted one
+        kept += max(0, accepted - 1)
+    if not first_tried or not tried:
+        return None
+    return first_kept / first_tried, kept / tried
 
 
 def gain_ceiling(alpha: float, draft_s: float, round_trip: RoundTrip, longest: int,
-                 round_trip_after_hold: RoundTrip | None = None) -> dict:
+                 round_trip_after_hold: RoundTrip | None = None, first_alpha: float | None = None) -> dict:
     """sd at its best length, the optimal one-chain psd schedule (both with blocks of at most ``longest``), and the
     ratio: the most any psd variant can gain over the strongest sd in this model."""
-    sd = sd_seconds_per_token(alpha, draft_s, round_trip, longest)
-    best = optimal_chain(alpha, draft_s, round_trip, longest, round_trip_after_hold)
+    sd = sd_seconds_per_token(alpha, draft_s, round_trip, longest, first_alpha)
+    best = optimal_chain(alpha, draft_s, round_trip, longest, round_trip_after_hold, first_alpha=first_alpha)
     return {"sd_s_per_token": sd, "optimal_psd_s_per_token": best.seconds_per_token,
             "optimal_over_sd": sd / best.seconds_per_token,
             "optimal_policy": {str(ready): list(choice) for ready, choice in best.policy.items()}}

@@ -4,8 +4,8 @@ taking turns with its siblings pays for their re-reads), cached prefixes are nev
 session that commits nothing is closed, and the edge reports what it observes of each user (pending budget,
 acceptance) for the controller to believe over the device's word.
 
-The edge keeps two llama.cpp contexts (``--slots 2``) for a 1024-token context: three long sessions taking turns
-evict each other at every block, so each of their one-token blocks makes the engine re-read ~900 tokens.
+The edge keeps two llama.cpp contexts (``--slots 2``) for a 512-token context: three long sessions taking turns
+evict each other at every block, so each of their one-token blocks makes the engine re-read ~450 tokens.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from tandem.wire.v1 import control_pb2_grpc
 from tandem.processes import EdgeProcess
 from harness.clients import creds
 
-CONTEXT = 1024
-LONG = 900  # prompt tokens of a hog's session: near the context limit
+CONTEXT = 512
+LONG = 450  # prompt tokens of a hog's session: near the context limit
 COMMIT_IDLE_S = 4.0
 HOG, HONEST = 1, 2  # users (device-1, device-2)
 
@@ -76,7 +76,7 @@ def push_equal_shares(pki, edge, version: int) -> None:
 
 
 def test_sessions_near_the_context_limit_that_take_turns_pay_for_their_rereads(edge, pki):
-    """A hog's three long sessions take turns, each block evicting another's context (~900 tokens re-read per
+    """A hog's three long sessions take turns, each block evicting another's context (~450 tokens re-read per
     one-token block); an honest user verifies short blocks meanwhile.  Both hold equal shares, pushed again with a
     new version before every hog block as a controller does each slot (a new version must not forgive the debt):
     the hog is charged its re-reads, so it gets about its share of the engine, not one block per block of the
@@ -118,7 +118,7 @@ def test_sessions_near_the_context_limit_that_take_turns_pay_for_their_rereads(e
             session.cancel()
         hog.close()
         honest.close()
-    # Six one-token blocks, each re-reading its evicted ~900-token context: charged for the re-reads (before the
+    # Six one-token blocks, each re-reading its evicted ~450-token context: charged for the re-reads (before the
     # fix: 2 tokens per block, 12 in all).
     assert charged >= 6 * (LONG - 64), charged
     # Held to its share: while the hog re-read six long contexts, the honest user's short blocks kept flowing

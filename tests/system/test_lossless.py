@@ -16,7 +16,7 @@ from scipy.stats import chisquare
 
 from device_client.decoding import MODES
 from device_client.generate import GenerationRequest, generate
-from device_client.speculation import DEFAULT_PSD_VARIANT
+from device_client.speculation import DEFAULT_PSD_VARIANT, PsdVariant
 from tandem.sampling import Candidates, SamplingConfig, truncate
 from harness.figures import REPORT
 from harness.teacher_forcing import NEAR_TIE_EPSILON, near_tie_gaps
@@ -62,7 +62,7 @@ def test_greedy_emits_target_argmax(connection, path, draft, mode):
     gaps = []
     for prompt in PROMPTS:
         request = GenerationRequest(prompt, kind, TOKENS, SamplingConfig(), draft_length=4, ignore_eos=True,
-                                    psd_variant=variant or DEFAULT_PSD_VARIANT)
+                                    psd_variant=PsdVariant.parse(variant or DEFAULT_PSD_VARIANT))
         result, _ = generate(connection, draft, request)
         assert len(result.token_ids) == TOKENS
         gaps += near_tie_gaps(connection, draft.encode_chat(prompt), result.token_ids, f"{mode}/{engine}/{prompt!r}")
@@ -102,17 +102,18 @@ def _chi_square_p(samples: list[int], expected: dict[int, float]) -> float:
 def test_sampled_tokens_follow_target_distribution(connection, path, draft, variant):
     """psd with T=0.8, top-k 20, top-p 0.95 over many seeds: the first emitted token and the second (given the
     most frequent first; drafted ahead during the first block's verification when the bet came true) are
-    distributed as the target's p.  Branch-aware drafting bets on corrections too (on the direct path)."""
-    if variant != DEFAULT_PSD_VARIANT and path != "direct":
-        pytest.skip("the psd variants run on the direct path")
+    distributed as the target's p.  Branch-aware drafting bets on corrections too (on llama.cpp's direct path: the
+    variant only changes what the device drafts and sends, and both engines verify with the same code)."""
     engine = connection.info().engine
+    if variant != DEFAULT_PSD_VARIANT and (path != "direct" or engine != "llamacpp"):
+        pytest.skip("the other psd variants run on llama.cpp's direct path")
     prompt = "Tell me about your favourite animal."
     prompt_ids = draft.encode_chat(prompt)
     firsts, seconds = [], []
     for seed in range(SESSIONS):
         sampling = SamplingConfig(SAMPLING.temperature, SAMPLING.top_k, SAMPLING.top_p, seed)
         request = GenerationRequest(prompt, "psd", 3, sampling, draft_length=2, ignore_eos=True,
-                                    psd_variant=variant)
+                                    psd_variant=PsdVariant.parse(variant))
         result, _ = generate(connection, draft, request)
         firsts.append(result.token_ids[0])
         seconds.append(result.token_ids[:2])

@@ -5,7 +5,7 @@ import pytest
 
 from device_client.speculation import expected_tokens, psd_seconds_per_token
 from harness.paths import REPO
-from harness.psd_optimum import acceptance_for_gain, optimal_chain, sd_seconds_per_token
+from harness.psd_optimum import acceptance_for_gain, fit_runs, optimal_chain, sd_seconds_per_token
 from tandem.profiles import load_profile
 
 PROFILE = load_profile(REPO / "profiles" / "phone-1b-gpu-8b.yaml")
@@ -74,3 +74,17 @@ def test_the_acceptance_a_gain_needs_is_where_the_optimum_first_reaches_it():
         sd = sd_seconds_per_token(alpha, DRAFT_S, round_trip_on_testbed, 8)
         assert (sd / optimal_chain(alpha, DRAFT_S, round_trip_on_testbed, 8).seconds_per_token >= 1.3) == reaches
     assert acceptance_for_gain(1.3, DRAFT_S, lambda n: 0.001, 8) is None  # an edge faster than a draft step
+
+
+def test_acceptance_in_runs_is_fitted_from_blocks_verified_from_scratch():
+    # Blocks of 4 accepting 0, 4 and 2: first tokens 2 of 3; after an accepted token, 3 of 3 and 1 of 2.
+    assert fit_runs([0, 4, 2], [4, 4, 4]) == (pytest.approx(2 / 3), pytest.approx(0.8))
+    assert fit_runs([], []) is None
+
+
+def test_runs_with_a_first_token_like_the_rest_are_independent_acceptance():
+    plain = optimal_chain(0.7, DRAFT_S, round_trip_on_testbed)
+    same = optimal_chain(0.7, DRAFT_S, round_trip_on_testbed, first_alpha=0.7)
+    assert same.seconds_per_token == pytest.approx(plain.seconds_per_token)
+    # sd at k = 1 with a first token accepted half the time: 1.5 tokens per round of t_draft + round trip.
+    assert sd_seconds_per_token(0.9, 1.0, lambda n: 1.5, 1, first_alpha=0.5) == pytest.approx(2.5 / 1.5)
