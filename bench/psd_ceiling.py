@@ -41,6 +41,7 @@ from harness.psd_optimum import acceptance_for_gain, fit_runs, gain_ceiling
 from tandem.profiles import load_profile
 
 SCHEDULES = ("sd", "post", "pre", "pre2", "overlap")
+MODEL_ALPHA = 0.99  # the most acceptance the model takes (it needs alpha < 1): a run with no rejection reads as it
 PEAK_SCALES = [0.01 * 100 ** (i / 40) for i in range(41)]  # edge compute shares x0.01 .. x1, geometric
 TOKENS = 50_000  # per schedule and setting: the means are then exact to about 1%
 
@@ -92,44 +93,54 @@ def exact(alpha: float, draft_s: float, round_trip, link_s: float) -> dict:
 
 def from_run(path: Path, out: Path) -> int:
     """Each link of a recorded bench/psd.py run against the optimum at that link's acceptance, draft time and round
-    trip (the bench's closed forms take the round trip as fixed)."""
+    trip (the bench's closed forms take the round trip as fixed).  The optimum's ratio is over the model's sd at its
+    best length, the measured one over the run's sd: each the strongest sd of its own."""
     try:
         run = json.loads(path.read_text())
         links = run["links"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: {path} is not a bench/psd.py result ({error})", file=sys.stderr)
         return 2
     longest = int(run.get("args", {}).get("draft_length", 4))
     report = {"run": str(path), "longest": longest, "links": {}}
     for name, link in links.items():
-        c = link["ceilings"]
-        ceiling = gain_ceiling(c["alpha"], c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest)
-        sd_rate = link["rows"]["sd"]["tokens_per_s"]
+        c = link.get("ceilings") or {}
+        sd_rate = link.get("rows", {}).get("sd", {}).get("tokens_per_s")
+        if not (c.get("alpha") is not None and c.get("draft_token_s") and c.get("round_trip_s") and sd_rate):
+            print(f"{name} link: no sd figures or ceilings recorded; skipped")
+            continue
+        alpha = min(MODEL_ALPHA, c["alpha"])
+        ceiling = gain_ceiling(alpha, c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest)
         print(f"{name} link: alpha {c['alpha']:.3f}, {c['draft_token_s'] * 1000:.1f} ms per draft token, round trip "
               f"{c['round_trip_s'] * 1000:.1f} ms: the optimum is {ceiling['optimal_psd_s_per_token'] * 1000:.1f} ms "
               f"per token, x{ceiling['optimal_over_sd']:.3f} over sd (blocks up to {longest})")
-        sd_runs = link.get("runs", {}).get("sd", [])
-        runs = fit_runs([a for r in sd_runs for a in r.get("accepted_lengths", [])],
-                        [k for r in sd_runs for k in r.get("block_lengths", [])])
+        blocks = [(a, k) for r in link.get("runs", {}).get("sd", [])
+                  for a, k in zip(r.get("accepted_lengths", []), r.get("block_lengths", []))]
+        runs = fit_runs([a for a, _ in blocks], [k for _, k in blocks])
         in_runs = None
-        if runs is not None and max(runs) < 1:  # acceptance in runs, fitted to sd's blocks (recorded since 2026-12-05)
-            in_runs = gain_ceiling(runs[1], c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest,
-                                   first_alpha=runs[0]) | {"first_alpha": runs[0], "alpha": runs[1]}
+        if runs is not None:  # acceptance in runs, fitted to sd's blocks (recorded since 2026-12-05)
+            in_runs = gain_ceiling(min(MODEL_ALPHA, runs[1]), c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt,
+                                   longest, first_alpha=min(MODEL_ALPHA, runs[0]))
+            in_runs |= {"first_alpha": runs[0], "alpha": runs[1]}
             print(f"  with acceptance in runs (a block's first token {runs[0]:.3f}, after an accepted one "
                   f"{runs[1]:.3f}): sd {in_runs['sd_s_per_token'] * 1000:.1f} ms per token (measured "
                   f"{1000 / sd_rate:.1f}), the optimum {in_runs['optimal_psd_s_per_token'] * 1000:.1f}, "
                   f"x{in_runs['optimal_over_sd']:.3f} over sd")
+        gain = ceiling["optimal_over_sd"] - 1
         modes = {}
         for mode, row in link["rows"].items():
             if not mode.startswith("psd:") or not row.get("tokens_per_s"):
                 continue
             medians = row["tokens_per_s"] / sd_rate
-            paired = row["vs_sd"]
-            share = (medians - 1) / (ceiling["optimal_over_sd"] - 1)
+            paired = row.get("vs_sd") or {}
+            share = (medians - 1) / gain if gain > 1e-3 else None  # no gain to share when psd cannot beat sd
             modes[mode] = {"ratio_of_medians": medians, "paired": paired, "share_of_optimal_gain": share}
             ci = paired.get("ci95") or [float("nan")] * 2
-            print(f"  {mode:<24} medians x{medians:.3f} ({share:.0%} of the optimal gain), paired geometric mean "
-                  f"x{paired['ratio']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})")
+            ratio = paired.get("ratio")
+            print(f"  {mode:<24} medians x{medians:.3f} ("
+                  + ("-" if share is None else f"{share:.0%}") + " of the optimal gain"
+                  + (", a second chain: outside the model" if "branch" in mode else "") + "), paired geometric mean "
+                  + ("-" if ratio is None else f"x{ratio:.3f} ({ci[0]:.2f}-{ci[1]:.2f})"))
         report["links"][name] = {"ceiling": ceiling, "ceiling_in_runs": in_runs, "modes": modes}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -20,9 +20,13 @@ starts from nothing.  Rounds from nothing are renewals, so the least mean time p
 
 where a cycle runs from one round with nothing ready to the next.  Dinkelbach's method finds it: for a guess lambda,
 value iteration over r gives the policy with the least E[time - lambda tokens]; evaluating that policy exactly gives
-the next guess.  sd (``a = 0``, ``n = k``), the closed form of post-verify and the variants of the device
-(pre: ``n = 1`` from nothing, ``n = r`` after a hold; adaptive: ``n`` and ``a`` by expected pay-off) are all
-policies of this model, so none beats its optimum.
+the next guess.  sd (``a = 0``, ``n = k``) and the device's one-chain schedules as device_client/decoding.py runs
+them (post; pre: ``n = 1`` from nothing, ``n = r`` after a hold; adaptive: ``n`` and ``a`` by expected pay-off)
+are all policies of this model, so none beats its optimum.  Two things are not: ``psd_seconds_per_token``, the
+closed form the adaptive length uses, approximates post (it charges a held round max(k t_draft, round trip)
+although the hold needs k + 1 steps ahead) and can come out faster than this optimum; and ``branch`` drafts a
+second chain, on a correction, which this model does not have.  The round trip is fixed for a block length: the
+model's device knows when its verdict comes, a real one only expects it.
 
 ``round_trip_after_hold`` relaxes the model towards several blocks in flight: a block sent after a hold may take
 less time (e.g. no link at all, as if it had been sent before the verdict came).  That is an optimistic bound on
@@ -56,13 +60,13 @@ class _Choices:
     choice: list[tuple[int, int]]
     seconds: np.ndarray
     tokens: np.ndarray
-    hold: np.ndarray  # probability that the next round starts with ``ready`` drafts
-    ready: np.ndarray  # drafts ready after a hold (0: a renewal)
+    hold: np.ndarray  # probability that the next round starts in state ``ready``
+    ready: np.ndarray  # the state after a hold: drafts ready, or ``held`` (none, but the bonus guess held)
 
 
 def _choices(ready_now: int, alpha: float, first: float, draft_s: float, round_trip: RoundTrip, longest: int,
-             most_ready: int) -> _Choices:
-    """``first``: the acceptance of the block's first token (``alpha`` when it continues drafts that held)."""
+             most_ready: int, held: int) -> _Choices:
+    """``first``: the acceptance of the block's first token (``alpha`` when it continues a draft that held)."""
     rows = []
     for n in range(1, longest + 1):
         flight = round_trip(n)
@@ -71,7 +75,7 @@ def _choices(ready_now: int, alpha: float, first: float, draft_s: float, round_t
         while True:
             seconds = max(0, n - ready_now) * draft_s + max(flight, a * draft_s)
             ahead = left + a  # drafts beyond the block; the first is the guess of the bonus token
-            ready = min(most_ready, ahead - 1) if ahead >= 2 else 0
+            ready = min(most_ready, ahead - 1) if ahead >= 2 else held if ahead == 1 else 0
             tokens = 1 + first * expected_tokens(alpha, n - 1)  # the edge's token + sum of first alpha^(i-1)
             rows.append(((n, a), seconds, tokens, first * alpha ** n if ready else 0.0, ready))
             if a * draft_s >= flight:  # the next step would start after the verdict: not a step ahead
@@ -92,28 +96,32 @@ def optimal_chain(alpha: float, draft_s: float, round_trip: RoundTrip, longest: 
         raise ValueError(f"alpha and first_alpha must be in [0, 1), not {alpha} and {first}")
     if draft_s <= 0:
         raise ValueError(f"draft_s must be positive, not {draft_s}")
+    # States 0..most_ready: drafts ready (0: after a failed bet, a renewal); ``held``: none ready, but the bet held
+    # on the bonus guess alone, so the next block's first token follows an accepted draft (alpha, not first).
     most_ready = 2 * longest
+    held = most_ready + 1
     after_hold = round_trip_after_hold or round_trip
     states = [_choices(r, alpha, first if r == 0 else alpha, draft_s, round_trip if r == 0 else after_hold, longest,
-                       most_ready) for r in range(most_ready + 1)]
+                       most_ready, held) for r in range(most_ready + 1)]
+    states.append(_choices(0, alpha, alpha, draft_s, round_trip, longest, most_ready, held))  # nothing to pre-send
+    size = len(states)
 
     def best(lam: float) -> list[int]:
         """Value iteration on E[time - lam tokens] until the cycle ends; the index of each state's best choice."""
-        value = np.zeros(most_ready + 1)  # value[0] stays 0: a round from nothing starts the next cycle
+        value = np.zeros(size)  # value[0] stays 0: a round from nothing starts the next cycle
         for _ in range(100_000):
             new = np.zeros_like(value)
-            for r in range(1, most_ready + 1):
+            for r in range(1, size):
                 c = states[r]
                 new[r] = np.min(c.seconds - lam * c.tokens + c.hold * value[c.ready])
-            if np.max(np.abs(new - value)) < tolerance * max(1.0, lam):
-                value = new
-                break
+            converged = np.max(np.abs(new - value)) < tolerance * max(1.0, lam)
             value = new
-        return [int(np.argmin(c.seconds - lam * c.tokens + c.hold * value[c.ready])) for c in states]
+            if converged:
+                return [int(np.argmin(c.seconds - lam * c.tokens + c.hold * value[c.ready])) for c in states]
+        raise RuntimeError(f"value iteration did not converge (alpha {alpha}, first_alpha {first})")
 
     def evaluate(picks: list[int]) -> float:
         """Exact E[time] / E[tokens] of a cycle under a policy (two linear systems over the states)."""
-        size = most_ready + 1
         transition = np.zeros((size, size))
         seconds = np.zeros(size)
         tokens = np.zeros(size)
@@ -125,15 +133,16 @@ def optimal_chain(alpha: float, draft_s: float, round_trip: RoundTrip, longest: 
         system = np.eye(size) - transition
         return float(np.linalg.solve(system, seconds)[0] / np.linalg.solve(system, tokens)[0])
 
-    lam = draft_s + round_trip(1)  # sd with one token: a policy, so an upper bound to start from
+    # sd with one token takes draft_s + round_trip(1) per round of at least one token: an upper bound to start from.
+    lam = draft_s + round_trip(1)
     for _ in range(100):
         picks = best(lam)
         new = evaluate(picks)
-        if abs(new - lam) <= tolerance * lam:
-            lam = new
-            break
+        converged = abs(new - lam) <= tolerance * lam
         lam = new
-    return Optimum(lam, {r: states[r].choice[i] for r, i in enumerate(picks) if r <= longest})
+        if converged:
+            return Optimum(lam, {r: states[r].choice[i] for r, i in enumerate(picks) if r <= longest})
+    raise RuntimeError(f"Dinkelbach's iteration did not converge (alpha {alpha}, first_alpha {first})")
 
 
 def sd_seconds_per_token(alpha: float, draft_s: float, round_trip: RoundTrip, longest: int,
