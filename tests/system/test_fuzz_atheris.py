@@ -2,7 +2,7 @@
 trace, config and checkpoint readers, for a bounded time per target.
 
 Each harness runs as its own libFuzzer process from its seed corpus and its past crashes (fuzz/crashes/<target>/,
-replayed first), for ``TANDEM_FUZZ_SECONDS`` (default 20) seconds; it must end without a crash, and the number
+replayed first), for ``TANDEM_FUZZ_SECONDS`` (default 15) seconds; it must end without a crash, and the number
 of inputs it ran goes to the end-of-run report.  New corpus entries and crash inputs land in the test's temporary
 folder, never in the repository.
 """
@@ -25,7 +25,7 @@ pytest.importorskip("atheris")
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 BUDGET_MB = 2048  # the fuzzer's own memory, beyond what it starts with
 TARGETS = ("edge_messages", "control_messages", "trace_reader", "config_readers", "checkpoint_reader")
-SECONDS = int(os.environ.get("TANDEM_FUZZ_SECONDS", "20"))
+SECONDS = int(os.environ.get("TANDEM_FUZZ_SECONDS", "15"))
 RUNS = re.compile(r"stat::number_of_executed_units:\s*(\d+)|^Done (\d+) runs", re.MULTILINE)
 CRASH_INPUT = re.compile(r"Test unit written to (\S+)")
 
