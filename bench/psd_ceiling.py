@@ -15,10 +15,10 @@ compute scale), a fixed link round trip, and the bets a device can make while it
   round).
 
 Each schedule at its best k in 1..8.  Beside them, exact figures (harness/psd_optimum.py): sd's closed form, the
-optimal one-chain schedule (every choice of block and of drafting ahead open: the ceiling of every variant), that
-optimum with a block sent after a hold paying no link (an optimistic bound on several blocks in flight), and the
-least acceptance at which the optimum reaches --gain over sd.  Prints ms per token and the ratio to sd; no daemon,
-no model.
+optimal one-chain schedule (every choice of block and of drafting ahead open: the ceiling of every variant but
+branch's second chain), that optimum with a block sent after a hold paying no link (an optimistic bound on several
+blocks in flight), and the least acceptance at which the optimum reaches --gain over sd.  Prints ms per token and
+the ratio to sd; no daemon, no model.
 
     .venv/bin/python bench/psd_ceiling.py [--profile profiles/phone-1b-gpu-8b.yaml] [--rtt-ms 20]
 
