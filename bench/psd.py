@@ -37,7 +37,7 @@ from device_client.grpc_edge import EdgeConnection
 from device_client.pacing import PacedDraftEngine
 from device_client.speculation import (DEFAULT_PSD_VARIANT, PsdVariant, expected_tokens, per_token_acceptance,
                                        psd_seconds_per_token)
-from harness.psd_optimum import fit_runs, gain_ceiling
+from harness.psd_optimum import gain_ceiling, model_alpha, runs_ceiling
 from linkemu.emulator import LinkEmulator
 from linkemu.proxy import ProxyThread, ShapingProxy
 from linkemu.shaper import FixedShaper
@@ -58,7 +58,6 @@ PROMPTS = (
     "List some facts about the planet Mars.",
     "How do I bake bread at home?",
 )
-MODEL_ALPHA = 0.99  # the most acceptance the models take (they need alpha < 1)
 VARIANTS = ("post", "pre", "branch", "adaptive", "pre+adaptive", "pre+branch+adaptive")
 FIGURES = ("tokens_per_s", "per_token_latency_s", "ttft_s", "acceptance_rate", "mean_accepted_length",
            "mean_block_length", "bytes_up_per_block", "bytes_down_per_block", "draft_hidden_fraction", "mean_round_s",
@@ -117,8 +116,9 @@ def ceilings(runs: dict[str, list[dict]], draft_length: int) -> dict:
     branch's second chain), and the bound of perfect overlap, max(k t_draft, round trip) per round.  The models need
     alpha < 1: a link or request with no rejection is read as 0.99."""
     sd = runs["sd"]
-    alpha = min(MODEL_ALPHA, per_token_acceptance([a for r in sd for a in r["accepted_lengths"]],
-                                                  [k for r in sd for k in r["block_lengths"]]) or 0.0)
+    accepted_lengths = [a for r in sd for a in r["accepted_lengths"]]
+    block_lengths = [k for r in sd for k in r["block_lengths"]]
+    alpha = model_alpha(per_token_acceptance(accepted_lengths, block_lengths))
     draft_s = statistics.median(r["draft_token_s"] for r in sd)
     round_trip = statistics.median(r["mean_round_s"] for r in sd)
     lengths = range(1, draft_length + 1)
@@ -128,16 +128,13 @@ def ceilings(runs: dict[str, list[dict]], draft_length: int) -> dict:
     overlap_best = min(max(k * draft_s, round_trip) / expected_tokens(alpha, k) for k in lengths)
     # Per prompt and repeat, the optimum at that request's own acceptance, draft time and round trip: its geometric
     # mean is what the paired "vs sd" of a variant can be held to (acceptance varies by prompt).
-    paired = [gain_ceiling(min(MODEL_ALPHA, a), r["draft_token_s"], lambda k, rt=r["mean_round_s"]: rt,
+    paired = [gain_ceiling(model_alpha(a), r["draft_token_s"], lambda k, rt=r["mean_round_s"]: rt,
                            draft_length)["optimal_over_sd"]
               for r in sd if (a := per_token_acceptance(r["accepted_lengths"], r["block_lengths"])) is not None
               and r.get("draft_token_s") and r.get("mean_round_s")]
     # Acceptance in runs: a block's first token accepted with one probability, the next after an accepted one with
     # another (fitted to sd's blocks); the optimum of that model, for the real pair's runs.
-    runs = fit_runs([a for r in sd for a in r["accepted_lengths"]], [k for r in sd for k in r["block_lengths"]])
-    in_runs = None if runs is None else gain_ceiling(
-        min(MODEL_ALPHA, runs[1]), draft_s, lambda k: round_trip, draft_length,
-        first_alpha=min(MODEL_ALPHA, runs[0])) | {"first_alpha": runs[0], "alpha": runs[1]}
+    in_runs = runs_ceiling(accepted_lengths, block_lengths, draft_s, lambda k: round_trip, draft_length)
     return {"alpha": alpha, "draft_token_s": draft_s, "round_trip_s": round_trip, "sd_s_per_token": sd_best,
             "psd_post_s_per_token": post_best, "optimal_psd_s_per_token": optimal["optimal_psd_s_per_token"],
             "overlap_bound_s_per_token": overlap_best, "psd_post_over_sd": sd_best / post_best,

@@ -37,11 +37,10 @@ from pathlib import Path
 from bootstrap import REPO, RESULTS  # first: the repository on sys.path, one OpenMP thread
 
 from device_client.speculation import step_pays
-from harness.psd_optimum import acceptance_for_gain, fit_runs, gain_ceiling
+from harness.psd_optimum import acceptance_for_gain, gain_ceiling, model_alpha, runs_ceiling
 from tandem.profiles import load_profile
 
 SCHEDULES = ("sd", "post", "pre", "pre2", "overlap")
-MODEL_ALPHA = 0.99  # the most acceptance the model takes (it needs alpha < 1): a run with no rejection reads as it
 PEAK_SCALES = [0.01 * 100 ** (i / 40) for i in range(41)]  # edge compute shares x0.01 .. x1, geometric
 TOKENS = 50_000  # per schedule and setting: the means are then exact to about 1%
 
@@ -109,21 +108,21 @@ def from_run(path: Path, out: Path) -> int:
         if not (c.get("alpha") is not None and c.get("draft_token_s") and c.get("round_trip_s") and sd_rate):
             print(f"{name} link: no sd figures or ceilings recorded; skipped")
             continue
-        alpha = min(MODEL_ALPHA, c["alpha"])
-        ceiling = gain_ceiling(alpha, c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt, longest)
+
+        def round_trip(k: int, rt=c["round_trip_s"]) -> float:  # the bench's closed forms take it as fixed
+            return rt
+
+        ceiling = gain_ceiling(model_alpha(c["alpha"]), c["draft_token_s"], round_trip, longest)
         print(f"{name} link: alpha {c['alpha']:.3f}, {c['draft_token_s'] * 1000:.1f} ms per draft token, round trip "
               f"{c['round_trip_s'] * 1000:.1f} ms: the optimum is {ceiling['optimal_psd_s_per_token'] * 1000:.1f} ms "
               f"per token, x{ceiling['optimal_over_sd']:.3f} over sd (blocks up to {longest})")
         blocks = [(a, k) for r in link.get("runs", {}).get("sd", [])
                   for a, k in zip(r.get("accepted_lengths", []), r.get("block_lengths", []))]
-        runs = fit_runs([a for a, _ in blocks], [k for _, k in blocks])
-        in_runs = None
-        if runs is not None:  # acceptance in runs, fitted to sd's blocks (recorded since 2026-12-05)
-            in_runs = gain_ceiling(min(MODEL_ALPHA, runs[1]), c["draft_token_s"], lambda k, rt=c["round_trip_s"]: rt,
-                                   longest, first_alpha=min(MODEL_ALPHA, runs[0]))
-            in_runs |= {"first_alpha": runs[0], "alpha": runs[1]}
-            print(f"  with acceptance in runs (a block's first token {runs[0]:.3f}, after an accepted one "
-                  f"{runs[1]:.3f}): sd {in_runs['sd_s_per_token'] * 1000:.1f} ms per token (measured "
+        # Acceptance in runs, fitted to sd's blocks (recorded since 2026-12-05).
+        in_runs = runs_ceiling([a for a, _ in blocks], [k for _, k in blocks], c["draft_token_s"], round_trip, longest)
+        if in_runs is not None:
+            print(f"  with acceptance in runs (a block's first token {in_runs['first_alpha']:.3f}, after an accepted "
+                  f"one {in_runs['alpha']:.3f}): sd {in_runs['sd_s_per_token'] * 1000:.1f} ms per token (measured "
                   f"{1000 / sd_rate:.1f}), the optimum {in_runs['optimal_psd_s_per_token'] * 1000:.1f}, "
                   f"x{in_runs['optimal_over_sd']:.3f} over sd")
         gain = ceiling["optimal_over_sd"] - 1
@@ -172,10 +171,13 @@ def main() -> int:
     rows = []
     print(f"{profile.name}: {draft_s * 1000:.0f} ms per draft token, link round trip {args.rtt_ms:g} ms; ms per "
           "token at each schedule's best k (ratio to sd at its best k)")
-    for scale in args.compute_scales:
-        def round_trip(k: int, scale=scale) -> float:
-            return link_s + float(profile.edge.block_seconds(k)) / scale
 
+    def edge_round_trip(scale: float):
+        """The round trip of a block of k tokens to an edge with ``scale`` of the profile's compute."""
+        return lambda k: link_s + float(profile.edge.block_seconds(k)) / scale
+
+    for scale in args.compute_scales:
+        round_trip = edge_round_trip(scale)
         needed = acceptance_for_gain(args.gain, draft_s, round_trip, 8)
         print(f"edge x{scale:g}: " + (f"the optimum reaches x{args.gain:g} over sd from acceptance {needed:.3f}"
                                       if needed is not None else
@@ -201,12 +203,11 @@ def main() -> int:
     peaks = {}
     for alpha in args.alphas:  # the edge share at which psd gains most: the round trip a few draft steps long
         def gain_at(scale: float) -> float:
-            return gain_ceiling(alpha, draft_s, lambda k: link_s + float(profile.edge.block_seconds(k)) / scale,
-                                8)["optimal_over_sd"]
+            return gain_ceiling(alpha, draft_s, edge_round_trip(scale), 8)["optimal_over_sd"]
 
         scale = max(PEAK_SCALES, key=gain_at)
         peaks[str(alpha)] = {"compute_scale": scale, "optimal_over_sd": gain_at(scale),
-                             "round_trip_k4_s": link_s + float(profile.edge.block_seconds(4)) / scale}
+                             "round_trip_k4_s": edge_round_trip(scale)(4)}
         print(f"alpha {alpha:g}: over edge shares x0.01-x1 the optimum gains most at x{scale:.3f} (round trip at k=4 "
               f"{peaks[str(alpha)]['round_trip_k4_s'] * 1000:.0f} ms): x{peaks[str(alpha)]['optimal_over_sd']:.3f}")
     out = args.out or RESULTS / "psd_ceiling.json"

@@ -43,6 +43,13 @@ import numpy as np
 from device_client.speculation import expected_tokens
 
 RoundTrip = Callable[[int], float]
+MOST_ALPHA = 0.99  # the most acceptance a measured figure is read as: the model needs alpha < 1
+
+
+def model_alpha(measured: float | None) -> float:
+    """An acceptance measured on real requests, as the model takes it: none measured reads as 0, and a link or a
+    request with no rejection (1.0) as MOST_ALPHA."""
+    return min(MOST_ALPHA, measured or 0.0)
 
 
 @dataclass(frozen=True)
@@ -195,3 +202,15 @@ def acceptance_for_gain(gain: float, draft_s: float, round_trip: RoundTrip, long
         middle = (low + high) / 2
         low, high = (middle, high) if not reaches(middle) else (low, middle)
     return high
+
+
+def runs_ceiling(accepted_lengths: Sequence[int], block_lengths: Sequence[int], draft_s: float,
+                 round_trip: RoundTrip, longest: int) -> dict | None:
+    """``gain_ceiling`` with acceptance in runs fitted to sd's blocks (``fit_runs``), the fit beside it; None
+    without the data."""
+    runs = fit_runs(accepted_lengths, block_lengths)
+    if runs is None:
+        return None
+    first, alpha = runs
+    return gain_ceiling(model_alpha(alpha), draft_s, round_trip, longest, first_alpha=model_alpha(first)) | {
+        "first_alpha": first, "alpha": alpha}
